@@ -1,0 +1,45 @@
+import os
+
+import pytest
+
+from diffusion.fileio import atomic_write, read_json, write_json
+
+
+def test_json_round_trip(tmp_path):
+    write_json(tmp_path / "a.json", {"b": [1, 2], "a": None})
+    assert read_json(tmp_path / "a.json") == {"a": None, "b": [1, 2]}
+    assert (tmp_path / "a.json").read_text().startswith('{\n  "a": null')  # sorted, indented
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "weights.bin"
+    target.write_bytes(b"old")
+
+    def fail(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(target, fail)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["weights.bin"]
+
+
+@pytest.mark.parametrize(
+    "content, error, message",
+    [
+        (None, FileNotFoundError, r"missing.json not found"),
+        ("{not json", ValueError, r"is not valid JSON"),
+        ("[1, 2]", ValueError, r"must hold a JSON object, found list"),
+        (b"\xff\xfe", ValueError, r"is not valid JSON"),
+    ],
+)
+def test_read_json_errors_are_one_clear_line(tmp_path, content, error, message):
+    path = tmp_path / "missing.json"
+    if isinstance(content, str):
+        path.write_text(content)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    with pytest.raises(error, match=message):
+        read_json(path)

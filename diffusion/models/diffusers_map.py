@@ -1,0 +1,134 @@
+"""The explicit correspondence between our `UNet` and diffusers' ``UNet2DModel``.
+
+Two things are stated here, once: how a `UNetConfig` is written as ``UNet2DModel`` keyword arguments,
+and how each of our parameter names is spelt in diffusers. Our attention has one fused ``qkv``
+projection where diffusers has ``to_q``, ``to_k`` and ``to_v``; the fused weight is their
+concatenation along the output dimension. Everything else is a rename. Import and export of whole
+pipelines build on these functions.
+"""
+
+import re
+from typing import Any
+
+import torch
+
+from .unet import UNet, UNetConfig
+
+_RES_PARTS = {"emb_proj": "time_emb_proj", "skip": "conv_shortcut"}
+_ATTN_PARTS = {"norm": "group_norm", "proj_out": "to_out.0", "qkv": ("to_q", "to_k", "to_v")}
+_TOP = {"conv_in": "conv_in", "conv_out": "conv_out", "norm_out": "conv_norm_out"}
+_TOP |= {"time_embed": "time_embedding", "class_embed": "class_embedding"}
+
+
+def diffusers_unet_kwargs(config: UNetConfig) -> dict[str, Any]:
+    """``UNet2DModel(**kwargs)`` arguments that build the same network as ``UNet(config)``.
+
+    Every field is pinned, since diffusers' defaults differ from ours. Raises ``ValueError`` for a
+    config that ``UNet2DModel`` cannot express.
+    """
+    c = config
+    channels = [c.base_channels * m for m in c.channel_mult]
+    attn_channels = {channels[level] for level in c.attention_levels}
+    attn_channels |= {channels[-1]} if c.mid_attention else set()
+    if c.head_channels is not None:
+        head_dim = c.head_channels
+    elif c.num_heads == 1:
+        head_dim = None  # diffusers reads None as "one head as wide as the block"
+    elif len(attn_channels) == 1:
+        head_dim = attn_channels.pop() // c.num_heads
+    else:
+        raise ValueError(
+            f"num_heads={c.num_heads} at attention widths {sorted(attn_channels)} cannot be expressed by "
+            "UNet2DModel, which fixes the width per head; use head_channels instead"
+        )
+    plain_down, plain_up = (
+        ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D")
+        if c.resample == "resblock"
+        else ("DownBlock2D", "UpBlock2D")
+    )
+    levels = range(len(channels))
+    height, width = c.sample_size
+    return dict(
+        sample_size=height if height == width else [height, width],
+        in_channels=c.in_channels,
+        out_channels=c.out_channels or c.in_channels,
+        center_input_sample=False,
+        time_embedding_type="positional",
+        time_embedding_dim=c.time_embed_dim or 4 * c.base_channels,
+        freq_shift=c.freq_shift,
+        flip_sin_to_cos=c.flip_sin_to_cos,
+        down_block_types=["AttnDownBlock2D" if i in c.attention_levels else plain_down for i in levels],
+        mid_block_type="UNetMidBlock2D",
+        up_block_types=["AttnUpBlock2D" if i in c.attention_levels else plain_up for i in reversed(levels)],
+        block_out_channels=channels,
+        layers_per_block=c.num_res_blocks,
+        mid_block_scale_factor=1,
+        downsample_padding=c.downsample_padding,
+        downsample_type="resnet" if c.resample == "resblock" else "conv",
+        upsample_type="resnet" if c.resample == "resblock" else "conv",
+        dropout=c.dropout,
+        act_fn="silu",
+        attention_head_dim=head_dim,
+        norm_num_groups=c.norm_groups,
+        attn_norm_num_groups=c.norm_groups,
+        norm_eps=c.norm_eps,
+        resnet_time_scale_shift="scale_shift" if c.time_conditioning == "scale_shift" else "default",
+        add_attention=c.mid_attention,
+        class_embed_type=None,
+        num_class_embeds=c.num_classes + 1 if c.num_classes else None,
+        num_train_timesteps=None,
+    )
+
+
+def _rename_block(rest: str, parts: dict[str, Any]) -> tuple[str, ...]:
+    head, _, tail = rest.partition(".")
+    new = parts.get(head, head)
+    return tuple(f"{n}.{tail}" for n in new) if isinstance(new, tuple) else (f"{new}.{tail}",)
+
+
+def _diffusers_names(key: str, num_levels: int) -> tuple[str, ...]:
+    head, _, tail = key.partition(".")
+    if head in _TOP:
+        return (f"{_TOP[head]}.{tail}",)
+    if m := re.fullmatch(r"mid\.(res1|res2|attn)\.(.+)", key):
+        part, rest = m.groups()
+        if part == "attn":
+            return tuple(f"mid_block.attentions.0.{n}" for n in _rename_block(rest, _ATTN_PARTS))
+        return tuple(f"mid_block.resnets.{int(part[-1]) - 1}.{n}" for n in _rename_block(rest, _RES_PARTS))
+    m = re.fullmatch(r"(down|up)\.(\d+)\.(res\.\d+|attn\.\d+|resampler)\.(.+)", key)
+    assert m, f"no diffusers name for parameter {key}"
+    side, level, part, rest = m.groups()
+    block = f"down_blocks.{level}" if side == "down" else f"up_blocks.{num_levels - 1 - int(level)}"
+    if part == "resampler":
+        sub = "downsamplers.0" if side == "down" else "upsamplers.0"
+        return tuple(f"{block}.{sub}.{n}" for n in _rename_block(rest, _RES_PARTS))
+    kind, index = part.split(".")
+    if kind == "attn":
+        return tuple(f"{block}.attentions.{index}.{n}" for n in _rename_block(rest, _ATTN_PARTS))
+    return tuple(f"{block}.resnets.{index}.{n}" for n in _rename_block(rest, _RES_PARTS))
+
+
+def diffusers_name_map(config: UNetConfig) -> dict[str, tuple[str, ...]]:
+    """Our parameter name -> the diffusers name(s); several names are concatenated along dim 0."""
+    with torch.device("meta"):
+        keys = UNet(config).state_dict().keys()
+    return {key: _diffusers_names(key, len(config.channel_mult)) for key in keys}
+
+
+def to_diffusers_state_dict(state: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
+    """Our state dict -> a ``UNet2DModel`` state dict for ``diffusers_unet_kwargs(config)``."""
+    out = {}
+    for ours, theirs in diffusers_name_map(config).items():
+        out.update(zip(theirs, state[ours].chunk(len(theirs), dim=0), strict=True))
+    return out
+
+
+def from_diffusers_state_dict(state: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
+    """A ``UNet2DModel`` state dict -> ours; missing diffusers names raise ``ValueError``."""
+    name_map = diffusers_name_map(config)
+    missing = sorted(n for names in name_map.values() for n in names if n not in state)
+    if missing:
+        raise ValueError(
+            f"diffusers weights lack {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}"
+        )
+    return {ours: torch.cat([state[n] for n in theirs], dim=0) for ours, theirs in name_map.items()}

@@ -1,0 +1,369 @@
+"""The UNet noise predictor: `UNetConfig`, `UNet` and the named presets.
+
+The architecture is the DDPM / ADM family (Ho et al. 2020; Dhariwal & Nichol 2021): a stack of
+resolution levels, each with residual blocks (optionally followed by self-attention) and a
+resampler, a middle block, and a mirrored decoder that concatenates the encoder's activations. The
+model sees only noisy images, timesteps and (optionally) class labels; it never sees the schedule.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import config_from_dict, config_to_dict, validate_literals
+from ..fileio import atomic_write, read_json, write_json
+from .blocks import Attention, Downsample, ResBlock, Upsample
+from .embeddings import TimestepMLP, timestep_embedding
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass(kw_only=True)
+class UNetConfig:
+    """Everything needed to rebuild a `UNet`; saved as ``config.json`` beside the weights."""
+
+    in_channels: int = 3  # image channels: 1 grayscale, 3 RGB, or more
+    out_channels: int | None = None  # predicted channels; None means the same as in_channels
+    sample_size: tuple[int, int] = (32, 32)  # (height, width) trained at; the default sampling size
+    base_channels: int = 128  # channels per unit of channel_mult
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)  # one multiplier per resolution level, finest first
+    num_res_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
+    attention_levels: tuple[int, ...] = (1,)  # levels with self-attention; level i is sample_size / 2**i
+    mid_attention: bool = True  # self-attention between the two middle residual blocks
+    num_heads: int = 1  # attention heads, used when head_channels is None
+    head_channels: int | None = None  # fixed width per head (heads = channels // head_channels)
+    dropout: float = 0.0  # dropout inside residual blocks
+    norm_groups: int = 32  # GroupNorm groups; must divide every level's channel count
+    norm_eps: float = 1e-5  # GroupNorm epsilon (the original DDPM used 1e-6)
+    time_embed_dim: int | None = None  # conditioning vector width; None means 4 * base_channels
+    time_conditioning: Literal["additive", "scale_shift"] = "additive"  # scale_shift is ADM's AdaGN
+    resample: Literal["conv", "resblock"] = "conv"  # down/upsample by strided conv or by res blocks
+    downsample_padding: Literal[0, 1] = 1  # conv downsampling: 1 pads all sides, 0 right/bottom (TF DDPM)
+    flip_sin_to_cos: bool = True  # timestep embedding order [cos, sin]; the original DDPM uses False
+    freq_shift: float = 0.0  # timestep embedding frequency shift; the original DDPM uses 1
+    num_classes: int | None = None  # class-conditional with this many classes (+1 "null" label for CFG)
+
+    def __post_init__(self) -> None:
+        validate_literals(self)
+        for name in ("in_channels", "base_channels", "num_res_blocks", "num_heads", "norm_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.channel_mult or any(not isinstance(m, int) or m < 1 for m in self.channel_mult):
+            raise ValueError(f"channel_mult must be positive integers, got {self.channel_mult!r}")
+        if len(self.sample_size) != 2 or any(s % self.downsample_factor for s in self.sample_size):
+            raise ValueError(
+                f"sample_size {self.sample_size!r} must be (height, width), each divisible by "
+                f"the downsampling factor {self.downsample_factor}"
+            )
+        levels = range(len(self.channel_mult))
+        if any(level not in levels for level in self.attention_levels):
+            raise ValueError(
+                f"attention_levels {self.attention_levels!r} must be level indices in "
+                f"0..{len(self.channel_mult) - 1}"
+            )
+        for channels in {self.base_channels * m for m in self.channel_mult}:
+            if channels % self.norm_groups:
+                raise ValueError(
+                    f"norm_groups={self.norm_groups} must divide every level's channels {channels}"
+                )
+            if self.head_channels is not None and channels % self.head_channels:
+                raise ValueError(
+                    f"head_channels={self.head_channels} must divide every level's channels {channels}"
+                )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer or None, got {self.num_classes!r}")
+
+    @property
+    def downsample_factor(self) -> int:
+        """How much the coarsest level is smaller than the input; image sides must be divisible by it."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def heads_for(self, channels: int) -> int:
+        """The number of attention heads at a level with ``channels`` channels."""
+        return channels // self.head_channels if self.head_channels else self.num_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "UNetConfig":
+        return config_from_dict(cls, data)
+
+
+# Parameter counts are asserted in tests/models/test_unet.py.
+PRESETS: dict[str, UNetConfig] = {
+    # Ho et al. 2020, CIFAR-10 32x32: 35,746,307 parameters (= google/ddpm-cifar10-32).
+    "ddpm-cifar10": UNetConfig(
+        sample_size=(32, 32),
+        base_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_levels=(1,),
+        dropout=0.1,
+        norm_eps=1e-6,
+        flip_sin_to_cos=False,
+        freq_shift=1.0,
+        downsample_padding=0,
+    ),
+    # A few minutes on a CPU for 32x32 RGB: 6,472,195 parameters.
+    "small": UNetConfig(
+        sample_size=(32, 32),
+        base_channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_levels=(2,),
+        head_channels=32,
+    ),
+    # Seconds-per-epoch on a CPU, for 28/32-pixel grayscale data and tests: 1,112,801 parameters.
+    "tiny": UNetConfig(
+        in_channels=1,
+        sample_size=(32, 32),
+        base_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_levels=(2,),
+        norm_groups=8,
+        head_channels=32,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> UNetConfig:
+    """A copy of the named preset with ``overrides`` applied (e.g. ``in_channels=1``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown UNet preset {name!r}; expected one of {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+class Level(nn.Module):
+    """One resolution level: residual blocks, each optionally followed by attention, then a resampler."""
+
+    def __init__(self, res: list[ResBlock], attn: list[Attention], resampler: nn.Module | None) -> None:
+        super().__init__()
+        self.res = nn.ModuleList(res)
+        self.attn = nn.ModuleList(attn)  # empty, or one per residual block
+        self.resampler = resampler
+
+    def blocks(self) -> list[tuple[ResBlock, nn.Module]]:
+        attn = list(self.attn) or [nn.Identity()] * len(self.res)
+        return list(zip(self.res, attn, strict=True))
+
+    def resample(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Apply the level's resampler (a strided conv, an upsampling conv, or a resampling ResBlock)."""
+        if isinstance(self.resampler, ResBlock):
+            return self.resampler(x, emb)
+        return self.resampler(x)
+
+
+class Middle(nn.Module):
+    """The bottleneck: residual block, optional attention, residual block."""
+
+    def __init__(self, res1: ResBlock, attn: Attention | None, res2: ResBlock) -> None:
+        super().__init__()
+        self.res1 = res1
+        self.attn = attn
+        self.res2 = res2
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = self.res1(x, emb)
+        if self.attn is not None:
+            x = self.attn(x)
+        return self.res2(x, emb)
+
+
+class UNet(nn.Module):
+    """Predicts the noise (or v, or x0) in a noisy image batch.
+
+    ``forward(sample, timesteps, class_labels=None)`` maps ``(b, c, h, w)`` and timesteps ``(b,)`` to a
+    tensor of shape ``(b, out_channels, h, w)``. Any ``h`` and ``w`` divisible by
+    ``config.downsample_factor`` work, square or not.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        emb_dim = c.time_embed_dim or 4 * c.base_channels
+        block = dict(
+            emb_dim=emb_dim,
+            dropout=c.dropout,
+            norm_groups=c.norm_groups,
+            norm_eps=c.norm_eps,
+            time_conditioning=c.time_conditioning,
+        )
+
+        def attention(channels: int) -> Attention:
+            return Attention(
+                channels, num_heads=c.heads_for(channels), norm_groups=c.norm_groups, norm_eps=c.norm_eps
+            )
+
+        self.time_embed = TimestepMLP(c.base_channels, emb_dim)
+        self.class_embed = nn.Embedding(c.num_classes + 1, emb_dim) if c.num_classes else None
+
+        ch = c.base_channels * c.channel_mult[0]
+        self.conv_in = nn.Conv2d(c.in_channels, ch, 3, padding=1)
+        skips = [ch]  # channels of every activation the decoder will concatenate, in push order
+        last = len(c.channel_mult) - 1
+        down = []
+        for level, mult in enumerate(c.channel_mult):
+            out, res, attn = c.base_channels * mult, [], []
+            for _ in range(c.num_res_blocks):
+                res.append(ResBlock(ch, out, **block))
+                attn += [attention(out)] if level in c.attention_levels else []
+                ch = out
+                skips.append(ch)
+            resampler = None
+            if level != last:
+                resampler = (
+                    ResBlock(ch, ch, **block, resample="down")
+                    if c.resample == "resblock"
+                    else Downsample(ch, padding=c.downsample_padding)
+                )
+                skips.append(ch)
+            down.append(Level(res, attn, resampler))
+        self.down = nn.ModuleList(down)
+
+        self.mid = Middle(
+            ResBlock(ch, ch, **block), attention(ch) if c.mid_attention else None, ResBlock(ch, ch, **block)
+        )
+
+        up: list[Level] = []
+        for level, mult in reversed(list(enumerate(c.channel_mult))):
+            out, res, attn = c.base_channels * mult, [], []
+            for _ in range(c.num_res_blocks + 1):
+                res.append(ResBlock(ch + skips.pop(), out, **block))
+                attn += [attention(out)] if level in c.attention_levels else []
+                ch = out
+            resampler = None
+            if level != 0:
+                resampler = (
+                    ResBlock(ch, ch, **block, resample="up") if c.resample == "resblock" else Upsample(ch)
+                )
+            up.insert(0, Level(res, attn, resampler))
+        assert not skips, "every encoder activation must be consumed by the decoder"
+        self.up = nn.ModuleList(up)  # indexed by level, finest first, like self.down
+
+        self.norm_out = nn.GroupNorm(c.norm_groups, ch, eps=c.norm_eps)
+        self.conv_out = nn.Conv2d(ch, c.out_channels or c.in_channels, 3, padding=1)
+
+    def check_input(self, sample: torch.Tensor, timesteps: torch.Tensor) -> None:
+        """Raise ``ValueError`` for an input this model cannot take, naming what was expected."""
+        c = self.config
+        if sample.ndim != 4:
+            raise ValueError(
+                f"sample must have shape (batch, channels, height, width), got {tuple(sample.shape)}"
+            )
+        if sample.shape[1] != c.in_channels:
+            raise ValueError(f"sample has {sample.shape[1]} channels but the model expects {c.in_channels}")
+        height, width = sample.shape[-2:]
+        if height % c.downsample_factor or width % c.downsample_factor:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by the model's downsampling factor "
+                f"{c.downsample_factor}; use sides that are multiples of {c.downsample_factor}"
+            )
+        if timesteps.ndim > 1 or (timesteps.ndim == 1 and timesteps.shape[0] != sample.shape[0]):
+            raise ValueError(
+                f"timesteps must have shape ({sample.shape[0]},) or be a scalar, got {tuple(timesteps.shape)}"
+            )
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor | float,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict for a batch.
+
+        Args:
+            sample: noisy images ``(b, in_channels, h, w)``.
+            timesteps: ``(b,)`` or a scalar shared by the batch; integers or floats.
+            class_labels: ``(b,)`` int64 labels in ``[0, num_classes]``, where ``num_classes`` is the
+                "null" label of classifier-free guidance. None means the null label. Only for
+                class-conditional models.
+
+        Returns:
+            ``(b, out_channels, h, w)`` in the sample's dtype.
+        """
+        timesteps = torch.as_tensor(timesteps, device=sample.device)
+        self.check_input(sample, timesteps)
+        timesteps = timesteps.expand(sample.shape[0])  # (b,)
+
+        c = self.config
+        t_emb = timestep_embedding(timesteps, c.base_channels, c.flip_sin_to_cos, c.freq_shift)
+        emb = self.time_embed(t_emb.to(self.conv_in.weight.dtype))  # (b, emb_dim)
+        if self.class_embed is not None:
+            if class_labels is None:
+                class_labels = torch.full_like(timesteps, c.num_classes, dtype=torch.long)
+            emb = emb + self.class_embed(class_labels)
+        elif class_labels is not None:
+            raise ValueError("class_labels were given but the model is unconditional (num_classes is None)")
+
+        h = self.conv_in(sample)
+        skips = [h]
+        for level in self.down:
+            for res, attn in level.blocks():
+                h = attn(res(h, emb))
+                skips.append(h)
+            if level.resampler is not None:
+                h = level.resample(h, emb)
+                skips.append(h)
+
+        h = self.mid(h, emb)
+
+        for level in reversed(self.up):
+            for res, attn in level.blocks():
+                h = attn(res(torch.cat([h, skips.pop()], dim=1), emb))  # (b, c + c_skip, h, w) in
+            if level.resampler is not None:
+                h = level.resample(h, emb)
+
+        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+
+    # ----- persistence: config.json + model.safetensors, no pickle -----
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        write_json(directory / CONFIG_NAME, {"unet": self.config.to_dict()})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "UNet":
+        """Load a model written by `save_pretrained`; never executes code from the files."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"model directory {directory} not found")
+        data = read_json(directory / CONFIG_NAME)
+        if "unet" not in data:
+            raise ValueError(f"{directory / CONFIG_NAME} has no 'unet' section")
+        model = cls(UNetConfig.from_dict(data["unet"]))
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} not found")
+        model.load_weights(load_file(weights))
+        return model
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a state dict, refusing missing, unexpected or wrongly shaped tensors by name."""
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"weights do not match the model config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        for name, want in expected.items():
+            if state[name].shape != want.shape:
+                found = tuple(state[name].shape)
+                raise ValueError(f"weight {name} has shape {found} but the config needs {tuple(want.shape)}")
+        self.load_state_dict(state)

@@ -1,0 +1,277 @@
+"""The protocol every sampler follows, and the notation all scheduler modules share.
+
+Names ↔ symbols (the one table; other modules refer here):
+
+| name                   | symbol            | meaning                                                |
+|------------------------|-------------------|--------------------------------------------------------|
+| `num_train_timesteps`  | T                 | training timesteps, numbered t = 0..T-1                |
+| `betas`                | β_t               | variance of q(x_t ∣ x_{t-1}) (Ho 2020, eq. 2)          |
+| `alphas`               | α_t = 1 - β_t     |                                                        |
+| `alphas_cumprod`       | ᾱ_t = ∏_{s≤t} α_s | q(x_t ∣ x_0) = N(√ᾱ_t·x_0, (1-ᾱ_t)·I) (Ho 2020, eq. 4) |
+| `snr`                  | ᾱ_t / (1-ᾱ_t)     | signal-to-noise ratio (Kingma et al. 2021, eq. 2)      |
+| `original_samples`     | x_0               | clean data                                             |
+| `noise`                | ε ~ N(0, I)       | the noise mixed into x_0                               |
+| `sample`               | x_t               | the noisy sample at timestep t                         |
+| `model_output`         | ε̂, v̂ or x̂_0       | what the model predicts, per `prediction_type`         |
+| `prediction_type`      |                   | `epsilon` (ε), `v_prediction` (v), `sample` (x_0)      |
+| velocity               | v                 | √ᾱ_t·ε - √(1-ᾱ_t)·x_0 (Salimans & Ho 2022, sec. 4)     |
+| `pred_original_sample` | x̂_0               | the model's estimate of x_0 at this step               |
+| `prev_sample`          | x_{t'}            | the sample at the previous inference timestep t' < t   |
+| `timesteps`            | t                 | inference timesteps, int64, descending; t' = -1: final |
+| `num_inference_steps`  | n                 | len(timesteps)                                         |
+| `eta`                  | η                 | DDIM stochasticity, σ_t(η) (Song et al. 2021, eq. 16)  |
+| `variance`             | σ_t²              | variance of the noise added by a step                  |
+
+When inference skips timesteps, "previous" is the previous *inference* timestep t', and the
+single-step quantities are the strided ones: α_t = ᾱ_t / ᾱ_{t'} and β_t = 1 - α_t.
+"""
+
+import abc
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import numpy as np
+import torch
+
+from diffusion.schedulers.config import SchedulerConfig
+from diffusion.schedulers.schedule import NoiseSchedule, Timesteps
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+FINAL = -1  # the previous timestep of the last inference step: "no timestep left, x_0"
+SchedulerT = TypeVar("SchedulerT", bound="Scheduler")
+
+
+class SchedulerOutput(NamedTuple):
+    """What one `step` returns; both tensors have the shape of the `sample` passed in."""
+
+    prev_sample: torch.Tensor  # x_{t'}: feed it back to the model at the next timestep
+    pred_original_sample: torch.Tensor  # x̂_0 after clipping/thresholding, for previews or guidance
+
+
+def randn_tensor(
+    shape: Sequence[int],
+    generator: Generators = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Standard Gaussian noise drawn from `generator`, equal bit for bit to diffusers' `randn_tensor`.
+
+    With a list of generators, item i of the batch is drawn from generator i alone (shape (1, *rest)),
+    so image i of a run does not depend on the batch size. Noise is drawn on the generator's device and
+    then moved to `device`.
+
+    Args:
+        shape: (b, ...).
+        generator: None (torch's default generator), one `torch.Generator`, or one per batch item.
+        device: device of the result; defaults to the CPU.
+        dtype: dtype of the result; defaults to torch's default dtype.
+
+    Returns:
+        noise, shape `shape`.
+
+    Raises:
+        ValueError: if a list of generators does not have one generator per batch item.
+    """
+    shape = tuple(shape)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+    generators = list(generator)
+    if len(generators) != shape[0]:
+        raise ValueError(f"expected one generator per batch item ({shape[0]}), got {len(generators)}")
+    items = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generators]
+    return torch.cat([item.to(device) for item in items])  # (b, ...)
+
+
+def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Dynamic thresholding of x̂_0 (Saharia et al. 2022, sec. 2.3), as diffusers' `_threshold_sample`.
+
+    Per batch item, s = quantile(|x̂_0|, ratio) clamped to [1, max_value]; x̂_0 is clamped to [-s, s]
+    and divided by s. With s = 1 this is plain clipping to [-1, 1]. Computed in at least float32.
+
+    Args:
+        sample: x̂_0, shape (b, ...).
+        ratio: the quantile, in (0, 1].
+        max_value: upper bound on s.
+
+    Returns:
+        thresholded x̂_0, shape and dtype of `sample`.
+    """
+    flat = sample.reshape(sample.shape[0], -1)  # (b, c*h*w)
+    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))  # quantile needs float32 or float64
+    s = torch.quantile(flat.abs(), ratio, dim=1)  # (b,)
+    s = torch.clamp(s, min=1, max=max_value).unsqueeze(1)  # (b, 1)
+    return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(sample.dtype)
+
+
+def timestep_as_int(timestep: int | torch.Tensor) -> int:
+    """A step's timestep as a Python int; it may be an int or a 0-d / 1-element integer tensor."""
+    if isinstance(timestep, torch.Tensor):
+        if timestep.numel() != 1 or timestep.is_floating_point() or timestep.dtype == torch.bool:
+            raise ValueError(
+                f"timestep must be an int or a 1-element integer tensor, "
+                f"got shape {tuple(timestep.shape)} dtype {timestep.dtype}"
+            )
+        return int(timestep.item())
+    try:
+        return operator.index(timestep)
+    except TypeError:
+        raise ValueError(f"timestep must be an int, got {timestep!r}") from None
+
+
+class Scheduler(abc.ABC):
+    """A sampler: `set_timesteps(n)`, then `step` once per entry of `timesteps`; `add_noise` for training.
+
+    Subclasses set `config_class` and implement `step`. `step` and `add_noise` are pure;
+    `set_timesteps` is the only method that changes state, and it builds both the timesteps and the
+    previous-timestep lookup that `step` uses.
+
+    Attributes:
+        config: the settings; a `config_class` instance.
+        schedule: the `NoiseSchedule` built from `config`.
+    """
+
+    config_class: ClassVar[type[SchedulerConfig]] = SchedulerConfig
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        config = self.config_class() if config is None else config
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config)}")
+        self.config = config
+        self.schedule = NoiseSchedule(config)
+        self._timesteps: torch.Tensor | None = None
+        self._previous: dict[int, int] = {}  # timestep -> previous inference timestep (FINAL for the last)
+
+    @classmethod
+    def from_config(cls: type[SchedulerT], config: SchedulerConfig) -> SchedulerT:
+        """Build the scheduler from its config (a `config_class` instance)."""
+        return cls(config)
+
+    @classmethod
+    def from_dict(cls: type[SchedulerT], d: Mapping[str, Any]) -> SchedulerT:
+        """Build the scheduler from a config dict: ours (`config.to_dict()`) or a diffusers one."""
+        return cls(cls.config_class.from_dict(d))
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        """The inference timesteps, int64, descending, shape (num_inference_steps,)."""
+        if self._timesteps is None:
+            raise RuntimeError("no timesteps yet: call set_timesteps(num_inference_steps) first")
+        return self._timesteps
+
+    @property
+    def num_inference_steps(self) -> int | None:
+        """n, or None before `set_timesteps`."""
+        return None if self._timesteps is None else len(self._previous)
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Choose the n inference timesteps (Lin et al. 2023, Table 2) and their previous timesteps.
+
+        With T = num_train_timesteps (values as in diffusers):
+            leading:  arange(n)·(T // n), reversed, + steps_offset
+            trailing: round(arange(T, 0, -T/n)) - 1, which starts at T-1
+            linspace: round(linspace(0, T-1, n)), reversed
+
+        Args:
+            num_inference_steps: n, in [1, num_train_timesteps].
+            device: device of `timesteps`.
+
+        Raises:
+            ValueError: if n is out of range, or leading spacing with steps_offset passes T-1.
+        """
+        T = self.config.num_train_timesteps
+        try:
+            n = operator.index(num_inference_steps)
+        except TypeError:
+            raise ValueError(f"num_inference_steps must be an int, got {num_inference_steps!r}") from None
+        if not 1 <= n <= T:
+            raise ValueError(f"num_inference_steps must be in [1, {T}] (num_train_timesteps), got {n}")
+        spacing = self.config.timestep_spacing
+        if spacing == "leading":
+            timesteps = np.arange(n, dtype=np.int64)[::-1] * (T // n) + self.config.steps_offset
+        elif spacing == "trailing":
+            # np.arange with a float step sometimes returns n + 1 values, the extra one ≈ 0 (-1 after the
+            # shift; e.g. T = 1000, n = 61 in diffusers). The first n values are diffusers' values.
+            timesteps = np.round(np.arange(T, 0, -T / n)[:n]).astype(np.int64) - 1
+        else:
+            assert spacing == "linspace", spacing
+            timesteps = np.round(np.linspace(0, T - 1, n))[::-1].astype(np.int64)
+        if timesteps[0] >= T:
+            raise ValueError(
+                f"leading spacing with steps_offset={self.config.steps_offset} and num_inference_steps={n} "
+                f"gives timestep {timesteps[0]}, past the last training timestep {T - 1}"
+            )
+        assert len(timesteps) == n and timesteps[-1] >= 0 and (np.diff(timesteps) < 0).all(), timesteps
+        as_list = timesteps.tolist()
+        self._previous = dict(zip(as_list, [*as_list[1:], FINAL], strict=True))
+        self._timesteps = torch.tensor(as_list, dtype=torch.int64, device=device)
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """The inference timestep after `timestep`, looked up in the schedule; FINAL (-1) after the last.
+
+        Raises:
+            RuntimeError: before `set_timesteps`.
+            ValueError: if `timestep` is not one of `timesteps`.
+        """
+        if self._timesteps is None:
+            raise RuntimeError("no timesteps yet: call set_timesteps(num_inference_steps) first")
+        t = timestep_as_int(timestep)
+        if t not in self._previous:
+            first, last = self._timesteps[0].item(), self._timesteps[-1].item()
+            raise ValueError(
+                f"timestep {t} is not one of the {len(self._previous)} timesteps set by set_timesteps "
+                f"({first} ... {last})"
+            )
+        return self._previous[t]
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Timesteps
+    ) -> torch.Tensor:
+        """x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε (Ho et al. 2020, eq. 4); see `NoiseSchedule.add_noise`."""
+        return self.schedule.add_noise(original_samples, noise, timesteps)
+
+    def _process_pred_original_sample(self, pred_original_sample: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding (which wins, as in diffusers) or clipping of x̂_0, per the config."""
+        config = self.config
+        if config.thresholding:
+            return dynamic_threshold(
+                pred_original_sample, config.dynamic_thresholding_ratio, config.sample_max_value
+            )
+        if config.clip_sample:
+            return pred_original_sample.clamp(-config.clip_sample_range, config.clip_sample_range)
+        return pred_original_sample
+
+    @staticmethod
+    def _check_shapes(model_output: torch.Tensor, sample: torch.Tensor) -> None:
+        if model_output.shape != sample.shape:
+            raise ValueError(
+                f"model_output shape {tuple(model_output.shape)} differs from "
+                f"sample shape {tuple(sample.shape)}"
+            )
+
+    @abc.abstractmethod
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: Generators = None,
+    ) -> SchedulerOutput:
+        """Go from x_t to x_{t'}, t' = `previous_timestep(timestep)`, given the model output at t.
+
+        Args:
+            model_output: ε̂, v̂ or x̂_0 per `config.prediction_type`, shape (b, ...).
+            timestep: t, one of `timesteps`; an int or a 1-element integer tensor.
+            sample: x_t, shape (b, ...).
+            generator: source of the step's noise, see `randn_tensor`; unused by deterministic steps.
+
+        Returns:
+            `SchedulerOutput(prev_sample, pred_original_sample)`, each of shape (b, ...).
+
+        Raises:
+            RuntimeError: before `set_timesteps`.
+            ValueError: for a timestep not in `timesteps` or mismatched shapes.
+        """

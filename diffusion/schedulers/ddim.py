@@ -1,0 +1,123 @@
+"""DDIM sampling (Song et al. 2021): the generalised, non-Markovian reverse process of eq. 12.
+
+η = 0 gives the deterministic DDIM sampler, η = 1 the DDPM posterior variance (eq. 16). The previous
+timestep t' comes from the lookup `set_timesteps` builds, so every spacing is exact (diffusers' DDIM
+recomputes it as t - T//n, which is wrong for "linspace" and for "trailing" when n does not divide T).
+Otherwise the semantics equal diffusers' `DDIMScheduler` with `use_clipped_model_output=False`.
+Notation: see `diffusion.schedulers.base`.
+"""
+
+import dataclasses
+
+import torch
+
+from diffusion.schedulers.base import (
+    FINAL,
+    Generators,
+    Scheduler,
+    SchedulerOutput,
+    randn_tensor,
+    timestep_as_int,
+)
+from diffusion.schedulers.config import SchedulerConfig
+
+_ROUNDING = 1e-12  # float64 slack when checking that 1 - ᾱ_t' - σ_t² >= 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DDIMConfig(SchedulerConfig):
+    """`SchedulerConfig` plus DDIM's stochasticity and its final-step convention."""
+
+    # η of eq. 16: 0 = deterministic DDIM, 1 = DDPM's σ_t (> 1 may fail in step: σ_t² > 1 - ᾱ_t').
+    # A step() argument in diffusers; here a setting, so one sampling loop serves every sampler.
+    eta: float = 0.0
+    # ᾱ_{t'} at the last step (t' = -1): 1 (x_{t'} is x̂_0) if True, else ᾱ_0 (one step short of x_0).
+    set_alpha_to_one: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+
+
+class DDIMScheduler(Scheduler):
+    """Sampler of Song et al. 2021; deterministic when `config.eta` is 0."""
+
+    config_class = DDIMConfig
+    config: DDIMConfig
+
+    def _alphas_cumprod_pair(self, timestep: int | torch.Tensor) -> tuple[float, float]:
+        """(ᾱ_t, ᾱ_{t'}) in float64; at the final step ᾱ_{t'} is 1 or ᾱ_0 per `set_alpha_to_one`."""
+        timestep = timestep_as_int(timestep)
+        prev = self.previous_timestep(timestep)
+        alphas_cumprod = self.schedule.alphas_cumprod
+        if prev == FINAL:
+            alpha_prod_t_prev = 1.0 if self.config.set_alpha_to_one else alphas_cumprod[0].item()
+        else:
+            alpha_prod_t_prev = alphas_cumprod[prev].item()
+        return alphas_cumprod[timestep].item(), alpha_prod_t_prev
+
+    def variance(self, timestep: int | torch.Tensor) -> float:
+        """σ_t(η)² of eq. 16: η²·(1-ᾱ_{t'})/(1-ᾱ_t)·(1 - ᾱ_t/ᾱ_{t'}). Needs `set_timesteps`."""
+        alpha_prod_t, alpha_prod_t_prev = self._alphas_cumprod_pair(timestep)
+        posterior_variance = (
+            (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+        )
+        return self.config.eta**2 * posterior_variance
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: Generators = None,
+    ) -> SchedulerOutput:
+        """One step of eq. 12 of Song et al. 2021, from t to the previous inference timestep t'.
+
+        Args:
+            model_output: ε̂, v̂ or x̂_0 per `config.prediction_type`, shape (b, ...).
+            timestep: t, one of `timesteps`; an int or a 1-element integer tensor.
+            sample: x_t, shape (b, ...).
+            generator: source of the noise ε_t when `config.eta` > 0, see `randn_tensor`.
+
+        Returns:
+            `SchedulerOutput(prev_sample=x_{t'}, pred_original_sample=x̂_0)`, each of shape (b, ...).
+
+        Raises:
+            RuntimeError: before `set_timesteps`.
+            ValueError: for a timestep not in `timesteps` or mismatched shapes.
+        """
+        self._check_shapes(model_output, sample)
+        t = timestep_as_int(timestep)
+
+        # 1. ᾱ_{t'}, t' looked up (the paper's α_{t-1}); ᾱ_t enters through steps 2 and 3.
+        _, alpha_prod_t_prev = self._alphas_cumprod_pair(t)
+
+        # 2. "predicted x_0" of eq. 12 and the ε̂ it implies, from the model output (before clipping,
+        #    as diffusers does by default), then clip or threshold x̂_0.
+        pred_original_sample = self.schedule.pred_original_sample(model_output, sample, t)
+        pred_epsilon = self.schedule.pred_epsilon(model_output, sample, t)
+        pred_original_sample = self._process_pred_original_sample(pred_original_sample)
+
+        # 3. σ_t(η) of eq. 16.
+        variance = self.variance(t)
+        std_dev_t = variance**0.5
+
+        # 4. "direction pointing to x_t" of eq. 12: √(1-ᾱ_{t'}-σ_t²)·ε̂. Its variance is >= 0 for η <= 1
+        #    (up to rounding, which is clamped); a larger η can make it negative, which has no meaning.
+        direction_variance = 1 - alpha_prod_t_prev - variance
+        if direction_variance < -_ROUNDING:
+            raise ValueError(
+                f"eta={self.config.eta} is too large at timestep {t}: σ_t² = {variance:.6g} exceeds "
+                f"1 - ᾱ_t' = {1 - alpha_prod_t_prev:.6g} (eq. 12 needs σ_t² <= 1 - ᾱ_t')"
+            )
+        pred_sample_direction = max(direction_variance, 0.0) ** 0.5 * pred_epsilon
+
+        # 5. x_{t'} = √ᾱ_{t'}·x̂_0 + direction + σ_t·ε_t (eq. 12); noise is drawn whenever η > 0.
+        prev_sample = alpha_prod_t_prev**0.5 * pred_original_sample + pred_sample_direction
+        if self.config.eta > 0:
+            noise = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+            )
+            prev_sample = prev_sample + std_dev_t * noise
+        return SchedulerOutput(prev_sample, pred_original_sample)

@@ -1,0 +1,124 @@
+"""DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), on any subset of the training timesteps.
+
+Each step samples x_{t'} from the Gaussian posterior q(x_{t'} | x_t, x̂_0) (eqs. 6-7), with x̂_0 the
+model's estimate of x_0. Between inference timesteps t > t', the single-step quantities are the strided
+ones α_t = ᾱ_t/ᾱ_{t'}, β_t = 1 - α_t, which equal the paper's when every timestep is used. The
+semantics equal diffusers' `DDPMScheduler` for its `fixed_small` and `fixed_large` variance types.
+Notation: see `diffusion.schedulers.base`.
+"""
+
+import dataclasses
+from typing import Literal, get_args
+
+import torch
+
+from diffusion.config import check_choice
+from diffusion.schedulers.base import (
+    FINAL,
+    Generators,
+    Scheduler,
+    SchedulerOutput,
+    randn_tensor,
+    timestep_as_int,
+)
+from diffusion.schedulers.config import SchedulerConfig
+
+VarianceType = Literal["fixed_small", "fixed_large"]
+VARIANCE_TYPES: tuple[str, ...] = get_args(VarianceType)
+MIN_VARIANCE = 1e-20  # diffusers clamps β̃_t to this (it takes logs elsewhere); it matters only at t' = -1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DDPMConfig(SchedulerConfig):
+    """`SchedulerConfig` plus the variance of the noise each step adds."""
+
+    # σ_t² of a step (Ho et al. 2020, sec. 3.2): fixed_small = β̃_t, the posterior variance (eq. 7),
+    # optimal for deterministic x_0; fixed_large = β_t, optimal for x_0 ~ N(0, I).
+    variance_type: VarianceType = "fixed_small"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("variance type", self.variance_type, VARIANCE_TYPES)
+
+
+class DDPMScheduler(Scheduler):
+    """Ancestral sampler of Ho et al. 2020; stochastic, `generator` supplies its noise."""
+
+    config_class = DDPMConfig
+    config: DDPMConfig
+
+    def _alphas_cumprod_pair(self, timestep: int | torch.Tensor) -> tuple[float, float]:
+        """(ᾱ_t, ᾱ_{t'}) in float64, with ᾱ_{t'} = 1 at the final step (t' = -1): x_{-1} is x_0."""
+        timestep = timestep_as_int(timestep)
+        prev = self.previous_timestep(timestep)
+        alphas_cumprod = self.schedule.alphas_cumprod
+        alpha_prod_t_prev = 1.0 if prev == FINAL else alphas_cumprod[prev].item()
+        return alphas_cumprod[timestep].item(), alpha_prod_t_prev
+
+    def posterior_variance(self, timestep: int | torch.Tensor) -> float:
+        """β̃_t = (1-ᾱ_{t'})/(1-ᾱ_t)·β_t, the variance of q(x_{t'} | x_t, x_0) (Ho et al. 2020, eq. 7).
+
+        Needs `set_timesteps`: t' is the previous inference timestep, β_t = 1 - ᾱ_t/ᾱ_{t'}.
+        """
+        alpha_prod_t, alpha_prod_t_prev = self._alphas_cumprod_pair(timestep)
+        current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
+        return (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t
+
+    def variance(self, timestep: int | torch.Tensor) -> float:
+        """σ_t², the variance of the noise `step` adds at `timestep`, per `config.variance_type`.
+
+        fixed_small: max(β̃_t, 1e-20), as diffusers clamps it; fixed_large: β_t = 1 - ᾱ_t/ᾱ_{t'}.
+        """
+        if self.config.variance_type == "fixed_small":
+            return max(self.posterior_variance(timestep), MIN_VARIANCE)
+        alpha_prod_t, alpha_prod_t_prev = self._alphas_cumprod_pair(timestep)
+        return 1 - alpha_prod_t / alpha_prod_t_prev
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: Generators = None,
+    ) -> SchedulerOutput:
+        """One step of Ho et al. 2020, Algorithm 2, from t to the previous inference timestep t'.
+
+        Args:
+            model_output: ε̂, v̂ or x̂_0 per `config.prediction_type`, shape (b, ...).
+            timestep: t, one of `timesteps`; an int or a 1-element integer tensor.
+            sample: x_t, shape (b, ...).
+            generator: source of the noise z, see `randn_tensor`.
+
+        Returns:
+            `SchedulerOutput(prev_sample=x_{t'}, pred_original_sample=x̂_0)`, each of shape (b, ...).
+
+        Raises:
+            RuntimeError: before `set_timesteps`.
+            ValueError: for a timestep not in `timesteps` or mismatched shapes.
+        """
+        self._check_shapes(model_output, sample)
+        t = timestep_as_int(timestep)
+
+        # 1. ᾱ_t, ᾱ_{t'} (t' looked up; ᾱ = 1 at the final step) and the strided α_t, β_t.
+        alpha_prod_t, alpha_prod_t_prev = self._alphas_cumprod_pair(t)
+        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+        current_beta_t = 1 - current_alpha_t
+
+        # 2. x̂_0 from the model output (eq. 15 for ε; Salimans & Ho 2022 for v), then clip or threshold.
+        pred_original_sample = self.schedule.pred_original_sample(model_output, sample, t)
+        pred_original_sample = self._process_pred_original_sample(pred_original_sample)
+
+        # 3. Posterior mean μ̃_t(x_t, x̂_0) = √ᾱ_{t'}·β_t/(1-ᾱ_t)·x̂_0 + √α_t·(1-ᾱ_{t'})/(1-ᾱ_t)·x_t (eq. 7).
+        pred_original_sample_coeff = alpha_prod_t_prev**0.5 * current_beta_t / (1 - alpha_prod_t)
+        current_sample_coeff = current_alpha_t**0.5 * (1 - alpha_prod_t_prev) / (1 - alpha_prod_t)
+        prev_sample = pred_original_sample_coeff * pred_original_sample + current_sample_coeff * sample
+
+        # 4. x_{t'} = μ̃_t + σ_t·z, z ~ N(0, I) (Algorithm 2, line 4). As in diffusers, z = 0 only at t = 0,
+        #    so a final step from t > 0 still draws z: scaled by σ = 1e-10 for fixed_small, but by
+        #    √(1-ᾱ_t) for fixed_large, which leaves noise in the result (prefer fixed_small when striding).
+        if t > 0:
+            noise = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+            )
+            prev_sample = prev_sample + self.variance(t) ** 0.5 * noise
+        return SchedulerOutput(prev_sample, pred_original_sample)

@@ -1,0 +1,114 @@
+"""The import rules of shared/STYLE.md, read from the source with `ast`."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "diffusion"
+
+# Lowest first. A module may import only from its own layer or below; models and schedulers share
+# a layer but never import each other.
+LAYERS = [
+    {"diffusion.config", "diffusion.fileio", "diffusion.image"},
+    {"diffusion.models", "diffusion.schedulers"},
+    {"diffusion.pipeline", "diffusion.checkpoint", "diffusion.data", "diffusion.metrics"},
+    {"diffusion.training"},
+    {"diffusion.cli"},
+]
+
+
+def module_name(path: Path, root: Path = PACKAGE.parent) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, root: Path = PACKAGE.parent) -> set[str]:
+    """Absolute names of everything ``path`` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    me = module_name(path, root)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            name = ".".join([*base, node.module] if node.module else base)
+            found.add(name)
+            found |= {f"{name}.{alias.name}" for alias in node.names}
+    return found
+
+
+def layer_of(name: str) -> int | None:
+    for i, layer in enumerate(LAYERS):
+        if any(name == top or name.startswith(top + ".") for top in layer):
+            return i
+    return None
+
+
+def top_component(name: str) -> str:
+    return ".".join(name.split(".")[:2])
+
+
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_module_belongs_to_a_layer():
+    orphans = [module_name(p) for p in SOURCES if p.name != "__init__.py" or p.parent != PACKAGE]
+    orphans = [m for m in orphans if layer_of(m) is None]
+    assert orphans == []
+
+
+def layering_violations(path: Path, root: Path = PACKAGE.parent) -> list[str]:
+    """Imports of ``path`` that point to a higher layer, or between models and schedulers."""
+    me = module_name(path, root)
+    if me == "diffusion":
+        return []  # the package root re-exports the public API
+    mine = layer_of(me)
+    bad = []
+    for name in imports(path, root):
+        theirs = layer_of(name)
+        sideways = {top_component(me), top_component(name)} == {"diffusion.models", "diffusion.schedulers"}
+        if theirs is not None and (theirs > mine or sideways):
+            bad.append(name)
+    return sorted(bad)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: module_name(p))
+def test_imports_point_downwards(path):
+    assert layering_violations(path) == []
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: module_name(p))
+def test_only_cli_parses_arguments_or_prints(path):
+    if module_name(path) == "diffusion.cli":
+        return
+    names = imports(path)
+    assert "argparse" not in names and "sys.argv" not in path.read_text(encoding="utf-8")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    prints = [
+        n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print"
+    ]
+    assert prints == [], f"library code logs instead of printing (lines {prints})"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: module_name(p))
+def test_library_never_seeds_global_randomness(path):
+    assert "manual_seed(" not in path.read_text(encoding="utf-8").replace("Generator().manual_seed(", "")
+
+
+def test_rules_catch_a_violation(tmp_path):
+    """The checker itself: a model importing a scheduler, or the CLI, is flagged."""
+    fake = tmp_path / "diffusion" / "models" / "x.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(
+        "import torch\nfrom ..schedulers import DDIMScheduler\nfrom ..cli import main\n"
+        "from .unet import UNet\n"
+    )
+    assert layering_violations(fake, tmp_path) == [
+        "diffusion.cli",
+        "diffusion.cli.main",
+        "diffusion.schedulers",
+        "diffusion.schedulers.DDIMScheduler",
+    ]

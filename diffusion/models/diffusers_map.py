@@ -128,7 +128,5 @@ def from_diffusers_state_dict(state: dict[str, torch.Tensor], config: UNetConfig
     name_map = diffusers_name_map(config)
     missing = sorted(n for names in name_map.values() for n in names if n not in state)
     if missing:
-        raise ValueError(
-            f"diffusers weights lack {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}"
-        )
+        raise ValueError(f"diffusers weights lack {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}")
     return {ours: torch.cat([state[n] for n in theirs], dim=0) for ours, theirs in name_map.items()}

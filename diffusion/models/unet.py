@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import config_from_dict, config_to_dict, validate_literals
 from ..fileio import atomic_write, read_json, write_json
@@ -65,18 +66,20 @@ class UNetConfig:
         levels = range(len(self.channel_mult))
         if any(level not in levels for level in self.attention_levels):
             raise ValueError(
-                f"attention_levels {self.attention_levels!r} must be level indices in "
-                f"0..{len(self.channel_mult) - 1}"
+                f"attention_levels {self.attention_levels!r} must be level indices in 0..{len(self.channel_mult) - 1}"
             )
         for channels in {self.base_channels * m for m in self.channel_mult}:
             if channels % self.norm_groups:
-                raise ValueError(
-                    f"norm_groups={self.norm_groups} must divide every level's channels {channels}"
-                )
+                raise ValueError(f"norm_groups={self.norm_groups} must divide every level's channels {channels}")
+        attention = [self.channel_mult[level] for level in self.attention_levels]
+        attention += [self.channel_mult[-1]] if self.mid_attention else []
+        for channels in {self.base_channels * m for m in attention}:
             if self.head_channels is not None and channels % self.head_channels:
                 raise ValueError(
-                    f"head_channels={self.head_channels} must divide every level's channels {channels}"
+                    f"head_channels={self.head_channels} must divide every attention block's channels {channels}"
                 )
+            if self.head_channels is None and channels % self.num_heads:
+                raise ValueError(f"num_heads={self.num_heads} must divide every attention block's channels {channels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.num_classes is not None and self.num_classes < 1:
@@ -202,9 +205,7 @@ class UNet(nn.Module):
         )
 
         def attention(channels: int) -> Attention:
-            return Attention(
-                channels, num_heads=c.heads_for(channels), norm_groups=c.norm_groups, norm_eps=c.norm_eps
-            )
+            return Attention(channels, num_heads=c.heads_for(channels), norm_groups=c.norm_groups, norm_eps=c.norm_eps)
 
         self.time_embed = TimestepMLP(c.base_channels, emb_dim)
         self.class_embed = nn.Embedding(c.num_classes + 1, emb_dim) if c.num_classes else None
@@ -245,23 +246,20 @@ class UNet(nn.Module):
                 ch = out
             resampler = None
             if level != 0:
-                resampler = (
-                    ResBlock(ch, ch, **block, resample="up") if c.resample == "resblock" else Upsample(ch)
-                )
+                resampler = ResBlock(ch, ch, **block, resample="up") if c.resample == "resblock" else Upsample(ch)
             up.insert(0, Level(res, attn, resampler))
         assert not skips, "every encoder activation must be consumed by the decoder"
         self.up = nn.ModuleList(up)  # indexed by level, finest first, like self.down
 
         self.norm_out = nn.GroupNorm(c.norm_groups, ch, eps=c.norm_eps)
+        self.gradient_checkpointing = False  # recompute block activations in backward (training memory)
         self.conv_out = nn.Conv2d(ch, c.out_channels or c.in_channels, 3, padding=1)
 
     def check_input(self, sample: torch.Tensor, timesteps: torch.Tensor) -> None:
         """Raise ``ValueError`` for an input this model cannot take, naming what was expected."""
         c = self.config
         if sample.ndim != 4:
-            raise ValueError(
-                f"sample must have shape (batch, channels, height, width), got {tuple(sample.shape)}"
-            )
+            raise ValueError(f"sample must have shape (batch, channels, height, width), got {tuple(sample.shape)}")
         if sample.shape[1] != c.in_channels:
             raise ValueError(f"sample has {sample.shape[1]} channels but the model expects {c.in_channels}")
         height, width = sample.shape[-2:]
@@ -307,21 +305,26 @@ class UNet(nn.Module):
         elif class_labels is not None:
             raise ValueError("class_labels were given but the model is unconditional (num_classes is None)")
 
+        def run(block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                return checkpoint(block, *args, use_reentrant=False)
+            return block(*args)
+
         h = self.conv_in(sample)
         skips = [h]
         for level in self.down:
             for res, attn in level.blocks():
-                h = attn(res(h, emb))
+                h = run(attn, run(res, h, emb))
                 skips.append(h)
             if level.resampler is not None:
                 h = level.resample(h, emb)
                 skips.append(h)
 
-        h = self.mid(h, emb)
+        h = run(self.mid, h, emb)
 
         for level in reversed(self.up):
             for res, attn in level.blocks():
-                h = attn(res(torch.cat([h, skips.pop()], dim=1), emb))  # (b, c + c_skip, h, w) in
+                h = run(attn, run(res, torch.cat([h, skips.pop()], dim=1), emb))  # (b, c + c_skip, h, w) in
             if level.resampler is not None:
                 h = level.resample(h, emb)
 
@@ -335,7 +338,7 @@ class UNet(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        write_json(directory / CONFIG_NAME, {"unet": self.config.to_dict()})
+        write_json(directory / CONFIG_NAME, {"_class_name": "UNet", **self.config.to_dict()})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "UNet":
@@ -344,13 +347,17 @@ class UNet(nn.Module):
         if not directory.is_dir():
             raise FileNotFoundError(f"model directory {directory} not found")
         data = read_json(directory / CONFIG_NAME)
-        if "unet" not in data:
-            raise ValueError(f"{directory / CONFIG_NAME} has no 'unet' section")
-        model = cls(UNetConfig.from_dict(data["unet"]))
+        if data.get("_class_name") != "UNet":
+            raise ValueError(f"{directory / CONFIG_NAME} is not a pixel-diffusion UNet config")
+        model = cls(UNetConfig.from_dict({k: v for k, v in data.items() if not k.startswith("_")}))
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} not found")
-        model.load_weights(load_file(weights))
+        try:
+            state = load_file(weights)
+        except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+            raise ValueError(f"{weights} is not a readable safetensors file ({e})") from None
+        model.load_weights(state)
         return model
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:

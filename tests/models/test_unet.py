@@ -97,7 +97,7 @@ def test_save_load_round_trip_gives_identical_output(tmp_path):
     model = UNet(config).eval()
     model.save_pretrained(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["unet"]["sample_size"] == [8, 16]
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["sample_size"] == [8, 16]
     loaded = UNet.from_pretrained(tmp_path / "m").eval()
     assert loaded.config == config
     x, t = torch.randn(2, 3, 8, 16), torch.tensor([1, 2])
@@ -164,7 +164,7 @@ def test_bad_config_values_name_the_value_and_the_choices(overrides, message):
 def test_mismatched_weights_are_refused_by_name(tmp_path):
     UNet(tiny()).save_pretrained(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    config["unet"]["base_channels"] = 32
+    config["base_channels"] = 32
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(
         ValueError,

@@ -1,0 +1,206 @@
+"""Training images from a folder tree: find, validate, decode, fit to size, and scale to [-1, 1].
+
+Any tree of png, jpg/jpeg, webp, bmp, tiff and gif files (the first frame) is searched recursively
+and ordered by relative path, so the same folder always gives the same order. Each file is decoded
+once when the dataset is built; files that do not decode (truncated, zero bytes, not an image, a
+decompression bomb, unreadable) are skipped and reported in one warning. Class labels come from the
+first-level subfolder names.
+
+Augmentation randomness is a pure function of a per-item seed that the sampler hands in with the
+index, so a data order and its augmentations replay exactly after a resume, with or without workers.
+"""
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+_SHOWN = 5  # how many paths a warning names
+
+
+def find_image_files(root: str | Path) -> list[Path]:
+    """Every file under ``root`` with an image extension, sorted by relative path.
+
+    Symbolic links to directories are not followed, so a link loop cannot hang the search.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} not found (give --data a folder of images)")
+    found = []
+    for directory, subdirs, names in os.walk(root, onerror=lambda e: logger.warning("cannot list %s", e)):
+        subdirs.sort()
+        found += [Path(directory) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix().encode("utf-8", "surrogateescape"))
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """High-bit-depth grayscale (16-bit PNG, 32-bit int, float) to 8-bit ``L``, scaled, not clipped."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and array.max(initial=0) > 255):
+        array = array / 257.0
+    elif image.mode == "F" and array.max(initial=0) <= 1.0:
+        array = array * 255.0
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_mode(image: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL mode to ``L`` (1 channel) or ``RGB`` (3); transparency is composited on white."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
+    if "transparency" in image.info:  # a palette entry or colour key marks transparent pixels
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("L" if channels == 1 else "RGB")
+
+
+def load_image(path: str | Path, channels: int) -> Image.Image:
+    """Decode ``path`` fully: first frame, EXIF orientation applied, converted to ``channels``.
+
+    Raises:
+        OSError / ValueError / Image.DecompressionBombError: the file is not a usable image.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # too big: skip, never blow up
+        with Image.open(path) as image:
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_mode(image, channels)
+
+
+def fit(image: Image.Image, size: tuple[int, int], crop_at: tuple[float, float] | None) -> Image.Image:
+    """Resize so the image covers ``size`` (height, width), then crop to it.
+
+    Args:
+        image: any size.
+        size: (height, width) wanted.
+        crop_at: None for a center crop, else the crop position as fractions in [0, 1) of the slack
+            along (y, x).
+    """
+    height, width = size
+    scale = max(height / image.height, width / image.width)
+    new_w, new_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+    if (new_w, new_h) != image.size:
+        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    fy, fx = crop_at if crop_at is not None else (0.5, 0.5)
+    top = min(int(fy * (new_h - height + 1)), new_h - height)
+    left = min(int(fx * (new_w - width + 1)), new_w - width)
+    return image.crop((left, top, left + width, top + height))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """``L`` / ``RGB`` image -> float32 ``(c, h, w)`` in [-1, 1]."""
+    array = np.asarray(image, dtype=np.uint8)
+    array = array[:, :, None] if array.ndim == 2 else array  # (h, w, c)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """What building the dataset found."""
+
+    files: list[Path]  # usable images, in order
+    labels: list[int] | None  # first-level subfolder index per file, None when some files are at the top
+    class_names: list[str]  # sorted first-level subfolder names holding images
+    skipped: list[tuple[Path, str]]  # unusable files and why
+    upscaled: int  # usable images smaller than the target size
+
+
+def scan(root: str | Path, size: tuple[int, int], channels: int) -> ScanReport:
+    """Find and decode every image under ``root``; warn once about skipped and upscaled files.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing.
+        ValueError: no usable image at all.
+    """
+    root = Path(root)
+    files, skipped, upscaled = [], [], 0
+    for path in find_image_files(root):
+        try:
+            image = load_image(path, channels)
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+        ) as e:
+            skipped.append((path, f"{type(e).__name__}: {e}"))
+            continue
+        files.append(path)
+        upscaled += image.height < size[0] or image.width < size[1]
+    if skipped:
+        shown = ", ".join(f"{p} ({why})" for p, why in skipped[:_SHOWN])
+        logger.warning(
+            "skipped %d unreadable file(s): %s%s",
+            len(skipped),
+            shown,
+            " ..." if len(skipped) > _SHOWN else "",
+        )
+    if upscaled:
+        logger.warning("%d image(s) are smaller than %dx%d and will be upscaled", upscaled, *size)
+    if not files:
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ValueError(f"no readable images found under {root} (searched recursively for {extensions})")
+    tops = [p.relative_to(root).parts for p in files]
+    class_names = sorted({parts[0] for parts in tops if len(parts) > 1})
+    labels = None
+    if all(len(parts) > 1 for parts in tops):
+        index = {name: i for i, name in enumerate(class_names)}
+        labels = [index[parts[0]] for parts in tops]
+    return ScanReport(files, labels, class_names, skipped, upscaled)
+
+
+class ImageFolder(Dataset):
+    """A scanned image folder; items are requested as ``(index, augmentation_seed)``.
+
+    ``dataset[(i, seed)]`` returns ``(image, label)``: a float32 ``(channels, h, w)`` tensor in
+    [-1, 1] and an int64 label (-1 for an unlabelled folder). The seed drives the random crop and
+    flip, so the same key always gives the same tensor.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        size: tuple[int, int],
+        channels: int,
+        *,
+        random_crop: bool = False,
+        hflip: bool = True,
+    ) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        self.size, self.channels = size, channels
+        self.random_crop, self.hflip = random_crop, hflip
+        self.report = scan(root, size, channels)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.report.class_names
+
+    def __len__(self) -> int:
+        return len(self.report.files)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = key
+        fy, fx, flip = torch.rand(3, generator=torch.Generator().manual_seed(seed)).tolist()
+        image = fit(
+            load_image(self.report.files[index], self.channels),
+            self.size,
+            (fy, fx) if self.random_crop else None,
+        )
+        if self.hflip and flip < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        label = self.report.labels[index] if self.report.labels is not None else -1
+        return to_tensor(image), torch.tensor(label, dtype=torch.long)

@@ -68,9 +68,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     kwargs = {}
     for key, value in data.items():
         annotation = hints[key]
-        wants_tuple = get_origin(annotation) is tuple or any(
-            get_origin(a) is tuple for a in get_args(annotation)
-        )
+        wants_tuple = get_origin(annotation) is tuple or any(get_origin(a) is tuple for a in get_args(annotation))
         if wants_tuple and isinstance(value, list):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         kwargs[key] = value

@@ -87,9 +87,7 @@ def test_only_cli_parses_arguments_or_prints(path):
     names = imports(path)
     assert "argparse" not in names and "sys.argv" not in path.read_text(encoding="utf-8")
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    prints = [
-        n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print"
-    ]
+    prints = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print"]
     assert prints == [], f"library code logs instead of printing (lines {prints})"
 
 
@@ -103,8 +101,7 @@ def test_rules_catch_a_violation(tmp_path):
     fake = tmp_path / "diffusion" / "models" / "x.py"
     fake.parent.mkdir(parents=True)
     fake.write_text(
-        "import torch\nfrom ..schedulers import DDIMScheduler\nfrom ..cli import main\n"
-        "from .unet import UNet\n"
+        "import torch\nfrom ..schedulers import DDIMScheduler\nfrom ..cli import main\nfrom .unet import UNet\n"
     )
     assert layering_violations(fake, tmp_path) == [
         "diffusion.cli",

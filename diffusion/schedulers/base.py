@@ -227,9 +227,7 @@ class Scheduler(abc.ABC):
             )
         return self._previous[t]
 
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Timesteps
-    ) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Timesteps) -> torch.Tensor:
         """x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε (Ho et al. 2020, eq. 4); see `NoiseSchedule.add_noise`."""
         return self.schedule.add_noise(original_samples, noise, timesteps)
 
@@ -237,9 +235,7 @@ class Scheduler(abc.ABC):
         """Dynamic thresholding (which wins, as in diffusers) or clipping of x̂_0, per the config."""
         config = self.config
         if config.thresholding:
-            return dynamic_threshold(
-                pred_original_sample, config.dynamic_thresholding_ratio, config.sample_max_value
-            )
+            return dynamic_threshold(pred_original_sample, config.dynamic_thresholding_ratio, config.sample_max_value)
         if config.clip_sample:
             return pred_original_sample.clamp(-config.clip_sample_range, config.clip_sample_range)
         return pred_original_sample
@@ -248,8 +244,7 @@ class Scheduler(abc.ABC):
     def _check_shapes(model_output: torch.Tensor, sample: torch.Tensor) -> None:
         if model_output.shape != sample.shape:
             raise ValueError(
-                f"model_output shape {tuple(model_output.shape)} differs from "
-                f"sample shape {tuple(sample.shape)}"
+                f"model_output shape {tuple(model_output.shape)} differs from sample shape {tuple(sample.shape)}"
             )
 
     @abc.abstractmethod

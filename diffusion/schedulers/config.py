@@ -83,17 +83,14 @@ class SchedulerConfig:
             raise ValueError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
         if not 0 < self.beta_start <= self.beta_end < 1:
             raise ValueError(
-                f"expected 0 < beta_start <= beta_end < 1, got beta_start={self.beta_start}, "
-                f"beta_end={self.beta_end}"
+                f"expected 0 < beta_start <= beta_end < 1, got beta_start={self.beta_start}, beta_end={self.beta_end}"
             )
         if self.steps_offset < 0:
             raise ValueError(f"steps_offset must be >= 0, got {self.steps_offset}")
         if self.clip_sample_range <= 0:
             raise ValueError(f"clip_sample_range must be > 0, got {self.clip_sample_range}")
         if not 0 < self.dynamic_thresholding_ratio <= 1:
-            raise ValueError(
-                f"dynamic_thresholding_ratio must be in (0, 1], got {self.dynamic_thresholding_ratio}"
-            )
+            raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {self.dynamic_thresholding_ratio}")
         if self.sample_max_value <= 0:
             raise ValueError(f"sample_max_value must be > 0, got {self.sample_max_value}")
 

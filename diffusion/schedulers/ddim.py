@@ -60,9 +60,7 @@ class DDIMScheduler(Scheduler):
     def variance(self, timestep: int | torch.Tensor) -> float:
         """σ_t(η)² of eq. 16: η²·(1-ᾱ_{t'})/(1-ᾱ_t)·(1 - ᾱ_t/ᾱ_{t'}). Needs `set_timesteps`."""
         alpha_prod_t, alpha_prod_t_prev = self._alphas_cumprod_pair(timestep)
-        posterior_variance = (
-            (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
-        )
+        posterior_variance = (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
         return self.config.eta**2 * posterior_variance
 
     def step(

@@ -24,9 +24,7 @@ class NoiseSchedule:
     """
 
     def __init__(self, config: SchedulerConfig) -> None:
-        betas = make_betas(
-            config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end
-        )  # (T,)
+        betas = make_betas(config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end)  # (T,)
         if config.rescale_betas_zero_snr:
             betas = rescale_zero_terminal_snr(betas)
         self.config = config
@@ -54,8 +52,7 @@ class NoiseSchedule:
             batch_size is not None and timesteps.ndim == 1 and timesteps.shape[0] not in (1, batch_size)
         ):
             raise ValueError(
-                f"timesteps must be a scalar or of shape (batch,) = ({batch_size},), "
-                f"got shape {tuple(timesteps.shape)}"
+                f"timesteps must be a scalar or of shape (batch,) = ({batch_size},), got shape {tuple(timesteps.shape)}"
             )
         # Out-of-range indices would fail obscurely on an accelerator; checking costs one sync there.
         if timesteps.numel() and (timesteps.min() < 0 or timesteps.max() >= self.num_train_timesteps):
@@ -89,9 +86,7 @@ class NoiseSchedule:
             values = values.reshape(-1, *([1] * (like.ndim - 1)))  # (b, 1, ..., 1)
         return values
 
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Timesteps
-    ) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Timesteps) -> torch.Tensor:
         """Sample x_t ~ q(x_t | x_0): x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε (Ho et al. 2020, eq. 4).
 
         Args:
@@ -103,9 +98,7 @@ class NoiseSchedule:
             x_t, shape (b, ...), in the dtype of `original_samples`.
         """
         sqrt_alpha_prod = self._gather(self._sqrt_alphas_cumprod, timesteps, original_samples)
-        sqrt_one_minus_alpha_prod = self._gather(
-            self._sqrt_one_minus_alphas_cumprod, timesteps, original_samples
-        )
+        sqrt_one_minus_alpha_prod = self._gather(self._sqrt_one_minus_alphas_cumprod, timesteps, original_samples)
         return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Timesteps) -> torch.Tensor:
@@ -165,9 +158,7 @@ class NoiseSchedule:
         assert prediction_type == "sample", prediction_type
         return model_output
 
-    def pred_epsilon(
-        self, model_output: torch.Tensor, sample: torch.Tensor, timesteps: Timesteps
-    ) -> torch.Tensor:
+    def pred_epsilon(self, model_output: torch.Tensor, sample: torch.Tensor, timesteps: Timesteps) -> torch.Tensor:
         """ε̂ from the model output, for the configured `prediction_type`.
 
         epsilon: ε̂ = model output.

@@ -81,9 +81,7 @@ def build_pair(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # diffusers warns about deprecated defaults we do not use
         if kind == "ddpm":
-            ours = DDPMScheduler(
-                DDPMConfig(beta_schedule=beta_schedule, variance_type=variance_type, **common)
-            )
+            ours = DDPMScheduler(DDPMConfig(beta_schedule=beta_schedule, variance_type=variance_type, **common))
             theirs = diffusers.DDPMScheduler(
                 beta_schedule=diffusers_schedule, trained_betas=None, variance_type=variance_type, **common
             )

@@ -109,9 +109,7 @@ def test_rescale_and_final_alpha_match_diffusers(
 @pytest.mark.parametrize("eta", ETAS)
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize("spacing", ORACLE_SPACINGS)
-def test_sampling_loop_matches_diffusers(
-    make_pair, model, spacing, prediction_type, eta, per_item_generators
-):
+def test_sampling_loop_matches_diffusers(make_pair, model, spacing, prediction_type, eta, per_item_generators):
     pair = make_pair(
         "ddim",
         beta_schedule="cosine",
@@ -155,9 +153,7 @@ def true_output(schedule, prediction_type, x0, noise, t):
 def test_true_noise_lands_on_x0(prediction_type, beta_schedule, spacing, n, dtype):
     """Song et al. 2021, eq. 12 at η = 0: with the true ε, every step stays on x_t's trajectory and the
     last one (ᾱ_{t'} = 1) returns x_0."""
-    config = DDIMConfig(
-        prediction_type=prediction_type, timestep_spacing=spacing, beta_schedule=beta_schedule
-    )
+    config = DDIMConfig(prediction_type=prediction_type, timestep_spacing=spacing, beta_schedule=beta_schedule)
     scheduler = DDIMScheduler(config)
     scheduler.set_timesteps(n)
     generator = torch.Generator().manual_seed(0)
@@ -239,9 +235,7 @@ def test_from_diffusers_config_dict_matches(inputs, spacing, set_alpha_to_one):
         expected = theirs.step(model_output, t, sample)
         # diffusers' float32 ᾱ_t vs our float64, see conftest.Pair.assert_matches.
         torch.testing.assert_close(actual.prev_sample, expected.prev_sample, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(
-            actual.pred_original_sample, expected.pred_original_sample, rtol=1e-4, atol=1e-5
-        )
+        torch.testing.assert_close(actual.pred_original_sample, expected.pred_original_sample, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("n", [1, 10])

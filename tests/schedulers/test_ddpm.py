@@ -31,9 +31,7 @@ def step_both(pair, sample, model_output, t, seed):
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize("spacing", TIMESTEP_SPACINGS)
 @pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
-def test_step_matches_diffusers(
-    make_pair, inputs, beta_schedule, spacing, prediction_type, processing, variance_type
-):
+def test_step_matches_diffusers(make_pair, inputs, beta_schedule, spacing, prediction_type, processing, variance_type):
     pair = make_pair(
         "ddpm",
         beta_schedule=beta_schedule,
@@ -54,9 +52,7 @@ def test_step_matches_diffusers(
 @pytest.mark.parametrize("variance_type", VARIANCE_TYPES)
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
-def test_zero_terminal_snr_step_matches_diffusers(
-    make_pair, inputs, beta_schedule, prediction_type, variance_type
-):
+def test_zero_terminal_snr_step_matches_diffusers(make_pair, inputs, beta_schedule, prediction_type, variance_type):
     # Trailing spacing starts at t = T-1, where ᾱ = 0 after the rescale. With epsilon prediction both
     # sides divide by √ᾱ = 0 there (x̂_0 = ±inf); assert_matches compares that with equal_nan.
     pair = make_pair(
@@ -161,6 +157,4 @@ def test_from_diffusers_config_dict_matches(inputs, spacing, variance_type):
         expected = theirs.step(model_output, t, sample, generator=torch.Generator().manual_seed(t))
         # diffusers' float32 ᾱ_t vs our float64, see conftest.Pair.assert_matches.
         torch.testing.assert_close(actual.prev_sample, expected.prev_sample, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(
-            actual.pred_original_sample, expected.pred_original_sample, rtol=1e-4, atol=1e-5
-        )
+        torch.testing.assert_close(actual.pred_original_sample, expected.pred_original_sample, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,44 @@
+"""Tensors <-> PIL images, grids, and PNG files with their provenance in the text metadata."""
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+
+from .fileio import atomic_write
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``(n, c, h, w)`` floats in [0, 1] -> ``(n, h, w, c)`` uint8, rounded."""
+    array = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return array.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """``(n, c, h, w)`` floats in [0, 1] -> ``L`` (c = 1) or ``RGB`` (c = 3) images."""
+    return [Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a) for a in to_uint8(images)]
+
+
+def make_grid(images: Sequence[Image.Image], nrow: int | None = None, padding: int = 2) -> Image.Image:
+    """Tile equally sized images into rows of ``nrow`` (default: as square as possible)."""
+    if not images:
+        raise ValueError("make_grid needs at least one image")
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    ncol = math.ceil(len(images) / nrow)
+    width, height = images[0].size
+    grid = Image.new(images[0].mode, (nrow * (width + padding) + padding, ncol * (height + padding) + padding))
+    for i, image in enumerate(images):
+        row, col = divmod(i, nrow)
+        grid.paste(image, (padding + col * (width + padding), padding + row * (height + padding)))
+    return grid
+
+
+def save_png(image: Image.Image, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write a PNG, with ``metadata`` as text chunks."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(key, str(value))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))

@@ -1,0 +1,184 @@
+"""`DiffusionPipeline`: a UNet and a scheduler, the one sampling loop, and the model folder format.
+
+A model folder (written by `save_pretrained`, read by `from_pretrained`) follows diffusers' pipeline
+layout so that it can grow into a diffusers export::
+
+    model_index.json              format name and version, component classes, default sampler, class names
+    unet/config.json              UNetConfig fields
+    unet/model.safetensors        weights (the EMA weights for a trained model)
+    scheduler/scheduler_config.json  the noise schedule and the default sampler's settings
+
+Nothing in it is executed on load: JSON and safetensors only.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .fileio import read_json, write_json
+from .image import to_pil
+from .models import UNet
+from .schedulers import SCHEDULERS, Scheduler, get_scheduler
+from .schedulers.base import randn_tensor
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "pixel-diffusion"
+FORMAT_VERSION = 1
+OutputType = Literal["pil", "tensor", "numpy"]
+
+
+class DiffusionPipeline:
+    """Turns Gaussian noise into images with ``unet`` and ``scheduler``.
+
+    Attributes:
+        unet: the noise predictor.
+        scheduler: the default sampler; any other is one argument away (``scheduler="ddpm"``).
+        class_names: the training folder's class names, if any.
+    """
+
+    def __init__(self, unet: UNet, scheduler: Scheduler, class_names: Sequence[str] = ()) -> None:
+        self.unet = unet.eval()
+        self.scheduler = scheduler
+        self.class_names = list(class_names)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "DiffusionPipeline":
+        """Move the UNet to ``device`` and/or cast it to ``dtype``; returns ``self``."""
+        self.unet.to(device=device, dtype=dtype)
+        return self
+
+    def make_scheduler(self, name: str) -> Scheduler:
+        """A fresh scheduler ``name`` with this model's noise schedule and prediction type."""
+        return get_scheduler(name, self.scheduler.config.to_dict())
+
+    # ----- the model folder -----
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the model folder described in the module docstring."""
+        path = Path(path)
+        (path / "scheduler").mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(path / "unet")
+        name = next(n for n, cls in SCHEDULERS.items() if isinstance(self.scheduler, cls))
+        write_json(
+            path / "scheduler" / "scheduler_config.json",
+            {"_class_name": type(self.scheduler).__name__, **self.scheduler.config.to_dict()},
+        )
+        index = {
+            "_class_name": "DiffusionPipeline",
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "unet": ["diffusion", "UNet"],
+            "scheduler": ["diffusion", type(self.scheduler).__name__],
+            "default_scheduler": name,
+            "class_names": self.class_names,
+        }
+        write_json(path / "model_index.json", index)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> "DiffusionPipeline":
+        """Load a model folder written by `save_pretrained`, with no flags and no code execution."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model folder {path} not found")
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{path} is not a model folder (no model_index.json)")
+        index = read_json(path / "model_index.json")
+        if index.get("format") != FORMAT_NAME:
+            raise ValueError(f"{path}/model_index.json is not a {FORMAT_NAME} model index")
+        if index.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has format version {index.get('format_version')!r}; this version of "
+                f"pixel-diffusion reads version {FORMAT_VERSION}"
+            )
+        unet = UNet.from_pretrained(path / "unet")
+        scheduler_config = read_json(path / "scheduler" / "scheduler_config.json")
+        scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+        scheduler = get_scheduler(index.get("default_scheduler", "ddim"), scheduler_config)
+        return cls(unet, scheduler, index.get("class_names", [])).to(device, dtype)
+
+    # ----- sampling -----
+
+    def generators(self, num_images: int, seed: int | Sequence[int]) -> list[torch.Generator]:
+        """One generator per image: image i of a call with seed ``s`` uses seed ``s + i``."""
+        seeds = [seed + i for i in range(num_images)] if isinstance(seed, int) else list(seed)
+        if len(seeds) != num_images:
+            raise ValueError(f"got {len(seeds)} seeds for {num_images} images; give one seed per image")
+        return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        num_images: int = 1,
+        num_inference_steps: int = 50,
+        scheduler: str | Scheduler | None = None,
+        *,
+        seed: int | Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        size: tuple[int, int] | None = None,
+        output_type: OutputType = "pil",
+        progress: bool = False,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> list[Image.Image] | torch.Tensor | np.ndarray:
+        """Generate ``num_images`` images.
+
+        Args:
+            num_images: how many.
+            num_inference_steps: sampler steps.
+            scheduler: a registered name (``"ddim"``, ``"ddpm"``), a scheduler object, or None for the
+                pipeline's own.
+            seed: an int (image i uses ``seed + i``) or one seed per image. Each image has its own
+                generator, so an image does not depend on the batch size or its place in a batch.
+            generator: alternatively one generator for the whole call (batch-dependent).
+            batch_size: images per forward pass; None means all at once.
+            size: (height, width); None means the model's ``sample_size``.
+            output_type: ``pil`` (list of images), ``tensor`` (``(n, c, h, w)`` float32 in [0, 1] on the
+                CPU) or ``numpy`` (``(n, h, w, c)`` float32 in [0, 1]).
+            progress: show a tqdm bar over the steps.
+            callback: called as ``callback(step_index, timestep, sample)`` after each step.
+        """
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+        if seed is not None and generator is not None:
+            raise ValueError("give seed or generator, not both")
+        if output_type not in ("pil", "tensor", "numpy"):
+            raise ValueError(f"unknown output_type {output_type!r}; expected one of 'pil', 'tensor', 'numpy'")
+        sampler = self.make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler or self.scheduler
+        sampler.set_timesteps(num_inference_steps, device=self.device)
+        batch_size = batch_size or num_images
+        generators = self.generators(num_images, seed if seed is not None else 0) if generator is None else None
+        height, width = size or self.unet.config.sample_size
+        shape = (self.unet.config.in_channels, height, width)
+        outputs = []
+        for start in range(0, num_images, batch_size):
+            n = min(batch_size, num_images - start)
+            gens = generators[start : start + n] if generators is not None else generator
+            sample = randn_tensor((n, *shape), gens, device=self.device, dtype=torch.float32)
+            for i, t in enumerate(tqdm(sampler.timesteps, disable=not progress, leave=False)):
+                model_output = self.unet(sample.to(self.dtype), t.expand(n)).float()
+                sample = sampler.step(model_output, t, sample, generator=gens).prev_sample
+                if callback is not None:
+                    callback(i, int(t), sample)
+            outputs.append((sample / 2 + 0.5).clamp(0, 1).cpu())
+        images = torch.cat(outputs)  # (num_images, c, h, w) in [0, 1]
+        if output_type == "tensor":
+            return images
+        if output_type == "numpy":
+            return images.permute(0, 2, 3, 1).numpy()
+        return to_pil(images)

@@ -1,0 +1,88 @@
+"""`TrainConfig`: every setting of a training run, saved as ``train_config.json`` in the output folder.
+
+The command-line flags of ``train.py`` are generated from these fields (see `diffusion.cli`), so a
+field's comment is also its ``--help`` text.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..config import config_from_dict, config_to_dict, validate_literals
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """A training run. ``data`` and ``out`` are required; everything else has a default."""
+
+    # data
+    data: str = ""  # folder of images, searched recursively
+    out: str = ""  # output folder for checkpoints, samples, logs and the final model
+    image_size: tuple[int, int] | None = None  # (height, width) to train at; None: the model's sample_size
+    channels: Literal[1, 3] = 3  # 1 grayscale, 3 RGB; images are converted
+    random_crop: bool = False  # random instead of center crop after resizing the shorter side
+    hflip: bool = True  # random horizontal flips
+    num_workers: int = 0  # data-loading worker processes
+    # model
+    preset: str = "small"  # UNet preset (ddpm-cifar10, small, tiny); its fields can be overridden
+    model_config: str | None = None  # JSON file of UNetConfig fields, applied over the preset
+    # optimisation
+    batch_size: int = 64  # global batch: across processes and gradient-accumulation micro-steps
+    grad_accum: int = 1  # micro-steps per optimiser step
+    lr: float = 2e-4  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 500  # linear learning-rate warmup from 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after warmup: constant, or cosine to 0
+    max_steps: int | None = None  # total optimiser steps of the run (a resume continues to the same end)
+    epochs: float | None = None  # or: passes over the data; with both, the run stops at the first reached
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 disables
+    # precision and speed
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast; weights, loss and EMA stay fp32
+    compile: bool = False  # torch.compile the model
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    # EMA
+    ema_decay: float = 0.9999  # EMA decay, warmed up as min(decay, (1 + n) / (10 + n))
+    # diffusion
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"  # what the model predicts
+    loss_weighting: Literal["uniform", "min-snr"] = "uniform"  # Min-SNR: Hang et al. 2023
+    snr_gamma: float = 5.0  # γ of Min-SNR weighting
+    num_train_timesteps: int = 1000  # T
+    beta_schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "linear"  # β_t schedule
+    zero_terminal_snr: bool = False  # rescale betas to zero terminal SNR (pair with v_prediction)
+    # run control
+    seed: int = 0  # seeds data order, augmentation, noise, timesteps and dropout
+    checkpoint_every: int = 500  # steps between checkpoints (also written at the end and on Ctrl-C)
+    keep_checkpoints: int = 3  # keep this many most recent checkpoints
+    resume: str = "auto"  # auto: latest checkpoint in OUT if any; never; or a checkpoint path
+    sample_every: int = 500  # steps between sample grids from the EMA model; 0 disables
+    sample_steps: int = 25  # DDIM steps for those grids
+    num_samples: int = 16  # images per grid
+    log_every: int = 10  # steps between metrics.jsonl lines
+
+    def __post_init__(self) -> None:
+        validate_literals(self)
+        positive = ("batch_size", "grad_accum", "num_train_timesteps", "checkpoint_every", "keep_checkpoints")
+        positive += ("sample_steps", "num_samples", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "sample_every", "num_workers", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps must be a positive integer, got {self.max_steps!r}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"--epochs must be > 0, got {self.epochs!r}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0 or not self.snr_gamma > 0:
+            raise ValueError("--lr and --snr-gamma must be > 0; --weight-decay and --grad-clip must be >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(f"--image-size must be N or HxW with positive sides, got {self.image_size!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return config_from_dict(cls, data)

@@ -1,0 +1,361 @@
+"""The training loop, on accelerate: the only module that imports it.
+
+One optimiser step: ``grad_accum`` micro-batches (noise and timesteps from a dedicated generator,
+the loss in float32, backward under accelerate's precision handling), gradient clipping, AdamW, the
+learning-rate schedule, and the fp32 EMA. Checkpoints restore everything the next step depends on
+(weights, EMA, optimiser, LR schedule, grad scaler, step, every RNG), and the data order is a function
+of the step (see `sampler.py`), so a resumed run reproduces the uninterrupted one bit for bit on CPU.
+"""
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..checkpoint import (
+    begin_checkpoint,
+    commit_checkpoint,
+    load_pickle_free,
+    read_state,
+    resolve_resume,
+)
+from ..data import ImageFolder
+from ..fileio import read_json, write_json
+from ..image import make_grid, save_png
+from ..models import UNet, UNetConfig, preset
+from ..pipeline import DiffusionPipeline
+from ..schedulers import DDIMConfig, DDIMScheduler
+from .config import TrainConfig
+from .ema import EMA
+from .loss import diffusion_loss
+from .plot import loss_curve
+from .sampler import StepBatchSampler
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A run stopped for a reason the user must act on (NaN loss, write failure)."""
+
+
+def model_config(config: TrainConfig, unet_overrides: dict | None = None) -> UNetConfig:
+    """The preset, overridden by ``--model-config`` JSON, by UNet flags, then by the data's channels and size."""
+    overrides = read_json(config.model_config) if config.model_config else {}
+    overrides |= unet_overrides or {}
+    overrides["in_channels"] = config.channels
+    if config.image_size is not None:
+        overrides["sample_size"] = tuple(config.image_size)
+    unet_config = preset(config.preset)
+    return UNetConfig.from_dict({**unet_config.to_dict(), **overrides})
+
+
+def scheduler_config(config: TrainConfig) -> DDIMConfig:
+    """The noise schedule of the run, as the default (DDIM, trailing) sampler's config."""
+    return DDIMConfig(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        rescale_betas_zero_snr=config.zero_terminal_snr,
+        prediction_type=config.prediction_type,
+        timestep_spacing="trailing",
+    )
+
+
+def lr_factor(step: int, config: TrainConfig, total: int) -> float:
+    """Linear warmup to 1, then constant or cosine decay to 0 at ``total``."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+class Trainer:
+    """Runs `TrainConfig`; `train()` returns the final model folder."""
+
+    def __init__(self, config: TrainConfig, unet_overrides: dict | None = None) -> None:
+        if not config.data or not config.out:
+            raise ValueError("both --data (a folder of images) and --out (an output folder) are required")
+        self.config = config
+        self.out = Path(config.out)
+        self._check_writable()
+        # accelerate keeps its settings in a process-wide singleton; forget them so that a second run in
+        # the same process (tests, notebooks) can choose another precision. The process group stays.
+        AcceleratorState._reset_state()
+        try:
+            self.accelerator = Accelerator(
+                mixed_precision=config.mixed_precision,
+                log_with="tensorboard" if _has_tensorboard() else None,
+                project_dir=str(self.out),
+            )
+        except ValueError as e:
+            raise ValueError(f"--mixed-precision {config.mixed_precision}: {e}") from None
+        self.unet_config = model_config(config, unet_overrides)
+        size = self.unet_config.sample_size
+        self.dataset = ImageFolder(
+            config.data, size, config.channels, random_crop=config.random_crop, hflip=config.hflip
+        )
+        self.steps_per_epoch = len(self.dataset) / config.batch_size
+        self.total_steps = self._total_steps()
+
+    def _check_writable(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise PermissionError(f"output folder {self.out} is not writable ({e.strerror})") from None
+
+    def _total_steps(self) -> int:
+        c = self.config
+        candidates = [c.max_steps] if c.max_steps is not None else []
+        if c.epochs is not None:
+            candidates.append(max(1, math.ceil(c.epochs * self.steps_per_epoch)))
+        if not candidates:
+            raise ValueError("give --max-steps or --epochs to say how long to train")
+        return min(candidates)
+
+    # ----- checkpoints -----
+
+    def _save_checkpoint(self, step: int) -> None:
+        acc = self.accelerator
+        tmp = begin_checkpoint(self.out, step) if acc.is_main_process else None
+        acc.wait_for_everyone()
+        tmp = tmp or self.out / "checkpoints" / f".tmp-step-{step}"
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, tmp / f"rng-{acc.process_index}.safetensors")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(self.model)
+            save_file({k: v.contiguous() for k, v in unwrapped.state_dict().items()}, tmp / "model.safetensors")
+            save_file(self.ema.state_dict(), tmp / "ema.safetensors")
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "lr_scheduler": self.lr_scheduler.state_dict(),
+                    "scaler": acc.scaler.state_dict() if acc.scaler is not None else {},
+                },
+                tmp / "optimizer.pt",
+            )
+            state = {"step": step, "world_size": acc.num_processes, "config": self.config.to_dict()}
+            write_json(tmp / "trainer_state.json", state)
+            commit_checkpoint(tmp, self.config.keep_checkpoints)
+            logger.info("checkpoint written: %s", tmp.with_name(f"step-{step}"))
+        acc.wait_for_everyone()
+
+    def _load_checkpoint(self, path: Path) -> int:
+        acc = self.accelerator
+        state = read_state(path)
+        if state["world_size"] != acc.num_processes:
+            raise ValueError(
+                f"checkpoint {path} was written by {state['world_size']} process(es); resume it with the same "
+                f"number (this run has {acc.num_processes})"
+            )
+        acc.unwrap_model(self.model).load_weights(load_file(path / "model.safetensors"))
+        self.ema.load_state_dict(load_file(path / "ema.safetensors"))
+        saved = load_pickle_free(path / "optimizer.pt")
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.lr_scheduler.load_state_dict(saved["lr_scheduler"])
+        if acc.scaler is not None and saved["scaler"]:
+            acc.scaler.load_state_dict(saved["scaler"])
+        rng = load_file(path / f"rng-{acc.process_index}.safetensors")
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        return int(state["step"])
+
+    # ----- outputs -----
+
+    def _pipeline(self) -> DiffusionPipeline:
+        """The EMA weights in a fresh fp32 UNet, with the run's default sampler."""
+        unet = UNet(self.unet_config)
+        self.ema.copy_to(unet)
+        return DiffusionPipeline(unet, DDIMScheduler(scheduler_config(self.config)), self.dataset.class_names)
+
+    def _write_samples(self, step: int) -> None:
+        c = self.config
+        images = self._pipeline()(num_images=c.num_samples, num_inference_steps=c.sample_steps, seed=0)
+        meta = {"step": str(step), "sampler": "ddim", "steps": str(c.sample_steps), "seed": "0"}
+        (self.out / "samples").mkdir(exist_ok=True)
+        save_png(make_grid(images), self.out / "samples" / f"step-{step}.png", meta)
+
+    def _log(self, row: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def _trim_metrics(self, step: int) -> None:
+        """After a resume, forget metrics logged after the checkpoint: they will be logged again."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            path.write_text("".join(r + "\n" for r in rows))
+
+    # ----- the loop -----
+
+    def train(self, stop_at_step: int | None = None) -> Path | None:
+        """Train to ``total_steps`` and return the final model folder.
+
+        With ``stop_at_step``, stop there instead (as an interruption would): write a checkpoint and
+        return None; running again with ``resume="auto"`` continues the same run.
+        """
+        c, acc = self.config, self.accelerator
+        set_seed(c.seed + acc.process_index)  # dropout draws from torch's global RNG
+        self.generator = torch.Generator().manual_seed(c.seed * 7919 + acc.process_index)
+        model = UNet(self.unet_config)
+        self.ema = EMA(model, c.ema_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, c, self.total_steps))
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        schedule = DDIMScheduler(scheduler_config(c)).schedule
+
+        start = 0
+        resume_from = resolve_resume(self.out, c.resume)
+        if resume_from is not None:
+            start = self._load_checkpoint(resume_from)
+            logger.info("resuming from %s (step %d)%s", resume_from, start, " [--resume auto]" * (c.resume == "auto"))
+            if acc.is_main_process:
+                self._trim_metrics(start)
+        if acc.is_main_process:
+            write_json(self.out / "train_config.json", {"train": c.to_dict(), "unet": self.unet_config.to_dict()})
+        forward = torch.compile(self.model) if c.compile else self.model
+        if c.gradient_checkpointing:
+            acc.unwrap_model(self.model).gradient_checkpointing = True
+
+        sampler = StepBatchSampler(
+            len(self.dataset),
+            batch_size=c.batch_size,
+            grad_accum=c.grad_accum,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            seed=c.seed,
+            start_step=start,
+            end_step=self.total_steps,
+        )
+        # Its own generator: creating a DataLoader iterator otherwise draws from torch's global RNG,
+        # which dropout also uses, and a resume would shift that stream.
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=c.num_workers, generator=torch.Generator())
+        loader = iter(loader)
+
+        stop = {"signal": None}
+        handlers = _install_stop_handlers(stop)
+        bar = tqdm(total=self.total_steps, initial=start, disable=not acc.is_main_process, desc="train")
+        step, tick = start, time.perf_counter()
+        try:
+            end = min(self.total_steps, stop_at_step or self.total_steps)
+            while step < end and stop["signal"] is None:
+                loss_sum = torch.zeros((), dtype=torch.float32)
+                for micro in range(c.grad_accum):
+                    x0, _labels = next(loader)
+                    x0 = x0.to(acc.device)
+                    noise = torch.randn(x0.shape, generator=self.generator).to(acc.device)
+                    t = torch.randint(0, c.num_train_timesteps, (x0.shape[0],), generator=self.generator)
+                    t = t.to(acc.device)
+                    noisy = schedule.add_noise(x0, noise, t)
+                    target = schedule.training_target(x0, noise, t)
+                    sync = micro == c.grad_accum - 1
+                    with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                        output = forward(noisy, t)
+                        loss = diffusion_loss(
+                            output,
+                            target,
+                            schedule.snr(t),
+                            prediction_type=c.prediction_type,
+                            weighting=c.loss_weighting,
+                            snr_gamma=c.snr_gamma,
+                        )
+                        acc.backward(loss / c.grad_accum)
+                    loss_sum += loss.detach().float().cpu() / c.grad_accum
+                if not torch.isfinite(loss_sum):
+                    raise TrainingError(
+                        f"loss became {loss_sum.item()} at step {step + 1}; stopped without saving it. The last "
+                        "checkpoint is intact: lower --lr, or try --mixed-precision no, then resume"
+                    )
+                if c.grad_clip > 0:
+                    acc.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.ema.update(acc.unwrap_model(self.model))
+                step += 1
+                bar.update(1)
+
+                if step % c.log_every == 0 or step == self.total_steps:
+                    now = time.perf_counter()
+                    img_s = c.log_every * c.batch_size / (now - tick)
+                    tick = now
+                    row = {
+                        "step": step,
+                        "loss": loss_sum.item(),
+                        "lr": self.lr_scheduler.get_last_lr()[0],
+                        "img_per_s": round(img_s, 2),
+                        "epoch": round(step / self.steps_per_epoch, 4),
+                    }
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", img_s=f"{img_s:.1f}")
+                    if acc.is_main_process:
+                        self._log(row)
+                if step % c.checkpoint_every == 0 and step < self.total_steps:
+                    self._save_checkpoint(step)
+                if c.sample_every and step % c.sample_every == 0 and acc.is_main_process:
+                    self._write_samples(step)
+        finally:
+            bar.close()
+            _restore_handlers(handlers)
+
+        self._save_checkpoint(step)
+        if stop["signal"] is not None:
+            raise KeyboardInterrupt(f"stopped by {stop['signal']} at step {step}; checkpoint written")
+        if step < self.total_steps:
+            return None
+        model_dir = self.out / "model"
+        if acc.is_main_process:
+            self._pipeline().save_pretrained(model_dir)
+            self._write_loss_curve()
+        acc.end_training()
+        return model_dir
+
+    def _write_loss_curve(self) -> None:
+        path = self.out / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+        loss_curve([r["step"] for r in rows], [r["loss"] for r in rows], self.out / "loss.png")
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _install_stop_handlers(stop: dict) -> dict:
+    """On SIGINT/SIGTERM, finish the current step, checkpoint, then stop (see `Trainer.train`)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        stop["signal"] = signal.Signals(signum).name
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _restore_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

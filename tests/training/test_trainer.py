@@ -1,0 +1,291 @@
+"""The training loop end to end, on tiny models and generated images."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from diffusion.checkpoint import list_checkpoints
+from diffusion.pipeline import DiffusionPipeline
+from diffusion.training import TrainConfig, Trainer, TrainingError
+from diffusion.training import trainer as trainer_module
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {"base_channels": 16, "channel_mult": (1, 2), "norm_groups": 8, "attention_levels": (1,)}
+
+
+def make_images(folder: Path, n: int = 8, size: tuple[int, int] = (20, 24)) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = folder / ("cats" if i % 2 else "dogs")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(sub / f"{i}.png")
+    return folder
+
+
+def config(tmp_path: Path, out: str = "out", **overrides) -> TrainConfig:
+    base = dict(
+        data=str(tmp_path / "data"),
+        out=str(tmp_path / out),
+        preset="tiny",
+        channels=3,
+        image_size=(8, 8),
+        batch_size=4,
+        warmup_steps=2,
+        max_steps=4,
+        checkpoint_every=2,
+        keep_checkpoints=5,
+        sample_every=0,
+        log_every=1,
+        ema_decay=0.9,
+    )
+    return TrainConfig(**(base | overrides))
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_images(tmp_path / "data")
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    _, path = list_checkpoints(out)[-1]
+    return {
+        **load_file(path / "model.safetensors"),
+        **{f"ema.{k}": v for k, v in load_file(path / "ema.safetensors").items()},
+    }
+
+
+def test_tiny_run_writes_every_output(tmp_path, data):
+    c = config(tmp_path, sample_every=2, sample_steps=2, num_samples=4, checkpoint_every=2, keep_checkpoints=1)
+    model_dir = Trainer(c, TINY).train()
+    out = tmp_path / "out"
+    assert model_dir == out / "model"
+    assert [s for s, _ in list_checkpoints(out)] == [4]  # keep_checkpoints=1 pruned step-2
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-2.png", "step-4.png"]
+    grid = Image.open(out / "samples" / "step-4.png")
+    assert grid.size == (2 * 10 + 2, 2 * 10 + 2) and grid.text["sampler"] == "ddim"  # 2x2 grid of 8px + 2px pads
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and r["img_per_s"] > 0 for r in rows)
+    assert rows[0]["lr"] == pytest.approx(2e-4 * 2 / 2) and rows[-1]["epoch"] == pytest.approx(2.0)
+    assert json.loads((out / "train_config.json").read_text())["train"]["max_steps"] == 4
+    assert Image.open(out / "loss.png").size == (640, 360)
+    pipe = DiffusionPipeline.from_pretrained(model_dir)
+    assert pipe.class_names == ["cats", "dogs"]
+    images = pipe(num_images=2, num_inference_steps=2, output_type="tensor", seed=0)
+    assert images.shape == (2, 3, 8, 8)
+    ema = load_file(list_checkpoints(out)[-1][1] / "ema.safetensors")
+    torch.testing.assert_close(pipe.unet.state_dict()["conv_in.weight"], ema["conv_in.weight"], rtol=0, atol=0)
+
+
+def test_resume_reproduces_the_uninterrupted_run_bit_exactly(tmp_path, data):
+    # Dropout, random crops, flips, gradient accumulation, warmup and a cosine schedule all in play.
+    unet = TINY | {"dropout": 0.1}
+    knobs = dict(random_crop=True, grad_accum=2, lr_schedule="cosine", max_steps=6, checkpoint_every=3)
+    Trainer(config(tmp_path, out="straight", **knobs), unet).train()
+    assert Trainer(config(tmp_path, out="resumed", **knobs), unet).train(stop_at_step=3) is None
+    assert [s for s, _ in list_checkpoints(tmp_path / "resumed")] == [3]
+    Trainer(config(tmp_path, out="resumed", **knobs), unet).train()  # --resume auto picks up step-3
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+    metrics = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in metrics] == [1, 2, 3, 4, 5, 6]
+    assert [json.loads(r)["loss"] for r in metrics] == [
+        json.loads(r)["loss"] for r in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_resume_never_starts_over_and_explicit_path_is_checked(tmp_path, data):
+    Trainer(config(tmp_path, max_steps=2)).train()
+    c = config(tmp_path, max_steps=2, resume="never")
+    Trainer(c).train()  # starts from step 0 again and overwrites step-2
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        Trainer(config(tmp_path, max_steps=3, resume=str(tmp_path / "nope"))).train()
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path, data):
+    Trainer(config(tmp_path, out="fp32", max_steps=2)).train()
+    Trainer(config(tmp_path, out="bf16", max_steps=2, mixed_precision="bf16")).train()
+    loss = {
+        p: [json.loads(r)["loss"] for r in (tmp_path / p / "metrics.jsonl").read_text().splitlines()]
+        for p in ("fp32", "bf16")
+    }
+    # Same data, noise and init: bf16 autocast changes the loss only slightly, but does change it.
+    assert loss["bf16"] != loss["fp32"]
+    np.testing.assert_allclose(loss["bf16"], loss["fp32"], rtol=0.05)
+    weights = final_weights(tmp_path / "bf16")
+    weights.pop("ema.__num_updates__")
+    assert {w.dtype for w in weights.values()} == {torch.float32}  # weights and EMA stay fp32
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, data, monkeypatch):
+    Trainer(config(tmp_path, max_steps=2)).train()
+    real = trainer_module.diffusion_loss
+    monkeypatch.setattr(trainer_module, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3; .* last checkpoint is intact"):
+        Trainer(config(tmp_path, max_steps=4)).train()
+    assert [s for s, _ in list_checkpoints(tmp_path / "out")] == [2]
+
+
+def test_needs_a_length_and_divisible_batches(tmp_path, data):
+    with pytest.raises(ValueError, match="give --max-steps or --epochs"):
+        Trainer(config(tmp_path, max_steps=None))
+    assert Trainer(config(tmp_path, max_steps=None, epochs=3)).total_steps == 6  # 8 images / batch 4 * 3
+    assert Trainer(config(tmp_path, max_steps=5, epochs=3)).total_steps == 5
+    with pytest.raises(ValueError, match=r"--batch-size 4 must be divisible by --grad-accum \(3\)"):
+        Trainer(config(tmp_path, grad_accum=3)).train()
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True, **kwargs)
+
+
+def test_cli_trains_and_reports_bad_input_in_one_line(tmp_path, data):
+    common = ["--preset", "tiny", "--image-size", "8", "--batch-size", "4", "--sample-every", "0"]
+    done = run_cli(
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+        "--max-steps",
+        "2",
+        "--base-channels",
+        "16",
+        "--channel-mult",
+        "1,2",
+        "--norm-groups",
+        "8",
+        "--attention-levels",
+        "1",
+        *common,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "model written to" in done.stdout
+    assert json.loads((tmp_path / "o" / "model" / "unet" / "config.json").read_text())["base_channels"] == 16
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("")
+    cases = [
+        (
+            ["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--max-steps", "1"],
+            "data folder .*missing not found",
+        ),
+        (
+            ["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "x"), "--max-steps", "1"],
+            "no readable images found",
+        ),
+        (
+            ["--data", str(data), "--out", str(tmp_path / "file" / "sub"), "--max-steps", "1"],
+            "output folder .* is not writable",
+        ),
+        (
+            ["--data", str(data), "--out", str(tmp_path / "x"), "--max-steps", "0"],
+            "--max-steps must be a positive integer",
+        ),
+        (
+            ["--data", str(data), "--out", str(tmp_path / "x"), "--max-steps", "1", "--preset", "huge"],
+            "unknown UNet preset 'huge'",
+        ),
+    ]
+    for args, message in cases:
+        done = run_cli(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("diffusion-train: error: ") and __import__("re").search(message, last), last
+
+
+def test_sigterm_writes_a_checkpoint_then_exits(tmp_path, data):
+    args = [
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+        "--preset",
+        "tiny",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "100000",
+        "--checkpoint-every",
+        "100000",
+        "--sample-every",
+        "0",
+    ]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "o" / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    steps = [s for s, _ in list_checkpoints(tmp_path / "o")]
+    assert len(steps) == 1 and steps[0] >= 10  # log_every=10: metrics appear after 10 steps
+    assert f"stopped by SIGTERM at step {steps[0]}; checkpoint written" in err
+
+
+def test_accelerate_launch_two_cpu_processes(tmp_path, data):
+    # accelerate 1.x runs `launch --cpu --num_processes 2` as ONE process unless MPI is installed; torchrun
+    # (which `--multi_gpu` uses) plus ACCELERATE_USE_CPU=1 gives real DDP over gloo on the CPU.
+    env = os.environ | {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(ROOT / "train.py"),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "--image-size",
+            "8",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "3",
+            "--checkpoint-every",
+            "2",
+            "--sample-every",
+            "0",
+            "--log-every",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("model written to") == 1  # only the main process reports
+    step, path = list_checkpoints(out)[-1]
+    assert step == 3 and sorted(p.name for p in path.glob("rng-*")) == [
+        "rng-0.safetensors",
+        "rng-1.safetensors",
+    ]
+    assert json.loads((path / "trainer_state.json").read_text())["world_size"] == 2
+    assert (out / "model" / "unet" / "model.safetensors").is_file()

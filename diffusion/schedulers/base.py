@@ -227,6 +227,18 @@ class Scheduler(abc.ABC):
             )
         return self._previous[t]
 
+    def final_alpha_cumprod(self) -> float:
+        """ᾱ_{t'} at the final step (t' = FINAL): 1, i.e. the last step lands on x_0."""
+        return 1.0
+
+    def _alphas_cumprod_pair(self, timestep: int | torch.Tensor) -> tuple[float, float]:
+        """(ᾱ_t, ᾱ_{t'}) in float64, t' looked up; ᾱ_{t'} is `final_alpha_cumprod()` after the last step."""
+        timestep = timestep_as_int(timestep)
+        prev = self.previous_timestep(timestep)
+        alphas_cumprod = self.schedule.alphas_cumprod
+        alpha_prod_t_prev = self.final_alpha_cumprod() if prev == FINAL else alphas_cumprod[prev].item()
+        return alphas_cumprod[timestep].item(), alpha_prod_t_prev
+
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Timesteps) -> torch.Tensor:
         """x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε (Ho et al. 2020, eq. 4); see `NoiseSchedule.add_noise`."""
         return self.schedule.add_noise(original_samples, noise, timesteps)

@@ -12,7 +12,6 @@ import dataclasses
 import torch
 
 from diffusion.schedulers.base import (
-    FINAL,
     Generators,
     Scheduler,
     SchedulerOutput,
@@ -46,16 +45,9 @@ class DDIMScheduler(Scheduler):
     config_class = DDIMConfig
     config: DDIMConfig
 
-    def _alphas_cumprod_pair(self, timestep: int | torch.Tensor) -> tuple[float, float]:
-        """(ᾱ_t, ᾱ_{t'}) in float64; at the final step ᾱ_{t'} is 1 or ᾱ_0 per `set_alpha_to_one`."""
-        timestep = timestep_as_int(timestep)
-        prev = self.previous_timestep(timestep)
-        alphas_cumprod = self.schedule.alphas_cumprod
-        if prev == FINAL:
-            alpha_prod_t_prev = 1.0 if self.config.set_alpha_to_one else alphas_cumprod[0].item()
-        else:
-            alpha_prod_t_prev = alphas_cumprod[prev].item()
-        return alphas_cumprod[timestep].item(), alpha_prod_t_prev
+    def final_alpha_cumprod(self) -> float:
+        """ᾱ after the last step: 1, or ᾱ_0 when `set_alpha_to_one` is False (as in diffusers)."""
+        return 1.0 if self.config.set_alpha_to_one else self.schedule.alphas_cumprod[0].item()
 
     def variance(self, timestep: int | torch.Tensor) -> float:
         """σ_t(η)² of eq. 16: η²·(1-ᾱ_{t'})/(1-ᾱ_t)·(1 - ᾱ_t/ᾱ_{t'}). Needs `set_timesteps`."""

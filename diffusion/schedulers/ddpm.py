@@ -14,7 +14,6 @@ import torch
 
 from diffusion.config import check_choice
 from diffusion.schedulers.base import (
-    FINAL,
     Generators,
     Scheduler,
     SchedulerOutput,
@@ -46,14 +45,6 @@ class DDPMScheduler(Scheduler):
 
     config_class = DDPMConfig
     config: DDPMConfig
-
-    def _alphas_cumprod_pair(self, timestep: int | torch.Tensor) -> tuple[float, float]:
-        """(ᾱ_t, ᾱ_{t'}) in float64, with ᾱ_{t'} = 1 at the final step (t' = -1): x_{-1} is x_0."""
-        timestep = timestep_as_int(timestep)
-        prev = self.previous_timestep(timestep)
-        alphas_cumprod = self.schedule.alphas_cumprod
-        alpha_prod_t_prev = 1.0 if prev == FINAL else alphas_cumprod[prev].item()
-        return alphas_cumprod[timestep].item(), alpha_prod_t_prev
 
     def posterior_variance(self, timestep: int | torch.Tensor) -> float:
         """β̃_t = (1-ᾱ_{t'})/(1-ᾱ_t)·β_t, the variance of q(x_{t'} | x_t, x_0) (Ho et al. 2020, eq. 7).

@@ -191,3 +191,29 @@ def test_tiny_model_overfits_one_batch():
         loss.backward()
         opt.step()
     assert first > 0.8 and loss.item() < 0.02 * first
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = UNet(tiny(num_classes=2))
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 700])
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model(x, t).square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain = grads()
+    model.gradient_checkpointing = True
+    checkpointed = grads()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    model = UNet(tiny()).eval()
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 700])
+    with torch.no_grad():
+        # Inductor fuses and reorders float32 operations.
+        torch.testing.assert_close(torch.compile(model)(x, t), model(x, t), rtol=1e-4, atol=1e-5)

@@ -233,6 +233,9 @@ class Trainer:
                 self._trim_metrics(start)
         if acc.is_main_process:
             write_json(self.out / "train_config.json", {"train": c.to_dict(), "unet": self.unet_config.to_dict()})
+        if acc.log_with:
+            scalars = {k: v for k, v in c.to_dict().items() if isinstance(v, int | float | str | bool)}
+            acc.init_trackers("pixel-diffusion", config=scalars)
         forward = torch.compile(self.model) if c.compile else self.model
         if c.gradient_checkpointing:
             acc.unwrap_model(self.model).gradient_checkpointing = True

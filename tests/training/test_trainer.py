@@ -289,3 +289,15 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, data):
     ]
     assert json.loads((path / "trainer_state.json").read_text())["world_size"] == 2
     assert (out / "model" / "unet" / "model.safetensors").is_file()
+
+
+def test_metrics_also_go_to_tensorboard_when_installed(tmp_path, data):
+    pytest.importorskip("tensorboard")  # an optional dependency; the test extra installs it
+    Trainer(config(tmp_path, max_steps=2)).train()
+    run_dir = tmp_path / "out" / "pixel-diffusion"
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # the scalars; hparams sit in a subfolder
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("loss")] == [1, 2]

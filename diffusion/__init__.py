@@ -1,6 +1,7 @@
 """pixel-diffusion: train pixel-space diffusion models on a folder of images and sample from them."""
 
 from .models import PRESETS, UNet, UNetConfig, preset
+from .pipeline import DiffusionPipeline
 from .schedulers import (
     SCHEDULERS,
     DDIMConfig,
@@ -22,6 +23,7 @@ __all__ = [
     "DDIMScheduler",
     "DDPMConfig",
     "DDPMScheduler",
+    "DiffusionPipeline",
     "NoiseSchedule",
     "Scheduler",
     "SchedulerConfig",

@@ -11,13 +11,20 @@ import dataclasses
 import inspect
 import logging
 import sys
+import time
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+import torch
+
 from .config import literal_choices
+from .image import make_grid, save_png
 from .models import PRESETS, UNetConfig
+from .pipeline import DiffusionPipeline
+from .schedulers import SCHEDULERS
 from .training import TrainConfig, Trainer, TrainingError
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, TrainingError)
@@ -134,12 +141,104 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return _run("diffusion-train", main)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``0-63``, ``1,5,9`` or a mix (``0-3,10``) -> a list of seeds."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            low, high = int(first), int(last or first)
+            if high < low:
+                raise ValueError
+            seeds += range(low, high + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 0-63 or 1,5,9, got {text!r}") from None
+    return seeds
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def sample_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffusion-sample",
+        description="Generate images from a trained model (by default the Fashion-MNIST model shipped in "
+        "assets/). Image i of a run with --seed S uses seed S+i and is written as OUT/<seed>.png, so it "
+        "does not depend on --batch-size; --seeds picks exact seeds.",
+        epilog=f"Samplers: {', '.join(SCHEDULERS)}. Example: python sample.py --num-images 64 --grid grid.png",
+    )
+    parser.add_argument("--model", default=None, help="model folder (train.py writes OUT/model); default: shipped")
+    parser.add_argument("--num-images", type=int, default=16, help="images to generate (default: 16)")
+    parser.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
+    parser.add_argument(
+        "--scheduler", default=None, help=f"sampler: {' | '.join(SCHEDULERS)} (default: the model's own)"
+    )
+    parser.add_argument("--eta", type=float, default=None, help="DDIM stochasticity, 0..1 (default: the model's)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed+i (default: 0)")
+    seeds.add_argument("--seeds", type=parse_seeds, default=None, help="exact seeds, e.g. 0-63 or 1,5,9")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    parser.add_argument("--out", default="samples", help="folder for <seed>.png files (default: samples)")
+    parser.add_argument("--grid", default=None, help="also write all images as one grid PNG here")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="UNet precision (default: fp32)")
+    return parser
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"output folder {folder} is not writable ({e.strerror})") from None
+
+
 def sample_main(argv: Sequence[str] | None = None) -> int:
     """``diffusion-sample``: generate images from a trained model."""
-    parser = argparse.ArgumentParser(prog="diffusion-sample", description="sampling (not available yet).")
-    parser.parse_args(argv)
-    print(
-        "diffusion-sample: error: sampling is not implemented in this version of pixel-diffusion",
-        file=sys.stderr,
-    )
-    return 2
+    args = sample_parser().parse_args(argv)
+
+    def main() -> int:
+        start = time.perf_counter()
+        seeds = args.seeds if args.seeds is not None else [args.seed + i for i in range(max(args.num_images, 0))]
+        if args.seeds is None and args.num_images < 1:
+            raise ValueError(f"--num-images must be a positive integer, got {args.num_images}")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+        out = Path(args.out)
+        _writable(out)
+        if args.grid:
+            _writable(Path(args.grid).parent)
+        pipe = DiffusionPipeline.from_pretrained(args.model, device=_device(args.device), dtype=DTYPES[args.dtype])
+        sampler = args.scheduler or pipe.scheduler_name()
+        images = pipe(
+            num_images=len(seeds),
+            num_inference_steps=args.steps,
+            scheduler=sampler,
+            eta=args.eta,
+            seed=seeds,
+            batch_size=args.batch_size,
+            progress=True,
+        )
+        model = str(args.model or "shipped: assets/fashion-mnist")
+        for seed, image in zip(seeds, images, strict=True):
+            meta = {"seed": seed, "sampler": sampler, "steps": args.steps, "model": model}
+            meta |= {"eta": args.eta} if args.eta is not None else {}
+            save_png(image, out / f"{seed}.png", meta)
+        where = f"{len(images)} images to {out}/"
+        if args.grid:
+            save_png(make_grid(images), args.grid, {"seeds": f"{seeds[0]}..{seeds[-1]}", "sampler": sampler})
+            where += f" and a grid to {args.grid}"
+        print(f"wrote {where} in {time.perf_counter() - start:.1f} s ({sampler}, {args.steps} steps)")
+        return 0
+
+    return _run("diffusion-sample", main)

@@ -14,7 +14,7 @@ Nothing in it is executed on load: JSON and safetensors only.
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from .schedulers.base import randn_tensor
 
 logger = logging.getLogger(__name__)
 
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "fashion-mnist"
 FORMAT_NAME = "pixel-diffusion"
 FORMAT_VERSION = 1
 OutputType = Literal["pil", "tensor", "numpy"]
@@ -56,14 +57,34 @@ class DiffusionPipeline:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "DiffusionPipeline":
-        """Move the UNet to ``device`` and/or cast it to ``dtype``; returns ``self``."""
+    def to(
+        self, device: str | torch.device | torch.dtype | None = None, dtype: torch.dtype | None = None
+    ) -> "DiffusionPipeline":
+        """Move the UNet to a device and/or cast it to a dtype: ``to("cuda")``, ``to(torch.bfloat16)``,
+        ``to("cpu", torch.float32)``. Sampling math stays in float32 whatever the UNet's dtype."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
         self.unet.to(device=device, dtype=dtype)
         return self
 
-    def make_scheduler(self, name: str) -> Scheduler:
-        """A fresh scheduler ``name`` with this model's noise schedule and prediction type."""
-        return get_scheduler(name, self.scheduler.config.to_dict())
+    def make_scheduler(self, name: str, **overrides: Any) -> Scheduler:
+        """A fresh scheduler ``name`` with this model's noise schedule and prediction type.
+
+        ``overrides`` set fields of that scheduler's config, e.g. ``eta=0.5`` for DDIM.
+        """
+        scheduler = get_scheduler(name, self.scheduler.config.to_dict())
+        if not overrides:
+            return scheduler
+        fields = set(scheduler.config.to_dict())
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"the {name} scheduler has no setting {', '.join(unknown)}")
+        return get_scheduler(name, scheduler.config.to_dict() | overrides)
+
+    def scheduler_name(self, scheduler: Scheduler | None = None) -> str:
+        """The registered name of ``scheduler`` (default: the pipeline's own)."""
+        scheduler = scheduler or self.scheduler
+        return next(n for n, cls in SCHEDULERS.items() if type(scheduler) is cls)
 
     # ----- the model folder -----
 
@@ -72,7 +93,7 @@ class DiffusionPipeline:
         path = Path(path)
         (path / "scheduler").mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(path / "unet")
-        name = next(n for n, cls in SCHEDULERS.items() if isinstance(self.scheduler, cls))
+        name = self.scheduler_name()
         write_json(
             path / "scheduler" / "scheduler_config.json",
             {"_class_name": type(self.scheduler).__name__, **self.scheduler.config.to_dict()},
@@ -90,9 +111,29 @@ class DiffusionPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        cls,
+        path: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> "DiffusionPipeline":
-        """Load a model folder written by `save_pretrained`, with no flags and no code execution."""
+        """Load a model folder written by `save_pretrained`, with no flags and no code execution.
+
+        Args:
+            path: the folder; None loads the Fashion-MNIST model shipped in ``assets/``.
+            device: where to put the UNet (default: the CPU).
+            dtype: the UNet's dtype (default: as stored, float32).
+
+        Raises:
+            FileNotFoundError: the folder or one of its files is missing.
+            ValueError: the folder is not a model, or its files disagree with each other.
+        """
+        if path is None:
+            if not SHIPPED_MODEL.is_dir():
+                raise FileNotFoundError(
+                    f"the shipped model is not at {SHIPPED_MODEL}; it comes with a source checkout "
+                    "(pip install -e .); otherwise pass the path of a trained model"
+                )
+            path = SHIPPED_MODEL
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model folder {path} not found")
@@ -128,6 +169,7 @@ class DiffusionPipeline:
         num_inference_steps: int = 50,
         scheduler: str | Scheduler | None = None,
         *,
+        eta: float | None = None,
         seed: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
         batch_size: int | None = None,
@@ -138,11 +180,16 @@ class DiffusionPipeline:
     ) -> list[Image.Image] | torch.Tensor | np.ndarray:
         """Generate ``num_images`` images.
 
+        Returns:
+            ``pil``: a list of ``num_images`` PIL images (mode ``L`` or ``RGB``); ``tensor``: float32
+            ``(n, c, h, w)`` in [0, 1] on the CPU; ``numpy``: float32 ``(n, h, w, c)`` in [0, 1].
+
         Args:
             num_images: how many.
             num_inference_steps: sampler steps.
             scheduler: a registered name (``"ddim"``, ``"ddpm"``), a scheduler object, or None for the
                 pipeline's own.
+            eta: DDIM's stochasticity (0 deterministic, 1 DDPM-like); None keeps the scheduler's.
             seed: an int (image i uses ``seed + i``) or one seed per image. Each image has its own
                 generator, so an image does not depend on the batch size or its place in a batch.
             generator: alternatively one generator for the whole call (batch-dependent).
@@ -159,23 +206,38 @@ class DiffusionPipeline:
             raise ValueError("give seed or generator, not both")
         if output_type not in ("pil", "tensor", "numpy"):
             raise ValueError(f"unknown output_type {output_type!r}; expected one of 'pil', 'tensor', 'numpy'")
-        sampler = self.make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler or self.scheduler
+        bad_batch = isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        if batch_size is not None and bad_batch:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if eta is not None and not (isinstance(eta, int | float) and eta >= 0):
+            raise ValueError(f"eta must be a number >= 0, got {eta!r}")
+        if isinstance(scheduler, Scheduler):
+            if eta is not None:
+                raise ValueError("eta is set in the config of a scheduler object; pass a scheduler name to use eta=")
+            sampler = scheduler
+        else:
+            name = scheduler if scheduler is not None else self.scheduler_name()
+            sampler = self.make_scheduler(name, **({} if eta is None else {"eta": float(eta)}))
         sampler.set_timesteps(num_inference_steps, device=self.device)
         batch_size = batch_size or num_images
         generators = self.generators(num_images, seed if seed is not None else 0) if generator is None else None
         height, width = size or self.unet.config.sample_size
         shape = (self.unet.config.in_channels, height, width)
         outputs = []
+        batches = -(-num_images // batch_size)
+        bar = tqdm(total=batches * len(sampler.timesteps), disable=not progress, unit="step", desc="sampling")
         for start in range(0, num_images, batch_size):
             n = min(batch_size, num_images - start)
             gens = generators[start : start + n] if generators is not None else generator
             sample = randn_tensor((n, *shape), gens, device=self.device, dtype=torch.float32)
-            for i, t in enumerate(tqdm(sampler.timesteps, disable=not progress, leave=False)):
+            for i, t in enumerate(sampler.timesteps):
                 model_output = self.unet(sample.to(self.dtype), t.expand(n)).float()
                 sample = sampler.step(model_output, t, sample, generator=gens).prev_sample
+                bar.update(1)
                 if callback is not None:
                     callback(i, int(t), sample)
             outputs.append((sample / 2 + 0.5).clamp(0, 1).cpu())
+        bar.close()
         images = torch.cat(outputs)  # (num_images, c, h, w) in [0, 1]
         if output_type == "tensor":
             return images

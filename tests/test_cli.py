@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
     "script, entry, message",
     [
         ("train.py", cli.train_main, "diffusion-train: error: both --data (a folder of images) and --out"),
-        ("sample.py", cli.sample_main, "sampling is not implemented in this version"),
+        ("sample.py", cli.sample_main, "diffusion-sample: error: "),
     ],
 )
 def test_entry_points_exist_and_refuse_cleanly(script, entry, message, capsys):

@@ -1,0 +1,176 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from diffusion import DiffusionPipeline
+from diffusion.models import UNet, UNetConfig
+from diffusion.pipeline import SHIPPED_MODEL
+from diffusion.schedulers import DDIMConfig, DDIMScheduler, DDPMScheduler
+
+
+def tiny_pipeline(channels: int = 1, **scheduler) -> DiffusionPipeline:
+    torch.manual_seed(0)
+    config = UNetConfig(
+        in_channels=channels,
+        sample_size=(8, 12),
+        base_channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(1,),
+        norm_groups=8,
+        head_channels=16,
+    )
+    return DiffusionPipeline(UNet(config), DDIMScheduler(DDIMConfig(**scheduler)), ["a", "b"])
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+def test_output_types(pipe):
+    pil = pipe(num_images=3, num_inference_steps=2, seed=0)
+    assert [(im.mode, im.size) for im in pil] == [("L", (12, 8))] * 3
+    tensor = pipe(num_images=3, num_inference_steps=2, seed=0, output_type="tensor")
+    assert tensor.shape == (3, 1, 8, 12) and tensor.dtype == torch.float32 and 0 <= tensor.min() <= tensor.max() <= 1
+    array = pipe(num_images=3, num_inference_steps=2, seed=0, output_type="numpy")
+    assert array.shape == (3, 8, 12, 1) and array.dtype == np.float32
+    np.testing.assert_array_equal(array, tensor.permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(np.asarray(pil[1]), np.round(tensor[1, 0].numpy() * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim"])
+def test_each_image_depends_only_on_its_seed(pipe, scheduler):
+    # DDPM draws fresh noise every step, so it is the strict test of per-image generators.
+    runs = {
+        bs: pipe(num_images=8, num_inference_steps=3, scheduler=scheduler, seed=10, batch_size=bs, output_type="tensor")
+        for bs in (1, 3, 8)
+    }
+    for bs in (3, 8):
+        # Batched convolutions may sum in another order than batch-1 ones: float32 rounding only.
+        torch.testing.assert_close(runs[bs], runs[1], rtol=1e-4, atol=1e-4)
+    exact = pipe(
+        num_images=2, num_inference_steps=3, scheduler=scheduler, seed=[15, 12], output_type="tensor", batch_size=1
+    )
+    torch.testing.assert_close(exact, runs[1][[5, 2]], rtol=0, atol=0)
+    assert not torch.allclose(runs[1][0], runs[1][1])
+
+
+def test_generator_argument_and_seed_errors(pipe):
+    a = pipe(num_images=2, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="tensor")
+    b = pipe(num_images=2, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="tensor")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="give seed or generator, not both"):
+        pipe(seed=1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="got 1 seeds for 2 images; give one seed per image"):
+        pipe(num_images=2, seed=[1])
+
+
+def test_swapping_the_sampler_is_one_line(pipe):
+    by_name = pipe(num_images=2, num_inference_steps=4, scheduler="ddpm", seed=0, output_type="tensor")
+    by_object = pipe(
+        num_images=2, num_inference_steps=4, scheduler=pipe.make_scheduler("ddpm"), seed=0, output_type="tensor"
+    )
+    torch.testing.assert_close(by_name, by_object, rtol=0, atol=0)
+    assert isinstance(pipe.make_scheduler("ddpm"), DDPMScheduler)
+    assert pipe.make_scheduler("ddpm").config.num_train_timesteps == pipe.scheduler.config.num_train_timesteps
+    eta_1 = pipe(num_images=1, num_inference_steps=4, eta=1.0, seed=0, output_type="tensor")
+    eta_0 = pipe(num_images=1, num_inference_steps=4, eta=0.0, seed=0, output_type="tensor")
+    assert not torch.allclose(eta_0, eta_1)
+    torch.testing.assert_close(eta_0, pipe(num_images=1, num_inference_steps=4, seed=0, output_type="tensor"))
+
+
+def test_progress_and_callback(pipe, capsys):
+    calls = []
+    pipe(
+        num_images=3, num_inference_steps=4, batch_size=2, progress=True, callback=lambda i, t, x: calls.append((i, t))
+    )
+    assert calls == [(0, 999), (1, 749), (2, 499), (3, 249)] * 2  # trailing spacing, two batches
+    assert "8/8" in capsys.readouterr().err  # one bar over every step of every batch
+
+
+def test_save_load_round_trip_gives_identical_images(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "model")
+    assert sorted(str(p.relative_to(tmp_path / "model")) for p in (tmp_path / "model").rglob("*.*")) == [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "unet/config.json",
+        "unet/model.safetensors",
+    ]
+    index = json.loads((tmp_path / "model" / "model_index.json").read_text())
+    assert index["format_version"] == 1 and index["default_scheduler"] == "ddim" and index["class_names"] == ["a", "b"]
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "model")
+    torch.testing.assert_close(
+        loaded(num_images=2, num_inference_steps=3, seed=4, output_type="tensor"),
+        pipe(num_images=2, num_inference_steps=3, seed=4, output_type="tensor"),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_to_dtype_keeps_sampling_in_float32(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "m")
+    bf16 = DiffusionPipeline.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16
+    out = bf16(num_images=2, num_inference_steps=3, seed=0, output_type="tensor")
+    assert out.dtype == torch.float32
+    ref = pipe(num_images=2, num_inference_steps=3, seed=0, output_type="tensor")
+    # bf16 has 8 mantissa bits, and an untrained UNet amplifies rounding in a few pixels: compare means.
+    assert (out - ref).abs().mean() < 0.03
+    assert bf16.to(torch.float32).dtype == torch.float32 and bf16.to("cpu").device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_images": 0}, "num_images must be a positive integer, got 0"),
+        ({"num_images": 2.5}, "num_images must be a positive integer, got 2.5"),
+        ({"num_inference_steps": 0}, r"num_inference_steps must be in \[1, 1000\]"),
+        ({"num_inference_steps": 1001}, r"num_inference_steps must be in \[1, 1000\]"),
+        ({"scheduler": "euler"}, "unknown scheduler 'euler'; expected one of 'ddpm', 'ddim'"),
+        ({"scheduler": "ddpm", "eta": 0.5}, "the ddpm scheduler has no setting eta"),
+        ({"eta": -1}, "eta must be a number >= 0, got -1"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"output_type": "jpeg"}, "unknown output_type 'jpeg'"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(**kwargs)
+
+
+def test_bad_model_folders(pipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model folder .*missing not found"):
+        DiffusionPipeline.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"is not a model folder \(no model_index.json\)"):
+        DiffusionPipeline.from_pretrained(tmp_path / "empty")
+    pipe.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "unet" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model.safetensors is not a readable safetensors file"):
+        DiffusionPipeline.from_pretrained(tmp_path / "m")
+    pipe.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "unet" / "config.json").read_text())
+    (tmp_path / "m" / "unet" / "config.json").write_text(json.dumps(config | {"base_channels": 32}))
+    with pytest.raises(ValueError, match=r"weight .* has shape .* but the config needs"):
+        DiffusionPipeline.from_pretrained(tmp_path / "m")
+    pipe.save_pretrained(tmp_path / "v")
+    index = json.loads((tmp_path / "v" / "model_index.json").read_text())
+    (tmp_path / "v" / "model_index.json").write_text(json.dumps(index | {"format_version": 99}))
+    with pytest.raises(ValueError, match="has format version 99; this version of pixel-diffusion reads version 1"):
+        DiffusionPipeline.from_pretrained(tmp_path / "v")
+
+
+@pytest.mark.skipif(not SHIPPED_MODEL.is_dir(), reason="the shipped model lands with issue 4")
+def test_shipped_model_loads_and_generates():
+    pipe = DiffusionPipeline.from_pretrained()
+    images = pipe(num_images=2, num_inference_steps=2, seed=0)
+    assert [(im.mode, im.size) for im in images] == [("L", (28, 28))] * 2
+    assert load_file(SHIPPED_MODEL / "unet" / "model.safetensors")  # weights present, not an LFS pointer
+    assert Image.open(SHIPPED_MODEL / "samples.png").size[0] > 100

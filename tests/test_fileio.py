@@ -5,6 +5,15 @@ import pytest
 from diffusion.fileio import atomic_write, read_json, write_json
 
 
+def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_json_round_trip(tmp_path):
     write_json(tmp_path / "a.json", {"b": [1, 2], "a": None})
     assert read_json(tmp_path / "a.json") == {"a": None, "b": [1, 2]}

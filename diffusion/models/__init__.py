@@ -1,5 +1,6 @@
 """The UNet noise predictor and its building blocks."""
 
+from .classifier import Classifier, ClassifierConfig
 from .diffusers_map import (
     diffusers_name_map,
     diffusers_unet_kwargs,
@@ -10,6 +11,8 @@ from .unet import PRESETS, UNet, UNetConfig, preset
 
 __all__ = [
     "PRESETS",
+    "Classifier",
+    "ClassifierConfig",
     "UNet",
     "UNetConfig",
     "diffusers_name_map",

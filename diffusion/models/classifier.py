@@ -1,0 +1,187 @@
+"""A small image classifier whose penultimate layer is the feature space of `diffusion.metrics`.
+
+Fréchet Inception Distance (Heusel et al. 2017) measures generated images in the pool3 features of an
+ImageNet Inception-v3. For 28x28 grayscale data such as Fashion-MNIST that network is a poor fit (and
+a large download), so, as is common for MNIST-like data, we train this small CNN on the data itself
+(bench/train_classifier.py) and measure in its ``features``.
+
+Architecture: three resolution stages of 3x3 convolutions with GroupNorm and SiLU, 2x average
+pooling between stages, global average pooling, a linear projection to ``feature_dim`` (the embedding
+`features` returns), and a linear head to the logits. It takes any image whose sides are divisible by
+4, in [-1, 1] like the diffusion models.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import config_from_dict, config_to_dict
+from ..fileio import atomic_write, read_json, write_json
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+DOWNSAMPLE_FACTOR = 4  # two 2x poolings between the three stages
+
+
+@dataclass(kw_only=True)
+class ClassifierConfig:
+    """Everything needed to rebuild a `Classifier`; saved as ``config.json`` beside the weights."""
+
+    in_channels: int = 1  # image channels: 1 grayscale, 3 RGB
+    num_classes: int = 10  # logits per image
+    width: int = 32  # channels of the first stage; the second has 2x, the third 4x
+    feature_dim: int = 128  # width of the penultimate embedding returned by `Classifier.features`
+    norm_groups: int = 8  # GroupNorm groups; must divide width (and so every stage's channels)
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "num_classes", "width", "feature_dim", "norm_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.width % self.norm_groups:
+            raise ValueError(f"norm_groups={self.norm_groups} must divide width={self.width}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ClassifierConfig":
+        return config_from_dict(cls, data)
+
+
+class ConvBlock(nn.Sequential):
+    """3x3 convolution (same padding), GroupNorm, SiLU: ``(b, c_in, h, w) -> (b, c_out, h, w)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm_groups: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.GroupNorm(norm_groups, out_channels),
+            nn.SiLU(),
+        )
+
+
+class Classifier(nn.Module):
+    """A small CNN classifier with a penultimate embedding for feature-space metrics.
+
+    ``forward(x)`` maps images ``(b, in_channels, h, w)`` in [-1, 1] to logits ``(b, num_classes)``;
+    ``features(x)`` gives the ``(b, feature_dim)`` embedding the logits are a linear function of.
+    Any ``h`` and ``w`` divisible by 4 work.
+
+    Args:
+        config: the architecture.
+        class_names: one name per class (the training folder's subfolder names), or empty when
+            unnamed; saved in ``config.json`` beside the config.
+    """
+
+    def __init__(self, config: ClassifierConfig, class_names: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__()
+        class_names = list(class_names)
+        if class_names and len(class_names) != config.num_classes:
+            raise ValueError(f"got {len(class_names)} class_names for num_classes={config.num_classes}")
+        if not all(isinstance(name, str) for name in class_names):
+            raise ValueError(f"class_names must be strings, got {class_names!r}")
+        self.config = config
+        self.class_names = class_names
+        c, w, g = config, config.width, config.norm_groups
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(ConvBlock(c.in_channels, w, g), ConvBlock(w, w, g)),  # at h x w
+                nn.Sequential(ConvBlock(w, 2 * w, g), ConvBlock(2 * w, 2 * w, g)),  # at h/2 x w/2
+                ConvBlock(2 * w, 4 * w, g),  # at h/4 x w/4
+            ]
+        )
+        self.pool = nn.AvgPool2d(2)
+        self.proj = nn.Linear(4 * w, c.feature_dim)
+        self.head = nn.Linear(c.feature_dim, c.num_classes)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` for an input this model cannot take, naming what was expected."""
+        if x.ndim != 4:
+            raise ValueError(f"images must have shape (batch, channels, height, width), got {tuple(x.shape)}")
+        if x.shape[1] != self.config.in_channels:
+            raise ValueError(f"images have {x.shape[1]} channels but the classifier expects {self.config.in_channels}")
+        height, width = x.shape[-2:]
+        if height % DOWNSAMPLE_FACTOR or width % DOWNSAMPLE_FACTOR:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by the classifier's downsampling factor "
+                f"{DOWNSAMPLE_FACTOR}; use sides that are multiples of {DOWNSAMPLE_FACTOR}"
+            )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate embedding.
+
+        Args:
+            x: images ``(b, in_channels, h, w)`` in [-1, 1], h and w divisible by 4.
+
+        Returns:
+            ``(b, feature_dim)`` in the model's dtype.
+        """
+        self.check_input(x)
+        h = x
+        for i, stage in enumerate(self.stages):
+            h = stage(self.pool(h) if i else h)  # (b, w * 2**i, h / 2**i, w / 2**i)
+        h = h.mean(dim=(2, 3))  # global average pooling: (b, 4 * width)
+        return nn.functional.silu(self.proj(h))  # (b, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(b, num_classes)`` for images ``(b, in_channels, h, w)`` in [-1, 1]."""
+        return self.head(self.features(x))
+
+    # ----- persistence: config.json + model.safetensors, no pickle -----
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` (with ``class_names``) and ``model.safetensors`` atomically into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        config = {"_class_name": "Classifier", "class_names": self.class_names, **self.config.to_dict()}
+        write_json(directory / CONFIG_NAME, config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "Classifier":
+        """Load a model written by `save_pretrained`; never executes code from the files.
+
+        Raises:
+            FileNotFoundError: the folder, its ``config.json`` or its ``model.safetensors`` is missing.
+            ValueError: the files are not a classifier, or the weights do not match the config.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"classifier directory {directory} not found")
+        data = read_json(directory / CONFIG_NAME)
+        if data.get("_class_name") != "Classifier":
+            raise ValueError(f"{directory / CONFIG_NAME} is not a pixel-diffusion Classifier config")
+        class_names = data.get("class_names", [])
+        if not isinstance(class_names, list):
+            raise ValueError(f"{directory / CONFIG_NAME}: class_names must be a list, got {class_names!r}")
+        fields = {k: v for k, v in data.items() if not k.startswith("_") and k != "class_names"}
+        model = cls(ClassifierConfig.from_dict(fields), class_names)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} not found")
+        try:
+            state = load_file(weights)
+        except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+            raise ValueError(f"{weights} is not a readable safetensors file ({e})") from None
+        model.load_weights(state)
+        return model
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a state dict, refusing missing, unexpected or wrongly shaped tensors by name."""
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"weights do not match the classifier config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        for name, want in expected.items():
+            if state[name].shape != want.shape:
+                found = tuple(state[name].shape)
+                raise ValueError(f"weight {name} has shape {found} but the config needs {tuple(want.shape)}")
+        self.load_state_dict(state)

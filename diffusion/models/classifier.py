@@ -16,14 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import config_from_dict, config_to_dict
-from ..fileio import atomic_write, read_json, write_json
+from .persistence import load_checked, load_weights, read_model_config, save_model
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 DOWNSAMPLE_FACTOR = 4  # two 2x poolings between the three stages
 
 
@@ -135,12 +132,7 @@ class Classifier(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` (with ``class_names``) and ``model.safetensors`` atomically into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        config = {"_class_name": "Classifier", "class_names": self.class_names, **self.config.to_dict()}
-        write_json(directory / CONFIG_NAME, config)
+        save_model(self, directory, "Classifier", {"class_names": self.class_names, **self.config.to_dict()})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "Classifier":
@@ -150,38 +142,14 @@ class Classifier(nn.Module):
             FileNotFoundError: the folder, its ``config.json`` or its ``model.safetensors`` is missing.
             ValueError: the files are not a classifier, or the weights do not match the config.
         """
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"classifier directory {directory} not found")
-        data = read_json(directory / CONFIG_NAME)
-        if data.get("_class_name") != "Classifier":
-            raise ValueError(f"{directory / CONFIG_NAME} is not a pixel-diffusion Classifier config")
-        class_names = data.get("class_names", [])
+        fields = read_model_config(directory, "Classifier", "classifier")
+        class_names = fields.pop("class_names", [])
         if not isinstance(class_names, list):
-            raise ValueError(f"{directory / CONFIG_NAME}: class_names must be a list, got {class_names!r}")
-        fields = {k: v for k, v in data.items() if not k.startswith("_") and k != "class_names"}
+            raise ValueError(f"{Path(directory) / 'config.json'}: class_names must be a list, got {class_names!r}")
         model = cls(ClassifierConfig.from_dict(fields), class_names)
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} not found")
-        try:
-            state = load_file(weights)
-        except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-            raise ValueError(f"{weights} is not a readable safetensors file ({e})") from None
-        model.load_weights(state)
+        load_weights(model, directory, "classifier")
         return model
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Load a state dict, refusing missing, unexpected or wrongly shaped tensors by name."""
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(
-                f"weights do not match the classifier config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
-        for name, want in expected.items():
-            if state[name].shape != want.shape:
-                found = tuple(state[name].shape)
-                raise ValueError(f"weight {name} has shape {found} but the config needs {tuple(want.shape)}")
-        self.load_state_dict(state)
+        load_checked(self, state, "classifier")

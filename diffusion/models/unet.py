@@ -12,17 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import config_from_dict, config_to_dict, validate_literals
-from ..fileio import atomic_write, read_json, write_json
 from .blocks import Attention, Downsample, ResBlock, Upsample
 from .embeddings import TimestepMLP, timestep_embedding
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from .persistence import load_checked, load_weights, read_model_config, save_model
 
 
 @dataclass(kw_only=True)
@@ -334,43 +330,15 @@ class UNet(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        write_json(directory / CONFIG_NAME, {"_class_name": "UNet", **self.config.to_dict()})
+        save_model(self, directory, "UNet", self.config.to_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "UNet":
         """Load a model written by `save_pretrained`; never executes code from the files."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"model directory {directory} not found")
-        data = read_json(directory / CONFIG_NAME)
-        if data.get("_class_name") != "UNet":
-            raise ValueError(f"{directory / CONFIG_NAME} is not a pixel-diffusion UNet config")
-        model = cls(UNetConfig.from_dict({k: v for k, v in data.items() if not k.startswith("_")}))
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} not found")
-        try:
-            state = load_file(weights)
-        except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-            raise ValueError(f"{weights} is not a readable safetensors file ({e})") from None
-        model.load_weights(state)
+        model = cls(UNetConfig.from_dict(read_model_config(directory, "UNet", "model")))
+        load_weights(model, directory, "model")
         return model
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Load a state dict, refusing missing, unexpected or wrongly shaped tensors by name."""
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(
-                f"weights do not match the model config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
-        for name, want in expected.items():
-            if state[name].shape != want.shape:
-                found = tuple(state[name].shape)
-                raise ValueError(f"weight {name} has shape {found} but the config needs {tuple(want.shape)}")
-        self.load_state_dict(state)
+        load_checked(self, state, "model")

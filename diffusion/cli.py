@@ -21,6 +21,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import torch
 
 from .config import literal_choices
+from .fileio import check_writable
 from .image import make_grid, save_png
 from .models import PRESETS, UNetConfig
 from .pipeline import DiffusionPipeline
@@ -133,7 +134,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     def main() -> int:
         config = TrainConfig(**train_args)
         trainer = Trainer(config, unet_overrides)
-        model_dir = trainer.train()
+        model_dir = trainer.train(progress=True)
         if trainer.accelerator.is_main_process:
             print(f"model written to {model_dir}")
         return 0
@@ -193,16 +194,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"output folder {folder} is not writable ({e.strerror})") from None
-
-
 def sample_main(argv: Sequence[str] | None = None) -> int:
     """``diffusion-sample``: generate images from a trained model."""
     args = sample_parser().parse_args(argv)
@@ -215,9 +206,13 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
         out = Path(args.out)
-        _writable(out)
+        check_writable(out)
         if args.grid:
-            _writable(Path(args.grid).parent)
+            if Path(args.grid).is_dir():
+                raise ValueError(
+                    f"--grid {args.grid} is a folder; give a file name such as {Path(args.grid) / 'grid.png'}"
+                )
+            check_writable(Path(args.grid).parent)
         pipe = DiffusionPipeline.from_pretrained(args.model, device=_device(args.device), dtype=DTYPES[args.dtype])
         sampler = args.scheduler or pipe.scheduler_name()
         images = pipe(

@@ -133,3 +133,9 @@ def test_truncated_weights_through_the_script_give_no_traceback(model, tmp_path)
         "--dtype",
     ):
         assert flag in helped.stdout
+
+
+def test_grid_path_that_is_a_folder_is_refused_before_sampling(model, tmp_path, capsys):
+    assert cli.sample_main(["--model", str(model), "--out", str(tmp_path / "o"), "--grid", str(tmp_path)]) == 2
+    assert "is a folder; give a file name such as" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())

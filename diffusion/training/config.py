@@ -77,6 +77,11 @@ class TrainConfig:
             raise ValueError("--lr and --snr-gamma must be > 0; --weight-decay and --grad-clip must be >= 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.zero_terminal_snr and self.prediction_type == "epsilon":
+            raise ValueError(
+                "--zero-terminal-snr needs --prediction-type v_prediction or sample: at zero SNR the noise "
+                "prediction carries no information about the image, and sampling divides by zero"
+            )
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ValueError(f"--image-size must be N or HxW with positive sides, got {self.image_size!r}")
 

@@ -46,5 +46,5 @@ class EMA:
         num_updates = state.pop("__num_updates__")
         if state.keys() != self.shadow.keys():
             raise ValueError("EMA state does not match the model's parameters")
-        self.shadow = {n: t.float().clone() for n, t in state.items()}
+        self.shadow = {n: t.to(self.shadow[n].device, torch.float32).clone() for n, t in state.items()}
         self.num_updates = int(num_updates)

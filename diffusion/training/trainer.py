@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -26,12 +27,13 @@ from tqdm.auto import tqdm
 from ..checkpoint import (
     begin_checkpoint,
     commit_checkpoint,
+    list_checkpoints,
     load_pickle_free,
     read_state,
     resolve_resume,
 )
 from ..data import ImageFolder
-from ..fileio import read_json, write_json
+from ..fileio import check_writable, read_json, write_json
 from ..image import make_grid, save_png
 from ..models import UNet, UNetConfig, preset
 from ..pipeline import DiffusionPipeline
@@ -45,6 +47,27 @@ from .sampler import StepBatchSampler
 logger = logging.getLogger(__name__)
 
 
+# Settings a resumed run may change: how long, how often to save/sample/log, and where things are.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "data",
+        "out",
+        "resume",
+        "max_steps",
+        "epochs",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "sample_every",
+        "sample_steps",
+        "num_samples",
+        "log_every",
+        "num_workers",
+        "compile",
+        "gradient_checkpointing",
+    }
+)
+
+
 class TrainingError(RuntimeError):
     """A run stopped for a reason the user must act on (NaN loss, write failure)."""
 
@@ -56,8 +79,15 @@ def model_config(config: TrainConfig, unet_overrides: dict | None = None) -> UNe
     overrides["in_channels"] = config.channels
     if config.image_size is not None:
         overrides["sample_size"] = tuple(config.image_size)
-    unet_config = preset(config.preset)
-    return UNetConfig.from_dict({**unet_config.to_dict(), **overrides})
+    if overrides.get("out_channels") not in (None, config.channels):
+        raise ValueError(f"out_channels must equal --channels ({config.channels}) for training a denoiser")
+    if overrides.get("num_classes") is not None:
+        raise ValueError("num_classes is not supported by train.py yet (class-conditional training comes later)")
+    try:
+        return UNetConfig.from_dict({**preset(config.preset).to_dict(), **overrides})
+    except TypeError as e:
+        source = f"--model-config {config.model_config}" if config.model_config else "the UNet flags"
+        raise ValueError(f"{source}: a value has the wrong type ({e})") from None
 
 
 def scheduler_config(config: TrainConfig) -> DDIMConfig:
@@ -89,7 +119,7 @@ class Trainer:
             raise ValueError("both --data (a folder of images) and --out (an output folder) are required")
         self.config = config
         self.out = Path(config.out)
-        self._check_writable()
+        check_writable(self.out)
         # accelerate keeps its settings in a process-wide singleton; forget them so that a second run in
         # the same process (tests, notebooks) can choose another precision. The process group stays.
         AcceleratorState._reset_state()
@@ -108,15 +138,6 @@ class Trainer:
         )
         self.steps_per_epoch = len(self.dataset) / config.batch_size
         self.total_steps = self._total_steps()
-
-    def _check_writable(self) -> None:
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise PermissionError(f"output folder {self.out} is not writable ({e.strerror})") from None
 
     def _total_steps(self) -> int:
         c = self.config
@@ -151,15 +172,40 @@ class Trainer:
                 },
                 tmp / "optimizer.pt",
             )
-            state = {"step": step, "world_size": acc.num_processes, "config": self.config.to_dict()}
+            state = {
+                "step": step,
+                "world_size": acc.num_processes,
+                "dataset_size": len(self.dataset),
+                "config": self.config.to_dict(),
+                "unet": self.unet_config.to_dict(),
+            }
             write_json(tmp / "trainer_state.json", state)
             commit_checkpoint(tmp, self.config.keep_checkpoints)
             logger.info("checkpoint written: %s", tmp.with_name(f"step-{step}"))
         acc.wait_for_everyone()
 
+    def _check_same_run(self, path: Path, state: dict) -> None:
+        """Refuse to continue a checkpoint under settings that would make it a different run."""
+        saved, now = state["config"], self.config.to_dict()
+        differ = [
+            f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now[k]!r}"
+            for k in now
+            if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
+        ]
+        if state.get("unet", self.unet_config.to_dict()) != self.unet_config.to_dict():
+            differ.append("the UNet config")
+        if state.get("dataset_size", len(self.dataset)) != len(self.dataset):
+            differ.append(f"the number of images ({state['dataset_size']} -> {len(self.dataset)})")
+        if differ:
+            raise ValueError(
+                f"checkpoint {path} was written with other settings: {'; '.join(differ)}. Use the same settings, "
+                "or --resume never (or a new --out) to start a new run"
+            )
+
     def _load_checkpoint(self, path: Path) -> int:
         acc = self.accelerator
         state = read_state(path)
+        self._check_same_run(path, state)
         if state["world_size"] != acc.num_processes:
             raise ValueError(
                 f"checkpoint {path} was written by {state['world_size']} process(es); resume it with the same "
@@ -203,25 +249,26 @@ class Trainer:
         """After a resume, forget metrics logged after the checkpoint: they will be logged again."""
         path = self.out / "metrics.jsonl"
         if path.is_file():
-            rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            rows = [json.dumps(r) for r in _read_metrics(path) if r["step"] <= step]
             path.write_text("".join(r + "\n" for r in rows))
 
     # ----- the loop -----
 
-    def train(self, stop_at_step: int | None = None) -> Path | None:
+    def train(self, stop_at_step: int | None = None, progress: bool = False) -> Path | None:
         """Train to ``total_steps`` and return the final model folder.
 
         With ``stop_at_step``, stop there instead (as an interruption would): write a checkpoint and
-        return None; running again with ``resume="auto"`` continues the same run.
+        return None; running again with ``resume="auto"`` continues the same run. ``progress`` shows a
+        tqdm bar (loss, learning rate, img/s, ETA) on the main process.
         """
         c, acc = self.config, self.accelerator
         set_seed(c.seed + acc.process_index)  # dropout draws from torch's global RNG
         self.generator = torch.Generator().manual_seed(c.seed * 7919 + acc.process_index)
         model = UNet(self.unet_config)
-        self.ema = EMA(model, c.ema_decay)
         optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, c, self.total_steps))
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.ema = EMA(acc.unwrap_model(self.model), c.ema_decay)  # after prepare: on the training device
         schedule = DDIMScheduler(scheduler_config(c)).schedule
 
         start = 0
@@ -229,8 +276,15 @@ class Trainer:
         if resume_from is not None:
             start = self._load_checkpoint(resume_from)
             logger.info("resuming from %s (step %d)%s", resume_from, start, " [--resume auto]" * (c.resume == "auto"))
-            if acc.is_main_process:
-                self._trim_metrics(start)
+        if acc.is_main_process:
+            # This run continues from `start`: anything a previous run left beyond it is abandoned, so that
+            # --resume auto and the metrics never mix two histories.
+            for step_done, path in list_checkpoints(self.out):
+                if step_done > start:
+                    logger.warning("removing %s, newer than this run's start (step %d)", path, start)
+                    shutil.rmtree(path)
+            self._trim_metrics(start)
+        acc.wait_for_everyone()
         if acc.is_main_process:
             write_json(self.out / "train_config.json", {"train": c.to_dict(), "unet": self.unet_config.to_dict()})
         if acc.log_with:
@@ -257,11 +311,11 @@ class Trainer:
 
         stop = {"signal": None}
         handlers = _install_stop_handlers(stop)
-        bar = tqdm(total=self.total_steps, initial=start, disable=not acc.is_main_process, desc="train")
-        step, tick = start, time.perf_counter()
+        bar = tqdm(total=self.total_steps, initial=start, disable=not (progress and acc.is_main_process), desc="train")
+        step, tick, tick_step = start, time.perf_counter(), start
         try:
             end = min(self.total_steps, stop_at_step or self.total_steps)
-            while step < end and stop["signal"] is None:
+            while step < end:
                 loss_sum = torch.zeros((), dtype=torch.float32)
                 for micro in range(c.grad_accum):
                     x0, _labels = next(loader)
@@ -292,16 +346,22 @@ class Trainer:
                 if c.grad_clip > 0:
                     acc.clip_grad_norm_(self.model.parameters(), c.grad_clip)
                 self.optimizer.step()
-                self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                self.ema.update(acc.unwrap_model(self.model))
+                if not acc.optimizer_step_was_skipped:  # fp16: the grad scaler skips steps with inf gradients
+                    self.lr_scheduler.step()
+                    self.ema.update(acc.unwrap_model(self.model))
                 step += 1
                 bar.update(1)
+                if stop["signal"] is not None:
+                    acc.set_trigger()
+                if acc.check_trigger():  # every process stops after the same step, or none does
+                    stop["signal"] = stop["signal"] or "a signal on another process"
+                    break
 
                 if step % c.log_every == 0 or step == self.total_steps:
                     now = time.perf_counter()
-                    img_s = c.log_every * c.batch_size / (now - tick)
-                    tick = now
+                    img_s = (step - tick_step) * c.batch_size / (now - tick)
+                    tick, tick_step = now, step
                     row = {
                         "step": step,
                         "loss": loss_sum.item(),
@@ -333,9 +393,19 @@ class Trainer:
         return model_dir
 
     def _write_loss_curve(self) -> None:
-        path = self.out / "metrics.jsonl"
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+        rows = _read_metrics(self.out / "metrics.jsonl")
         loss_curve([r["step"] for r in rows], [r["loss"] for r in rows], self.out / "loss.png")
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """The rows of metrics.jsonl; a line cut short by a crash is skipped, not fatal."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("skipping an incomplete line of %s", path)
+    return rows
 
 
 def _has_tensorboard() -> bool:

@@ -301,3 +301,47 @@ def test_metrics_also_go_to_tensorboard_when_installed(tmp_path, data):
     accumulator = EventAccumulator(str(run_dir))
     accumulator.Reload()
     assert [e.step for e in accumulator.Scalars("loss")] == [1, 2]
+
+
+def test_resume_refuses_changed_settings_but_allows_a_longer_run(tmp_path, data):
+    Trainer(config(tmp_path, max_steps=2)).train()
+    with pytest.raises(ValueError, match=r"other settings: --lr 0.0002 -> 0.001; --seed 0 -> 5\. Use the same"):
+        Trainer(config(tmp_path, max_steps=4, seed=5, lr=1e-3)).train()
+    with pytest.raises(ValueError, match="other settings: the UNet config"):
+        Trainer(config(tmp_path, max_steps=4), TINY).train()
+    Trainer(config(tmp_path, max_steps=3, log_every=2)).train()  # length and intervals may change
+    assert [s for s, _ in list_checkpoints(tmp_path / "out")] == [2, 3]
+
+
+def test_a_new_history_removes_what_an_abandoned_one_left(tmp_path, data):
+    Trainer(config(tmp_path, max_steps=4)).train()
+    Trainer(config(tmp_path, max_steps=4, resume="never")).train(stop_at_step=1)
+    out = tmp_path / "out"
+    assert [s for s, _ in list_checkpoints(out)] == [1]  # step-2 and step-4 of the old run are gone
+    assert [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "lo')  # a line cut short by a crash
+    Trainer(config(tmp_path, max_steps=2)).train()
+    assert [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "model_config, message",
+    [
+        ({"dropout": "0.1"}, r"--model-config .*: a value has the wrong type"),
+        ({"channel_mult": 2}, r"--model-config .*: a value has the wrong type"),
+        ({"out_channels": 6}, r"out_channels must equal --channels \(3\)"),
+        ({"num_classes": 10}, "num_classes is not supported by train.py yet"),
+        ({"base_chanels": 8}, r"unknown UNetConfig field\(s\) \['base_chanels'\]"),
+    ],
+)
+def test_bad_model_config_files_are_clear_errors(tmp_path, data, model_config, message):
+    (tmp_path / "m.json").write_text(json.dumps(model_config))
+    with pytest.raises(ValueError, match=message):
+        Trainer(config(tmp_path, model_config=str(tmp_path / "m.json")))
+
+
+def test_zero_terminal_snr_needs_a_prediction_type_that_survives_it(tmp_path):
+    with pytest.raises(ValueError, match="--zero-terminal-snr needs --prediction-type v_prediction or sample"):
+        config(tmp_path, zero_terminal_snr=True)
+    assert config(tmp_path, zero_terminal_snr=True, prediction_type="v_prediction").zero_terminal_snr

@@ -13,11 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
     "script, entry, message",
     [
         ("train.py", cli.train_main, "diffusion-train: error: both --data (a folder of images) and --out"),
-        ("sample.py", cli.sample_main, "diffusion-sample: error: "),
+        ("sample.py", cli.sample_main, "diffusion-sample: error: --num-images must be a positive integer, got 0"),
     ],
 )
 def test_entry_points_exist_and_refuse_cleanly(script, entry, message, capsys):
-    assert entry([]) == 2
+    assert entry([] if script == "train.py" else ["--num-images", "0"]) == 2
     assert message in capsys.readouterr().err
     done = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "usage:" in done.stdout

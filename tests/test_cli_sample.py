@@ -139,3 +139,10 @@ def test_grid_path_that_is_a_folder_is_refused_before_sampling(model, tmp_path, 
     assert cli.sample_main(["--model", str(model), "--out", str(tmp_path / "o"), "--grid", str(tmp_path)]) == 2
     assert "is a folder; give a file name such as" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_without_model_flag_the_shipped_model_is_used(tmp_path, capsys):
+    assert cli.sample_main(["--out", str(tmp_path), "--num-images", "2", "--steps", "2"]) == 0
+    images = [Image.open(tmp_path / f"{seed}.png") for seed in (0, 1)]
+    assert [(im.mode, im.size) for im in images] == [("L", (28, 28))] * 2
+    assert images[0].text["model"] == "shipped: assets/fashion-mnist"

@@ -23,7 +23,7 @@ class TrainConfig:
     hflip: bool = True  # random horizontal flips
     num_workers: int = 0  # data-loading worker processes
     # model
-    preset: str = "small"  # UNet preset (ddpm-cifar10, small, tiny); its fields can be overridden
+    preset: Literal["ddpm-cifar10", "small", "tiny"] = "small"  # UNet preset; its fields can be overridden
     model_config: str | None = None  # JSON file of UNetConfig fields, applied over the preset
     # optimisation
     batch_size: int = 64  # global batch: across processes and gradient-accumulation micro-steps

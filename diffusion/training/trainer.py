@@ -235,7 +235,8 @@ class Trainer:
 
     def _write_samples(self, step: int) -> None:
         c = self.config
-        images = self._pipeline()(num_images=c.num_samples, num_inference_steps=c.sample_steps, seed=0)
+        pipe = self._pipeline().to(self.accelerator.device)  # on the training device, not the CPU
+        images = pipe(num_images=c.num_samples, num_inference_steps=c.sample_steps, seed=0)
         meta = {"step": str(step), "sampler": "ddim", "steps": str(c.sample_steps), "seed": "0"}
         (self.out / "samples").mkdir(exist_ok=True)
         save_png(make_grid(images), self.out / "samples" / f"step-{step}.png", meta)

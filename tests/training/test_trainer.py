@@ -194,7 +194,7 @@ def test_cli_trains_and_reports_bad_input_in_one_line(tmp_path, data):
         ),
         (
             ["--data", str(data), "--out", str(tmp_path / "x"), "--max-steps", "1", "--preset", "huge"],
-            "unknown UNet preset 'huge'",
+            "argument --preset: invalid choice: 'huge'",
         ),
     ]
     for args, message in cases:
@@ -345,3 +345,11 @@ def test_zero_terminal_snr_needs_a_prediction_type_that_survives_it(tmp_path):
     with pytest.raises(ValueError, match="--zero-terminal-snr needs --prediction-type v_prediction or sample"):
         config(tmp_path, zero_terminal_snr=True)
     assert config(tmp_path, zero_terminal_snr=True, prediction_type="v_prediction").zero_terminal_snr
+
+
+def test_preset_choices_are_the_presets():
+    from typing import get_args, get_type_hints
+
+    from diffusion.models import PRESETS
+
+    assert get_args(get_type_hints(TrainConfig)["preset"]) == tuple(PRESETS)

@@ -37,9 +37,14 @@ def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def pending_checkpoint(out: str | Path, step: int) -> Path:
+    """The temporary folder that `commit_checkpoint` publishes as ``step-N``."""
+    return checkpoint_root(out) / f".tmp-step-{step}"
+
+
 def begin_checkpoint(out: str | Path, step: int) -> Path:
-    """Create and return the temporary folder that `commit_checkpoint` will publish as ``step-N``."""
-    tmp = checkpoint_root(out) / f".tmp-step-{step}"
+    """Create (empty) and return `pending_checkpoint(out, step)`."""
+    tmp = pending_checkpoint(out, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
@@ -60,6 +65,14 @@ def commit_checkpoint(tmp: Path, keep: int) -> Path:
     for stray in final.parent.glob(".tmp-*"):
         shutil.rmtree(stray, ignore_errors=True)
     return final
+
+
+def remove_checkpoints_after(out: str | Path, step: int) -> None:
+    """Delete checkpoints newer than ``step``: a run that restarts there abandons that history."""
+    for step_done, path in list_checkpoints(out):
+        if step_done > step:
+            logger.warning("removing %s, newer than this run's start (step %d)", path, step)
+            shutil.rmtree(path)
 
 
 def _fsync_dir(path: Path) -> None:

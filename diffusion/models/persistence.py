@@ -20,11 +20,16 @@ WEIGHTS_NAME = "model.safetensors"
 
 def save_model(module: nn.Module, directory: str | Path, class_name: str, config: dict[str, Any]) -> None:
     """Write ``config.json`` (``config`` plus ``_class_name``) and ``model.safetensors``, each atomically."""
+    save_weights(module, directory)
+    write_json(Path(directory) / CONFIG_NAME, {"_class_name": class_name, **config})
+
+
+def save_weights(module: nn.Module, directory: str | Path) -> None:
+    """Write ``directory/model.safetensors`` atomically (the folder is created if needed)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    write_json(directory / CONFIG_NAME, {"_class_name": class_name, **config})
 
 
 def read_model_config(directory: str | Path, class_name: str, what: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -27,15 +26,17 @@ from tqdm.auto import tqdm
 from ..checkpoint import (
     begin_checkpoint,
     commit_checkpoint,
-    list_checkpoints,
     load_pickle_free,
+    pending_checkpoint,
     read_state,
+    remove_checkpoints_after,
     resolve_resume,
 )
 from ..data import ImageFolder
 from ..fileio import check_writable, read_json, write_json
 from ..image import make_grid, save_png
 from ..models import UNet, UNetConfig, preset
+from ..models.persistence import load_weights, save_weights
 from ..pipeline import DiffusionPipeline
 from ..schedulers import DDIMConfig, DDIMScheduler
 from .config import TrainConfig
@@ -152,17 +153,17 @@ class Trainer:
 
     def _save_checkpoint(self, step: int) -> None:
         acc = self.accelerator
-        tmp = begin_checkpoint(self.out, step) if acc.is_main_process else None
+        if acc.is_main_process:
+            begin_checkpoint(self.out, step)
         acc.wait_for_everyone()
-        tmp = tmp or self.out / "checkpoints" / f".tmp-step-{step}"
+        tmp = pending_checkpoint(self.out, step)
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         save_file(rng, tmp / f"rng-{acc.process_index}.safetensors")
         acc.wait_for_everyone()
         if acc.is_main_process:
-            unwrapped = acc.unwrap_model(self.model)
-            save_file({k: v.contiguous() for k, v in unwrapped.state_dict().items()}, tmp / "model.safetensors")
+            save_weights(acc.unwrap_model(self.model), tmp)
             save_file(self.ema.state_dict(), tmp / "ema.safetensors")
             torch.save(
                 {
@@ -211,7 +212,7 @@ class Trainer:
                 f"checkpoint {path} was written by {state['world_size']} process(es); resume it with the same "
                 f"number (this run has {acc.num_processes})"
             )
-        acc.unwrap_model(self.model).load_weights(load_file(path / "model.safetensors"))
+        load_weights(acc.unwrap_model(self.model), path, "model")
         self.ema.load_state_dict(load_file(path / "ema.safetensors"))
         saved = load_pickle_free(path / "optimizer.pt")
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -280,10 +281,7 @@ class Trainer:
         if acc.is_main_process:
             # This run continues from `start`: anything a previous run left beyond it is abandoned, so that
             # --resume auto and the metrics never mix two histories.
-            for step_done, path in list_checkpoints(self.out):
-                if step_done > start:
-                    logger.warning("removing %s, newer than this run's start (step %d)", path, start)
-                    shutil.rmtree(path)
+            remove_checkpoints_after(self.out, start)
             self._trim_metrics(start)
         acc.wait_for_everyone()
         if acc.is_main_process:

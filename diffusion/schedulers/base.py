@@ -24,6 +24,19 @@ Names ↔ symbols (the one table; other modules refer here):
 
 When inference skips timesteps, "previous" is the previous *inference* timestep t', and the
 single-step quantities are the strided ones: α_t = ᾱ_t / ᾱ_{t'} and β_t = 1 - α_t.
+
+σ-space samplers (`diffusion.schedulers.sigmas`) add the variance-exploding view of the same process
+(Karras et al. 2022): σ = √((1-ᾱ)/ᾱ), the sample x_t/√ᾱ_t = x_0 + σ·ε, and λ = -log σ (half the
+log-SNR, Lu et al. 2022).
+
+The one sampling loop, the same for every sampler (`step` is pure; a multistep history travels in
+`state`, and `len(timesteps)` is the number of model evaluations, NFE)::
+
+    scheduler.set_timesteps(n)
+    sample, state = scheduler.init_noise_sigma * noise, None
+    for t in scheduler.timesteps:
+        model_output = model(scheduler.scale_model_input(sample, t), t)
+        sample, _, state = scheduler.step(model_output, t, sample, generator, state=state)
 """
 
 import abc
@@ -47,6 +60,9 @@ class SchedulerOutput(NamedTuple):
 
     prev_sample: torch.Tensor  # x_{t'}: feed it back to the model at the next timestep
     pred_original_sample: torch.Tensor  # x̂_0 after clipping/thresholding, for previews or guidance
+    # What the next `step` needs besides its arguments (multistep history, step index), or None for
+    # single-step samplers. Pass it back as `step(..., state=output.state)`; `step` never mutates it.
+    state: Any = None
 
 
 def randn_tensor(
@@ -144,6 +160,7 @@ class Scheduler(abc.ABC):
         self.schedule = NoiseSchedule(config)
         self._timesteps: torch.Tensor | None = None
         self._previous: dict[int, int] = {}  # timestep -> previous inference timestep (FINAL for the last)
+        self._num_inference_steps: int | None = None
 
     @classmethod
     def from_config(cls: type[SchedulerT], config: SchedulerConfig) -> SchedulerT:
@@ -165,19 +182,40 @@ class Scheduler(abc.ABC):
     @property
     def num_inference_steps(self) -> int | None:
         """n, or None before `set_timesteps`."""
-        return None if self._timesteps is None else len(self._previous)
+        return self._num_inference_steps
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """Standard deviation of the initial noise: 1 for samplers that walk x_t itself."""
+        return 1.0
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | float | torch.Tensor) -> torch.Tensor:
+        """The model's input at `timestep` for this sampler's `sample`: `sample` itself, unless the
+        sampler walks a rescaled sample (σ-space samplers divide by √(σ²+1) to give back x_t)."""
+        return sample
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Choose the n inference timesteps (Lin et al. 2023, Table 2) and their previous timesteps.
+        """Choose the n inference timesteps (see `spaced_timesteps`) and build their previous-timestep lookup.
+
+        Args:
+            num_inference_steps: n, in [1, num_train_timesteps].
+            device: device of `timesteps`.
+
+        Raises:
+            ValueError: if n is out of range, or leading spacing with steps_offset passes T-1.
+        """
+        as_list = self.spaced_timesteps(num_inference_steps).tolist()
+        self._previous = dict(zip(as_list, [*as_list[1:], FINAL], strict=True))
+        self._timesteps = torch.tensor(as_list, dtype=torch.int64, device=device)
+        self._num_inference_steps = len(as_list)
+
+    def spaced_timesteps(self, num_inference_steps: int) -> np.ndarray:
+        """The n inference timesteps of `config.timestep_spacing` (Lin et al. 2023, Table 2), int64, descending.
 
         With T = num_train_timesteps (values as in diffusers):
             leading:  arange(n)·(T // n), reversed, + steps_offset
             trailing: round(arange(T, 0, -T/n)) - 1, which starts at T-1
             linspace: round(linspace(0, T-1, n)), reversed
-
-        Args:
-            num_inference_steps: n, in [1, num_train_timesteps].
-            device: device of `timesteps`.
 
         Raises:
             ValueError: if n is out of range, or leading spacing with steps_offset passes T-1.
@@ -205,9 +243,7 @@ class Scheduler(abc.ABC):
                 f"gives timestep {timesteps[0]}, past the last training timestep {T - 1}"
             )
         assert len(timesteps) == n and timesteps[-1] >= 0 and (np.diff(timesteps) < 0).all(), timesteps
-        as_list = timesteps.tolist()
-        self._previous = dict(zip(as_list, [*as_list[1:], FINAL], strict=True))
-        self._timesteps = torch.tensor(as_list, dtype=torch.int64, device=device)
+        return timesteps
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
         """The inference timestep after `timestep`, looked up in the schedule; FINAL (-1) after the last.
@@ -266,17 +302,19 @@ class Scheduler(abc.ABC):
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
         generator: Generators = None,
+        state: Any = None,
     ) -> SchedulerOutput:
-        """Go from x_t to x_{t'}, t' = `previous_timestep(timestep)`, given the model output at t.
+        """Go from x_t to x_{t'}, the next inference timestep, given the model output at t.
 
         Args:
             model_output: ε̂, v̂ or x̂_0 per `config.prediction_type`, shape (b, ...).
-            timestep: t, one of `timesteps`; an int or a 1-element integer tensor.
-            sample: x_t, shape (b, ...).
+            timestep: t, one of `timesteps`.
+            sample: x_t (or its σ-space form), shape (b, ...).
             generator: source of the step's noise, see `randn_tensor`; unused by deterministic steps.
+            state: the previous step's `SchedulerOutput.state`; None at the first step.
 
         Returns:
-            `SchedulerOutput(prev_sample, pred_original_sample)`, each of shape (b, ...).
+            `SchedulerOutput(prev_sample, pred_original_sample, state)`, tensors of shape (b, ...).
 
         Raises:
             RuntimeError: before `set_timesteps`.

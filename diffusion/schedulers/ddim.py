@@ -61,6 +61,7 @@ class DDIMScheduler(Scheduler):
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
         generator: Generators = None,
+        state: None = None,
     ) -> SchedulerOutput:
         """One step of eq. 12 of Song et al. 2021, from t to the previous inference timestep t'.
 
@@ -69,6 +70,7 @@ class DDIMScheduler(Scheduler):
             timestep: t, one of `timesteps`; an int or a 1-element integer tensor.
             sample: x_t, shape (b, ...).
             generator: source of the noise ε_t when `config.eta` > 0, see `randn_tensor`.
+            state: unused (a single-step sampler); accepted so that one loop serves every sampler.
 
         Returns:
             `SchedulerOutput(prev_sample=x_{t'}, pred_original_sample=x̂_0)`, each of shape (b, ...).

@@ -71,6 +71,7 @@ class DDPMScheduler(Scheduler):
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
         generator: Generators = None,
+        state: None = None,
     ) -> SchedulerOutput:
         """One step of Ho et al. 2020, Algorithm 2, from t to the previous inference timestep t'.
 
@@ -79,6 +80,7 @@ class DDPMScheduler(Scheduler):
             timestep: t, one of `timesteps`; an int or a 1-element integer tensor.
             sample: x_t, shape (b, ...).
             generator: source of the noise z, see `randn_tensor`.
+            state: unused (a single-step sampler); accepted so that one loop serves every sampler.
 
         Returns:
             `SchedulerOutput(prev_sample=x_{t'}, pred_original_sample=x̂_0)`, each of shape (b, ...).

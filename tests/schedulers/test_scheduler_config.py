@@ -10,11 +10,20 @@ from diffusion.schedulers import (
     DDIMScheduler,
     DDPMConfig,
     DDPMScheduler,
+    DPMSolverConfig,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunConfig,
+    HeunDiscreteScheduler,
     SchedulerConfig,
+    SigmaConfig,
+    UniPCConfig,
+    UniPCMultistepScheduler,
     get_scheduler,
 )
 
-CONFIG_CLASSES = [SchedulerConfig, DDPMConfig, DDIMConfig]
+CONFIG_CLASSES = [SchedulerConfig, DDPMConfig, DDIMConfig, SigmaConfig, DPMSolverConfig, HeunConfig, UniPCConfig]
 
 
 def non_default(config_class):
@@ -36,9 +45,20 @@ def non_default(config_class):
         variance_type="fixed_large",
         eta=0.5,
         set_alpha_to_one=False,
+        use_karras_sigmas=True,
+        solver_order=3,
+        algorithm_type="sde-dpmsolver++",
+        solver_type="heun",
+        lower_order_final=False,
+        s_churn=1.0,
+        s_tmin=0.5,
+        s_tmax=10.0,
+        s_noise=1.003,
     )
     names = {f.name for f in dataclasses.fields(config_class)}
     assert names <= set(values), names - set(values)
+    if config_class.__name__ == "UniPCConfig":
+        values["solver_type"] = "bh1"
     config = config_class(**{k: v for k, v in values.items() if k in names})
     assert all(getattr(config, f.name) != f.default for f in dataclasses.fields(config_class))
     return config
@@ -147,7 +167,15 @@ def test_bad_config_values_raise(config_class, kwargs, match):
 
 
 def test_registry_builds_each_scheduler_from_a_dict_or_config():
-    assert dict(SCHEDULERS) == {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+    assert dict(SCHEDULERS) == {
+        "ddpm": DDPMScheduler,
+        "ddim": DDIMScheduler,
+        "dpmsolver++": DPMSolverMultistepScheduler,
+        "euler": EulerDiscreteScheduler,
+        "euler-ancestral": EulerAncestralDiscreteScheduler,
+        "heun": HeunDiscreteScheduler,
+        "unipc": UniPCMultistepScheduler,
+    }
     for name, cls in SCHEDULERS.items():
         config = non_default(cls.config_class)
         assert get_scheduler(name).config == cls.config_class()
@@ -160,8 +188,8 @@ def test_registry_builds_each_scheduler_from_a_dict_or_config():
 
 
 def test_unknown_scheduler_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown scheduler 'euler'; expected one of 'ddpm', 'ddim'"):
-        get_scheduler("euler")
+    with pytest.raises(ValueError, match=r"unknown scheduler 'lms'; expected one of 'ddpm', 'ddim', 'dpmsolver\+\+'"):
+        get_scheduler("lms")
 
 
 def test_config_of_another_scheduler_raises():

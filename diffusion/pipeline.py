@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .fileio import read_json, write_json
 from .image import to_pil
 from .models import UNet
-from .schedulers import SCHEDULERS, Scheduler, get_scheduler
+from .schedulers import SCHEDULERS, Scheduler, get_scheduler, resolve_scheduler_name
 from .schedulers.base import randn_tensor
 
 logger = logging.getLogger(__name__)
@@ -70,16 +70,36 @@ class DiffusionPipeline:
     def make_scheduler(self, name: str, **overrides: Any) -> Scheduler:
         """A fresh scheduler ``name`` with this model's noise schedule and prediction type.
 
-        ``overrides`` set fields of that scheduler's config, e.g. ``eta=0.5`` for DDIM.
+        ``name`` is one of `SCHEDULER_NAMES` (an alias such as ``"dpmsolver++3m"`` sets its fields);
+        ``overrides`` set fields of that scheduler's config, e.g. ``eta=0.5`` for DDIM or
+        ``use_karras_sigmas=True`` for the σ-space samplers.
         """
+        name, fields = resolve_scheduler_name(name)
+        overrides = {**fields, **overrides}
         scheduler = get_scheduler(name, self.scheduler.config.to_dict())
         if not overrides:
             return scheduler
-        fields = set(scheduler.config.to_dict())
-        unknown = sorted(set(overrides) - fields)
+        unknown = sorted(set(overrides) - set(scheduler.config.to_dict()))
         if unknown:
             raise ValueError(f"the {name} scheduler has no setting {', '.join(unknown)}")
         return get_scheduler(name, scheduler.config.to_dict() | overrides)
+
+    def num_model_evaluations(self, num_inference_steps: int, scheduler: str | Scheduler | None = None) -> int:
+        """NFE per image: how many times sampling with these settings calls the UNet (Heun: 2n - 1)."""
+        sampler = self._sampler(scheduler, None)
+        sampler.set_timesteps(num_inference_steps)
+        return len(sampler.timesteps)
+
+    def _sampler(self, scheduler: str | Scheduler | None, eta: float | None) -> Scheduler:
+        """The scheduler a call samples with: an object as given, or a fresh one by name (default: ours)."""
+        if isinstance(scheduler, Scheduler):
+            if eta is not None:
+                raise ValueError("eta is set in the config of a scheduler object; pass a scheduler name to use eta=")
+            return scheduler
+        if scheduler is not None and not isinstance(scheduler, str):
+            raise ValueError(f"scheduler must be a name or a Scheduler, got {type(scheduler).__name__}")
+        name = scheduler if scheduler is not None else self.scheduler_name()
+        return self.make_scheduler(name, **({} if eta is None else {"eta": float(eta)}))
 
     def scheduler_name(self, scheduler: Scheduler | None = None) -> str:
         """The registered name of ``scheduler`` (default: the pipeline's own)."""
@@ -186,9 +206,9 @@ class DiffusionPipeline:
 
         Args:
             num_images: how many.
-            num_inference_steps: sampler steps.
-            scheduler: a registered name (``"ddim"``, ``"ddpm"``), a scheduler object, or None for the
-                pipeline's own.
+            num_inference_steps: sampler steps (model evaluations: `num_model_evaluations`).
+            scheduler: a name of `SCHEDULER_NAMES` (``"ddim"``, ``"dpmsolver++"``, ``"heun"``, ...), a
+                scheduler object, or None for the pipeline's own.
             eta: DDIM's stochasticity (0 deterministic, 1 DDPM-like); None keeps the scheduler's.
             seed: an int (image i uses ``seed + i``) or one seed per image. Each image has its own
                 generator, so an image does not depend on the batch size or its place in a batch.
@@ -198,7 +218,8 @@ class DiffusionPipeline:
             output_type: ``pil`` (list of images), ``tensor`` (``(n, c, h, w)`` float32 in [0, 1] on the
                 CPU) or ``numpy`` (``(n, h, w, c)`` float32 in [0, 1]).
             progress: show a tqdm bar over the steps.
-            callback: called as ``callback(step_index, timestep, sample)`` after each step.
+            callback: called as ``callback(step_index, timestep, sample)`` after each model evaluation;
+                ``timestep`` is an int, or a float for samplers with fractional timesteps.
         """
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
@@ -211,13 +232,7 @@ class DiffusionPipeline:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if eta is not None and not (isinstance(eta, int | float) and eta >= 0):
             raise ValueError(f"eta must be a number >= 0, got {eta!r}")
-        if isinstance(scheduler, Scheduler):
-            if eta is not None:
-                raise ValueError("eta is set in the config of a scheduler object; pass a scheduler name to use eta=")
-            sampler = scheduler
-        else:
-            name = scheduler if scheduler is not None else self.scheduler_name()
-            sampler = self.make_scheduler(name, **({} if eta is None else {"eta": float(eta)}))
+        sampler = self._sampler(scheduler, eta)
         sampler.set_timesteps(num_inference_steps, device=self.device)
         batch_size = batch_size or num_images
         generators = self.generators(num_images, seed if seed is not None else 0) if generator is None else None
@@ -229,13 +244,17 @@ class DiffusionPipeline:
         for start in range(0, num_images, batch_size):
             n = min(batch_size, num_images - start)
             gens = generators[start : start + n] if generators is not None else generator
+            # The one loop for every sampler (see diffusion.schedulers.base): σ-space samplers start from
+            # noise of std init_noise_sigma and see their sample rescaled; multistep ones carry a state.
             sample = randn_tensor((n, *shape), gens, device=self.device, dtype=torch.float32)
+            sample, state = sample * sampler.init_noise_sigma, None
             for i, t in enumerate(sampler.timesteps):
-                model_output = self.unet(sample.to(self.dtype), t.expand(n)).float()
-                sample = sampler.step(model_output, t, sample, generator=gens).prev_sample
+                model_input = sampler.scale_model_input(sample, t)
+                model_output = self.unet(model_input.to(self.dtype), t.expand(n)).float()
+                sample, _, state = sampler.step(model_output, t, sample, generator=gens, state=state)
                 bar.update(1)
                 if callback is not None:
-                    callback(i, int(t), sample)
+                    callback(i, t.item(), sample)
             outputs.append((sample / 2 + 0.5).clamp(0, 1).cpu())
         bar.close()
         images = torch.cat(outputs)  # (num_images, c, h, w) in [0, 1]

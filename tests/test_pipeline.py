@@ -9,7 +9,16 @@ from safetensors.torch import load_file
 from diffusion import DiffusionPipeline
 from diffusion.models import UNet, UNetConfig
 from diffusion.pipeline import SHIPPED_MODEL
-from diffusion.schedulers import DDIMConfig, DDIMScheduler, DDPMScheduler
+from diffusion.schedulers import (
+    SCHEDULER_NAMES,
+    DDIMConfig,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    HeunConfig,
+    HeunDiscreteScheduler,
+    randn_tensor,
+)
 
 
 def tiny_pipeline(channels: int = 1, **scheduler) -> DiffusionPipeline:
@@ -43,9 +52,10 @@ def test_output_types(pipe):
     np.testing.assert_array_equal(np.asarray(pil[1]), np.round(tensor[1, 0].numpy() * 255).astype(np.uint8))
 
 
-@pytest.mark.parametrize("scheduler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_each_image_depends_only_on_its_seed(pipe, scheduler):
-    # DDPM draws fresh noise every step, so it is the strict test of per-image generators.
+    # DDPM, Euler ancestral and the SDE solvers draw fresh noise every step: the strict tests of
+    # per-image generators; multistep solvers also carry a per-batch history.
     runs = {
         bs: pipe(num_images=8, num_inference_steps=3, scheduler=scheduler, seed=10, batch_size=bs, output_type="tensor")
         for bs in (1, 3, 8)
@@ -58,6 +68,49 @@ def test_each_image_depends_only_on_its_seed(pipe, scheduler):
     )
     torch.testing.assert_close(exact, runs[1][[5, 2]], rtol=0, atol=0)
     assert not torch.allclose(runs[1][0], runs[1][1])
+
+
+def test_heun_churn_uses_per_image_generators_too(pipe):
+    churn = HeunDiscreteScheduler(HeunConfig(s_churn=2.0))
+    runs = [pipe(4, 3, scheduler=churn, seed=3, batch_size=bs, output_type="tensor") for bs in (1, 4)]
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-4, atol=1e-4)
+    plain = pipe(4, 3, scheduler="heun", seed=3, output_type="tensor")
+    assert (runs[0] - plain).abs().max() > 1e-3  # the churn noise changed the images
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_the_model_first_sees_the_seeds_noise_and_nfe_is_counted(pipe, scheduler):
+    """Every sampler, σ-space ones included, starts the model from x_T ~ N(0, I): initial noise scaled by
+    init_noise_sigma, then the input scaled back by √(σ² + 1). diffusers' DDPMPipeline skips both, which
+    feeds k-style samplers noise ~157 times too large. The UNet is called once per listed timestep (NFE)."""
+    inputs, timesteps = [], []
+
+    def record(module, args):
+        inputs.append(args[0].clone())
+        timesteps.append(args[1][0].item())
+
+    handle = pipe.unet.register_forward_pre_hook(record)
+    try:
+        pipe(2, 4, scheduler=scheduler, seed=5, output_type="tensor")
+    finally:
+        handle.remove()
+    noise = randn_tensor((2, *inputs[0].shape[1:]), [torch.Generator().manual_seed(s) for s in (5, 6)])
+    torch.testing.assert_close(inputs[0], noise, rtol=1e-6, atol=1e-6)
+    nfe = pipe.num_model_evaluations(4, scheduler)
+    assert len(inputs) == nfe == (7 if scheduler == "heun" else 4)
+    assert timesteps[0] == 999
+
+
+def test_karras_sigmas_and_fractional_timesteps_reach_the_model(pipe):
+    calls = []
+    karras = pipe.make_scheduler("euler", use_karras_sigmas=True)
+    pipe(1, 3, scheduler=karras, seed=0, callback=lambda i, t, x: calls.append(t))
+    expected = karras.timesteps.tolist()
+    assert calls == expected and isinstance(calls[1], float) and calls[1] != round(calls[1])
+    assert isinstance(pipe.make_scheduler("dpmsolver++3m"), DPMSolverMultistepScheduler)
+    assert pipe.make_scheduler("dpmsolver++3m").config.solver_order == 3
+    with pytest.raises(ValueError, match="the euler scheduler has no setting eta"):
+        pipe(1, 2, scheduler="euler", eta=0.5)
 
 
 def test_generator_argument_and_seed_errors(pipe):
@@ -131,7 +184,7 @@ def test_to_dtype_keeps_sampling_in_float32(pipe, tmp_path):
         ({"num_images": 2.5}, "num_images must be a positive integer, got 2.5"),
         ({"num_inference_steps": 0}, r"num_inference_steps must be in \[1, 1000\]"),
         ({"num_inference_steps": 1001}, r"num_inference_steps must be in \[1, 1000\]"),
-        ({"scheduler": "euler"}, "unknown scheduler 'euler'; expected one of 'ddpm', 'ddim'"),
+        ({"scheduler": "lms"}, r"unknown scheduler 'lms'; expected one of 'ddpm', 'ddim', 'dpmsolver\+\+'"),
         ({"scheduler": "ddpm", "eta": 0.5}, "the ddpm scheduler has no setting eta"),
         ({"eta": -1}, "eta must be a number >= 0, got -1"),
         ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),

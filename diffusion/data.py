@@ -64,6 +64,11 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("L" if channels == 1 else "RGB")
 
 
+# What `load_image` raises for a file that is not a usable image (truncated, zero bytes, not an image,
+# a decompression bomb, unreadable): such files are skipped, never fatal.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
 def load_image(path: str | Path, channels: int) -> Image.Image:
     """Decode ``path`` fully: first frame, EXIF orientation applied, converted to ``channels``.
 
@@ -129,13 +134,7 @@ def scan(root: str | Path, size: tuple[int, int], channels: int) -> ScanReport:
     for path in find_image_files(root):
         try:
             image = load_image(path, channels)
-        except (
-            OSError,
-            ValueError,
-            SyntaxError,
-            Image.DecompressionBombError,
-            Image.DecompressionBombWarning,
-        ) as e:
+        except DECODE_ERRORS as e:
             skipped.append((path, f"{type(e).__name__}: {e}"))
             continue
         files.append(path)

@@ -66,6 +66,32 @@ def test_writes_one_png_per_seed_with_metadata_and_a_grid(model, tmp_path, capsy
     assert "sampling: 100%" in captured.err  # the tqdm bar
 
 
+@pytest.mark.parametrize("scheduler, karras, nfe", [("heun", True, 5), ("dpmsolver++3m", False, 3), ("unipc", True, 3)])
+def test_fast_samplers_and_karras_sigmas_from_the_command_line(model, tmp_path, capsys, scheduler, karras, nfe):
+    args = [
+        "--model",
+        str(model),
+        "--num-images",
+        "2",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path),
+        "--scheduler",
+        scheduler,
+    ]
+    assert cli.sample_main(args + (["--karras"] if karras else [])) == 0
+    image = Image.open(tmp_path / "1.png")
+    assert {k: image.text.get(k) for k in ("sampler", "steps", "nfe", "use_karras_sigmas")} == {
+        "sampler": scheduler,
+        "steps": "3",
+        "nfe": str(nfe),
+        "use_karras_sigmas": "True" if karras else None,
+    }
+    karras_text = ", Karras σ" if karras else ""
+    assert f"({scheduler}{karras_text}, 3 steps, {nfe} NFE)" in capsys.readouterr().out
+
+
 def test_seed_ranges_match_single_seeds(model, tmp_path):
     cli.sample_main(["--model", str(model), "--seeds", "3-4,9", "--steps", "2", "--out", str(tmp_path / "a")])
     cli.sample_main(
@@ -83,10 +109,12 @@ def test_seed_ranges_match_single_seeds(model, tmp_path):
         (["--num-images", "0"], "--num-images must be a positive integer, got 0"),
         (["--steps", "0"], r"num_inference_steps must be in \[1, 1000\]"),
         (["--steps", "5000"], r"num_inference_steps must be in \[1, 1000\] \(num_train_timesteps\), got 5000"),
-        (["--scheduler", "euler"], "unknown scheduler 'euler'; expected one of 'ddpm', 'ddim'"),
+        (["--scheduler", "lms"], r"unknown scheduler 'lms'; expected one of 'ddpm', 'ddim', 'dpmsolver\+\+'"),
         (["--out", "{tmp}/file/sub"], "output folder .*file/sub is not writable"),
         (["--batch-size", "0"], "--batch-size must be a positive integer"),
-        (["--eta", "-2"], "eta must be a number >= 0"),
+        (["--eta", "-2"], "eta must be >= 0, got -2.0"),
+        (["--karras"], "the ddim scheduler has no setting use_karras_sigmas"),
+        (["--scheduler", "euler", "--eta", "0.5"], "the euler scheduler has no setting eta"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(model, tmp_path, capsys, args, message):
@@ -124,6 +152,7 @@ def test_truncated_weights_through_the_script_give_no_traceback(model, tmp_path)
         "--steps",
         "--scheduler",
         "--eta",
+        "--karras",
         "--seed",
         "--seeds",
         "--batch-size",

@@ -8,13 +8,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "diffusion"
 
 # Lowest first. A module may import only from its own layer or below; models and schedulers share
-# a layer but never import each other.
+# a layer but never import each other. `evaluation` puts pipeline, data and metrics together, so it
+# sits beside training; `evaluate` is only the `python -m diffusion.evaluate` entry point, which
+# calls the CLI, so it sits above it, where train.py and sample.py would be if they were modules.
 LAYERS = [
     {"diffusion.config", "diffusion.fileio", "diffusion.image"},
     {"diffusion.models", "diffusion.schedulers"},
     {"diffusion.pipeline", "diffusion.checkpoint", "diffusion.data", "diffusion.metrics"},
-    {"diffusion.training"},
+    {"diffusion.training", "diffusion.evaluation"},
     {"diffusion.cli"},
+    {"diffusion.evaluate"},
 ]
 
 

@@ -4,7 +4,9 @@ import scipy.linalg
 import torch
 
 from diffusion.metrics import (
-    extract_features,
+    QualityResult,
+    compare_features,
+    default_kid_subset_size,
     frechet_distance,
     frechet_distance_between,
     gaussian_stats,
@@ -55,6 +57,52 @@ def test_commuting_covariances_match_the_closed_form(d):
     expected = np.sum((mu1 - mu2) ** 2) + np.sum(a + b - 2 * np.sqrt(a * b))
     got = frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
     assert got == pytest.approx(expected, rel=1e-9)  # rotations cost a few ulps per entry
+
+
+def test_one_dimensional_case_is_the_squared_difference_of_means_and_of_standard_deviations():
+    """In 1-D, W2² between N(m1, s1²) and N(m2, s2²) is (m1 - m2)² + (s1 - s2)²."""
+    got = frechet_distance(np.array([0.3]), np.array([[4.0]]), np.array([-1.2]), np.array([[0.25]]))
+    assert got == pytest.approx((0.3 + 1.2) ** 2 + (2.0 - 0.5) ** 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("c", [0.0, 0.3, 1.0, 2.5])
+@pytest.mark.parametrize("d", [1, 7, 48])
+def test_scaled_covariance_matches_the_closed_form(c, d):
+    """S2 = c² S1: (S1^{1/2} S2 S1^{1/2})^{1/2} = c S1, so FD = ||Δμ||² + (1 - c)² Tr S1 (c = 0: S2 = 0)."""
+    rng = np.random.default_rng(30 + d)
+    mu1, mu2, sigma1 = rng.standard_normal(d), rng.standard_normal(d), random_spd(rng, d)
+    expected = np.sum((mu1 - mu2) ** 2) + (1 - c) ** 2 * np.trace(sigma1)
+    got = frechet_distance(mu1, sigma1, mu2, c**2 * sigma1)
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-9)  # c = 1 cancels to 0: absolute slack
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_general_two_by_two_covariances_match_the_closed_form(seed):
+    """Non-commuting 2x2 S1, S2. M = S1 S2 has positive eigenvalues (it is similar to S1^{1/2} S2 S1^{1/2}),
+    and for a 2x2 matrix with such eigenvalues Tr M^{1/2} = √λ1 + √λ2 = √(Tr M + 2 √det M)."""
+    rng = np.random.default_rng(40 + seed)
+    s1, s2 = random_spd(rng, 2), random_spd(rng, 2)
+    assert not np.allclose(s1 @ s2, s2 @ s1)  # the commuting shortcut does not apply
+    mu1, mu2 = rng.standard_normal(2), rng.standard_normal(2)
+    m = s1 @ s2
+    trace_sqrt = np.sqrt(np.trace(m) + 2 * np.sqrt(np.linalg.det(m)))
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("d", [2, 5, 64, 256])
+def test_rank_one_covariances_match_the_closed_form(d):
+    """S1 = u uᵀ and S2 = v vᵀ (rank 1, not commuting): S1^{1/2} = u uᵀ / |u|, so
+    S1^{1/2} S2 S1^{1/2} = (u·v)² u uᵀ / |u|², whose square root has trace |u·v|;
+    FD = ||Δμ||² + |u|² + |v|² - 2 |u·v|. All but one eigenvalue of each covariance is exactly zero."""
+    rng = np.random.default_rng(50 + d)
+    u, v = rng.standard_normal(d), rng.standard_normal(d)
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    expected = np.sum((mu1 - mu2) ** 2) + u @ u + v @ v - 2 * abs(u @ v)
+    got = frechet_distance(mu1, np.outer(u, u), mu2, np.outer(v, v))
+    # Exact to rounding because eigenvalues under the rank tolerance count as 0: with a plain clip at 0
+    # their square roots (~1e-8 each) summed to a relative error of 1e-8 at d = 64.
+    assert got == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -185,36 +233,42 @@ def test_kid_rejects_different_widths():
         kernel_inception_distance(np.zeros((10, 3)), np.zeros((10, 4)), subset_size=5)
 
 
-class Flatten(torch.nn.Module):
-    """A stand-in feature extractor: features are the flattened pixels times a learnable scale."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(2.0))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * x.flatten(1)
+@pytest.mark.parametrize("n, expected", [(2, 2), (3, 2), (8, 4), (501, 250), (2000, 1000), (50_000, 1000)])
+def test_default_kid_subset_size_is_half_the_set_at_most_1000(n, expected):
+    assert default_kid_subset_size(n) == expected
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 256])
-def test_extract_features_batches_and_restores_the_mode(batch_size):
-    images = torch.rand(7, 1, 2, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    model = Flatten().train()
-    features = extract_features(model, images, batch_size=batch_size)
-    torch.testing.assert_close(features, 2 * images.flatten(1), rtol=0, atol=0)
-    assert features.dtype == torch.float32 and not features.requires_grad
-    assert model.training
+def test_compare_features_labels_the_numbers_with_the_sample_counts():
+    generated, reference = gaussian_features(0, n=40, d=6), gaussian_features(1, n=60, d=6, shift=0.5)
+    result = compare_features(generated, reference, "toy", settings={"model": "m"}, generator=torch.Generator())
+    assert isinstance(result, QualityResult)
+    assert (result.num_images, result.num_reference, result.feature_dim) == (40, 60, 6)
+    assert (result.label, result.kid_label) == ("FD@40", "KID@40")
+    assert (result.kid_subset_size, result.kid_num_subsets) == (20, 100)  # min(40, 60) // 2
+    assert result.fd == frechet_distance_between(generated, reference)
+    kid = kernel_inception_distance(generated, reference, 20, 100, generator=torch.Generator())
+    assert (result.kid, result.kid_std) == kid  # the same default-seeded generator draws the same subsets
+    assert result.to_dict() == {
+        "model": "m",
+        "fd": result.fd,
+        "kid": result.kid,
+        "kid_std": result.kid_std,
+        "num_images": 40,
+        "num_reference": 60,
+        "extractor": "toy",
+        "feature_dim": 6,
+        "kid_subset_size": 20,
+        "kid_num_subsets": 100,
+        "label": "FD@40",
+        "kid_label": "KID@40",
+    }
 
 
-@pytest.mark.parametrize(
-    "images, batch_size, message",
-    [
-        (torch.zeros(4, 2, 2), 8, r"images must have shape \(n, channels, height, width\) with n >= 1"),
-        (torch.zeros(0, 1, 2, 2), 8, r"with n >= 1, got \(0, 1, 2, 2\)"),
-        (torch.full((2, 1, 2, 2), 255.0), 8, r"images must be in \[-1, 1\], found values in \[255, 255\]"),
-        (torch.zeros(2, 1, 2, 2), 0, r"batch_size must be at least 1, got 0"),
-    ],
-)
-def test_extract_features_rejects_bad_input(images, batch_size, message):
-    with pytest.raises(ValueError, match=message):
-        extract_features(Flatten(), images, batch_size=batch_size)
+def test_compare_features_passes_kid_settings_through_and_rejects_bad_ones():
+    a, b = gaussian_features(0, n=10, d=3), gaussian_features(1, n=10, d=3)
+    result = compare_features(a, b, "toy", kid_subset_size=10, kid_num_subsets=1)
+    assert (result.kid_subset_size, result.kid_num_subsets, result.kid_std) == (10, 1, 0.0)
+    with pytest.raises(ValueError, match=r"subset_size must be in \[2, 10\]"):
+        compare_features(a, b, "toy", kid_subset_size=11)
+    with pytest.raises(ValueError, match="same width, got 3 and 2"):
+        compare_features(a, b[:, :2], "toy")

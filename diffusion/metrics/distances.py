@@ -1,24 +1,26 @@
-"""Sample quality in a feature space: Fréchet distance and kernel (MMD) distance, and feature extraction.
+"""Distances between two feature sets: Fréchet distance, kernel distance (KID), and their labelled result.
 
-Both metrics compare two sets of images through the embeddings a fixed network gives them:
-
-- Fréchet distance (FD; "FID" with Inception-v3 features, Heusel et al. 2017, "GANs Trained by a
-  Two Time-Scale Update Rule Converge to a Local Nash Equilibrium"): the 2-Wasserstein
-  distance between Gaussians fitted to the two feature sets,
+- Fréchet distance (FD; "FID" with the TF Inception-v3 of Heusel et al. 2017, "GANs Trained by a
+  Two Time-Scale Update Rule Converge to a Local Nash Equilibrium"): the 2-Wasserstein distance
+  between Gaussians fitted to the two feature sets,
   ``||mu1 - mu2||² + Tr(S1 + S2 - 2 (S1^{1/2} S2 S1^{1/2})^{1/2})``. Biased for finite samples: it
-  is only comparable between sets of the same size.
-- Kernel distance (KID; Bińkowski et al. 2018, "Demystifying MMD GANs"): the
-  unbiased estimate of the squared maximum mean discrepancy with the cubic polynomial kernel
-  ``k(x, y) = (x·y / d + 1)³``, averaged over random subsets. Unbiased, so it can be slightly
-  negative, and it is comparable across sample sizes.
+  is only comparable between sets of the same size, hence the ``FD@N`` labels of `QualityResult`.
+- Kernel distance (KID; Bińkowski et al. 2018, "Demystifying MMD GANs"): the unbiased estimate of
+  the squared maximum mean discrepancy with the cubic polynomial kernel ``k(x, y) = (x·y / d + 1)³``,
+  averaged over random subsets. Unbiased, so it can be slightly negative, and it is comparable across
+  sample sizes: prefer it to FD when only a few hundred images can be afforded.
 
-All statistics are computed in float64. For 28x28 data the features come from the small
-`diffusion.models.Classifier` trained on the data set (see bench/train_classifier.py), not Inception.
+All statistics are computed in float64.
 """
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+
+KID_SUBSET_SIZE = 1000  # rows per KID subset at most (Bińkowski et al. 2018 and torch-fidelity use 1000)
+KID_NUM_SUBSETS = 100  # KID subsets averaged by default
 
 
 def _as_matrix(name: str, features: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -55,10 +57,23 @@ def gaussian_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.
     return mu, sigma
 
 
+def _sqrt_eigenvalues(eigenvalues: np.ndarray) -> np.ndarray:
+    """√λ of a symmetric PSD matrix's eigenvalues, with the rounding-level ones taken as exactly 0.
+
+    ``eigh`` returns eigenvalues with absolute errors of about ``d · eps · max|λ|``, so a zero
+    eigenvalue (a singular covariance: fewer samples than dimensions, or a rank-deficient feature set)
+    comes back as ±1e-16-ish. The square root magnifies that: √1e-16 = 1e-8 per eigenvalue, summed
+    over d of them. Below the rank tolerance of ``numpy.linalg.matrix_rank`` (``d · eps · max λ``) an
+    eigenvalue cannot be told from zero, so it counts as zero; negative ones are rounding too.
+    """
+    tolerance = len(eigenvalues) * np.finfo(np.float64).eps * max(float(eigenvalues.max(initial=0.0)), 0.0)
+    return np.sqrt(np.where(eigenvalues > tolerance, eigenvalues, 0.0))
+
+
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-    """The symmetric square root of a symmetric PSD matrix; rounding-level negative eigenvalues become 0."""
+    """The symmetric square root ``V diag(√λ) Vᵀ`` of a symmetric PSD matrix (see `_sqrt_eigenvalues`)."""
     eigenvalues, eigenvectors = np.linalg.eigh(matrix)
-    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T  # V diag(√λ) Vᵀ
+    return (eigenvectors * _sqrt_eigenvalues(eigenvalues)) @ eigenvectors.T  # V diag(√λ) Vᵀ
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -92,7 +107,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     root1 = _psd_sqrt(sigma1)  # S1^{1/2}
     inner = root1 @ sigma2 @ root1  # S1^{1/2} S2 S1^{1/2}: symmetric PSD up to rounding
     eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)
-    trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()  # Tr((S1^{1/2} S2 S1^{1/2})^{1/2})
+    trace_sqrt = _sqrt_eigenvalues(eigenvalues).sum()  # Tr((S1^{1/2} S2 S1^{1/2})^{1/2})
     diff = mu1 - mu2
     distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt
     return max(float(distance), 0.0)
@@ -111,8 +126,8 @@ def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def kernel_inception_distance(
     features_a: torch.Tensor | np.ndarray,
     features_b: torch.Tensor | np.ndarray,
-    subset_size: int = 1000,
-    num_subsets: int = 100,
+    subset_size: int = KID_SUBSET_SIZE,
+    num_subsets: int = KID_NUM_SUBSETS,
     generator: torch.Generator | None = None,
 ) -> tuple[float, float]:
     """Kernel distance (KID, Bińkowski et al. 2018): unbiased MMD² with a cubic polynomial kernel.
@@ -160,39 +175,85 @@ def kernel_inception_distance(
     return float(estimates.mean()), float(estimates.std())
 
 
-@torch.inference_mode()
-def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Embed images with ``model.features`` (e.g. a `diffusion.models.Classifier`), batch by batch.
+def default_kid_subset_size(num_images: int) -> int:
+    """Rows per KID subset for sets of ``num_images``: ``min(1000, num_images // 2)``, at least 2.
 
-    The model is put in eval mode for the call and restored afterwards; each batch is moved to the
-    model's device and dtype.
+    Half the set (rather than all of it) so that the random subsets differ and their spread means
+    something; 1000 at most, as in the reference code.
+    """
+    return max(2, min(KID_SUBSET_SIZE, num_images // 2))
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    """FD and KID between generated and reference features, labelled with the sample counts.
+
+    FD depends on the number of images (it is biased), so a number without its count means little:
+    `label` reads ``FD@N`` and `to_dict` always carries ``num_images`` and ``num_reference``.
+    """
+
+    fd: float  # Fréchet distance between the Gaussians fitted to the two feature sets
+    kid: float  # kernel distance: mean unbiased MMD² over the subsets (can be slightly negative)
+    kid_std: float  # standard deviation of the per-subset KID estimates
+    num_images: int  # generated images (rows of the first feature set): the N of FD@N
+    num_reference: int  # reference images (rows of the second feature set)
+    extractor: str  # name of the feature space, e.g. "classifier" or "inception"
+    feature_dim: int  # width of the features
+    kid_subset_size: int  # rows per KID subset
+    kid_num_subsets: int  # KID subsets averaged
+    settings: dict[str, Any] = field(default_factory=dict)  # how the images were made (model, sampler, ...)
+
+    @property
+    def label(self) -> str:
+        """``FD@N``: FD is only comparable between results with the same N."""
+        return f"FD@{self.num_images}"
+
+    @property
+    def kid_label(self) -> str:
+        return f"KID@{self.num_images}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: every field (``settings`` merged in at the top level) plus both labels."""
+        fields = {k: v for k, v in self.__dict__.items() if k != "settings"}
+        return {**self.settings, **fields, "label": self.label, "kid_label": self.kid_label}
+
+
+def compare_features(
+    features: torch.Tensor | np.ndarray,
+    reference: torch.Tensor | np.ndarray,
+    extractor: str,
+    *,
+    kid_subset_size: int | None = None,
+    kid_num_subsets: int = KID_NUM_SUBSETS,
+    generator: torch.Generator | None = None,
+    settings: dict[str, Any] | None = None,
+) -> QualityResult:
+    """FD and KID of ``features`` (generated images) against ``reference`` (real images).
 
     Args:
-        model: a module with a ``features(x) -> (b, d)`` method.
-        images: ``(n, c, h, w)`` in [-1, 1], on any device.
-        batch_size: images per forward pass.
-
-    Returns:
-        float32 ``(n, d)`` on the CPU.
+        features: ``(n, d)``, ``n >= 2``.
+        reference: ``(m, d)``, ``m >= 2``.
+        extractor: the feature space's name, recorded in the result.
+        kid_subset_size: rows per KID subset; None means `default_kid_subset_size` of ``min(n, m)``.
+        kid_num_subsets: KID subsets to average.
+        generator: draws the KID subsets (see `kernel_inception_distance`).
+        settings: recorded in the result as they are.
 
     Raises:
-        ValueError: ``images`` is not a non-empty 4-D tensor in [-1, 1], or ``batch_size < 1``.
+        ValueError: see `gaussian_stats` and `kernel_inception_distance`.
     """
-    if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"images must have shape (n, channels, height, width) with n >= 1, got {tuple(images.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    low, high = images.aminmax()
-    if low < -1.001 or high > 1.001:  # slack for rounding in a [0, 1] -> [-1, 1] conversion
-        raise ValueError(f"images must be in [-1, 1], found values in [{low.item():.3g}, {high.item():.3g}]")
-    parameter = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    try:
-        batches = [
-            model.features(images[i : i + batch_size].to(parameter.device, parameter.dtype)).float().cpu()
-            for i in range(0, len(images), batch_size)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(batches)  # (n, d)
+    a, b = _as_matrix("features", features), _as_matrix("reference", reference)
+    subset = default_kid_subset_size(min(len(a), len(b))) if kid_subset_size is None else kid_subset_size
+    kid, kid_std = kernel_inception_distance(a, b, subset, kid_num_subsets, generator=generator)
+    return QualityResult(
+        fd=frechet_distance_between(a, b),
+        kid=kid,
+        kid_std=kid_std,
+        num_images=len(a),
+        num_reference=len(b),
+        extractor=extractor,
+        feature_dim=a.shape[1],
+        kid_subset_size=subset,
+        kid_num_subsets=kid_num_subsets,
+        settings=dict(settings or {}),
+    )

@@ -1,0 +1,171 @@
+"""`diffusion.evaluation`: reference images, and FD@N / KID@N of a tiny model against them."""
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusion.data import fit, load_image, to_tensor
+from diffusion.evaluation import evaluate, load_reference_images
+from diffusion.metrics import compare_features, load_feature_extractor
+from diffusion.pipeline import DiffusionPipeline
+from diffusion.schedulers import SCHEDULERS
+
+
+def test_reference_images_are_a_seeded_draw_converted_like_training_data(reference_folder):
+    real = load_reference_images(reference_folder, 5, channels=1, size=(8, 8), seed=3)
+    assert real.shape == (5, 1, 8, 8) and real.dtype == torch.float32
+    assert real.min() >= -1 and real.max() <= 1
+    files = sorted(reference_folder.rglob("*.png"), key=lambda p: p.relative_to(reference_folder).as_posix())
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(3))[:5].tolist()
+    expected = torch.stack([to_tensor(fit(load_image(files[i], 1), (8, 8), None)) for i in order])
+    torch.testing.assert_close(real, expected, rtol=0, atol=0)
+    torch.testing.assert_close(load_reference_images(reference_folder, 5, 1, (8, 8), seed=3), real, rtol=0, atol=0)
+    assert not torch.equal(load_reference_images(reference_folder, 5, 1, (8, 8), seed=4), real)
+
+
+def test_unreadable_reference_files_are_skipped_with_a_warning(tmp_path, caplog):
+    for i in range(3):
+        Image.fromarray(np.full((4, 4), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    caplog.set_level(logging.WARNING, logger="diffusion.evaluation")
+    real = load_reference_images(tmp_path, 3, channels=3, size=(4, 4))
+    assert real.shape == (3, 3, 4, 4)
+    assert sorted(round(v) for v in ((real[:, 0, 0, 0] + 1) * 127.5).tolist()) == [0, 40, 80]  # every good file
+    assert "skipped 1 unreadable reference file(s)" in caplog.text and "broken.png" in caplog.text
+    with pytest.raises(ValueError, match=r"has only 3 readable images, fewer than the 4 asked for"):
+        load_reference_images(tmp_path, 4, channels=3, size=(4, 4))
+
+
+@pytest.mark.parametrize(
+    "folder, n, channels, error, message",
+    [
+        ("{tmp}/none", 2, 1, FileNotFoundError, r"reference folder .*none not found"),
+        ("{ref}", 13, 1, ValueError, r"reference folder .*real has 12 image files, fewer than the 13 asked for"),
+        ("{ref}", 2, 4, ValueError, "reference images can be loaded with 1 or 3 channels, not 4"),
+    ],
+)
+def test_reference_errors(reference_folder, tmp_path, folder, n, channels, error, message):
+    folder = folder.replace("{tmp}", str(tmp_path)).replace("{ref}", str(reference_folder))
+    with pytest.raises(error, match=message):
+        load_reference_images(folder, n, channels, (8, 8))
+
+
+def test_evaluate_matches_the_pieces_it_is_made_of(tiny_model, tiny_classifier, reference_folder):
+    """The oracle: the same sampling, reference draw, features and KID generator, done by hand."""
+    result = evaluate(
+        tiny_model,
+        reference_folder,
+        8,
+        num_inference_steps=2,
+        scheduler="ddim",
+        extractor_path=tiny_classifier,
+        num_reference=10,
+        seed=5,
+        batch_size=3,
+    )
+    assert (result.label, result.kid_label, result.num_images, result.num_reference) == ("FD@8", "KID@8", 8, 10)
+    assert (result.extractor, result.feature_dim, result.kid_subset_size, result.kid_num_subsets) == (
+        "classifier",
+        16,
+        4,  # min(8, 10) // 2
+        100,
+    )
+    assert result.settings == {
+        "model": str(tiny_model),
+        "reference": str(reference_folder),
+        "scheduler": "ddim",
+        "steps": 2,
+        "nfe": 2,
+        "seed": 5,
+        "dtype": "float32",
+        "device": "cpu",
+        "image_size": [8, 8],
+        "channels": 1,
+        "extractor_description": load_feature_extractor("classifier", tiny_classifier).description,
+    }
+    extractor = load_feature_extractor("classifier", tiny_classifier)
+    generated = DiffusionPipeline.from_pretrained(tiny_model)(8, 2, scheduler="ddim", seed=5, output_type="tensor")
+    real = load_reference_images(reference_folder, 10, 1, (8, 8), seed=5)
+    expected = compare_features(
+        extractor.features(generated * 2 - 1),
+        extractor.features(real),
+        "classifier",
+        generator=torch.Generator().manual_seed(5),
+    )
+    # Batches of 3 vs 64 change float32 convolution sums in the last bits only.
+    assert result.fd == pytest.approx(expected.fd, rel=1e-5)
+    assert result.kid == pytest.approx(expected.kid, rel=1e-4, abs=1e-9)
+    assert result.fd > 0 and math.isfinite(result.kid) and result.kid_std > 0
+
+
+def test_evaluate_takes_an_extractor_object_and_a_loaded_pipeline(tiny_model, reference_folder):
+    class Pixels:
+        """A pluggable extractor: the raw pixels."""
+
+        name, description, feature_dim = "pixels", "raw pixels", 64
+
+        def features(self, images: torch.Tensor) -> torch.Tensor:
+            return images.flatten(1).float()
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_model)
+    result = evaluate(pipe, reference_folder, 4, num_inference_steps=1, extractor=Pixels(), kid_subset_size=3)
+    assert (result.extractor, result.feature_dim, result.kid_subset_size) == ("pixels", 64, 3)
+    assert (
+        result.settings["model"] == "<in-memory pipeline>" and result.settings["extractor_description"] == "raw pixels"
+    )
+    assert result.settings["scheduler"] == "ddim"  # the model's own
+    assert result.fd > 0
+
+
+def test_evaluate_runs_every_registered_scheduler(tiny_model, tiny_classifier, reference_folder):
+    pipe = DiffusionPipeline.from_pretrained(tiny_model)
+    extractor = load_feature_extractor("classifier", tiny_classifier)
+    for name in SCHEDULERS:
+        result = evaluate(pipe, reference_folder, 4, num_inference_steps=2, scheduler=name, extractor=extractor)
+        assert result.settings["scheduler"] == name and math.isfinite(result.fd), name
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_images": 1}, r"num_images must be an integer >= 2 \(FD needs a covariance\), got 1"),
+        ({"num_reference": 1}, "num_reference must be an integer >= 2"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+        ({"kid_num_subsets": 0}, "kid_num_subsets must be an integer >= 1, got 0"),
+        ({"kid_subset_size": 5}, r"kid_subset_size must be at most 4 \(the smaller image count\), got 5"),
+        ({"scheduler": "nope"}, "unknown scheduler 'nope'; expected one of "),
+        ({"num_inference_steps": 0}, r"num_inference_steps must be in \[1, 1000\]"),
+        ({"extractor": "fid"}, "unknown extractor 'fid'"),
+    ],
+)
+def test_evaluate_refuses_bad_settings_before_sampling(
+    tiny_model, tiny_classifier, reference_folder, monkeypatch, kwargs, message
+):
+    monkeypatch.setattr(DiffusionPipeline, "__call__", lambda *a, **k: pytest.fail("sampled before checking"))
+    num_images = kwargs.pop("num_images", 4)
+    with pytest.raises(ValueError, match=message):
+        evaluate(tiny_model, reference_folder, num_images, extractor_path=tiny_classifier, **kwargs)
+
+
+def test_evaluate_refuses_settings_that_would_be_ignored(tiny_model, tiny_classifier, reference_folder):
+    extractor = load_feature_extractor("classifier", tiny_classifier)
+    with pytest.raises(ValueError, match="extractor_path goes with an extractor name, not with an extractor object"):
+        evaluate(tiny_model, reference_folder, 4, extractor=extractor, extractor_path=tiny_classifier)
+    pipe = DiffusionPipeline.from_pretrained(tiny_model)
+    with pytest.raises(ValueError, match="device and dtype apply to loading a model folder; move a loaded pipeline"):
+        evaluate(pipe, reference_folder, 4, extractor=extractor, dtype=torch.bfloat16)
+
+
+def test_an_extractor_that_cannot_take_the_models_images_fails_before_sampling(
+    tiny_model, reference_folder, tmp_path, monkeypatch
+):
+    from diffusion.models import Classifier, ClassifierConfig
+
+    Classifier(ClassifierConfig(in_channels=3, width=8, feature_dim=16, norm_groups=4)).save_pretrained(tmp_path / "c")
+    monkeypatch.setattr(DiffusionPipeline, "__call__", lambda *a, **k: pytest.fail("sampled before checking"))
+    with pytest.raises(ValueError, match="images have 1 channels but the classifier expects 3"):
+        evaluate(tiny_model, reference_folder, 4, extractor_path=tmp_path / "c")

@@ -372,7 +372,7 @@ def test_wrong_state_or_timestep_is_a_clear_error():
         scheduler.step(x, scheduler.timesteps[0], x, state=out.state)
     with pytest.raises(ValueError, match="timestep 5 is not one of the timesteps"):
         scheduler.step(x, 5, x)
-    with pytest.raises(ValueError, match="state must be the previous step's SchedulerOutput.state"):
+    with pytest.raises(ValueError, match=r"state must be the previous step's SchedulerOutput\.state"):
         scheduler.step(x, scheduler.timesteps[1], x, state={"step_index": 1})
     with pytest.raises(RuntimeError, match="call set_timesteps"):
         get_scheduler("euler").step(x, 999.0, x)

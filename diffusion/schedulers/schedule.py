@@ -12,6 +12,33 @@ from diffusion.schedulers.config import SchedulerConfig
 Timesteps = int | torch.Tensor  # a Python int, or an integer tensor of shape () or (b,)
 
 
+def pred_original_sample(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    alpha_t: float | torch.Tensor,
+    sigma_t: float | torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
+    """x̂_0 from the model output at the VP noise level α_t = √ᾱ_t, σ_t = √(1-ᾱ_t) of the sample x_t.
+
+    epsilon: x̂_0 = (x_t - σ_t·ε̂) / α_t (Ho et al. 2020, eq. 4 solved for x_0; eq. 15).
+    v_prediction: x̂_0 = α_t·x_t - σ_t·v̂ (Salimans & Ho 2022, sec. 4).
+    sample: x̂_0 = model output.
+
+    Args:
+        model_output: ε̂, v̂ or x̂_0, shape (b, ...).
+        sample: x_t, same shape.
+        alpha_t, sigma_t: floats, or tensors that broadcast against `sample`.
+        prediction_type: one of `PREDICTION_TYPES`.
+    """
+    if prediction_type == "epsilon":
+        return (sample - sigma_t * model_output) / alpha_t
+    if prediction_type == "v_prediction":
+        return alpha_t * sample - sigma_t * model_output
+    assert prediction_type == "sample", prediction_type
+    return model_output
+
+
 class NoiseSchedule:
     """The β_t, α_t and ᾱ_t of a `SchedulerConfig`, and the closed-form maths built on them.
 
@@ -150,13 +177,9 @@ class NoiseSchedule:
         """
         sqrt_alpha_prod = self._gather(self._sqrt_alphas_cumprod, timesteps, sample)
         sqrt_one_minus_alpha_prod = self._gather(self._sqrt_one_minus_alphas_cumprod, timesteps, sample)
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":
-            return (sample - sqrt_one_minus_alpha_prod * model_output) / sqrt_alpha_prod
-        if prediction_type == "v_prediction":
-            return sqrt_alpha_prod * sample - sqrt_one_minus_alpha_prod * model_output
-        assert prediction_type == "sample", prediction_type
-        return model_output
+        return pred_original_sample(
+            model_output, sample, sqrt_alpha_prod, sqrt_one_minus_alpha_prod, self.config.prediction_type
+        )
 
     def pred_epsilon(self, model_output: torch.Tensor, sample: torch.Tensor, timesteps: Timesteps) -> torch.Tensor:
         """ε̂ from the model output, for the configured `prediction_type`.

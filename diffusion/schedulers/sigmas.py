@@ -31,6 +31,7 @@ import torch
 
 from diffusion.schedulers.base import Scheduler, timestep_as_int
 from diffusion.schedulers.config import SchedulerConfig
+from diffusion.schedulers.schedule import pred_original_sample
 
 KARRAS_RHO = 7.0  # ρ of Karras et al. 2022, eq. 5 (the paper's choice for every data set)
 MIN_ALPHA_CUMPROD = 2.0**-24  # ᾱ floor, so that a zero-terminal-SNR schedule has a finite σ_{T-1} (as diffusers)
@@ -79,22 +80,6 @@ def vp_coefficients(sigma: float) -> tuple[float, float, float]:
     """(α_t, σ_t, λ_t) of the VP process at VE noise level σ: 1/√(σ²+1), σ/√(σ²+1), -log σ (λ = +inf at σ = 0)."""
     alpha = 1 / math.sqrt(sigma**2 + 1)
     return alpha, sigma * alpha, (math.inf if sigma == 0 else -math.log(sigma))
-
-
-def pred_original_sample(
-    model_output: torch.Tensor, sample: torch.Tensor, alpha_t: float, sigma_t: float, prediction_type: str
-) -> torch.Tensor:
-    """x̂_0 from the model output at a VP noise level (α_t, σ_t), the sample being the VP x_t.
-
-    ε: (x_t - σ_t·ε̂)/α_t (Ho et al. 2020, eq. 15); v: α_t·x_t - σ_t·v̂ (Salimans & Ho 2022, sec. 4);
-    sample: the output itself. α_t² + σ_t² = 1.
-    """
-    if prediction_type == "epsilon":
-        return (sample - sigma_t * model_output) / alpha_t
-    if prediction_type == "v_prediction":
-        return alpha_t * sample - sigma_t * model_output
-    assert prediction_type == "sample", prediction_type
-    return model_output
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,8 @@ import torch
 
 from diffusion.config import check_choice
 from diffusion.schedulers.base import Generators, SchedulerOutput
-from diffusion.schedulers.sigmas import SigmaConfig, SigmaScheduler, StepState, pred_original_sample, vp_coefficients
+from diffusion.schedulers.schedule import pred_original_sample
+from diffusion.schedulers.sigmas import SigmaConfig, SigmaScheduler, StepState, vp_coefficients
 
 UniPCSolverType = Literal["bh1", "bh2"]
 

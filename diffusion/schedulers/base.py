@@ -17,8 +17,9 @@ Names ↔ symbols (the one table; other modules refer here):
 | velocity               | v                 | √ᾱ_t·ε - √(1-ᾱ_t)·x_0 (Salimans & Ho 2022, sec. 4)     |
 | `pred_original_sample` | x̂_0               | the model's estimate of x_0 at this step               |
 | `prev_sample`          | x_{t'}            | the sample at the previous inference timestep t' < t   |
-| `timesteps`            | t                 | inference timesteps, int64, descending; t' = -1: final |
-| `num_inference_steps`  | n                 | len(timesteps)                                         |
+| `timesteps`            | t                 | where the model is evaluated, in order (int64, or      |
+|                        |                   | float32 for σ-space samplers); t' = -1: final          |
+| `num_inference_steps`  | n                 | steps; len(timesteps) = NFE (n, or 2n-1 for Heun)      |
 | `eta`                  | η                 | DDIM stochasticity, σ_t(η) (Song et al. 2021, eq. 16)  |
 | `variance`             | σ_t²              | variance of the noise added by a step                  |
 
@@ -154,7 +155,7 @@ class Scheduler(abc.ABC):
 
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         config = self.config_class() if config is None else config
-        if not isinstance(config, self.config_class):
+        if type(config) is not self.config_class:  # a subclass would carry settings this sampler ignores
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config)}")
         self.config = config
         self.schedule = NoiseSchedule(config)

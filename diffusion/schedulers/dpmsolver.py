@@ -8,8 +8,9 @@ multistep history, carried in `state`). The SDE variant (Lu et al. 2022, appendi
 integrates the reverse SDE instead and adds fresh noise every step.
 
 Semantics equal diffusers' `DPMSolverMultistepScheduler` with `final_sigmas_type="zero"`,
-`euler_at_final=False`, `lambda_min_clipped=-inf`, `variance_type=None`; see `.sigmas` for the timestep
-spacing, which equals diffusers' for "trailing" and Karras σ.
+`euler_at_final=False`, `lambda_min_clipped=-inf`, `variance_type=None`, except for the third-order SDE
+update, which follows k-diffusion because diffusers' is wrong (see `step`); see `.sigmas` for the
+timestep spacing, which equals diffusers' for "trailing" and Karras σ.
 """
 
 import dataclasses
@@ -47,7 +48,7 @@ class DPMSolverConfig(SigmaConfig):
         super().__post_init__()
         check_choice("algorithm type", self.algorithm_type, ("dpmsolver++", "sde-dpmsolver++"))
         check_choice("solver type", self.solver_type, ("midpoint", "heun"))
-        if self.solver_order not in (1, 2, 3) or isinstance(self.solver_order, bool):
+        if type(self.solver_order) is not int or self.solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order!r}")
 
 
@@ -140,9 +141,13 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
                 phi_2 = math.expm1(-h) / h + 1.0  # (e^{-h}-1)/h + 1
             prev_sample = prev_sample + alpha_t * phi_2 * d1
             if d2 is not None:
-                # Third order (Lu et al. 2022, appendix; diffusers' third-order update).
-                # SDE: ((1-e^{-2h}) - 2h)/(2h)² - 1/2; ODE: -((e^{-h}-1+h)/h² - 1/2).
-                phi_3 = (phi_1 - 2.0 * h) / (2.0 * h) ** 2 - 0.5 if sde else -((math.expm1(-h) + h) / h**2 - 0.5)
+                # Third order, D_2 ≈ h²·x̂_0''/2. The weight is the one of the authors' reference code
+                # (ODE: 1/2 - (e^{-h}-1+h)/h²) and of k-diffusion's sample_dpmpp_3m_sde (SDE: 1/2 -
+                # φ_2/(2h)). Both are half the Taylor-exact weight, so a quadratic x̂_0(λ) is not
+                # integrated exactly; we keep them because the exact weight sampled no better (see
+                # docs/benchmarks.md). diffusers' SDE weight, ((1-e^{-2h}) - 2h)/(2h)² - 1/2 ≈ -1 + h/3,
+                # is O(1) off and makes 3M-SDE first order; it is not followed.
+                phi_3 = 0.5 - phi_2 / (2.0 * h) if sde else 0.5 - (math.expm1(-h) + h) / h**2
                 prev_sample = prev_sample + alpha_t * phi_3 * d2
 
         if sde:
@@ -152,4 +157,4 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
                 model_output.shape, generator=generator, device=model_output.device, dtype=torch.float32
             )
             prev_sample = prev_sample + sigma_t * math.sqrt(-math.expm1(-2.0 * h)) * noise.to(sample.dtype)
-        return SchedulerOutput(prev_sample, x0, StepState(i + 1, history))
+        return SchedulerOutput(prev_sample, x0, self._state(i + 1, history))

@@ -51,4 +51,4 @@ class EulerDiscreteScheduler(SigmaScheduler):
         derivative = (sample - x0) / sigma
         # 2. x_{i+1} = x_i + (σ_{i+1} - σ_i)·d.
         prev_sample = sample + (sigma_next - sigma) * derivative
-        return SchedulerOutput(prev_sample, x0, StepState(i + 1))
+        return SchedulerOutput(prev_sample, x0, self._state(i + 1))

@@ -61,4 +61,4 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
             model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
         )
         prev_sample = prev_sample + sigma_up * noise.to(sample.dtype)
-        return SchedulerOutput(prev_sample, x0, StepState(i + 1))
+        return SchedulerOutput(prev_sample, x0, self._state(i + 1))

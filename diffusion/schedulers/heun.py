@@ -10,8 +10,9 @@ Churn (Algorithm 2): where S_tmin <= σ_i <= S_tmax, the sample is first raised 
 γ = min(S_churn/n, √2 - 1), by adding noise of std S_noise·√(σ̂_i² - σ_i²), and the step starts from
 σ̂_i. Because γ depends only on the grid, σ̂_i is known in advance: the model is evaluated at σ̂_i (its
 timestep among `timesteps`), and the noise is added at the end of the step before, so the one sampling
-loop needs nothing extra. σ̂ is capped at the model's largest σ. (diffusers' Heun has no churn, and its
-Euler evaluates the model at σ_i while stepping from σ̂_i.)
+loop needs nothing extra; the first step's churn is part of the initial noise (`init_noise_sigma`). σ̂
+is capped at the model's largest σ. (diffusers' Heun has no churn, and its Euler evaluates the model
+at σ_i while stepping from σ̂_i.)
 
 Without churn the semantics equal diffusers' `HeunDiscreteScheduler`, except where `.sigmas` says
 otherwise (initial noise, Karras range).
@@ -35,14 +36,20 @@ class HeunConfig(SigmaConfig):
 
     s_churn: float = 0.0  # S_churn: total added stochasticity; γ_i = min(S_churn/n, √2 - 1); 0 = deterministic
     s_tmin: float = 0.0  # S_tmin: churn only where σ_i >= S_tmin
-    s_tmax: float = math.inf  # S_tmax: churn only where σ_i <= S_tmax
+    s_tmax: float | None = None  # S_tmax: churn only where σ_i <= S_tmax; None = no upper bound (the paper's ∞)
     s_noise: float = 1.0  # S_noise: std multiplier of the added noise (slightly > 1 offsets detail loss)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("s_churn", "s_tmin", "s_tmax", "s_noise"):
+            value = getattr(self, name)
+            if not (value is None and name == "s_tmax") and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if not self.s_churn >= 0:
             raise ValueError(f"s_churn must be >= 0, got {self.s_churn}")
-        if not 0 <= self.s_tmin <= self.s_tmax:
+        if not 0 <= self.s_tmin <= (math.inf if self.s_tmax is None else self.s_tmax):
             raise ValueError(f"expected 0 <= s_tmin <= s_tmax, got s_tmin={self.s_tmin}, s_tmax={self.s_tmax}")
         if not self.s_noise >= 0:
             raise ValueError(f"s_noise must be >= 0, got {self.s_noise}")
@@ -60,19 +67,29 @@ class HeunDiscreteScheduler(SigmaScheduler):
         """σ̂_i = σ_i·(1 + γ_i), capped at the model's largest σ; σ̂_i = σ_i where churn does not apply."""
         config = self.config
         gamma = min(config.s_churn / len(sigmas), MAX_GAMMA)
-        applies = (sigmas >= config.s_tmin) & (sigmas <= config.s_tmax)
+        s_tmax = math.inf if config.s_tmax is None else config.s_tmax
+        applies = (sigmas >= config.s_tmin) & (sigmas <= s_tmax)
         sigma_max = training_sigmas(self.schedule.alphas_cumprod)[-1]
         return np.where(applies, np.minimum(sigmas * (1 + gamma), np.maximum(sigma_max, sigmas)), sigmas)
 
     def build_grid(self, sigmas: np.ndarray, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Evaluations at σ̂_0, then σ_{i}, σ̂_{i} for i = 1..n-1: 2n - 1 of them."""
         hat = self.churned_sigmas(sigmas)  # (n,)
+        self._first_level = float(sigmas[0])  # σ_0 before churn, for `init_noise_sigma`
         hat_timesteps = np.where(
             hat == sigmas, timesteps, sigma_to_timestep(hat, training_sigmas(self.schedule.alphas_cumprod))
         )
         grid = np.stack([sigmas, hat], axis=1).reshape(-1)[1:]  # (2n - 1,): σ̂_0, σ_1, σ̂_1, ...
         grid_timesteps = np.stack([timesteps, hat_timesteps], axis=1).reshape(-1)[1:]
         return grid, grid_timesteps
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """√(σ_0² + S_noise²·(σ̂_0² - σ_0²) + 1): the initial noise at σ_0 (see `SigmaScheduler`) plus the
+        churn of the first step (Algorithm 2, lines 5-6), folded into one draw."""
+        sigma_hat = self.sigmas[0]
+        churn = self.config.s_noise**2 * (sigma_hat**2 - self._first_level**2)
+        return math.sqrt(self._first_level**2 + churn + 1)
 
     def step(
         self,
@@ -106,16 +123,17 @@ class HeunDiscreteScheduler(SigmaScheduler):
         x0 = self._ve_pred_original_sample(model_output, sample, sigma)
         derivative = (sample - x0) / sigma  # d = (x - x̂_0)/σ (Algorithm 1, lines 4 and 7)
 
-        pending = state is not None and len(state.history) > 0
-        if not pending:
+        if k % 2 == 0:  # even entries are σ̂_i (predictors), odd ones σ_{i+1} (correctors)
             # Predictor (line 5): x_{i+1} = x̂_i + (σ_{i+1} - σ̂_i)·d_i. Stop here when σ_{i+1} = 0.
             dt = sigmas[k + 1] - sigma
             prev_sample = sample + dt * derivative
             if sigmas[k + 1] == 0:
-                return SchedulerOutput(prev_sample, x0, StepState(k + 1))
-            return SchedulerOutput(prev_sample, x0, StepState(k + 1, (sample, derivative), (("dt", dt),)))
+                return SchedulerOutput(prev_sample, x0, self._state(k + 1))
+            return SchedulerOutput(prev_sample, x0, self._state(k + 1, (sample, derivative), dt=dt))
 
         # Corrector (line 8): x_{i+1} = x̂_i + (σ_{i+1} - σ̂_i)·(d_i + d'_i)/2.
+        if state is None or len(state.history) != 2:
+            raise ValueError(f"step {k} is a Heun corrector: pass the state its predictor step returned")
         start, first_derivative = state.history
         prev_sample = start + state.get("dt") * (first_derivative + derivative) / 2
         # Churn for the next step (Algorithm 2, lines 5-6): raise σ_{i+1} to σ̂_{i+1}.
@@ -127,4 +145,4 @@ class HeunDiscreteScheduler(SigmaScheduler):
             prev_sample = prev_sample + self.config.s_noise * math.sqrt(sigma_hat**2 - sigma**2) * noise.to(
                 sample.dtype
             )
-        return SchedulerOutput(prev_sample, x0, StepState(k + 1))
+        return SchedulerOutput(prev_sample, x0, self._state(k + 1))

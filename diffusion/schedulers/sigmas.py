@@ -23,6 +23,7 @@ schedulers space n + 1 points and drop the last.
 """
 
 import dataclasses
+import itertools
 import math
 from typing import Any, ClassVar
 
@@ -31,8 +32,9 @@ import torch
 
 from diffusion.schedulers.base import Scheduler, timestep_as_int
 from diffusion.schedulers.config import SchedulerConfig
-from diffusion.schedulers.schedule import pred_original_sample
+from diffusion.schedulers.schedule import Timesteps, pred_original_sample
 
+_GRIDS = itertools.count()  # a fresh token per set_timesteps call, so that a state names its grid
 KARRAS_RHO = 7.0  # ρ of Karras et al. 2022, eq. 5 (the paper's choice for every data set)
 MIN_ALPHA_CUMPROD = 2.0**-24  # ᾱ floor, so that a zero-terminal-SNR schedule has a finite σ_{T-1} (as diffusers)
 
@@ -44,6 +46,11 @@ class SigmaConfig(SchedulerConfig):
     # σ_i spaced as in Karras et al. 2022, eq. 5 (ρ = 7) between the model's smallest and largest σ,
     # instead of the σ of the spaced timesteps; `timestep_spacing` is then unused.
     use_karras_sigmas: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.use_karras_sigmas, bool):
+            raise ValueError(f"use_karras_sigmas must be true or false, got {self.use_karras_sigmas!r}")
 
 
 def training_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
@@ -87,11 +94,13 @@ class StepState:
     """The state a σ-grid sampler passes from one `step` to the next.
 
     Attributes:
+        grid: the token of the `set_timesteps` call that made the grid; a state is valid only there.
         step_index: index into `timesteps` of the step that *receives* this state.
         history: what earlier steps left, most recent last (x̂_0 predictions of multistep solvers, ...).
         extra: sampler-specific values (e.g. Heun's pending derivative), keyed by name.
     """
 
+    grid: int
     step_index: int
     history: tuple[torch.Tensor, ...] = ()
     extra: tuple[tuple[str, Any], ...] = ()
@@ -121,7 +130,9 @@ class SigmaScheduler(Scheduler):
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         super().__init__(config)
         self._sigmas: np.ndarray | None = None
-        self._sigma_of: dict[float, float] = {}  # timestep -> σ, for `scale_model_input`
+        self._sigma_of: dict[float, float] = {}  # timestep -> σ, for `scale_model_input` (VE samplers)
+        self._timestep_list: list[int | float] = []  # `timesteps` on the host: no device sync per step
+        self._grid = -1  # token of the current grid, see `StepState.grid`
 
     @property
     def sigmas(self) -> np.ndarray:
@@ -156,10 +167,13 @@ class SigmaScheduler(Scheduler):
         dtype = torch.int64 if self.round_timesteps else torch.float32
         self._timesteps = torch.tensor(timesteps, dtype=dtype, device=device)
         self._sigmas = np.append(sigmas, 0.0)  # σ_n = 0: the last step lands on x̂_0
+        self._timestep_list = self._timesteps.tolist()
         self._sigma_of = {}
-        for t, sigma in zip(self._timesteps.tolist(), sigmas.tolist(), strict=True):
-            assert self._sigma_of.setdefault(t, sigma) == sigma, "one timestep, two noise levels"
+        if self.ve_sample:  # fractional timesteps: distinct σ have distinct t (rounding could merge them)
+            for t, sigma in zip(self._timestep_list, sigmas.tolist(), strict=True):
+                assert self._sigma_of.setdefault(t, sigma) == sigma, "one timestep, two noise levels"
         self._num_inference_steps = num_inference_steps
+        self._grid = next(_GRIDS)
 
     def build_grid(self, sigmas: np.ndarray, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where the model is evaluated, from the n noise levels: the levels themselves, unless a sampler
@@ -182,16 +196,33 @@ class SigmaScheduler(Scheduler):
         return sample / math.sqrt(self.sigma_of(timestep) ** 2 + 1)
 
     def sigma_of(self, timestep: int | float | torch.Tensor) -> float:
-        """σ at one of `timesteps`.
+        """σ at one of `timesteps` (its first occurrence).
 
         Raises:
             RuntimeError: before `set_timesteps`.
             ValueError: for a timestep not in `timesteps`.
         """
         key = self._timestep_key(timestep)
-        if key not in self._sigma_of:
+        if key in self._sigma_of:
+            return self._sigma_of[key]
+        if key not in self._timestep_list:
             raise ValueError(f"timestep {key} is not one of the timesteps set by set_timesteps")
-        return self._sigma_of[key]
+        return float(self.sigmas[self._timestep_list.index(key)])
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """Not defined on a σ grid, where a timestep may repeat (Heun) or be fractional: use `sigmas`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} steps by index along its σ grid: use sigmas[i + 1], not previous_timestep"
+        )
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Timesteps) -> torch.Tensor:
+        """The sample this sampler walks at integer `timesteps`: x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε for VP
+        samplers, x_t/√ᾱ_t = x_0 + σ_t·ε for VE ones (e.g. to start sampling from a noised image)."""
+        noisy = self.schedule.add_noise(original_samples, noise, timesteps)
+        if not self.ve_sample:
+            return noisy
+        alphas_cumprod = self.schedule.alphas_cumprod.clamp(min=MIN_ALPHA_CUMPROD)
+        return noisy / self.schedule._gather(alphas_cumprod.sqrt(), timesteps, original_samples)
 
     def _timestep_key(self, timestep: int | float | torch.Tensor) -> int | float:
         if self._timesteps is None:
@@ -212,13 +243,18 @@ class SigmaScheduler(Scheduler):
             ValueError: for a timestep not in `timesteps`, or one that is not the step `state` expects.
         """
         key = self._timestep_key(timestep)
-        as_list = self._timesteps.tolist()
+        as_list = self._timestep_list
         if state is None:
             if key not in as_list:
                 raise ValueError(f"timestep {key} is not one of the timesteps set by set_timesteps")
             return as_list.index(key)
         if not isinstance(state, StepState):
             raise ValueError(f"state must be the previous step's SchedulerOutput.state, got {type(state).__name__}")
+        if state.grid != self._grid:
+            raise ValueError(
+                "state comes from another scheduler or an earlier set_timesteps call; start each sampling "
+                "loop with state=None"
+            )
         index = state.step_index
         if index >= len(as_list) or as_list[index] != key:
             expected = as_list[index] if index < len(as_list) else "none (all steps done)"
@@ -230,6 +266,10 @@ class SigmaScheduler(Scheduler):
         alpha_t, sigma_t, _ = vp_coefficients(sigma)
         x0 = pred_original_sample(model_output, alpha_t * sample, alpha_t, sigma_t, self.config.prediction_type)
         return self._process_pred_original_sample(x0)
+
+    def _state(self, step_index: int, history: tuple[torch.Tensor, ...] = (), **extra: Any) -> StepState:
+        """The state for the step at `step_index` of the current grid."""
+        return StepState(self._grid, step_index, history, tuple(extra.items()))
 
     @staticmethod
     def _history(state: StepState | None, latest: torch.Tensor, keep: int) -> tuple[torch.Tensor, ...]:

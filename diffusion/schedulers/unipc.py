@@ -41,7 +41,7 @@ class UniPCConfig(SigmaConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("solver type", self.solver_type, ("bh1", "bh2"))
-        if self.solver_order not in (1, 2, 3) or isinstance(self.solver_order, bool):
+        if type(self.solver_order) is not int or self.solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order!r}")
 
 
@@ -147,4 +147,4 @@ class UniPCMultistepScheduler(SigmaScheduler):
         history = self._history(state, x0, self.config.solver_order)
         order = min(self.config.solver_order, i + 1, len(self.timesteps) - i)
         prev_sample = self._update(i + 1, i, sample, history, order, None)
-        return SchedulerOutput(prev_sample, x0, StepState(i + 1, history, (("last_sample", sample), ("order", order))))
+        return SchedulerOutput(prev_sample, x0, self._state(i + 1, history, last_sample=sample, order=order))

@@ -1,6 +1,8 @@
-"""The σ-grid samplers (DPM-Solver++, Euler, Euler ancestral, Heun, UniPC) against diffusers, and analytically.
+"""The σ-grid samplers (DPM-Solver++, Euler, Euler ancestral, Heun, UniPC) against diffusers and k-diffusion.
 
 Every config field is pinned on both sides. Oracle exclusions, on purpose (see `diffusion.schedulers.sigmas`):
+- DPM-Solver++ 3M SDE: diffusers' third-order SDE weight is wrong (see `dpmsolver.py`); that case is
+  compared with a transcription of k-diffusion's `sample_dpmpp_3m_sde` instead;
 - the initial noise: diffusers' Euler/Heun scale it by σ_0 for "trailing"/"linspace", we by √(σ_0² + 1);
   both loops here start from the same sample, and `test_init_noise_sigma_and_input_scaling` checks ours;
 - DPM-Solver++/UniPC with "linspace"/"leading" spacing: diffusers spaces n + 1 points there; we test
@@ -9,13 +11,11 @@ Every config field is pinned on both sides. Oracle exclusions, on purpose (see `
   here); its Heun takes the spaced grid's ends, which are the model's range for "linspace" spacing.
 """
 
-import dataclasses
 import math
 import warnings
 from typing import Any
 
 import diffusers
-import numpy as np
 import pytest
 import torch
 
@@ -27,12 +27,11 @@ from diffusion.schedulers import (
     HeunConfig,
     HeunDiscreteScheduler,
     SigmaConfig,
-    StepState,
     UniPCConfig,
     UniPCMultistepScheduler,
     get_scheduler,
 )
-from diffusion.schedulers.sigmas import karras_sigmas, sigma_to_timestep, training_sigmas
+from diffusion.schedulers.sigmas import training_sigmas
 
 T = 1000
 SCHEDULE = dict(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", trained_betas=None)
@@ -159,19 +158,26 @@ def run_both(ours, theirs, n: int, seed: int | None = None, their_final_is_nan: 
     torch.testing.assert_close(torch.from_numpy(ours.sigmas).float(), theirs.sigmas.float(), rtol=1e-4, atol=1e-6)
 
     # diffusers computes σ, α and λ in float32, we in float64, and errors grow over the loop:
-    # - VE samples start at magnitude σ_0 ≈ 157 and shrink by cancellation (x + dt·d), so float32
-    #   leaves an absolute error of ~1e-5·σ_0;
+    # - VE samples have magnitude ~σ and shrink by cancellation (x + dt·d), so float32 leaves an
+    #   absolute error of ~1e-6·σ for the σ a step starts from; Heun's corrector restarts from its
+    #   predictor's start and a final Euler step from a small σ keeps the error it inherits, so the
+    #   tolerance scales with the largest σ of the last three grid entries;
     # - with Karras σ, diffusers' σ_min = σ(0) is 8e-5 relative off (float32 1 - ᾱ_0), and the
     #   last steps, which divide by it, amplify that.
-    atol = 2e-4 * max(1.0, ours.init_noise_sigma / 10)
     rtol = 1e-3 if ours.config.use_karras_sigmas else 2e-4
+
+    def atol(index: int) -> float:
+        """For the sample at entry `index` of the grid."""
+        start_sigma = max(ours.sigmas[max(0, index - 3) : index + 1])
+        return 2e-4 * max(1.0, start_sigma / 10) if ours.ve_sample else 2e-4
+
     start = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * ours.init_noise_sigma
     x_ours, x_theirs, state = start.clone(), start.clone(), None
     g_ours = torch.Generator().manual_seed(seed) if seed is not None else None
     g_theirs = torch.Generator().manual_seed(seed) if seed is not None else None
     for t_ours, t_theirs in zip(ours.timesteps, theirs.timesteps, strict=True):
         in_ours, in_theirs = ours.scale_model_input(x_ours, t_ours), theirs.scale_model_input(x_theirs, t_theirs)
-        torch.testing.assert_close(in_ours, in_theirs, rtol=rtol, atol=atol)
+        torch.testing.assert_close(in_ours, in_theirs, rtol=rtol, atol=atol(state.step_index if state else 0))
         out_ours = dummy_model(in_ours, t_ours)
         out_theirs = dummy_model(in_theirs, t_theirs)
         x_ours, _, state = ours.step(out_ours, t_ours, x_ours, generator=g_ours, state=state)
@@ -180,7 +186,7 @@ def run_both(ours, theirs, n: int, seed: int | None = None, their_final_is_nan: 
         if their_final_is_nan and state.step_index == len(ours.timesteps):
             assert x_theirs.isnan().all() and x_ours.isfinite().all()
             break
-        torch.testing.assert_close(x_ours, x_theirs, rtol=rtol, atol=atol)
+        torch.testing.assert_close(x_ours, x_theirs, rtol=rtol, atol=atol(state.step_index))
     assert state.step_index == len(ours.timesteps)
 
 
@@ -188,6 +194,8 @@ def run_both(ours, theirs, n: int, seed: int | None = None, their_final_is_nan: 
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("algorithm_type", ["dpmsolver++", "sde-dpmsolver++"])
 def test_dpmsolver_loop_matches_diffusers(n, order, algorithm_type):
+    if order == 3 and algorithm_type == "sde-dpmsolver++" and n > 3:
+        pytest.skip("diffusers' third-order SDE update is wrong; see test_dpmsolver_3m_sde_matches_k_diffusion")
     ours, theirs = build("dpmsolver++", solver_order=order, algorithm_type=algorithm_type)
     run_both(ours, theirs, n, seed=3)
 
@@ -258,185 +266,60 @@ def test_heun_clipping_matches_diffusers():
     run_both(*build("heun", processing="clip"), 10)
 
 
-# ----- the grid -----
+def k_diffusion_3m_sde(model, x, sigmas, generator):
+    """k-diffusion's `sample_dpmpp_3m_sde` (eta = 1, s_noise = 1, Gaussian noise), transcribed: it walks
+    the VE sample; `model(x, σ)` returns the denoised x̂_0."""
+    denoised_1 = denoised_2 = h_1 = h_2 = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            t, s = -math.log(sigmas[i]), -math.log(sigmas[i + 1])
+            h = s - t
+            h_eta = 2 * h
+            x = math.exp(-h_eta) * x + (-math.expm1(-h_eta)) * denoised
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0 = (denoised - denoised_1) / r0
+                d1_1 = (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_2 = math.expm1(-h_eta) / h_eta + 1
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + phi_2 * d1 - phi_3 * d2
+            elif h_1 is not None:
+                r = h_1 / h
+                d = (denoised - denoised_1) / r
+                phi_2 = math.expm1(-h_eta) / h_eta + 1
+                x = x + phi_2 * d
+            noise = torch.randn(x.shape, generator=generator)
+            x = x + noise * sigmas[i + 1] * math.sqrt(-math.expm1(-2 * h))
+        denoised_1, denoised_2 = denoised, denoised_1
+        h_1, h_2 = h if sigmas[i + 1] != 0 else None, h_1
+    return x
 
 
-def test_karras_sigmas_follow_eq_5():
-    sigmas = karras_sigmas(0.01, 80.0, 5)
-    ramp = np.arange(5) / 4
-    expected = (80.0 ** (1 / 7) + ramp * (0.01 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
-    np.testing.assert_allclose(sigmas, expected, rtol=1e-14)
-    assert sigmas[0] == pytest.approx(80.0) and sigmas[-1] == pytest.approx(0.01)
-
-
-def test_sigma_to_timestep_inverts_the_table():
-    ours = get_scheduler("euler")
-    table = training_sigmas(ours.schedule.alphas_cumprod)
-    np.testing.assert_allclose(sigma_to_timestep(table[[0, 10, 500, 999]], table), [0, 10, 500, 999], atol=1e-9)
-    # Halfway in log σ between two entries is halfway in t.
-    middle = math.exp((math.log(table[10]) + math.log(table[11])) / 2)
-    assert sigma_to_timestep(np.array([middle]), table)[0] == pytest.approx(10.5, abs=1e-9)
-    # Outside the range: the ends.
-    assert sigma_to_timestep(np.array([1e-6, 1e6]), table).tolist() == [0.0, 999.0]
-
-
-@pytest.mark.parametrize("name", ["euler", "euler-ancestral", "heun"])
-def test_init_noise_sigma_and_input_scaling(name):
-    """VE samplers: initial std √(σ_0² + 1); the model sees x/√(σ² + 1), which is the VP x_t."""
-    scheduler = get_scheduler(name)
-    scheduler.set_timesteps(10)
-    sigma_0 = scheduler.sigmas[0]
-    alpha_bar = scheduler.schedule.alphas_cumprod[999].item()
-    assert sigma_0 == pytest.approx(math.sqrt((1 - alpha_bar) / alpha_bar), rel=1e-12)
-    assert scheduler.init_noise_sigma == pytest.approx(math.sqrt(sigma_0**2 + 1), rel=1e-12)
-    x = torch.full((1, 1, 2, 2), 3.0)
-    t = scheduler.timesteps[1]
-    expected = 3.0 / math.sqrt(scheduler.sigmas[1] ** 2 + 1)
-    torch.testing.assert_close(scheduler.scale_model_input(x, t), torch.full_like(x, expected))
-
-
-@pytest.mark.parametrize("name", ["dpmsolver++", "unipc"])
-def test_vp_samplers_need_no_scaling(name):
-    scheduler = get_scheduler(name)
-    scheduler.set_timesteps(10)
-    x = torch.randn(1, 1, 2, 2)
-    assert scheduler.init_noise_sigma == 1.0 and scheduler.scale_model_input(x, scheduler.timesteps[3]) is x
-
-
-@pytest.mark.parametrize(
-    "name, n, nfe", [("dpmsolver++", 10, 10), ("unipc", 5, 5), ("euler", 20, 20), ("heun", 10, 19), ("heun", 1, 1)]
-)
-def test_nfe_is_the_number_of_timesteps(name, n, nfe):
-    scheduler = get_scheduler(name)
-    scheduler.set_timesteps(n)
-    assert len(scheduler.timesteps) == nfe and len(scheduler.sigmas) == nfe + 1 and scheduler.sigmas[-1] == 0
-
-
-# ----- analytic: a model that returns the true noise of a fixed x_0 -----
-
-
-def true_output(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alpha: float, sigma: float):
-    """What a perfect model outputs at VP level (α, σ) for the VP sample α·x0 + σ·noise."""
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return alpha * noise - sigma * x0
-    return x0
-
-
-@pytest.mark.parametrize("name", ["dpmsolver++2m", "dpmsolver++3m", "euler", "heun", "unipc"])
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("n", [3, 5, 20])
 @pytest.mark.parametrize("karras", [False, True])
-@pytest.mark.parametrize("n", [1, 3, 10])
-def test_deterministic_samplers_land_on_x0(name, prediction_type, karras, n):
-    """If the model knows x_0 (so ε̂ = ε for the current sample), every deterministic sampler ends at x_0."""
-    scheduler = get_scheduler(name, {"prediction_type": prediction_type, "use_karras_sigmas": karras})
-    scheduler.set_timesteps(n)
-    generator = torch.Generator().manual_seed(1)
-    x0 = torch.rand(2, 1, 4, 4, generator=generator) * 2 - 1
-    sample = torch.randn(2, 1, 4, 4, generator=generator) * scheduler.init_noise_sigma
-    state = None
-    for t in scheduler.timesteps:
-        sigma = scheduler.sigma_of(t)
-        alpha, sigma_vp = 1 / math.sqrt(sigma**2 + 1), sigma / math.sqrt(sigma**2 + 1)
-        x_t = scheduler.scale_model_input(sample, t)  # the VP sample
-        noise = (x_t - alpha * x0) / sigma_vp  # the noise that makes x_t from x0
-        output = true_output(prediction_type, x0, noise, alpha, sigma_vp)
-        sample, pred_x0, state = scheduler.step(output, t, sample, state=state)
-        torch.testing.assert_close(pred_x0, x0, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(sample, x0, rtol=1e-4, atol=1e-4)
-
-
-# ----- state, purity, errors -----
-
-
-def test_step_is_pure_and_the_state_is_explicit():
-    scheduler = get_scheduler("dpmsolver++3m")
-    scheduler.set_timesteps(5)
-    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    first = scheduler.step(0.1 * x, scheduler.timesteps[0], x)
-    again = scheduler.step(0.1 * x, scheduler.timesteps[0], x)
-    torch.testing.assert_close(first.prev_sample, again.prev_sample, rtol=0, atol=0)
-    assert isinstance(first.state, StepState) and first.state.step_index == 1 and len(first.state.history) == 1
-    second = scheduler.step(0.1 * first.prev_sample, scheduler.timesteps[1], first.prev_sample, state=first.state)
-    assert second.state.step_index == 2 and len(second.state.history) == 2
-    assert len(first.state.history) == 1  # not mutated
-
-
-def test_wrong_state_or_timestep_is_a_clear_error():
-    scheduler = get_scheduler("unipc")
-    scheduler.set_timesteps(5)
-    x = torch.zeros(1, 1, 2, 2)
-    out = scheduler.step(x, scheduler.timesteps[0], x)
-    with pytest.raises(ValueError, match=r"state expects timestep 799 at step 1, got 999"):
-        scheduler.step(x, scheduler.timesteps[0], x, state=out.state)
-    with pytest.raises(ValueError, match="timestep 5 is not one of the timesteps"):
-        scheduler.step(x, 5, x)
-    with pytest.raises(ValueError, match=r"state must be the previous step's SchedulerOutput\.state"):
-        scheduler.step(x, scheduler.timesteps[1], x, state={"step_index": 1})
-    with pytest.raises(RuntimeError, match="call set_timesteps"):
-        get_scheduler("euler").step(x, 999.0, x)
-
-
-@pytest.mark.parametrize(
-    "config_class, kwargs, message",
-    [
-        (DPMSolverConfig, {"solver_order": 4}, "solver_order must be 1, 2 or 3, got 4"),
-        (DPMSolverConfig, {"algorithm_type": "dpmsolver"}, "unknown algorithm type 'dpmsolver'"),
-        (DPMSolverConfig, {"solver_type": "bh2"}, "unknown solver type 'bh2'"),
-        (UniPCConfig, {"solver_type": "midpoint"}, "unknown solver type 'midpoint'"),
-        (UniPCConfig, {"solver_order": 0}, "solver_order must be 1, 2 or 3, got 0"),
-        (HeunConfig, {"s_churn": -1.0}, "s_churn must be >= 0"),
-        (HeunConfig, {"s_tmin": 2.0, "s_tmax": 1.0}, "expected 0 <= s_tmin <= s_tmax"),
-        (HeunConfig, {"s_noise": -0.5}, "s_noise must be >= 0"),
-    ],
-)
-def test_bad_settings_raise(config_class, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        config_class(**kwargs)
-
-
-# ----- Heun's churn (Karras et al. 2022, Algorithm 2) -----
-
-
-def test_churn_raises_the_noise_level_before_each_step():
-    config = HeunConfig(s_churn=4.0, s_tmin=0.05, s_tmax=50.0)
-    scheduler = HeunDiscreteScheduler(config)
-    scheduler.set_timesteps(8)
-    plain = HeunDiscreteScheduler(HeunConfig())
-    plain.set_timesteps(8)
-    levels = plain.sigmas[0::2]  # σ_0 .. σ_{n-1}: the predictor entries without churn, (n,)
-    gamma = min(4.0 / 8, math.sqrt(2) - 1)
-    expected_hat = np.where((levels >= 0.05) & (levels <= 50.0), levels * (1 + gamma), levels)
-    np.testing.assert_allclose(scheduler.sigmas[0::2][:8], expected_hat, rtol=1e-12)  # σ̂_i
-    np.testing.assert_allclose(scheduler.sigmas[1::2][:7], levels[1:], rtol=1e-12)  # σ_{i+1}: the correctors
-    assert len(scheduler.timesteps) == 15 and scheduler.timesteps.is_floating_point()
-
-
-def test_churn_adds_noise_of_the_right_size():
-    """After a corrector, noise of std S_noise·√(σ̂² - σ²) takes σ_{i+1} to σ̂_{i+1}: with a model that
-    predicts x̂_0 = 0, the corrector's output is deterministic, so the difference is exactly that noise."""
-    config = HeunConfig(prediction_type="sample", s_churn=2.0, s_tmin=0.0, s_tmax=1000.0, s_noise=1.5)
-    scheduler = HeunDiscreteScheduler(config)
-    scheduler.set_timesteps(4)
-    plain = HeunDiscreteScheduler(dataclasses.replace(config, s_noise=0.0))
-    plain.set_timesteps(4)
-    x = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
-    zero = torch.zeros_like(x)
-    predicted = scheduler.step(zero, scheduler.timesteps[0], x)
-    outputs = []
-    for sched in (scheduler, plain):
-        outputs.append(
-            sched.step(
-                zero,
-                sched.timesteps[1],
-                predicted.prev_sample,
-                generator=torch.Generator().manual_seed(7),
-                state=predicted.state,
-            ).prev_sample
-        )
-    sigma, sigma_hat = scheduler.sigmas[1], scheduler.sigmas[2]
-    noise = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(7))
-    torch.testing.assert_close(
-        outputs[0] - outputs[1], 1.5 * math.sqrt(sigma_hat**2 - sigma**2) * noise, rtol=1e-4, atol=1e-4
+def test_dpmsolver_3m_sde_matches_k_diffusion(n, karras):
+    """Our 3M SDE (Heun-form second order, as k-diffusion; no lower-order final steps) step for step
+    against k-diffusion's loop on the VE sample x/α, with one generator drawing the same noise."""
+    ours = get_scheduler(
+        "dpmsolver++3m-sde",
+        {"prediction_type": "sample", "solver_type": "heun", "lower_order_final": False, "use_karras_sigmas": karras},
     )
+    ours.set_timesteps(n)
+    sigmas = ours.sigmas.tolist()
+
+    def denoiser(x_ve: torch.Tensor, sigma: float) -> torch.Tensor:
+        return torch.tanh(0.5 * x_ve / math.sqrt(sigma**2 + 1))  # a smooth, non-linear x̂_0
+
+    start = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(0)) * math.sqrt(sigmas[0] ** 2 + 1)
+    expected = k_diffusion_3m_sde(denoiser, start.double(), sigmas, torch.Generator().manual_seed(4))
+    x, state, generator = start / math.sqrt(sigmas[0] ** 2 + 1), None, torch.Generator().manual_seed(4)  # VP
+    for i, t in enumerate(ours.timesteps):
+        alpha = 1 / math.sqrt(sigmas[i] ** 2 + 1)
+        x0 = denoiser(x / alpha, sigmas[i])
+        x, _, state = ours.step(x0, t, x, generator=generator, state=state)
+    torch.testing.assert_close(x.double(), expected, rtol=1e-4, atol=1e-4)

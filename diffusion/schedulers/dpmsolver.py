@@ -69,6 +69,20 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
             return 2
         return 3
 
+    def third_order_weight(self, h: float, sde: bool) -> float:
+        """The weight of D_2 ≈ h²·x̂_0''/2 in a third-order step of size h (in λ).
+
+        The authors' reference code (ODE: 1/2 - (e^{-h}-1+h)/h²) and k-diffusion's sample_dpmpp_3m_sde
+        (SDE: 1/2 - φ_2/(2h), φ_2 = 1 - (1-e^{-2h})/(2h)). Both are half the Taylor-exact weight, so a
+        quadratic x̂_0(λ) is not integrated exactly; we keep them because the exact weight sampled no
+        better (bench/third_order_weight.py, docs/benchmarks.md). diffusers' SDE weight,
+        ((1-e^{-2h}) - 2h)/(2h)² - 1/2 ≈ -1 + h/3, is O(1) off and makes 3M-SDE first order in effect.
+        """
+        if sde:
+            phi_2 = 1.0 + math.expm1(-2.0 * h) / (2.0 * h)
+            return 0.5 - phi_2 / (2.0 * h)
+        return 0.5 - (math.expm1(-h) + h) / h**2
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -141,13 +155,7 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
                 phi_2 = math.expm1(-h) / h + 1.0  # (e^{-h}-1)/h + 1
             prev_sample = prev_sample + alpha_t * phi_2 * d1
             if d2 is not None:
-                # Third order, D_2 ≈ h²·x̂_0''/2. The weight is the one of the authors' reference code
-                # (ODE: 1/2 - (e^{-h}-1+h)/h²) and of k-diffusion's sample_dpmpp_3m_sde (SDE: 1/2 -
-                # φ_2/(2h)). Both are half the Taylor-exact weight, so a quadratic x̂_0(λ) is not
-                # integrated exactly; we keep them because the exact weight sampled no better (see
-                # docs/benchmarks.md). diffusers' SDE weight, ((1-e^{-2h}) - 2h)/(2h)² - 1/2 ≈ -1 + h/3,
-                # is O(1) off and makes 3M-SDE first order; it is not followed.
-                phi_3 = 0.5 - phi_2 / (2.0 * h) if sde else 0.5 - (math.expm1(-h) + h) / h**2
+                phi_3 = self.third_order_weight(h, sde)
                 prev_sample = prev_sample + alpha_t * phi_3 * d2
 
         if sde:

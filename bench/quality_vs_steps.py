@@ -6,7 +6,8 @@
 The model is the shipped Fashion-MNIST model; features come from the shipped Fashion-MNIST classifier
 (`assets/fashion-mnist-classifier`), so FD and KID are measured in that classifier's feature space,
 not Inception's. The reference set is N real images (a seeded shuffle of --data); each row generates N
-images, image i with seed --seed + i, so every row starts from the same noise.
+images, image i with seed --seed + i, so every row starts from the same noise. A first row compares
+the next N real images with the reference: the floor that finite samples of the data itself reach.
 
 Each row's samples, wall time and NFE are cached in --cache (one .pt file per row), so a long row
 (DDPM 1000 steps) can run alone, pinned to one core, and the table is assembled afterwards. NFE is
@@ -116,7 +117,8 @@ def main() -> None:
     classifier = Classifier.from_pretrained(args.classifier)
     dataset = ImageFolder(args.data, (28, 28), classifier.config.in_channels, hflip=False)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
-    reference = torch.stack([dataset[(int(i), 0)][0] for i in order[:n]])  # (n, c, 28, 28) in [-1, 1]
+    real = torch.stack([dataset[(int(i), 0)][0] for i in order[: 2 * n]])  # (2n, c, 28, 28) in [-1, 1]
+    reference, other = real[:n], real[n:]
     ref_features = extract_features(classifier, reference)
     ref_stats = gaussian_stats(ref_features)
     kid_subset = min(KID_SUBSET_SIZE, n // 2)
@@ -125,15 +127,16 @@ def main() -> None:
         f"| sampler | steps | NFE | FD@{n} | KID@{n} x 10^3 | wall time (s) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for (name, steps), row in results.items():
+    rows = {("real images (the floor)", "-"): {"samples": other, "nfe": "-", "seconds": None}, **results}
+    for (name, steps), row in rows.items():
         features = extract_features(classifier, row["samples"])
         fd = frechet_distance(*ref_stats, *gaussian_stats(features))
         kid, kid_std = kernel_inception_distance(
             ref_features, features, kid_subset, KID_SUBSETS, generator=torch.Generator().manual_seed(args.seed)
         )
+        seconds = "-" if row["seconds"] is None else f"{row['seconds']:.1f}"
         lines.append(
-            f"| {name} | {steps} | {row['nfe']} | {fd:.3f} | {1e3 * kid:.2f} ± {1e3 * kid_std:.2f} "
-            f"| {row['seconds']:.1f} |"
+            f"| {name} | {steps} | {row['nfe']} | {fd:.3f} | {1e3 * kid:.2f} ± {1e3 * kid_std:.2f} | {seconds} |"
         )
     table = "\n".join(lines)
     print(table)

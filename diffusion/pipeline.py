@@ -11,6 +11,7 @@ layout so that it can grow into a diffusers export::
 Nothing in it is executed on load: JSON and safetensors only.
 """
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from .fileio import read_json, write_json
 from .image import to_pil
 from .models import UNet
-from .schedulers import SCHEDULERS, Scheduler, get_scheduler, resolve_scheduler_name
+from .schedulers import ALIASES, SCHEDULERS, Scheduler, SchedulerConfig, get_scheduler, resolve_scheduler_name
 from .schedulers.base import randn_tensor
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "fashion-mnist"
 FORMAT_NAME = "pixel-diffusion"
 FORMAT_VERSION = 1
 OutputType = Literal["pil", "tensor", "numpy"]
+# Default sampler steps: 20 DPM-Solver++ 2M steps (the default sampler of models we train) come within
+# a few percent of DDPM's 1000 on the shipped model (docs/benchmarks.md).
+DEFAULT_STEPS = 20
 
 
 class DiffusionPipeline:
@@ -72,11 +76,17 @@ class DiffusionPipeline:
 
         ``name`` is one of `SCHEDULER_NAMES` (an alias such as ``"dpmsolver++3m"`` sets its fields);
         ``overrides`` set fields of that scheduler's config, e.g. ``eta=0.5`` for DDIM or
-        ``use_karras_sigmas=True`` for the σ-space samplers.
+        ``use_karras_sigmas=True`` for the σ-space samplers. The pipeline's own sampler settings carry
+        over only to a scheduler of the same class: another class gets the shared `SchedulerConfig`
+        fields (schedule, prediction type, spacing, x̂_0 processing) and its own defaults otherwise.
         """
         name, fields = resolve_scheduler_name(name)
         overrides = {**fields, **overrides}
-        scheduler = get_scheduler(name, self.scheduler.config.to_dict())
+        settings = self.scheduler.config.to_dict()
+        if SCHEDULERS[name] is not type(self.scheduler):
+            shared = {f.name for f in dataclasses.fields(SchedulerConfig)}
+            settings = {k: v for k, v in settings.items() if k in shared}
+        scheduler = get_scheduler(name, settings)
         if not overrides:
             return scheduler
         unknown = sorted(set(overrides) - set(scheduler.config.to_dict()))
@@ -102,9 +112,15 @@ class DiffusionPipeline:
         return self.make_scheduler(name, **({} if eta is None else {"eta": float(eta)}))
 
     def scheduler_name(self, scheduler: Scheduler | None = None) -> str:
-        """The registered name of ``scheduler`` (default: the pipeline's own)."""
+        """The name of ``scheduler`` (default: the pipeline's own): the alias its settings match, such as
+        ``"dpmsolver++2m-sde"``, else its registered name."""
         scheduler = scheduler or self.scheduler
-        return next(n for n, cls in SCHEDULERS.items() if type(scheduler) is cls)
+        name = next(n for n, cls in SCHEDULERS.items() if type(scheduler) is cls)
+        settings = scheduler.config.to_dict()
+        for alias, (base, fields) in ALIASES.items():
+            if base == name and all(settings[k] == v for k, v in fields.items()):
+                return alias
+        return name
 
     # ----- the model folder -----
 
@@ -170,7 +186,7 @@ class DiffusionPipeline:
         unet = UNet.from_pretrained(path / "unet")
         scheduler_config = read_json(path / "scheduler" / "scheduler_config.json")
         scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-        scheduler = get_scheduler(index.get("default_scheduler", "ddim"), scheduler_config)
+        scheduler = get_scheduler(index.get("default_scheduler", "dpmsolver++"), scheduler_config)
         return cls(unet, scheduler, index.get("class_names", [])).to(device, dtype)
 
     # ----- sampling -----
@@ -186,7 +202,7 @@ class DiffusionPipeline:
     def __call__(
         self,
         num_images: int = 1,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = DEFAULT_STEPS,
         scheduler: str | Scheduler | None = None,
         *,
         eta: float | None = None,

@@ -14,6 +14,7 @@ from diffusion.schedulers import (
     DDIMConfig,
     DDIMScheduler,
     DDPMScheduler,
+    DPMSolverConfig,
     DPMSolverMultistepScheduler,
     HeunConfig,
     HeunDiscreteScheduler,
@@ -108,9 +109,25 @@ def test_karras_sigmas_and_fractional_timesteps_reach_the_model(pipe):
     expected = karras.timesteps.tolist()
     assert calls == expected and isinstance(calls[1], float) and calls[1] != round(calls[1])
     assert isinstance(pipe.make_scheduler("dpmsolver++3m"), DPMSolverMultistepScheduler)
+    for name in ("dpmsolver++2m", "dpmsolver++3m-sde", "heun", "ddim"):
+        assert pipe.scheduler_name(pipe.make_scheduler(name)) == name
+    assert pipe.scheduler_name(pipe.make_scheduler("dpmsolver++")) == "dpmsolver++2m"  # order 2 by default
     assert pipe.make_scheduler("dpmsolver++3m").config.solver_order == 3
     with pytest.raises(ValueError, match="the euler scheduler has no setting eta"):
         pipe(1, 2, scheduler="euler", eta=0.5)
+
+
+def test_any_sampler_from_any_default_keeps_the_schedule_and_drops_foreign_settings():
+    """A model whose own sampler is DPM-Solver++ (solver_type "heun", order 3) can still sample with
+    UniPC, whose solver_type means something else: only the shared fields carry over."""
+    config = DPMSolverConfig(beta_schedule="cosine", prediction_type="v_prediction", solver_type="heun", solver_order=3)
+    dpm = DiffusionPipeline(tiny_pipeline().unet, DPMSolverMultistepScheduler(config))
+    for name in SCHEDULER_NAMES:
+        scheduler = dpm.make_scheduler(name)
+        assert (scheduler.config.beta_schedule, scheduler.config.prediction_type) == ("cosine", "v_prediction")
+    assert dpm.make_scheduler("unipc").config.solver_type == "bh2"  # UniPC's default, not DPM's "heun"
+    assert dpm.make_scheduler("dpmsolver++").config.solver_type == "heun"  # same class: settings kept
+    assert dpm.make_scheduler("dpmsolver++2m").config.solver_order == 2  # the alias wins over the saved 3
 
 
 def test_generator_argument_and_seed_errors(pipe):

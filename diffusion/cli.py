@@ -27,7 +27,7 @@ from .fileio import check_writable, write_json
 from .image import make_grid, save_png
 from .metrics import EXTRACTORS
 from .models import PRESETS, UNetConfig
-from .pipeline import DiffusionPipeline
+from .pipeline import DEFAULT_STEPS, DiffusionPipeline
 from .schedulers import SCHEDULER_NAMES
 from .training import TrainConfig, Trainer, TrainingError
 
@@ -173,7 +173,7 @@ def sample_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=None, help="model folder (train.py writes OUT/model); default: shipped")
     parser.add_argument("--num-images", type=int, default=16, help="images to generate (default: 16)")
-    parser.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampler steps (default: {DEFAULT_STEPS})")
     parser.add_argument(
         "--scheduler", default=None, help=f"sampler: {' | '.join(SCHEDULER_NAMES)} (default: the model's own)"
     )
@@ -273,7 +273,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scheduler", default=None, help=f"sampler: {' | '.join(SCHEDULER_NAMES)} (default: the model's own)"
     )
-    parser.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampler steps (default: {DEFAULT_STEPS})")
     parser.add_argument(
         "--extractor", default="classifier", help=f"feature space: {' | '.join(EXTRACTORS)} (default: classifier)"
     )

@@ -21,7 +21,7 @@ import torch
 
 from .data import DECODE_ERRORS, find_image_files, fit, load_image, to_tensor
 from .metrics import KID_NUM_SUBSETS, FeatureExtractor, QualityResult, compare_features, load_feature_extractor
-from .pipeline import DiffusionPipeline
+from .pipeline import DEFAULT_STEPS, DiffusionPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def evaluate(
     reference: str | Path,
     num_images: int,
     *,
-    num_inference_steps: int = 50,
+    num_inference_steps: int = DEFAULT_STEPS,
     scheduler: str | None = None,
     extractor: str | FeatureExtractor = "classifier",
     extractor_path: str | Path | None = None,

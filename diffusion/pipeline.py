@@ -34,8 +34,8 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "fashion-mnist"
 FORMAT_NAME = "pixel-diffusion"
 FORMAT_VERSION = 1
 OutputType = Literal["pil", "tensor", "numpy"]
-# Default sampler steps: 20 DPM-Solver++ 2M steps (the default sampler of models we train) come within
-# a few percent of DDPM's 1000 on the shipped model (docs/benchmarks.md).
+# Default sampler steps: 20 steps of DPM-Solver++ 3M SDE (the default sampler of the models we train)
+# match DDPM's 1000 on the shipped model (docs/benchmarks.md, "Quality against sampling cost").
 DEFAULT_STEPS = 20
 
 

@@ -54,7 +54,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # keep this many most recent checkpoints
     resume: str = "auto"  # auto: latest checkpoint in OUT if any; never; or a checkpoint path
     sample_every: int = 500  # steps between sample grids from the EMA model; 0 disables
-    sample_steps: int = 25  # DDIM steps for those grids
+    sample_steps: int = 20  # steps of the default sampler (DPM-Solver++ 3M SDE) for those grids
     num_samples: int = 16  # images per grid
     log_every: int = 10  # steps between metrics.jsonl lines
 

@@ -38,7 +38,7 @@ from ..image import make_grid, save_png
 from ..models import UNet, UNetConfig, preset
 from ..models.persistence import load_weights, save_weights
 from ..pipeline import DiffusionPipeline
-from ..schedulers import DDIMConfig, DDIMScheduler
+from ..schedulers import DPMSolverConfig, DPMSolverMultistepScheduler, NoiseSchedule
 from .config import TrainConfig
 from .ema import EMA
 from .loss import diffusion_loss
@@ -91,9 +91,12 @@ def model_config(config: TrainConfig, unet_overrides: dict | None = None) -> UNe
         raise ValueError(f"{source}: a value has the wrong type ({e})") from None
 
 
-def scheduler_config(config: TrainConfig) -> DDIMConfig:
-    """The noise schedule of the run, as the default (DDIM, trailing) sampler's config."""
-    return DDIMConfig(
+def scheduler_config(config: TrainConfig) -> DPMSolverConfig:
+    """The noise schedule of the run, as the default sampler's config: DPM-Solver++ 3M SDE, trailing
+    spacing, which gave the best quality per model evaluation in docs/benchmarks.md."""
+    return DPMSolverConfig(
+        solver_order=3,
+        algorithm_type="sde-dpmsolver++",
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
         rescale_betas_zero_snr=config.zero_terminal_snr,
@@ -232,13 +235,14 @@ class Trainer:
         """The EMA weights in a fresh fp32 UNet, with the run's default sampler."""
         unet = UNet(self.unet_config)
         self.ema.copy_to(unet)
-        return DiffusionPipeline(unet, DDIMScheduler(scheduler_config(self.config)), self.dataset.class_names)
+        scheduler = DPMSolverMultistepScheduler(scheduler_config(self.config))
+        return DiffusionPipeline(unet, scheduler, self.dataset.class_names)
 
     def _write_samples(self, step: int) -> None:
         c = self.config
         pipe = self._pipeline().to(self.accelerator.device)  # on the training device, not the CPU
         images = pipe(num_images=c.num_samples, num_inference_steps=c.sample_steps, seed=0)
-        meta = {"step": str(step), "sampler": "ddim", "steps": str(c.sample_steps), "seed": "0"}
+        meta = {"step": str(step), "sampler": pipe.scheduler_name(), "steps": str(c.sample_steps), "seed": "0"}
         (self.out / "samples").mkdir(exist_ok=True)
         save_png(make_grid(images), self.out / "samples" / f"step-{step}.png", meta)
 
@@ -271,7 +275,7 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, c, self.total_steps))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema = EMA(acc.unwrap_model(self.model), c.ema_decay)  # after prepare: on the training device
-        schedule = DDIMScheduler(scheduler_config(c)).schedule
+        schedule = NoiseSchedule(scheduler_config(c))
 
         start = 0
         resume_from = resolve_resume(self.out, c.resume)

@@ -72,7 +72,9 @@ def test_tiny_run_writes_every_output(tmp_path, data):
     assert [s for s, _ in list_checkpoints(out)] == [4]  # keep_checkpoints=1 pruned step-2
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-2.png", "step-4.png"]
     grid = Image.open(out / "samples" / "step-4.png")
-    assert grid.size == (2 * 10 + 2, 2 * 10 + 2) and grid.text["sampler"] == "ddim"  # 2x2 grid of 8px + 2px pads
+    assert (
+        grid.size == (2 * 10 + 2, 2 * 10 + 2) and grid.text["sampler"] == "dpmsolver++3m-sde"
+    )  # 2x2 grid of 8px + 2px pads
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and r["img_per_s"] > 0 for r in rows)

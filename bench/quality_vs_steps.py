@@ -52,11 +52,12 @@ BEGIN, END = "<!-- quality-vs-steps -->", "<!-- /quality-vs-steps -->"
 
 
 def parse_row(text: str) -> tuple[str, int]:
-    """``"ddim:50"`` -> ``("ddim", 50)``."""
-    name, _, steps = text.partition(":")
-    if not name or not steps.isdigit() or int(steps) < 1:
-        raise argparse.ArgumentTypeError(f"expected NAME:STEPS such as ddim:50, got {text!r}")
-    return name, int(steps)
+    """``"ddim:50"`` -> ``("ddim", 50)``; ``"heun:10:karras"`` -> ``("heun:karras", 10)`` (Karras σ)."""
+    name, _, rest = text.partition(":")
+    steps, _, option = rest.partition(":")
+    if not name or not steps.isdigit() or int(steps) < 1 or option not in ("", "karras"):
+        raise argparse.ArgumentTypeError(f"expected NAME:STEPS[:karras] such as ddim:50, got {text!r}")
+    return (f"{name}:karras" if option else name), int(steps)
 
 
 def generate(pipe: DiffusionPipeline, name: str, steps: int, n: int, seed: int, batch_size: int) -> dict:
@@ -70,7 +71,9 @@ def generate(pipe: DiffusionPipeline, name: str, steps: int, n: int, seed: int, 
     handle = pipe.unet.register_forward_hook(count)
     try:
         start = time.perf_counter()
-        images = pipe(n, steps, scheduler=name, seed=seed, batch_size=batch_size, output_type="tensor")
+        sampler, _, option = name.partition(":")
+        scheduler = pipe.make_scheduler(sampler, **({"use_karras_sigmas": True} if option == "karras" else {}))
+        images = pipe(n, steps, scheduler=scheduler, seed=seed, batch_size=batch_size, output_type="tensor")
         seconds = time.perf_counter() - start
     finally:
         handle.remove()
@@ -104,7 +107,7 @@ def main() -> None:
         pipe = pipe.to(dtype=torch.bfloat16)
     results = {}
     for name, steps in args.rows:
-        path = args.cache / f"{name}-{steps}-n{n}-seed{args.seed}-{args.dtype}.pt"
+        path = args.cache / f"{name.replace(':', '-')}-{steps}-n{n}-seed{args.seed}-{args.dtype}.pt"
         if not path.is_file():
             row = generate(pipe, name, steps, n, args.seed, args.batch_size)
             torch.save(row, path.with_suffix(".tmp"))

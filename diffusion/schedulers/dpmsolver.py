@@ -93,19 +93,8 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
     ) -> SchedulerOutput:
         """One multistep DPM-Solver++ step from σ_i to σ_{i+1} (Lu et al. 2022, Algorithm 2 and appendix).
 
-        Args:
-            model_output: ε̂, v̂ or x̂_0 per `config.prediction_type`, shape (b, ...).
-            timestep: this step's entry of `timesteps`.
-            sample: x_t (VP), shape (b, ...).
-            generator: source of the noise of the SDE variant, see `randn_tensor`.
-            state: the previous step's `state` (None at the first step).
-
-        Returns:
-            `SchedulerOutput(prev_sample, pred_original_sample, state)`.
-
-        Raises:
-            RuntimeError: before `set_timesteps`.
-            ValueError: for a timestep not in `timesteps`, a state from another step, or mismatched shapes.
+        `sample` is the VP x_t; `generator` draws the SDE variant's noise.
+        Arguments, return value and errors: `Scheduler.step`.
         """
         self._check_shapes(model_output, sample)
         i = self.step_index(timestep, state)

@@ -29,19 +29,8 @@ class EulerDiscreteScheduler(SigmaScheduler):
     ) -> SchedulerOutput:
         """One Euler step from σ_i to σ_{i+1} (Karras et al. 2022, Algorithm 1 without its correction).
 
-        Args:
-            model_output: ε̂, v̂ or x̂_0 per `config.prediction_type`, shape (b, ...).
-            timestep: this step's entry of `timesteps`.
-            sample: the VE sample x = x_t/√ᾱ_t, shape (b, ...).
-            generator: unused (deterministic).
-            state: the previous step's `state` (None at the first step).
-
-        Returns:
-            `SchedulerOutput(prev_sample, pred_original_sample, state)`.
-
-        Raises:
-            RuntimeError: before `set_timesteps`.
-            ValueError: for a timestep not in `timesteps`, a state from another step, or mismatched shapes.
+        `sample` is the VE sample x = x_t/√ᾱ_t; deterministic (`generator` unused).
+        Arguments, return value and errors: `Scheduler.step`.
         """
         self._check_shapes(model_output, sample)
         i = self.step_index(timestep, state)

@@ -32,19 +32,8 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     ) -> SchedulerOutput:
         """One ancestral step from σ_i to σ_{i+1}.
 
-        Args:
-            model_output: ε̂, v̂ or x̂_0 per `config.prediction_type`, shape (b, ...).
-            timestep: this step's entry of `timesteps`.
-            sample: the VE sample x = x_t/√ᾱ_t, shape (b, ...).
-            generator: source of the step's noise, see `randn_tensor`.
-            state: the previous step's `state` (None at the first step).
-
-        Returns:
-            `SchedulerOutput(prev_sample, pred_original_sample, state)`.
-
-        Raises:
-            RuntimeError: before `set_timesteps`.
-            ValueError: for a timestep not in `timesteps`, a state from another step, or mismatched shapes.
+        `sample` is the VE sample x = x_t/√ᾱ_t; `generator` draws the ancestral noise.
+        Arguments, return value and errors: `Scheduler.step`.
         """
         self._check_shapes(model_output, sample)
         i = self.step_index(timestep, state)

@@ -101,20 +101,9 @@ class HeunDiscreteScheduler(SigmaScheduler):
     ) -> SchedulerOutput:
         """One evaluation's worth of Heun: the Euler predictor, or the trapezoidal corrector (then churn).
 
-        Args:
-            model_output: ε̂, v̂ or x̂_0 per `config.prediction_type`, shape (b, ...).
-            timestep: this evaluation's entry of `timesteps`.
-            sample: the VE sample x = x_t/√ᾱ_t at this entry's σ, shape (b, ...).
-            generator: source of the churn noise, see `randn_tensor`; unused without churn.
-            state: the previous step's `state` (None at the first step).
-
-        Returns:
-            `SchedulerOutput(prev_sample, pred_original_sample, state)`: after a predictor, prev_sample is
-            the Euler estimate at σ_{i+1}, where the model is evaluated next.
-
-        Raises:
-            RuntimeError: before `set_timesteps`.
-            ValueError: for a timestep not in `timesteps`, a state from another step, or mismatched shapes.
+        `sample` is the VE sample x = x_t/√ᾱ_t at this entry's σ; `generator` draws the churn noise
+        (unused without churn). After a predictor, prev_sample is the Euler estimate at σ_{i+1}, where the
+        model is evaluated next. Arguments, return value and errors: `Scheduler.step`.
         """
         self._check_shapes(model_output, sample)
         k = self.step_index(timestep, state)

@@ -119,19 +119,8 @@ class UniPCMultistepScheduler(SigmaScheduler):
     ) -> SchedulerOutput:
         """UniC on `sample` (from the second step on), then UniP to the next noise level.
 
-        Args:
-            model_output: ε̂, v̂ or x̂_0 per `config.prediction_type`, shape (b, ...).
-            timestep: this step's entry of `timesteps`.
-            sample: x_t (VP), as the previous step predicted it, shape (b, ...).
-            generator: unused (deterministic).
-            state: the previous step's `state` (None at the first step).
-
-        Returns:
-            `SchedulerOutput(prev_sample, pred_original_sample, state)`.
-
-        Raises:
-            RuntimeError: before `set_timesteps`.
-            ValueError: for a timestep not in `timesteps`, a state from another step, or mismatched shapes.
+        `sample` is the VP x_t as the previous step predicted it; deterministic (`generator` unused).
+        Arguments, return value and errors: `Scheduler.step`.
         """
         self._check_shapes(model_output, sample)
         i = self.step_index(timestep, state)

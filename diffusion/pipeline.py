@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .fileio import read_json, write_json
 from .image import to_pil
+from .interop import is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
 from .models import UNet
 from .schedulers import ALIASES, SCHEDULERS, Scheduler, SchedulerConfig, get_scheduler, resolve_scheduler_name
 from .schedulers.base import randn_tensor
@@ -153,7 +154,8 @@ class DiffusionPipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> "DiffusionPipeline":
-        """Load a model folder written by `save_pretrained`, with no flags and no code execution.
+        """Load a model folder written by `save_pretrained`, or a diffusers pipeline folder (see
+        `diffusion.interop`), with no flags and no code execution.
 
         Args:
             path: the folder; None loads the Fashion-MNIST model shipped in ``assets/``.
@@ -177,6 +179,10 @@ class DiffusionPipeline:
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{path} is not a model folder (no model_index.json)")
         index = read_json(path / "model_index.json")
+        if is_diffusers_folder(index):  # a diffusers DDPMPipeline / DDIMPipeline folder
+            unet = load_diffusers_unet(path / "unet")
+            scheduler = load_diffusers_scheduler(path / "scheduler" / "scheduler_config.json")
+            return cls(unet, scheduler).to(device, dtype)
         if index.get("format") != FORMAT_NAME:
             raise ValueError(f"{path}/model_index.json is not a {FORMAT_NAME} model index")
         if index.get("format_version") != FORMAT_VERSION:

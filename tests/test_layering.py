@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffusion"
 LAYERS = [
     {"diffusion.config", "diffusion.fileio", "diffusion.image"},
     {"diffusion.models", "diffusion.schedulers"},
-    {"diffusion.pipeline", "diffusion.checkpoint", "diffusion.data", "diffusion.metrics"},
+    {"diffusion.pipeline", "diffusion.checkpoint", "diffusion.data", "diffusion.metrics", "diffusion.interop"},
     {"diffusion.training", "diffusion.evaluation"},
     {"diffusion.cli"},
     {"diffusion.evaluate"},

@@ -130,3 +130,82 @@ def from_diffusers_state_dict(state: dict[str, torch.Tensor], config: UNetConfig
     if missing:
         raise ValueError(f"diffusers weights lack {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}")
     return {ours: torch.cat([state[n] for n in theirs], dim=0) for ours, theirs in name_map.items()}
+
+
+def _normalised(value: Any) -> Any:
+    """Lists and tuples as lists, numbers as floats: how two diffusers settings are compared."""
+    if isinstance(value, list | tuple):
+        return [_normalised(v) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def unet_config_from_diffusers(settings: dict[str, Any]) -> UNetConfig:
+    """The `UNetConfig` of a diffusers ``UNet2DModel`` config dict (its ``config.json``).
+
+    Missing keys mean diffusers' defaults. The result is checked by writing it back with
+    `diffusers_unet_kwargs`: every setting must come back unchanged, so a model we cannot express is
+    refused, never built wrong.
+
+    Raises:
+        ValueError: naming the first setting our UNet cannot express.
+    """
+    import inspect
+
+    import diffusers  # only here: importing diffusers takes a second
+
+    signature = inspect.signature(diffusers.UNet2DModel.__init__).parameters
+    full = {k: p.default for k, p in signature.items() if k != "self"}
+    full |= {k: v for k, v in settings.items() if k in full}
+    channels = list(full["block_out_channels"])
+    base = channels[0]
+    if any(c % base for c in channels):
+        raise ValueError(
+            f"unsupported diffusers setting block_out_channels={channels}: each must be a multiple of the first"
+        )
+    size = full["sample_size"]
+    if size is None:
+        raise ValueError("the diffusers UNet2DModel config has no sample_size; add it to unet/config.json")
+    embed_dim = full["time_embedding_dim"]
+    classes = full["num_class_embeds"]
+    kwargs = dict(
+        in_channels=full["in_channels"],
+        out_channels=None if full["out_channels"] == full["in_channels"] else full["out_channels"],
+        sample_size=(size, size) if isinstance(size, int) else tuple(size),
+        base_channels=base,
+        channel_mult=tuple(c // base for c in channels),
+        num_res_blocks=full["layers_per_block"],
+        attention_levels=tuple(i for i, t in enumerate(full["down_block_types"]) if t.startswith("Attn")),
+        mid_attention=bool(full["add_attention"]),
+        head_channels=full["attention_head_dim"],
+        dropout=float(full["dropout"]),
+        norm_groups=full["norm_num_groups"],
+        norm_eps=float(full["norm_eps"]),
+        time_embed_dim=None if embed_dim in (None, 4 * base) else embed_dim,
+        time_conditioning="scale_shift" if full["resnet_time_scale_shift"] == "scale_shift" else "additive",
+        resample="resblock" if full["downsample_type"] == "resnet" else "conv",
+        downsample_padding=full["downsample_padding"],
+        flip_sin_to_cos=bool(full["flip_sin_to_cos"]),
+        freq_shift=float(full["freq_shift"]),
+        num_classes=classes - 1 if classes else None,
+    )
+    try:
+        config = UNetConfig(**kwargs)
+        expected = diffusers_unet_kwargs(config)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"this diffusers UNet2DModel cannot be built as our UNet: {e}") from None
+    if full["attn_norm_num_groups"] is None:
+        full["attn_norm_num_groups"] = full["norm_num_groups"]  # diffusers' meaning of None
+    if full["time_embedding_dim"] is None:
+        full["time_embedding_dim"] = 4 * base
+    for key, ours in expected.items():
+        theirs = full[key]
+        if key == "sample_size" and isinstance(theirs, list | tuple) and len(set(theirs)) == 1:
+            theirs = theirs[0]
+        if _normalised(theirs) != _normalised(ours):
+            raise ValueError(
+                f"unsupported diffusers UNet2DModel setting {key}={theirs!r}; "
+                f"our UNet can only build {key}={ours!r} here"
+            )
+    return config

@@ -1,4 +1,4 @@
-"""Reading diffusers pipeline folders (``DDPMPipeline.save_pretrained`` and the hub's google/ddpm-* models).
+"""Reading and writing diffusers pipeline folders (``DDPMPipeline`` and the hub's google/ddpm-* models).
 
 A diffusers folder holds ``model_index.json`` (``_class_name`` such as ``DDPMPipeline``,
 ``_diffusers_version``), ``unet/config.json`` (a ``UNet2DModel`` config) with
@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from .fileio import read_json
+from .fileio import atomic_write, read_json, write_json
 from .models import UNet
-from .models.diffusers_map import from_diffusers_state_dict, unet_config_from_diffusers
+from .models.diffusers_map import (
+    diffusers_unet_kwargs,
+    from_diffusers_state_dict,
+    to_diffusers_state_dict,
+    unet_config_from_diffusers,
+)
 from .schedulers import Scheduler, get_scheduler
 
 # diffusers scheduler class -> our scheduler name.
@@ -89,3 +94,74 @@ def load_diffusers_scheduler(path: str | Path) -> Scheduler:
             f"{path}: unsupported diffusers scheduler {class_name!r}; supported: {', '.join(SCHEDULER_CLASSES)}"
         )
     return get_scheduler(SCHEDULER_CLASSES[class_name], settings)
+
+
+# Our schedulers that diffusers' DDPMPipeline can run as they are: it neither scales the initial noise
+# nor the model input, so the σ-space (VE) samplers are left out.
+EXPORTABLE = ("ddpm", "ddim", "dpmsolver++", "unipc")
+_DIFFUSERS_BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2"}
+
+
+def diffusers_scheduler_config(name: str, scheduler: Scheduler) -> dict[str, Any]:
+    """The diffusers ``scheduler_config.json`` of one of our schedulers (registered name ``name``).
+
+    Raises:
+        ValueError: for a scheduler or a setting the diffusers class would run differently.
+    """
+    import inspect
+
+    import diffusers
+
+    if name not in EXPORTABLE:
+        raise ValueError(
+            f"the {name} sampler cannot be exported: diffusers' DDPMPipeline does not scale noise and inputs "
+            f"for it; export with one of {', '.join(EXPORTABLE)} instead"
+        )
+    class_name = next(c for c, n in SCHEDULER_CLASSES.items() if n == name)
+    config = scheduler.config
+    if name in ("dpmsolver++", "unipc") and config.timestep_spacing != "trailing" and not config.use_karras_sigmas:
+        raise ValueError(
+            f"{name} with timestep_spacing={config.timestep_spacing!r} steps on other timesteps in diffusers; "
+            "export it with 'trailing' spacing or Karras sigmas"
+        )
+    if name == "dpmsolver++" and config.solver_order == 3 and config.algorithm_type == "sde-dpmsolver++":
+        raise ValueError("diffusers' third-order SDE DPM-Solver++ differs from ours; export dpmsolver++2m-sde or 3m")
+    theirs = inspect.signature(getattr(diffusers, class_name).__init__).parameters
+    ours = type(config)()
+    settings = config.to_dict()
+    for key, value in settings.items():
+        if key not in theirs and value != getattr(ours, key):
+            raise ValueError(f"diffusers' {class_name} has no setting {key}; it would ignore {key}={value!r}")
+    settings = {k: v for k, v in settings.items() if k in theirs}
+    settings["beta_schedule"] = _DIFFUSERS_BETA_SCHEDULES.get(config.beta_schedule, config.beta_schedule)
+    return {"_class_name": class_name, "_diffusers_version": diffusers.__version__, **settings}
+
+
+def save_diffusers(unet: UNet, name: str, scheduler: Scheduler, path: str | Path) -> None:
+    """Write a folder that ``diffusers.DDPMPipeline.from_pretrained`` loads, and this package too.
+
+    Raises:
+        ValueError: for a UNet ``UNet2DModel`` cannot express or a scheduler diffusers would run
+            differently (see `diffusers_scheduler_config`); nothing is written then.
+    """
+    import diffusers
+
+    unet_settings = diffusers_unet_kwargs(unet.config)  # raises before anything is written
+    scheduler_settings = diffusers_scheduler_config(name, scheduler)
+    state = {k: v.contiguous() for k, v in to_diffusers_state_dict(unet.state_dict(), unet.config).items()}
+    path = Path(path)
+    (path / "unet").mkdir(parents=True, exist_ok=True)
+    (path / "scheduler").mkdir(parents=True, exist_ok=True)
+    version = diffusers.__version__
+    write_json(
+        path / "unet" / "config.json", {"_class_name": "UNet2DModel", "_diffusers_version": version, **unet_settings}
+    )
+    atomic_write(path / "unet" / "diffusion_pytorch_model.safetensors", lambda f: save_file(state, f))
+    write_json(path / "scheduler" / "scheduler_config.json", scheduler_settings)
+    index = {
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": version,
+        "scheduler": ["diffusers", scheduler_settings["_class_name"]],
+        "unet": ["diffusers", "UNet2DModel"],
+    }
+    write_json(path / "model_index.json", index)

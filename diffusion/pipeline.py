@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .fileio import read_json, write_json
 from .image import to_pil
-from .interop import is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
+from .interop import is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet, save_diffusers
 from .models import UNet
 from .schedulers import ALIASES, SCHEDULERS, Scheduler, SchedulerConfig, get_scheduler, resolve_scheduler_name
 from .schedulers.base import randn_tensor
@@ -126,8 +126,19 @@ class DiffusionPipeline:
 
     # ----- the model folder -----
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write the model folder described in the module docstring."""
+    def save_pretrained(self, path: str | Path, format: Literal["pixel-diffusion", "diffusers"] = FORMAT_NAME) -> None:
+        """Write the model folder described in the module docstring, or with ``format="diffusers"`` a
+        folder that ``diffusers.DDPMPipeline.from_pretrained`` loads (see `diffusion.interop.save_diffusers`).
+
+        Raises:
+            ValueError: for an unknown format, or a model or sampler diffusers cannot express.
+        """
+        if format == "diffusers":
+            registered, _ = resolve_scheduler_name(self.scheduler_name())
+            save_diffusers(self.unet, registered, self.scheduler, path)
+            return
+        if format != FORMAT_NAME:
+            raise ValueError(f"unknown format {format!r}; expected {FORMAT_NAME!r} or 'diffusers'")
         path = Path(path)
         (path / "scheduler").mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(path / "unet")

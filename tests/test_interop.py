@@ -1,6 +1,7 @@
 """Importing diffusers pipeline folders: randomly initialised diffusers pipelines built from published configs
 (never downloaded), saved by diffusers, loaded by us, compared with diffusers."""
 
+import dataclasses
 import json
 import warnings
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from diffusion import DiffusionPipeline, cli
+from diffusion.models import UNet, UNetConfig
 from diffusion.models.diffusers_map import unet_config_from_diffusers
 from diffusion.schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
@@ -166,3 +168,83 @@ def test_bin_weights_load_with_weights_only(tmp_path):
     torch.save({"not": "a tensor", "fn": print}, folder / "unet" / "diffusion_pytorch_model.bin")
     with pytest.raises(ValueError, match="holds more than tensors and was not loaded"):
         DiffusionPipeline.from_pretrained(folder)  # a pickled function is never unpickled
+
+
+def tiny_ours(scheduler, resample: str = "conv") -> DiffusionPipeline:
+    torch.manual_seed(0)
+    config = UNetConfig(
+        resample=resample,
+        in_channels=3,
+        sample_size=(16, 16),
+        base_channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(1,),
+        norm_groups=8,
+        time_conditioning="scale_shift",
+    )
+    return DiffusionPipeline(UNet(config), scheduler)
+
+
+@pytest.mark.parametrize(
+    "scheduler, resample",
+    [
+        (DDIMScheduler(), "conv"),
+        (DDPMScheduler(), "conv"),
+        (DPMSolverMultistepScheduler(), "conv"),
+        (DDIMScheduler(), "resblock"),
+    ],
+)
+def test_export_loads_in_diffusers_and_samples_the_same(tmp_path, scheduler, resample):
+    """ADM-like UNets (scale-shift conditioning, and resblock up/down for "resblock") go both ways."""
+    ours = tiny_ours(scheduler, resample)
+    ours.save_pretrained(tmp_path / "hf", format="diffusers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = diffusers.DDPMPipeline.from_pretrained(tmp_path / "hf")
+    assert type(theirs.scheduler).__name__ == type(scheduler).__name__
+    x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)), torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.unet(x, t).sample, ours.unet(x, t), rtol=1e-4, atol=1e-4)
+    # diffusers' DDPMPipeline from our per-image noise (one generator per image, as ours).
+    generators = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        images = theirs(batch_size=2, generator=generators, num_inference_steps=4, output_type="np").images
+    expected = ours(2, 4, seed=5, output_type="numpy")
+    assert abs(images - expected).max() < 2e-3  # the same images, up to float32 rounding and PIL-free output
+    assert DiffusionPipeline.from_pretrained(tmp_path / "hf").unet.config == ours.unet.config  # and back
+
+
+@pytest.mark.parametrize(
+    "scheduler, message",
+    [
+        ("euler", "the euler sampler cannot be exported: diffusers' DDPMPipeline does not scale"),
+        ("dpmsolver++3m-sde", "diffusers' third-order SDE DPM-Solver\\+\\+ differs from ours"),
+    ],
+)
+def test_export_refuses_what_diffusers_would_run_differently(tmp_path, scheduler, message):
+    pipe = tiny_ours(DDIMScheduler())
+    pipe.scheduler = pipe.make_scheduler(scheduler)
+    with pytest.raises(ValueError, match=message):
+        pipe.save_pretrained(tmp_path / "hf", format="diffusers")
+    assert not (tmp_path / "hf").exists()  # nothing written
+    heads = tiny_ours(DDIMScheduler())
+    heads.unet = UNet(dataclasses.replace(heads.unet.config, num_heads=2, attention_levels=(0, 1)))
+    with pytest.raises(ValueError, match=r"num_heads=2 at attention widths .* cannot be expressed by UNet2DModel"):
+        heads.save_pretrained(tmp_path / "hf2", format="diffusers")
+
+
+def test_export_command_writes_a_diffusers_folder_or_one_clear_line(tiny_model, tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert cli.export_main(["--model", str(tiny_model), "--to", "diffusers", "--out", str(out)]) == 0
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert isinstance(diffusers.DDPMPipeline.from_pretrained(out).unet, diffusers.UNet2DModel)
+    assert f"wrote {out}/ for diffusers (ddim)" in capsys.readouterr().out
+    # The shipped model's own sampler (3M SDE) runs differently in diffusers: refused, with the way out.
+    assert cli.export_main(["--to", "diffusers", "--out", str(tmp_path / "shipped")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "third-order SDE DPM-Solver++ differs from ours" in err[0]
+    assert cli.export_main(["--to", "diffusers", "--out", str(tmp_path / "s2"), "--scheduler", "dpmsolver++2m"]) == 0

@@ -87,13 +87,32 @@ def load_diffusers_scheduler(path: str | Path) -> Scheduler:
     Raises:
         ValueError: an unsupported scheduler class or setting.
     """
+    import inspect
+
+    import diffusers
+
     settings = read_json(path)
     class_name = settings.get("_class_name")
     if class_name not in SCHEDULER_CLASSES:
         raise ValueError(
             f"{path}: unsupported diffusers scheduler {class_name!r}; supported: {', '.join(SCHEDULER_CLASSES)}"
         )
-    return get_scheduler(SCHEDULER_CLASSES[class_name], settings)
+    scheduler = get_scheduler(SCHEDULER_CLASSES[class_name], settings)
+    # Settings we do not model are fine at diffusers' default, which is what we implement; any other
+    # value would be silently ignored, so it is refused.
+    defaults = inspect.signature(getattr(diffusers, class_name).__init__).parameters
+    ours = scheduler.config.to_dict()
+    for key, value in settings.items():
+        if key.startswith("_") or key in ours or key not in defaults or key == "trained_betas":
+            continue
+        if value != defaults[key].default and not (
+            isinstance(value, list) and list(defaults[key].default or []) == value
+        ):
+            raise ValueError(
+                f"{path}: unsupported diffusers {class_name} setting {key}={value!r} "
+                f"(we implement {key}={defaults[key].default!r})"
+            )
+    return scheduler
 
 
 # Our schedulers that diffusers' DDPMPipeline can run as they are: it neither scales the initial noise

@@ -152,6 +152,16 @@ def test_unsupported_scheduler_and_missing_weights_are_clear_errors(tmp_path):
         DiffusionPipeline.from_pretrained(folder)
     path.write_text(json.dumps({"_class_name": "DPMSolverMultistepScheduler", "_diffusers_version": "0.30.0"}))
     assert isinstance(DiffusionPipeline.from_pretrained(folder).scheduler, DPMSolverMultistepScheduler)
+    dpm = {
+        "_class_name": "DPMSolverMultistepScheduler",
+        "_diffusers_version": "0.30.0",
+        "final_sigmas_type": "sigma_min",
+    }
+    path.write_text(json.dumps(dpm))
+    with pytest.raises(ValueError, match="unsupported diffusers DPMSolverMultistepScheduler setting final_sigmas_type"):
+        DiffusionPipeline.from_pretrained(folder)
+    path.write_text(json.dumps(dpm | {"final_sigmas_type": "zero", "euler_at_final": False}))  # the defaults: fine
+    assert isinstance(DiffusionPipeline.from_pretrained(folder).scheduler, DPMSolverMultistepScheduler)
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="has no UNet weights: expected one of diffusion_pytorch_model"):
         DiffusionPipeline.from_pretrained(folder)

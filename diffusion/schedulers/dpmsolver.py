@@ -22,7 +22,13 @@ import torch
 from diffusion.config import check_choice
 from diffusion.schedulers.base import Generators, SchedulerOutput, randn_tensor
 from diffusion.schedulers.schedule import pred_original_sample
-from diffusion.schedulers.sigmas import SigmaConfig, SigmaScheduler, StepState, vp_coefficients
+from diffusion.schedulers.sigmas import (
+    SigmaConfig,
+    SigmaScheduler,
+    StepState,
+    check_solver_order,
+    vp_coefficients,
+)
 
 AlgorithmType = Literal["dpmsolver++", "sde-dpmsolver++"]
 SolverType = Literal["midpoint", "heun"]
@@ -48,8 +54,7 @@ class DPMSolverConfig(SigmaConfig):
         super().__post_init__()
         check_choice("algorithm type", self.algorithm_type, ("dpmsolver++", "sde-dpmsolver++"))
         check_choice("solver type", self.solver_type, ("midpoint", "heun"))
-        if type(self.solver_order) is not int or self.solver_order not in (1, 2, 3):
-            raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order!r}")
+        check_solver_order(self.solver_order)
 
 
 class DPMSolverMultistepScheduler(SigmaScheduler):

@@ -53,6 +53,16 @@ class SigmaConfig(SchedulerConfig):
             raise ValueError(f"use_karras_sigmas must be true or false, got {self.use_karras_sigmas!r}")
 
 
+def check_solver_order(order: object) -> None:
+    """Multistep solvers (DPM-Solver++, UniPC) take orders 1, 2 and 3.
+
+    Raises:
+        ValueError: for anything else, bools and floats included.
+    """
+    if type(order) is not int or order not in (1, 2, 3):
+        raise ValueError(f"solver_order must be 1, 2 or 3, got {order!r}")
+
+
 def training_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
     """σ_t = √((1-ᾱ_t)/ᾱ_t) for t = 0..T-1, float64, ascending; ᾱ is floored at 2^-24 (zero terminal SNR)."""
     alphas_cumprod = alphas_cumprod.double().clamp(min=MIN_ALPHA_CUMPROD).numpy()

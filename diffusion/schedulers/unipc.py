@@ -25,7 +25,13 @@ import torch
 from diffusion.config import check_choice
 from diffusion.schedulers.base import Generators, SchedulerOutput
 from diffusion.schedulers.schedule import pred_original_sample
-from diffusion.schedulers.sigmas import SigmaConfig, SigmaScheduler, StepState, vp_coefficients
+from diffusion.schedulers.sigmas import (
+    SigmaConfig,
+    SigmaScheduler,
+    StepState,
+    check_solver_order,
+    vp_coefficients,
+)
 
 UniPCSolverType = Literal["bh1", "bh2"]
 
@@ -41,8 +47,7 @@ class UniPCConfig(SigmaConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("solver type", self.solver_type, ("bh1", "bh2"))
-        if type(self.solver_order) is not int or self.solver_order not in (1, 2, 3):
-            raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order!r}")
+        check_solver_order(self.solver_order)
 
 
 class UniPCMultistepScheduler(SigmaScheduler):

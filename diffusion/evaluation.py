@@ -155,7 +155,7 @@ def evaluate(
     elif extractor_path is not None:
         raise ValueError("extractor_path goes with an extractor name, not with an extractor object")
     sampler = scheduler if scheduler is not None else pipe.scheduler_name()
-    pipe.make_scheduler(sampler).set_timesteps(num_inference_steps)  # an unknown sampler or step count fails now
+    nfe = pipe.num_model_evaluations(num_inference_steps, sampler)  # an unknown sampler or step count fails now
     channels, size = pipe.unet.config.in_channels, tuple(pipe.unet.config.sample_size)
 
     # Every check on the user's input happens above or in the next two lines, before anything is logged,
@@ -179,7 +179,7 @@ def evaluate(
         "reference": str(reference),
         "scheduler": sampler,
         "steps": num_inference_steps,
-        "nfe": pipe.num_model_evaluations(num_inference_steps, sampler),
+        "nfe": nfe,
         "seed": seed,
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "device": str(pipe.device),

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from .fileio import atomic_write, read_json, write_json
 from .models import UNet
 from .models.diffusers_map import (
+    diffusers_defaults,
     diffusers_unet_kwargs,
     from_diffusers_state_dict,
     to_diffusers_state_dict,
@@ -87,10 +88,6 @@ def load_diffusers_scheduler(path: str | Path) -> Scheduler:
     Raises:
         ValueError: an unsupported scheduler class or setting.
     """
-    import inspect
-
-    import diffusers
-
     settings = read_json(path)
     class_name = settings.get("_class_name")
     if class_name not in SCHEDULER_CLASSES:
@@ -100,17 +97,15 @@ def load_diffusers_scheduler(path: str | Path) -> Scheduler:
     scheduler = get_scheduler(SCHEDULER_CLASSES[class_name], settings)
     # Settings we do not model are fine at diffusers' default, which is what we implement; any other
     # value would be silently ignored, so it is refused.
-    defaults = inspect.signature(getattr(diffusers, class_name).__init__).parameters
+    defaults = diffusers_defaults(class_name)
     ours = scheduler.config.to_dict()
     for key, value in settings.items():
         if key.startswith("_") or key in ours or key not in defaults or key == "trained_betas":
             continue
-        if value != defaults[key].default and not (
-            isinstance(value, list) and list(defaults[key].default or []) == value
-        ):
+        if value != defaults[key] and not (isinstance(value, list) and list(defaults[key] or []) == value):
             raise ValueError(
                 f"{path}: unsupported diffusers {class_name} setting {key}={value!r} "
-                f"(we implement {key}={defaults[key].default!r})"
+                f"(we implement {key}={defaults[key]!r})"
             )
     return scheduler
 
@@ -127,8 +122,6 @@ def diffusers_scheduler_config(name: str, scheduler: Scheduler) -> dict[str, Any
     Raises:
         ValueError: for a scheduler or a setting the diffusers class would run differently.
     """
-    import inspect
-
     import diffusers
 
     if name not in EXPORTABLE:
@@ -145,7 +138,7 @@ def diffusers_scheduler_config(name: str, scheduler: Scheduler) -> dict[str, Any
         )
     if name == "dpmsolver++" and config.solver_order == 3 and config.algorithm_type == "sde-dpmsolver++":
         raise ValueError("diffusers' third-order SDE DPM-Solver++ differs from ours; export dpmsolver++2m-sde or 3m")
-    theirs = inspect.signature(getattr(diffusers, class_name).__init__).parameters
+    theirs = diffusers_defaults(class_name)
     ours = type(config)()
     settings = config.to_dict()
     for key, value in settings.items():

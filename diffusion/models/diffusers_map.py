@@ -132,6 +132,17 @@ def from_diffusers_state_dict(state: dict[str, torch.Tensor], config: UNetConfig
     return {ours: torch.cat([state[n] for n in theirs], dim=0) for ours, theirs in name_map.items()}
 
 
+def diffusers_defaults(class_name: str) -> dict[str, Any]:
+    """The keyword arguments of diffusers' ``class_name`` (``"UNet2DModel"``, ``"DDIMScheduler"``, ...)
+    with their defaults: the settings a diffusers ``config.json`` may hold, and what a missing one means."""
+    import inspect
+
+    import diffusers  # only here: importing diffusers takes a second
+
+    parameters = inspect.signature(getattr(diffusers, class_name).__init__).parameters
+    return {k: p.default for k, p in parameters.items() if k != "self"}
+
+
 def _normalised(value: Any) -> Any:
     """Lists and tuples as lists, numbers as floats: how two diffusers settings are compared."""
     if isinstance(value, list | tuple):
@@ -151,12 +162,7 @@ def unet_config_from_diffusers(settings: dict[str, Any]) -> UNetConfig:
     Raises:
         ValueError: naming the first setting our UNet cannot express.
     """
-    import inspect
-
-    import diffusers  # only here: importing diffusers takes a second
-
-    signature = inspect.signature(diffusers.UNet2DModel.__init__).parameters
-    full = {k: p.default for k, p in signature.items() if k != "self"}
+    full = diffusers_defaults("UNet2DModel")
     full |= {k: v for k, v in settings.items() if k in full}
     channels = list(full["block_out_channels"])
     base = channels[0]

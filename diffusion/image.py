@@ -11,6 +11,28 @@ from PIL import Image, PngImagePlugin
 from .fileio import atomic_write
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """High-bit-depth grayscale (16-bit PNG, 32-bit int, float) to 8-bit ``L``, scaled, not clipped."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and array.max(initial=0) > 255):
+        array = array / 257.0
+    elif image.mode == "F" and array.max(initial=0) <= 1.0:
+        array = array * 255.0
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_mode(image: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL mode to ``L`` (1 channel) or ``RGB`` (3); transparency is composited on white."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
+    if "transparency" in image.info:  # a palette entry or colour key marks transparent pixels
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("L" if channels == 1 else "RGB")
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """``(n, c, h, w)`` floats in [0, 1] -> ``(n, h, w, c)`` uint8, rounded."""
     array = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)

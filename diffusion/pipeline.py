@@ -13,6 +13,7 @@ Nothing in it is executed on load: JSON and safetensors only.
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .editing import ImageInput, images_to_tensor, mask_to_tensor, paste_known, renoise, start_index, visit_order
 from .fileio import read_json, write_json
+from .guidance import classifier_free_guidance
 from .image import to_pil
 from .interop import is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet, save_diffusers
 from .models import UNet
@@ -39,6 +42,14 @@ OutputType = Literal["pil", "tensor", "numpy"]
 # had the best quality of any sampler at 20 model evaluations on the shipped model, FD@2000 0.826
 # against DDPM-1000's 0.684 and DDIM-100's 1.584 (docs/benchmarks.md, "Quality against sampling cost").
 DEFAULT_STEPS = 20
+# Classifier-free guidance scale when class labels are given (see docs/benchmarks.md, "Class-conditional").
+DEFAULT_GUIDANCE_SCALE = 3.0
+# img2img strength when none is given: redo the last 80% of the steps (diffusers' default too).
+DEFAULT_STRENGTH = 0.8
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 class DiffusionPipeline:
@@ -216,6 +227,80 @@ class DiffusionPipeline:
             raise ValueError(f"got {len(seeds)} seeds for {num_images} images; give one seed per image")
         return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
+    # ----- conditioning -----
+
+    def class_label_tensor(
+        self, class_labels: int | str | Sequence[int | str] | torch.Tensor | None, num_images: int
+    ) -> torch.Tensor | None:
+        """Class labels as ``(num_images,)`` int64 ids: names from `class_names` or ids, one or one per image.
+
+        Raises:
+            ValueError: for an unconditional model, an unknown class (the known ones are listed), or a
+                count that is neither 1 nor ``num_images``.
+        """
+        if class_labels is None:
+            return None
+        num_classes = self.unet.config.num_classes
+        if num_classes is None:
+            raise ValueError("class labels were given, but this model is unconditional (train with --class-cond)")
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.reshape(-1).tolist()
+        items = [class_labels] if isinstance(class_labels, int | str) else list(class_labels)
+        if len(items) == 1:
+            items *= num_images
+        if len(items) != num_images:
+            raise ValueError(f"got {len(items)} class labels for {num_images} images; give one, or one per image")
+        return torch.tensor([self._class_id(item) for item in items], dtype=torch.long)
+
+    def _class_id(self, label: int | str) -> int:
+        num_classes = self.unet.config.num_classes
+        assert num_classes is not None
+        if isinstance(label, str) and label in self.class_names:
+            return self.class_names.index(label)
+        if isinstance(label, str) and label.strip().isdigit():
+            label = int(label)
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < num_classes:
+            return label
+        names = f": {', '.join(self.class_names)}" if self.class_names else ""
+        raise ValueError(f"unknown class {label!r}; this model knows ids 0-{num_classes - 1}{names}")
+
+    def _guidance(
+        self, labels: torch.Tensor | None, guidance_scale: float | None, guidance_rescale: float
+    ) -> float | None:
+        """The guidance scale a call uses (None: no guidance), its arguments checked."""
+        for name, value in (("guidance_scale", guidance_scale), ("guidance_rescale", guidance_rescale)):
+            if value is not None and not (isinstance(value, int | float) and not isinstance(value, bool)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        if guidance_scale is not None and not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if not 0 <= guidance_rescale <= 1:
+            raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
+        if guidance_scale is not None and self.unet.config.num_classes is None:
+            raise ValueError("guidance needs a class-conditional model; this model is unconditional")
+        if guidance_scale is not None and labels is None:
+            raise ValueError("guidance_scale needs class_labels: the class to guide towards")
+        if labels is None:
+            return None
+        return DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
+
+    def _predict(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, scale: float | None, rescale: float
+    ) -> torch.Tensor:
+        """The model output (float32) for ``x`` at ``t``: unconditional (no labels), conditional (scale 1),
+        the null class (scale 0), else classifier-free guidance from one batched forward of both branches."""
+        n = x.shape[0]
+        x = x.to(self.dtype)
+        if labels is None or scale == 1:
+            return self.unet(x, t.expand(n), labels).float()
+        if scale == 0:
+            return self.unet(x, t.expand(n)).float()  # the null class
+        null = torch.full_like(labels, self.unet.config.num_classes)
+        both = self.unet(torch.cat([x, x]), t.expand(2 * n), torch.cat([null, labels])).float()  # (2n, c, h, w)
+        uncond, cond = both.chunk(2)
+        return classifier_free_guidance(uncond, cond, scale, rescale)
+
+    # ----- sampling and editing -----
+
     @torch.inference_mode()
     def __call__(
         self,
@@ -228,11 +313,20 @@ class DiffusionPipeline:
         generator: torch.Generator | None = None,
         batch_size: int | None = None,
         size: tuple[int, int] | None = None,
+        class_labels: int | str | Sequence[int | str] | torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float = 0.0,
+        image: ImageInput | None = None,
+        strength: float | None = None,
+        mask_image: Image.Image | torch.Tensor | None = None,
+        jump_length: int = 10,
+        resample: int = 1,
+        latents: torch.Tensor | None = None,
         output_type: OutputType = "pil",
         progress: bool = False,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
     ) -> list[Image.Image] | torch.Tensor | np.ndarray:
-        """Generate ``num_images`` images.
+        """Generate ``num_images`` images, or edit ``image``.
 
         Returns:
             ``pil``: a list of ``num_images`` PIL images (mode ``L`` or ``RGB``); ``tensor``: float32
@@ -248,12 +342,34 @@ class DiffusionPipeline:
                 generator, so an image does not depend on the batch size or its place in a batch.
             generator: alternatively one generator for the whole call (batch-dependent).
             batch_size: images per forward pass; None means all at once.
-            size: (height, width); None means the model's ``sample_size``.
+            size: (height, width); None means the model's ``sample_size`` (or the image's, when editing).
+            class_labels: for a class-conditional model, the class of each image: a name of
+                `class_names` or an id, one for all images or one per image. None samples the
+                unconditional model (the null class).
+            guidance_scale: classifier-free guidance w (`diffusion.guidance`): 0 unconditional, 1 plain
+                conditional, larger follows the class more closely. None means `DEFAULT_GUIDANCE_SCALE`
+                when ``class_labels`` are given. Each step then evaluates both branches in one batch.
+            guidance_rescale: φ in [0, 1] of guidance rescale (Lin et al. 2024); 0 is off.
+            image: the image(s) to edit: a PIL image, a list, or a ``(c, h, w)`` / ``(n, c, h, w)`` tensor
+                in [0, 1]; one image serves all ``num_images``. Alone it is img2img (SDEdit).
+            strength: how much of the sampling to redo, in [0, 1]: 0 returns ``image``, 1 ignores it
+                (inpainting still keeps its known pixels). Default 0.8 for img2img, 1 for inpainting.
+            mask_image: inpainting mask of the image's size, white (> 0.5) where to regenerate.
+            jump_length: RePaint resampling: steps per run before jumping back (with ``resample`` > 1).
+            resample: RePaint resampling: times each run of ``jump_length`` steps is done; 1 is plain
+                masked replacement.
+            latents: the initial noise ``(num_images, c, h, w)`` at unit variance instead of the seeds'
+                (e.g. from `invert`, or interpolated); the seeds still drive the samplers' own noise.
             output_type: ``pil`` (list of images), ``tensor`` (``(n, c, h, w)`` float32 in [0, 1] on the
                 CPU) or ``numpy`` (``(n, h, w, c)`` float32 in [0, 1]).
             progress: show a tqdm bar over the steps.
             callback: called as ``callback(step_index, timestep, sample)`` after each model evaluation;
-                ``timestep`` is an int, or a float for samplers with fractional timesteps.
+                ``step_index`` indexes ``timesteps`` (RePaint revisits some); ``timestep`` is an int, or a
+                float for samplers with fractional timesteps.
+
+        Raises:
+            ValueError: for an argument out of range, a class the model does not know, guidance for an
+                unconditional model, a mask of another size than the image, or a sampler that cannot edit.
         """
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
@@ -261,39 +377,120 @@ class DiffusionPipeline:
             raise ValueError("give seed or generator, not both")
         if output_type not in ("pil", "tensor", "numpy"):
             raise ValueError(f"unknown output_type {output_type!r}; expected one of 'pil', 'tensor', 'numpy'")
-        bad_batch = isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        if batch_size is not None and bad_batch:
+        if batch_size is not None and not _positive_int(batch_size):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if eta is not None and not (isinstance(eta, int | float) and eta >= 0):
             raise ValueError(f"eta must be a number >= 0, got {eta!r}")
+        labels = self.class_label_tensor(class_labels, num_images)
+        scale = self._guidance(labels, guidance_scale, guidance_rescale)
         sampler = self._sampler(scheduler, eta)
         sampler.set_timesteps(num_inference_steps, device=self.device)
+        channels = self.unet.config.in_channels
+        known, mask, start = self._edit_inputs(sampler, image, mask_image, strength, num_images, size)
+        if known is not None:
+            size = tuple(known.shape[-2:])
+        order = list(range(start, len(sampler.timesteps)))
+        if mask is not None:
+            if not (_positive_int(jump_length) and _positive_int(resample)):
+                raise ValueError(
+                    f"jump_length and resample must be positive integers, got {jump_length!r}, {resample!r}"
+                )
+            order = visit_order(start, len(sampler.timesteps), jump_length, resample)
         batch_size = batch_size or num_images
         generators = self.generators(num_images, seed if seed is not None else 0) if generator is None else None
         height, width = size or self.unet.config.sample_size
-        shape = (self.unet.config.in_channels, height, width)
+        shape = (channels, height, width)
+        if latents is not None and tuple(latents.shape) != (num_images, *shape):
+            raise ValueError(f"latents must have shape {(num_images, *shape)}, got {tuple(latents.shape)}")
         outputs = []
         batches = -(-num_images // batch_size)
-        bar = tqdm(total=batches * len(sampler.timesteps), disable=not progress, unit="step", desc="sampling")
-        for start in range(0, num_images, batch_size):
-            n = min(batch_size, num_images - start)
-            gens = generators[start : start + n] if generators is not None else generator
+        bar = tqdm(total=batches * len(order), disable=not progress, unit="step", desc="sampling")
+        for first in range(0, num_images, batch_size):
+            n = min(batch_size, num_images - first)
+            part = slice(first, first + n)
+            gens = generators[part] if generators is not None else generator
+            batch_labels = labels[part].to(self.device) if labels is not None else None
+            if latents is not None:
+                noise = latents[part].to(device=self.device, dtype=torch.float32)
+            else:
+                noise = randn_tensor((n, *shape), gens, device=self.device, dtype=torch.float32)
+            x0 = known[part].to(self.device) if known is not None else None
+            m = mask[part].to(self.device) if mask is not None else None
             # The one loop for every sampler (see diffusion.schedulers.base): σ-space samplers start from
             # noise of std init_noise_sigma and see their sample rescaled; multistep ones carry a state.
-            sample = randn_tensor((n, *shape), gens, device=self.device, dtype=torch.float32)
-            sample, state = sample * sampler.init_noise_sigma, None
-            for i, t in enumerate(sampler.timesteps):
+            # Editing starts at grid entry `start` from the image noised to that level (editing.py).
+            if x0 is None or start == 0:
+                sample = noise * sampler.init_noise_sigma
+            else:
+                alpha, sigma = sampler.noise_level(start)
+                sample = alpha * x0 + sigma * noise  # x_0 noised to the first step's level (SDEdit)
+            if m is not None:
+                sample = paste_known(sample, x0, m, sampler.noise_level(start), noise)
+            state, level = None, start
+            for i in order:
+                if i != level:  # RePaint: diffuse back up the grid from `level` to `i`, then redo
+                    z = randn_tensor(sample.shape, gens, device=self.device, dtype=torch.float32)
+                    sample = renoise(sample, sampler.noise_level(level), sampler.noise_level(i), z)
+                    state = None
+                t = sampler.timesteps[i]
                 model_input = sampler.scale_model_input(sample, t)
-                model_output = self.unet(model_input.to(self.dtype), t.expand(n)).float()
+                model_output = self._predict(model_input, t, batch_labels, scale, guidance_rescale)
                 sample, _, state = sampler.step(model_output, t, sample, generator=gens, state=state)
+                level = i + 1
+                if m is not None:
+                    z = randn_tensor(sample.shape, gens, device=self.device, dtype=torch.float32)
+                    sample = paste_known(sample, x0, m, sampler.noise_level(level), z)
                 bar.update(1)
                 if callback is not None:
                     callback(i, t.item(), sample)
+            if x0 is not None and start == len(sampler.timesteps):
+                sample = x0  # strength 0: nothing to redo
             outputs.append((sample / 2 + 0.5).clamp(0, 1).cpu())
         bar.close()
-        images = torch.cat(outputs)  # (num_images, c, h, w) in [0, 1]
+        return self._output(torch.cat(outputs), output_type)  # (num_images, c, h, w) in [0, 1]
+
+    @staticmethod
+    def _output(images: torch.Tensor, output_type: OutputType) -> list[Image.Image] | torch.Tensor | np.ndarray:
         if output_type == "tensor":
             return images
         if output_type == "numpy":
             return images.permute(0, 2, 3, 1).numpy()
         return to_pil(images)
+
+    def _edit_inputs(
+        self,
+        sampler: Scheduler,
+        image: ImageInput | None,
+        mask_image: Image.Image | torch.Tensor | None,
+        strength: float | None,
+        num_images: int,
+        size: tuple[int, int] | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+        """(x_0 ``(num_images, c, h, w)`` in [-1, 1], mask ``(num_images, 1, h, w)``, first grid entry);
+        (None, None, 0) for plain generation."""
+        if image is None:
+            if mask_image is not None or strength is not None:
+                raise ValueError("mask_image and strength need an image to edit (image=...)")
+            return None, None, 0
+        x0 = images_to_tensor(image, self.unet.config.in_channels)
+        if len(x0) not in (1, num_images):
+            raise ValueError(f"got {len(x0)} images for {num_images} outputs; give one, or one per output")
+        x0 = x0.expand(num_images, *x0.shape[1:])
+        if size is not None and tuple(size) != tuple(x0.shape[-2:]):
+            raise ValueError(f"size {tuple(size)} differs from the image's {tuple(x0.shape[-2:])}; leave size out")
+        strength = (1.0 if mask_image is not None else DEFAULT_STRENGTH) if strength is None else strength
+        if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 <= strength <= 1:
+            raise ValueError(f"strength must be in [0, 1], got {strength!r}")
+        timesteps = sampler.timesteps.tolist()
+        if len(set(timesteps)) != len(timesteps):
+            raise ValueError(
+                f"the {self.scheduler_name(sampler)} sampler evaluates the model twice at some timesteps, which "
+                "editing cannot start from or jump back to; use another sampler (e.g. dpmsolver++ or ddim)"
+            )
+        mask = None
+        if mask_image is not None:
+            mask = mask_to_tensor(mask_image, tuple(x0.shape[-2:]))
+            if len(mask) not in (1, num_images):
+                raise ValueError(f"got {len(mask)} masks for {num_images} outputs; give one, or one per output")
+            mask = mask.expand(num_images, *mask.shape[1:])
+        return x0, mask, start_index(len(timesteps), strength)

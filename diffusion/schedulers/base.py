@@ -41,6 +41,7 @@ The one sampling loop, the same for every sampler (`step` is pure; a multistep h
 """
 
 import abc
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
@@ -194,6 +195,25 @@ class Scheduler(abc.ABC):
         """The model's input at `timestep` for this sampler's `sample`: `sample` itself, unless the
         sampler walks a rescaled sample (σ-space samplers divide by √(σ²+1) to give back x_t)."""
         return sample
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether `step` adds fresh noise, so that a sample depends on more than its initial noise."""
+        return False
+
+    def noise_level(self, step_index: int) -> tuple[float, float]:
+        """(α, σ) of the sample this sampler walks before entry `step_index` of `timesteps`: x = α·x_0 + σ·ε.
+
+        ``step_index = len(timesteps)`` is the end of sampling (α = √ᾱ_{t'} of the final step, 1 unless
+        ``set_alpha_to_one`` is off). Editing uses it to noise an image to a step's level (img2img,
+        inpainting) and to jump back up the grid (RePaint).
+        """
+        timesteps = self.timesteps
+        if step_index == len(timesteps):
+            alpha_cumprod = self.final_alpha_cumprod()
+        else:
+            alpha_cumprod = self.schedule.alphas_cumprod[int(timesteps[step_index])].item()
+        return math.sqrt(alpha_cumprod), math.sqrt(1 - alpha_cumprod)
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Choose the n inference timesteps (see `spaced_timesteps`) and build their previous-timestep lookup.

@@ -45,6 +45,11 @@ class DDIMScheduler(Scheduler):
     config_class = DDIMConfig
     config: DDIMConfig
 
+    @property
+    def stochastic(self) -> bool:
+        """Deterministic at η = 0."""
+        return self.config.eta > 0
+
     def final_alpha_cumprod(self) -> float:
         """ᾱ after the last step: 1, or ᾱ_0 when `set_alpha_to_one` is False (as in diffusers)."""
         return 1.0 if self.config.set_alpha_to_one else self.schedule.alphas_cumprod[0].item()

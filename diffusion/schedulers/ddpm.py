@@ -46,6 +46,11 @@ class DDPMScheduler(Scheduler):
     config_class = DDPMConfig
     config: DDPMConfig
 
+    @property
+    def stochastic(self) -> bool:
+        """Ancestral sampling adds noise at every step but the last."""
+        return True
+
     def posterior_variance(self, timestep: int | torch.Tensor) -> float:
         """β̃_t = (1-ᾱ_{t'})/(1-ᾱ_t)·β_t, the variance of q(x_{t'} | x_t, x_0) (Ho et al. 2020, eq. 7).
 

@@ -63,14 +63,21 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
     config_class = DPMSolverConfig
     config: DPMSolverConfig
 
-    def _order(self, index: int) -> int:
-        """The order used at step `index`: warm-up (history not full yet), then lower-order final steps."""
-        n, order = len(self.timesteps), self.config.solver_order
+    @property
+    def stochastic(self) -> bool:
+        """The SDE variant adds noise at every step."""
+        return self.config.algorithm_type == "sde-dpmsolver++"
+
+    def _order(self, index: int, available: int) -> int:
+        """The order used at step `index` with `available` x̂_0 in the history (this step's included):
+        warm-up until the history is full (a run may also start mid-grid, e.g. img2img), then
+        lower-order final steps."""
+        n, order = len(self.timesteps), min(self.config.solver_order, available)
         final = index == n - 1
         lower_second = index == n - 2 and self.config.lower_order_final and n < LOWER_ORDER_FINAL_BELOW
-        if order == 1 or index < 1 or final:
+        if order == 1 or final:
             return 1
-        if order == 2 or index < 2 or lower_second:
+        if order == 2 or lower_second:
             return 2
         return 3
 
@@ -114,7 +121,7 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
         # 2. Step sizes in λ: h = λ_t - λ_{s0}, and the ratios r_k = h_k / h of earlier steps.
         alpha_t, sigma_t, lambda_t = vp_coefficients(sigmas[i + 1])
         h = lambda_t - lambda_s0
-        order = self._order(i)
+        order = self._order(i, len(history))
         sde = self.config.algorithm_type == "sde-dpmsolver++"
 
         # 3. Exponential-integrator terms. ODE (eq. 9-10): x_t = (σ_t/σ_s)·x_s - α_t·(e^{-h}-1)·D_0 + ...;

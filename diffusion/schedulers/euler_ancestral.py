@@ -21,6 +21,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
 
     ve_sample = True
     round_timesteps = False
+    stochastic = True  # noise σ_up at every step
 
     def step(
         self,

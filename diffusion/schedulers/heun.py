@@ -60,6 +60,12 @@ class HeunDiscreteScheduler(SigmaScheduler):
 
     config_class = HeunConfig
     config: HeunConfig
+
+    @property
+    def stochastic(self) -> bool:
+        """Deterministic without churn."""
+        return self.config.s_churn > 0
+
     ve_sample = True
     round_timesteps = False
 

@@ -219,6 +219,15 @@ class SigmaScheduler(Scheduler):
             raise ValueError(f"timestep {key} is not one of the timesteps set by set_timesteps")
         return float(self.sigmas[self._timestep_list.index(key)])
 
+    def noise_level(self, step_index: int) -> tuple[float, float]:
+        """(α, σ) of the walked sample before entry `step_index`, from the σ grid: (1, σ_i) for VE samplers,
+        the VP coefficients of σ_i otherwise; see `Scheduler.noise_level`."""
+        sigma = float(self.sigmas[step_index])
+        if self.ve_sample:
+            return 1.0, sigma
+        alpha_t, sigma_t, _ = vp_coefficients(sigma)
+        return alpha_t, sigma_t
+
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
         """Not defined on a σ grid, where a timestep may repeat (Heun) or be fractional: use `sigmas`."""
         raise NotImplementedError(

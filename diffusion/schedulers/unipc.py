@@ -137,8 +137,9 @@ class UniPCMultistepScheduler(SigmaScheduler):
         if state is not None and i > 0:
             sample = self._update(i, i - 1, state.get("last_sample"), state.history, state.get("order"), x0)
 
-        # 2. Predictor UniP of order min(solver_order, steps done + 1, steps left) (warm-up, lower-order final).
+        # 2. Predictor UniP of order min(solver_order, x̂_0 in the history, steps left): warm-up (from the
+        # first step, or mid-grid for img2img), lower-order final.
         history = self._history(state, x0, self.config.solver_order)
-        order = min(self.config.solver_order, i + 1, len(self.timesteps) - i)
+        order = min(self.config.solver_order, len(history), len(self.timesteps) - i)
         prev_sample = self._update(i + 1, i, sample, history, order, None)
         return SchedulerOutput(prev_sample, x0, self._state(i + 1, history, last_sample=sample, order=order))

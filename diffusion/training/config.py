@@ -22,6 +22,8 @@ class TrainConfig:
     random_crop: bool = False  # random instead of center crop after resizing the shorter side
     hflip: bool = True  # random horizontal flips
     num_workers: int = 0  # data-loading worker processes
+    class_cond: bool = False  # class-conditional: one class per first-level subfolder of --data, names saved
+    cond_drop_prob: float = 0.1  # with --class-cond: chance a label becomes the null class (for guidance)
     # model
     preset: Literal["ddpm-cifar10", "small", "tiny"] = "small"  # UNet preset; its fields can be overridden
     model_config: str | None = None  # JSON file of UNetConfig fields, applied over the preset
@@ -75,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"--epochs must be > 0, got {self.epochs!r}")
         if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0 or not self.snr_gamma > 0:
             raise ValueError("--lr and --snr-gamma must be > 0; --weight-decay and --grad-clip must be >= 0")
+        if not 0 <= self.cond_drop_prob <= 1:
+            raise ValueError(f"--cond-drop-prob must be in [0, 1], got {self.cond_drop_prob!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
         if self.zero_terminal_snr and self.prediction_type == "epsilon":

@@ -8,6 +8,7 @@ of the step (see `sampler.py`), so a resumed run reproduces the uninterrupted on
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -69,6 +70,20 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+def drop_labels(labels: torch.Tensor, null_label: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace each label by ``null_label`` with probability ``p`` (classifier-free guidance training, Ho &
+    Salimans 2022, Algorithm 1): the one model learns the unconditional prediction as the null class.
+
+    Args:
+        labels: ``(b,)`` int64 class indices.
+        null_label: the null class, ``num_classes``.
+        p: the drop probability, in [0, 1].
+        generator: the source of the ``(b,)`` uniform draws.
+    """
+    drop = torch.rand(labels.shape, generator=generator) < p  # (b,)
+    return labels.masked_fill(drop, null_label)
+
+
 class TrainingError(RuntimeError):
     """A run stopped for a reason the user must act on (NaN loss, write failure)."""
 
@@ -83,7 +98,9 @@ def model_config(config: TrainConfig, unet_overrides: dict | None = None) -> UNe
     if overrides.get("out_channels") not in (None, config.channels):
         raise ValueError(f"out_channels must equal --channels ({config.channels}) for training a denoiser")
     if overrides.get("num_classes") is not None:
-        raise ValueError("num_classes is not supported by train.py yet (class-conditional training comes later)")
+        raise ValueError(
+            "num_classes comes from the data: use --class-cond, which makes one class per first-level subfolder"
+        )
     try:
         return UNetConfig.from_dict({**preset(config.preset).to_dict(), **overrides})
     except TypeError as e:
@@ -140,6 +157,14 @@ class Trainer:
         self.dataset = ImageFolder(
             config.data, size, config.channels, random_crop=config.random_crop, hflip=config.hflip
         )
+        if config.class_cond:
+            if self.dataset.report.labels is None:
+                top = sum(len(p.relative_to(config.data).parts) == 1 for p in self.dataset.report.files)
+                raise ValueError(
+                    f"--class-cond needs every image in a class subfolder of {config.data} (DATA/<class>/...); "
+                    f"{top} image(s) are at its top level"
+                )
+            self.unet_config = dataclasses.replace(self.unet_config, num_classes=len(self.dataset.class_names))
         self.steps_per_epoch = len(self.dataset) / config.batch_size
         self.total_steps = self._total_steps()
 
@@ -182,6 +207,7 @@ class Trainer:
                 "dataset_size": len(self.dataset),
                 "config": self.config.to_dict(),
                 "unet": self.unet_config.to_dict(),
+                "class_names": self.class_names,
             }
             write_json(tmp / "trainer_state.json", state)
             commit_checkpoint(tmp, self.config.keep_checkpoints)
@@ -198,6 +224,8 @@ class Trainer:
         ]
         if state.get("unet", self.unet_config.to_dict()) != self.unet_config.to_dict():
             differ.append("the UNet config")
+        if state.get("class_names", self.class_names) != self.class_names:
+            differ.append(f"the class subfolders ({state['class_names']} -> {self.class_names})")
         if state.get("dataset_size", len(self.dataset)) != len(self.dataset):
             differ.append(f"the number of images ({state['dataset_size']} -> {len(self.dataset)})")
         if differ:
@@ -231,17 +259,24 @@ class Trainer:
 
     # ----- outputs -----
 
+    @property
+    def class_names(self) -> list[str]:
+        """The classes the model is conditioned on (label i is ``class_names[i]``); empty if unconditional."""
+        return self.dataset.class_names if self.config.class_cond else []
+
     def _pipeline(self) -> DiffusionPipeline:
         """The EMA weights in a fresh fp32 UNet, with the run's default sampler."""
         unet = UNet(self.unet_config)
         self.ema.copy_to(unet)
         scheduler = DPMSolverMultistepScheduler(scheduler_config(self.config))
-        return DiffusionPipeline(unet, scheduler, self.dataset.class_names)
+        return DiffusionPipeline(unet, scheduler, self.class_names)
 
     def _write_samples(self, step: int) -> None:
         c = self.config
         pipe = self._pipeline().to(self.accelerator.device)  # on the training device, not the CPU
-        images = pipe(num_images=c.num_samples, num_inference_steps=c.sample_steps, seed=0)
+        # A class-conditional grid cycles through the classes, guided at the pipeline's default scale.
+        labels = [i % len(self.class_names) for i in range(c.num_samples)] if self.class_names else None
+        images = pipe(num_images=c.num_samples, num_inference_steps=c.sample_steps, seed=0, class_labels=labels)
         meta = {"step": str(step), "sampler": pipe.scheduler_name(), "steps": str(c.sample_steps), "seed": "0"}
         (self.out / "samples").mkdir(exist_ok=True)
         save_png(make_grid(images), self.out / "samples" / f"step-{step}.png", meta)
@@ -321,8 +356,11 @@ class Trainer:
             while step < end:
                 loss_sum = torch.zeros((), dtype=torch.float32)
                 for micro in range(c.grad_accum):
-                    x0, _labels = next(loader)
+                    x0, labels = next(loader)
                     x0 = x0.to(acc.device)
+                    if c.class_cond:  # drawn only here, so unconditional runs keep their random streams
+                        labels = drop_labels(labels, len(self.class_names), c.cond_drop_prob, self.generator)
+                    labels = labels.to(acc.device) if c.class_cond else None
                     noise = torch.randn(x0.shape, generator=self.generator).to(acc.device)
                     t = torch.randint(0, c.num_train_timesteps, (x0.shape[0],), generator=self.generator)
                     t = t.to(acc.device)
@@ -330,7 +368,7 @@ class Trainer:
                     target = schedule.training_target(x0, noise, t)
                     sync = micro == c.grad_accum - 1
                     with contextlib.nullcontext() if sync else acc.no_sync(self.model):
-                        output = forward(noisy, t)
+                        output = forward(noisy, t, labels)
                         loss = diffusion_loss(
                             output,
                             target,

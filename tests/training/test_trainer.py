@@ -82,7 +82,7 @@ def test_tiny_run_writes_every_output(tmp_path, data):
     assert json.loads((out / "train_config.json").read_text())["train"]["max_steps"] == 4
     assert Image.open(out / "loss.png").size == (640, 360)
     pipe = DiffusionPipeline.from_pretrained(model_dir)
-    assert pipe.class_names == ["cats", "dogs"]
+    assert pipe.class_names == [] and pipe.unet.config.num_classes is None  # unconditional: no classes
     images = pipe(num_images=2, num_inference_steps=2, output_type="tensor", seed=0)
     assert images.shape == (2, 3, 8, 8)
     ema = load_file(list_checkpoints(out)[-1][1] / "ema.safetensors")
@@ -333,7 +333,7 @@ def test_a_new_history_removes_what_an_abandoned_one_left(tmp_path, data):
         ({"dropout": "0.1"}, r"--model-config .*: a value has the wrong type"),
         ({"channel_mult": 2}, r"--model-config .*: a value has the wrong type"),
         ({"out_channels": 6}, r"out_channels must equal --channels \(3\)"),
-        ({"num_classes": 10}, "num_classes is not supported by train.py yet"),
+        ({"num_classes": 10}, "num_classes comes from the data: use --class-cond"),
         ({"base_chanels": 8}, r"unknown UNetConfig field\(s\) \['base_chanels'\]"),
     ],
 )
@@ -355,3 +355,72 @@ def test_preset_choices_are_the_presets():
     from diffusion.models import PRESETS
 
     assert get_args(get_type_hints(TrainConfig)["preset"]) == tuple(PRESETS)
+
+
+# ----- class-conditional training -----
+
+
+def test_class_conditional_run_stores_classes_and_trains_both_branches(tmp_path, data):
+    c = config(tmp_path, class_cond=True, cond_drop_prob=0.5, sample_every=4, sample_steps=2, num_samples=4)
+    model_dir = Trainer(c, TINY).train()
+    pipe = DiffusionPipeline.from_pretrained(model_dir)
+    assert pipe.class_names == ["cats", "dogs"] and pipe.unet.config.num_classes == 2
+    index = json.loads((model_dir / "model_index.json").read_text())
+    assert index["class_names"] == ["cats", "dogs"]
+    state = final_weights(tmp_path / "out")  # one embedding row per class, and the null class
+    assert state["class_embed.weight"].shape == (3, pipe.unet.time_embed.linear_2.out_features)
+    grid = Image.open(tmp_path / "out" / "samples" / "step-4.png")
+    assert grid.size == (22, 22)
+    images = pipe(num_images=2, num_inference_steps=2, class_labels=["dogs", "cats"], output_type="tensor")
+    assert images.shape == (2, 3, 8, 8)
+
+
+def test_class_conditional_training_feeds_labels_with_dropout(tmp_path, data, monkeypatch):
+    """The model sees each image's folder label, or the null label 2 at the drop rate."""
+    seen = []
+    forward = trainer_module.UNet.forward
+
+    def spy(self, sample, timesteps, class_labels=None):
+        seen.append(class_labels.clone())
+        return forward(self, sample, timesteps, class_labels)
+
+    monkeypatch.setattr(trainer_module.UNet, "forward", spy)
+    Trainer(config(tmp_path, class_cond=True, cond_drop_prob=0.0, max_steps=2), TINY).train()
+    assert all(set(labels.tolist()) <= {0, 1} for labels in seen) and len(seen) == 2
+    seen.clear()
+    Trainer(config(tmp_path, out="all-null", class_cond=True, cond_drop_prob=1.0, max_steps=2), TINY).train()
+    assert [labels.tolist() for labels in seen] == [[2, 2, 2, 2]] * 2
+
+
+def test_label_dropout_rate_is_within_statistical_bounds():
+    """Each label is dropped independently with probability p: the count is Binomial(n, p)."""
+    n, null = 100_000, 10
+    labels = torch.arange(n) % null
+    for p in (0.0, 0.1, 0.5, 1.0):
+        dropped = trainer_module.drop_labels(labels, null, p, torch.Generator().manual_seed(0))
+        count = (dropped == null).sum().item()
+        bound = 5 * (n * p * (1 - p)) ** 0.5  # five standard deviations
+        assert abs(count - n * p) <= bound
+        kept = dropped != null
+        assert torch.equal(dropped[kept], labels[kept])  # the others are untouched
+
+
+def test_class_conditional_needs_class_folders_and_the_same_classes_on_resume(tmp_path, data):
+    flat = tmp_path / "flat"
+    make_images(flat / "x")
+    Image.new("RGB", (8, 8)).save(flat / "top.png")
+    with pytest.raises(ValueError, match=r"--class-cond needs every image in a class subfolder .* 1 image\(s\) are at"):
+        Trainer(config(tmp_path, data=str(flat), class_cond=True), TINY)
+    Trainer(config(tmp_path, class_cond=True), TINY).train(stop_at_step=2)
+    (data / "birds").mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(data / "birds" / f"{i}.png")
+    (data / "cats" / "1.png").unlink()
+    (data / "dogs" / "0.png").unlink()
+    with pytest.raises(ValueError, match=r"other settings: .*the UNet config; the class subfolders"):
+        Trainer(config(tmp_path, class_cond=True), TINY).train()
+
+
+def test_cond_drop_prob_out_of_range_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"--cond-drop-prob must be in \[0, 1\], got 1.5"):
+        config(tmp_path, cond_drop_prob=1.5)

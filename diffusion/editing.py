@@ -1,0 +1,141 @@
+"""The pieces of image editing that are not the sampling loop: inputs, RePaint's schedule, noise paths.
+
+- img2img (SDEdit, Meng et al. 2022): noise an image to the level of step ``start`` of the sampler's
+  grid, then denoise from there. ``strength`` s runs the last ⌊s·n⌋ of n steps; s = 1 is plain
+  generation, s = 0 returns the image.
+- Inpainting (RePaint, Lugmayr et al. 2022): after every step, the known pixels (mask 0) are replaced
+  by the image noised to the sample's new level (eq. 8); with resampling, every ``jump_length`` steps
+  the sample is noised back up that many steps and denoised again, ``resample`` times in all (sec. 4.2),
+  which lets the generated region agree with the known one.
+- Interpolation: spherical interpolation of Gaussian noises (Shoemake 1985), which keeps their norm,
+  unlike a straight line whose midpoint is an atypically small noise.
+
+A sample here is whatever the sampler walks: x = α·x_0 + σ·ε, with (α, σ) from `Scheduler.noise_level`.
+"""
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .image import to_mode
+
+ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
+
+
+def images_to_tensor(images: ImageInput, channels: int, what: str = "image") -> torch.Tensor:
+    """PIL image(s), or a float tensor ``(c, h, w)`` / ``(n, c, h, w)`` in [0, 1] -> ``(n, c, h, w)`` in [-1, 1].
+
+    PIL images are converted to the model's channels (see `diffusion.image.to_mode`).
+
+    Raises:
+        ValueError: for another type, wrong channels, values outside [0, 1] or unequal sizes.
+    """
+    if isinstance(images, Image.Image):
+        images = [images]
+    if isinstance(images, torch.Tensor):
+        x = images.detach().float().cpu()
+        x = x[None] if x.ndim == 3 else x
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise ValueError(
+                f"{what} tensor must have shape (n, {channels}, h, w) or ({channels}, h, w), got {tuple(images.shape)}"
+            )
+        if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise ValueError(f"{what} tensor values must be finite and in [0, 1]")
+        return x * 2 - 1
+    if not isinstance(images, Sequence) or not images or not all(isinstance(i, Image.Image) for i in images):
+        raise ValueError(f"{what} must be a PIL image, a list of them, or a tensor, got {type(images).__name__}")
+    sizes = {i.size for i in images}
+    if len(sizes) > 1:
+        raise ValueError(f"{what}s must all have one size, got {sorted(sizes)}")
+    arrays = [np.asarray(to_mode(i, channels), dtype=np.float32) for i in images]
+    x = torch.from_numpy(np.stack(arrays)).reshape(len(images), *arrays[0].shape[:2], channels)
+    return x.permute(0, 3, 1, 2) / 127.5 - 1  # (n, c, h, w)
+
+
+def mask_to_tensor(mask: Image.Image | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An inpainting mask -> ``(1 or n, 1, h, w)`` float32 of 0 (keep) and 1 (regenerate, white).
+
+    PIL masks of any mode are read as grey; tensors are ``(h, w)``, ``(1, h, w)`` or ``(n, 1, h, w)`` in
+    [0, 1]. Values above one half count as white.
+
+    Raises:
+        ValueError: for another type, or a mask whose size is not ``size`` (height, width) of the image.
+    """
+    if isinstance(mask, Image.Image):
+        m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255)[None, None]
+    elif isinstance(mask, torch.Tensor):
+        m = mask.detach().float().cpu()
+        m = m.reshape(1, 1, *m.shape) if m.ndim == 2 else (m[None] if m.ndim == 3 else m)
+        if m.ndim != 4 or m.shape[1] != 1:
+            raise ValueError(f"mask tensor must have shape (h, w), (1, h, w) or (n, 1, h, w), got {tuple(mask.shape)}")
+    else:
+        raise ValueError(f"mask must be a PIL image or a tensor, got {type(mask).__name__}")
+    if tuple(m.shape[-2:]) != tuple(size):
+        raise ValueError(
+            f"the mask is {m.shape[-2]}x{m.shape[-1]} but the image is {size[0]}x{size[1]} (height x width); "
+            "give a mask of the image's size"
+        )
+    return (m > 0.5).float()
+
+
+def start_index(num_steps: int, strength: float) -> int:
+    """The first grid entry img2img runs: it skips the first n - ⌊s·n⌋ of n steps (as diffusers does)."""
+    return num_steps - min(int(num_steps * strength), num_steps)
+
+
+def visit_order(start: int, end: int, jump_length: int, resample: int) -> list[int]:
+    """The grid entries to step, in order, from ``start`` to ``end`` (exclusive), RePaint style.
+
+    The grid is cut into runs of ``jump_length`` steps; each run is done ``resample`` times, noising
+    the sample back to the run's start in between (Lugmayr et al. 2022, sec. 4.2). ``resample = 1`` is
+    plain sequential sampling. Wherever an entry is not the previous one plus one, the loop jumps back.
+    """
+    order: list[int] = []
+    for first in range(start, end, jump_length):
+        order += list(range(first, min(first + jump_length, end))) * resample
+    return order
+
+
+def renoise(
+    sample: torch.Tensor, level_from: tuple[float, float], level_to: tuple[float, float], noise: torch.Tensor
+) -> torch.Tensor:
+    """Diffuse a sample from a lower noise level to a higher one: q(x_to ∣ x_from).
+
+    With x = α·x_0 + σ·ε at both levels, x_to = (α_to/α_from)·x_from + √(σ_to² - (α_to/α_from)²·σ_from²)·z:
+    for VP levels the forward process between two timesteps (Ho et al. 2020, eq. 2 composed), for VE
+    ones x_from + √(σ_to² - σ_from²)·z.
+    """
+    (alpha_from, sigma_from), (alpha_to, sigma_to) = level_from, level_to
+    ratio = alpha_to / alpha_from
+    std = math.sqrt(max(sigma_to**2 - (ratio * sigma_from) ** 2, 0.0))
+    return ratio * sample + std * noise
+
+
+def paste_known(
+    sample: torch.Tensor, known: torch.Tensor, mask: torch.Tensor, level: tuple[float, float], noise: torch.Tensor
+) -> torch.Tensor:
+    """Replace the known pixels (mask 0) of ``sample`` by ``known`` noised to ``level`` (RePaint, eq. 8)."""
+    alpha, sigma = level
+    noised = alpha * known + sigma * noise if sigma > 0 else alpha * known
+    return mask * sample + (1 - mask) * noised
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation from ``a`` (t = 0, returned exactly) to ``b`` (t = 1, exactly).
+
+    The angle is the one between the flattened tensors; nearly parallel ones are interpolated linearly.
+    """
+    if t == 0:
+        return a.clone()
+    if t == 1:
+        return b.clone()
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    cos = torch.dot(a64, b64) / (a64.norm() * b64.norm())
+    theta = math.acos(float(cos.clamp(-1, 1)))
+    if theta < 1e-4:
+        return ((1 - t) * a.double() + t * b.double()).to(a.dtype)
+    w_a, w_b = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+    return (w_a * a.double() + w_b * b.double()).to(a.dtype)

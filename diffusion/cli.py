@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import torch
+from PIL import Image
 
 from .config import literal_choices
+from .data import DECODE_ERRORS, load_image
 from .evaluation import evaluate
 from .fileio import check_writable, write_json
-from .image import make_grid, save_png
+from .image import make_grid, save_gif, save_png
 from .metrics import EXTRACTORS
 from .models import PRESETS, UNetConfig
-from .pipeline import DEFAULT_STEPS, DiffusionPipeline
+from .pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DEFAULT_STRENGTH, DiffusionPipeline
 from .schedulers import SCHEDULER_NAMES
 from .training import TrainConfig, Trainer, TrainingError
 
@@ -191,7 +193,68 @@ def sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid", default=None, help="also write all images as one grid PNG here")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="UNet precision (default: fp32)")
+    cond = parser.add_argument_group("class-conditional models (trained with --class-cond)")
+    cond.add_argument(
+        "--class",
+        dest="class_labels",
+        default=None,
+        help="class name or id for every image, one per image (comma-separated), or 'all': --num-images of each "
+        "class, one grid row per class (default: unconditional)",
+    )
+    cond.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance w: 0 unconditional, 1 conditional, more follows the class closer "
+        f"(default with --class: {DEFAULT_GUIDANCE_SCALE})",
+    )
+    cond.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ in [0, 1] (default: 0)")
+    edit = parser.add_argument_group("editing")
+    edit.add_argument("--init-image", default=None, help="edit this image: img2img (SDEdit), or inpaint with --mask")
+    edit.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help=f"with --init-image: how much to redo, 0 (the image) to 1 (ignore it) (default: {DEFAULT_STRENGTH}, "
+        "or 1 with --mask)",
+    )
+    edit.add_argument("--mask", default=None, help="inpainting mask of the image's size: white = regenerate")
+    edit.add_argument("--resample", type=int, default=1, help="RePaint: times to redo each run of steps (default: 1)")
+    edit.add_argument("--jump-length", type=int, default=10, help="RePaint: steps per run (default: 10)")
+    edit.add_argument(
+        "--interpolate",
+        nargs=2,
+        metavar=("A", "B"),
+        default=None,
+        help="write OUT/interpolation.png (a strip) and .gif between two seeds, or two images (DDIM-inverted with "
+        "--steps steps); the sampler defaults to ddim",
+    )
+    edit.add_argument("--frames", type=int, default=8, help="frames of --interpolate (default: 8)")
     return parser
+
+
+def _read_image(path: str, channels: int, flag: str) -> Image.Image:
+    """An input image for ``flag``, decoded as training data is (EXIF rotation, first frame)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{flag} {path} not found")
+    try:
+        return load_image(path, channels)
+    except DECODE_ERRORS as e:
+        raise ValueError(f"{flag} {path} is not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _class_labels(text: str | None, pipe: DiffusionPipeline, num_images: int) -> tuple[list[str] | None, int]:
+    """--class as one label per image, and the grid's columns (0: as square as possible)."""
+    if text is None:
+        return None, 0
+    if text == "all":
+        num_classes = pipe.unet.config.num_classes
+        if num_classes is None:
+            raise ValueError("--class all needs a class-conditional model; this model is unconditional")
+        names = pipe.class_names or [str(i) for i in range(num_classes)]
+        return [name for name in names for _ in range(num_images)], num_images
+    labels = [part.strip() for part in text.split(",")]
+    return (labels if len(labels) > 1 else labels * num_images), 0
 
 
 def _device(name: str) -> torch.device:
@@ -222,26 +285,48 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
                 )
             check_writable(Path(args.grid).parent)
         pipe = DiffusionPipeline.from_pretrained(args.model, device=_device(args.device), dtype=DTYPES[args.dtype])
+        if args.interpolate:
+            return _interpolate(args, pipe, out, start)
+        labels, columns = _class_labels(args.class_labels, pipe, len(seeds))
+        if labels is not None and len(labels) != len(seeds):
+            seeds = [seeds[0] + i for i in range(len(labels))] if args.class_labels == "all" else seeds
         sampler = args.scheduler or pipe.scheduler_name()
         settings = {"eta": args.eta} if args.eta is not None else {}
         settings |= {"use_karras_sigmas": True} if args.karras else {}
         scheduler = pipe.make_scheduler(sampler, **settings)
         nfe = pipe.num_model_evaluations(args.steps, scheduler)
+        channels = pipe.unet.config.in_channels
+        image = _read_image(args.init_image, channels, "--init-image") if args.init_image else None
+        mask = _read_image(args.mask, 1, "--mask") if args.mask else None
         images = pipe(
             num_images=len(seeds),
             num_inference_steps=args.steps,
             scheduler=scheduler,
             seed=seeds,
             batch_size=args.batch_size,
+            class_labels=labels,
+            guidance_scale=args.guidance_scale,
+            guidance_rescale=args.guidance_rescale,
+            image=image,
+            strength=args.strength,
+            mask_image=mask,
+            jump_length=args.jump_length,
+            resample=args.resample,
             progress=True,
         )
         model = str(args.model or "shipped: assets/fashion-mnist")
-        for seed, image in zip(seeds, images, strict=True):
+        scale = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
+        extra = {"guidance_scale": scale} if labels else {}
+        extra |= {"init_image": args.init_image, "strength": args.strength} if args.init_image else {}
+        extra |= {"mask": args.mask, "resample": args.resample, "jump_length": args.jump_length} if args.mask else {}
+        for i, (seed, image) in enumerate(zip(seeds, images, strict=True)):
             meta = {"seed": seed, "sampler": sampler, "steps": args.steps, "nfe": nfe, "model": model} | settings
+            meta |= extra | ({"class": labels[i]} if labels else {})
             save_png(image, out / f"{seed}.png", meta)
         where = f"{len(images)} images to {out}/"
         if args.grid:
-            save_png(make_grid(images), args.grid, {"seeds": f"{seeds[0]}..{seeds[-1]}", "sampler": sampler})
+            grid_meta = {"seeds": f"{seeds[0]}..{seeds[-1]}", "sampler": sampler}
+            save_png(make_grid(images, nrow=columns or None), args.grid, grid_meta)
             where += f" and a grid to {args.grid}"
         karras = ", Karras σ" if args.karras else ""
         print(
@@ -250,6 +335,39 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return _run("diffusion-sample", main)
+
+
+def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, start: float) -> int:
+    """``sample.py --interpolate A B``: a strip PNG and an animated GIF of --frames frames."""
+    ends: list[int | torch.Tensor] = []
+    for point in args.interpolate:
+        try:
+            ends.append(int(point))
+        except ValueError:
+            image = _read_image(point, pipe.unet.config.in_channels, "--interpolate")
+            ends.append(pipe.invert(image, args.steps)[0])
+    labels = None if args.class_labels is None else args.class_labels.split(",")[0].strip()
+    frames = pipe.interpolate(
+        ends[0],
+        ends[1],
+        num_frames=args.frames,
+        num_inference_steps=args.steps,
+        scheduler=args.scheduler or "ddim",
+        eta=args.eta,
+        class_labels=labels,
+        guidance_scale=args.guidance_scale,
+        guidance_rescale=args.guidance_rescale,
+        batch_size=args.batch_size,
+        progress=True,
+    )
+    meta = {"from": args.interpolate[0], "to": args.interpolate[1], "frames": args.frames, "steps": args.steps}
+    save_png(make_grid(frames, nrow=len(frames)), out / "interpolation.png", meta)
+    save_gif(frames, out / "interpolation.gif")
+    print(
+        f"wrote {out}/interpolation.png and {out}/interpolation.gif ({args.frames} frames) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
 
 
 def evaluate_parser() -> argparse.ArgumentParser:

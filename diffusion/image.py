@@ -64,3 +64,13 @@ def save_png(image: Image.Image, path: str | Path, metadata: dict[str, str] | No
     for key, value in (metadata or {}).items():
         info.add_text(key, str(value))
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+
+
+def save_gif(frames: Sequence[Image.Image], path: str | Path, duration_ms: int = 120) -> None:
+    """Atomically write an animated GIF that loops forever, ``duration_ms`` per frame."""
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    first, *rest = frames
+    atomic_write(
+        path, lambda tmp: first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=duration_ms, loop=0)
+    )

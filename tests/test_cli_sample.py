@@ -1,5 +1,6 @@
 """sample.py / diffusion-sample: files, metadata, grid, and one-line errors."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,111 @@ def test_without_model_flag_the_shipped_model_is_used(tmp_path, capsys):
     images = [Image.open(tmp_path / f"{seed}.png") for seed in (0, 1)]
     assert [(im.mode, im.size) for im in images] == [("L", (28, 28))] * 2
     assert images[0].text["model"] == "shipped: assets/fashion-mnist"
+
+
+# ----- class conditioning and editing from the command line -----
+
+
+@pytest.fixture(scope="module")
+def conditional(tmp_path_factory):
+    torch.manual_seed(0)
+    config = UNetConfig(
+        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+        attention_levels=(), norm_groups=8, num_classes=2,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("conditional") / "m"
+    DiffusionPipeline(UNet(config), DDIMScheduler(), ["cat", "dog"]).save_pretrained(path)
+    return path
+
+
+def test_class_all_writes_one_grid_row_per_class(conditional, tmp_path):
+    out = tmp_path / "o"
+    args = ["--model", str(conditional), "--steps", "2", "--out", str(out), "--class", "all", "--num-images", "3"]
+    assert cli.sample_main([*args, "--grid", str(tmp_path / "grid.png"), "--seed", "10"]) == 0
+    assert sorted(int(p.stem) for p in out.glob("*.png")) == list(range(10, 16))  # 3 per class
+    classes = [Image.open(out / f"{seed}.png").text["class"] for seed in range(10, 16)]
+    assert classes == ["cat"] * 3 + ["dog"] * 3
+    assert Image.open(out / "10.png").text["guidance_scale"] == str(cli.DEFAULT_GUIDANCE_SCALE)
+    assert Image.open(tmp_path / "grid.png").size == (3 * 10 + 2, 2 * 10 + 2)  # 3 columns, 2 rows
+
+
+def test_class_per_image_and_guidance_scale(conditional, tmp_path):
+    out = tmp_path / "o"
+    base = ["--model", str(conditional), "--steps", "2", "--num-images", "3", "--out", str(out)]
+    assert cli.sample_main([*base, "--class", "dog,0,cat", "--guidance-scale", "0"]) == 0
+    assert [Image.open(out / f"{i}.png").text["class"] for i in range(3)] == ["dog", "0", "cat"]
+    assert Image.open(out / "0.png").text["guidance_scale"] == "0.0"
+    unconditional = tmp_path / "u"
+    assert cli.sample_main([*base[:-1], str(unconditional)]) == 0
+    for i in range(3):  # guidance 0 is the unconditional model
+        assert Image.open(out / f"{i}.png").tobytes() == Image.open(unconditional / f"{i}.png").tobytes()
+
+
+def test_init_image_mask_and_strength(conditional, tmp_path):
+    rng = torch.Generator().manual_seed(0)
+    picture = Image.fromarray((torch.rand(8, 8, generator=rng) * 255).byte().numpy(), mode="L")
+    picture.save(tmp_path / "in.png")
+    mask = Image.new("L", (8, 8))
+    mask.paste(255, (0, 0, 4, 8))  # regenerate the left half
+    mask.save(tmp_path / "mask.png")
+    base = ["--model", str(conditional), "--steps", "4", "--num-images", "1", "--init-image", str(tmp_path / "in.png")]
+    assert cli.sample_main([*base, "--strength", "0", "--out", str(tmp_path / "a")]) == 0
+    assert Image.open(tmp_path / "a" / "0.png").tobytes() == picture.tobytes()
+    args = [*base, "--mask", str(tmp_path / "mask.png"), "--resample", "2", "--jump-length", "2"]
+    assert cli.sample_main([*args, "--out", str(tmp_path / "b")]) == 0
+    inpainted = Image.open(tmp_path / "b" / "0.png")
+    assert inpainted.crop((4, 0, 8, 8)).tobytes() == picture.crop((4, 0, 8, 8)).tobytes()
+    assert inpainted.crop((0, 0, 4, 8)).tobytes() != picture.crop((0, 0, 4, 8)).tobytes()
+    assert inpainted.text["resample"] == "2" and inpainted.text["mask"] == str(tmp_path / "mask.png")
+
+
+def test_interpolate_writes_a_strip_and_a_gif(conditional, tmp_path, capsys):
+    out = tmp_path / "o"
+    args = ["--model", str(conditional), "--steps", "3", "--out", str(out), "--frames", "4"]
+    assert cli.sample_main([*args, "--interpolate", "0", "5"]) == 0
+    strip, gif = Image.open(out / "interpolation.png"), Image.open(out / "interpolation.gif")
+    assert strip.size == (4 * 10 + 2, 12) and gif.n_frames == 4 and gif.size == (8, 8)
+    assert "wrote" in capsys.readouterr().out
+    # The first frame is seed 0's image with the same deterministic sampler.
+    assert cli.sample_main(["--model", str(conditional), "--steps", "3", "--out", str(tmp_path / "s"),
+                            "--num-images", "1", "--scheduler", "ddim", "--eta", "0"]) == 0  # fmt: skip
+    assert strip.crop((2, 2, 10, 10)).tobytes() == Image.open(tmp_path / "s" / "0.png").tobytes()
+    Image.new("L", (8, 8), 40).save(tmp_path / "a.png")
+    Image.new("L", (8, 8), 200).save(tmp_path / "b.png")
+    two = ["--interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(tmp_path / "i")]
+    assert cli.sample_main([*args[:-4], *two, "--frames", "3"]) == 0
+    assert Image.open(tmp_path / "i" / "interpolation.gif").n_frames == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--class", "wolf"], r"unknown class 'wolf'; this model knows ids 0-1: cat, dog"),
+        (["--class", "cat", "--guidance-scale", "-1"], r"guidance_scale must be a finite number >= 0"),
+        (["--guidance-scale", "2"], r"guidance_scale needs class_labels"),
+        (["--init-image", "{tmp}/none.png"], r"--init-image .*none.png not found"),
+        (["--init-image", "{tmp}/text.png"], r"--init-image .*text.png is not a readable image"),
+        (["--init-image", "{tmp}/ok.png", "--strength", "2"], r"strength must be in \[0, 1\], got 2.0"),
+        (["--init-image", "{tmp}/ok.png", "--mask", "{tmp}/wide.png"], r"the mask is 8x12 but the image is 8x8"),
+        (["--init-image", "{tmp}/odd.png"], r"the image is 9x9; its sides must be multiples of 2"),
+        (["--mask", "{tmp}/ok.png"], r"mask_image and strength need an image to edit"),
+        (["--interpolate", "0", "1", "--frames", "1"], r"num_frames must be an integer >= 2"),
+        (["--interpolate", "0", "1", "--scheduler", "ddpm"], r"interpolation needs a deterministic sampler"),
+    ],
+)
+def test_bad_conditioning_and_editing_input_is_one_line(conditional, tmp_path, capsys, args, message):
+    (tmp_path / "text.png").write_text("not a png")
+    Image.new("L", (8, 8)).save(tmp_path / "ok.png")
+    Image.new("L", (12, 8)).save(tmp_path / "wide.png")
+    Image.new("L", (9, 9)).save(tmp_path / "odd.png")
+    args = [a.format(tmp=tmp_path) for a in args]
+    base = ["--model", str(conditional), "--out", str(tmp_path / "o"), "--steps", "2", "--num-images", "1"]
+    assert cli.sample_main(base + args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_class_all_on_an_unconditional_model_is_refused(model, tmp_path, capsys):
+    assert cli.sample_main(["--model", str(model), "--class", "all", "--out", str(tmp_path)]) == 2
+    assert "--class all needs a class-conditional model; this model is unconditional" in capsys.readouterr().err

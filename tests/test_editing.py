@@ -1,0 +1,233 @@
+"""Editing: img2img, inpainting with RePaint resampling, DDIM inversion, interpolation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusion import DiffusionPipeline
+from diffusion.editing import mask_to_tensor, renoise, slerp, start_index, visit_order
+from diffusion.models import UNet, UNetConfig
+from diffusion.schedulers import SCHEDULER_NAMES, get_scheduler, randn_tensor
+
+EDITING_SAMPLERS = [name for name in SCHEDULER_NAMES if name != "heun"]
+
+
+def tiny_pipeline(scheduler: str = "dpmsolver++") -> DiffusionPipeline:
+    torch.manual_seed(0)
+    config = UNetConfig(
+        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+        attention_levels=(), norm_groups=8,
+    )  # fmt: skip
+    return DiffusionPipeline(UNet(config), get_scheduler(scheduler, {"timestep_spacing": "trailing"}))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def picture():
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8), mode="L")
+
+
+@pytest.fixture(scope="module")
+def mask():
+    array = np.zeros((8, 8), dtype=np.uint8)
+    array[2:6, 1:5] = 255  # regenerate a 4x4 square
+    return Image.fromarray(array, mode="L")
+
+
+# ----- the pieces -----
+
+
+def test_visit_order_is_repaint_resampling():
+    assert visit_order(0, 5, 10, 1) == [0, 1, 2, 3, 4]
+    assert visit_order(0, 6, 2, 3) == [0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 4, 5, 4, 5, 4, 5]
+    assert visit_order(3, 8, 2, 2) == [3, 4, 3, 4, 5, 6, 5, 6, 7, 7]
+
+
+def test_start_index_runs_the_last_strength_fraction_of_the_steps():
+    assert [start_index(10, s) for s in (0.0, 0.25, 0.5, 0.8, 1.0)] == [10, 8, 5, 2, 0]
+
+
+def test_renoise_is_the_forward_process_between_two_levels():
+    """From x_b = α_b·x_0 + σ_b·ε, renoise gives α_a·x_0 plus noise of variance σ_a², for VP and VE levels."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((200_000,), 0.7, dtype=torch.float64)
+    for low, high in [((0.9, math.sqrt(1 - 0.81)), (0.5, math.sqrt(0.75))), ((1.0, 0.3), (1.0, 2.0))]:
+        x_low = low[0] * x0 + low[1] * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        x_high = renoise(x_low, low, high, torch.randn(x0.shape, generator=g, dtype=torch.float64))
+        assert x_high.mean().item() == pytest.approx(high[0] * 0.7, abs=0.02)
+        assert x_high.std().item() == pytest.approx(high[1], rel=0.01)
+
+
+def test_slerp_keeps_endpoints_exactly_and_the_norm_of_orthogonal_noises():
+    a, b = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 3.0])
+    assert torch.equal(slerp(a, b, 0.0), a) and torch.equal(slerp(a, b, 1.0), b)
+    torch.testing.assert_close(slerp(a, b, 0.5), torch.tensor([3 / math.sqrt(2), 3 / math.sqrt(2)]))
+    torch.testing.assert_close(slerp(a, a, 0.3), a)  # parallel: linear
+
+
+def test_masks_are_binarised_and_sized():
+    m = mask_to_tensor(torch.tensor([[0.2, 0.6], [1.0, 0.5]]), (2, 2))
+    assert m.tolist() == [[[[0.0, 1.0], [1.0, 0.0]]]]
+    with pytest.raises(ValueError, match=r"the mask is 2x3 but the image is 2x2 \(height x width\); give a mask"):
+        mask_to_tensor(Image.new("L", (3, 2)), (2, 2))
+
+
+# ----- img2img -----
+
+
+def test_strength_0_returns_the_image_and_1_ignores_it(pipe, picture):
+    out = pipe(2, 10, image=picture, strength=0.0)
+    assert [np.array(o).tolist() for o in out] == [np.array(picture).tolist()] * 2
+    plain = pipe(2, 10, output_type="tensor", seed=4)
+    other = Image.fromarray(255 - np.array(picture))
+    for image in (picture, other):
+        torch.testing.assert_close(pipe(2, 10, image=image, strength=1.0, output_type="tensor", seed=4), plain)
+
+
+@pytest.mark.parametrize("name", EDITING_SAMPLERS)
+def test_img2img_starts_from_the_image_noised_to_the_level_strength_gives(pipe, picture, name):
+    """With strength 0.5 of 10 steps, the model is first called at the 6th timestep, on
+    α·x_0 + σ·ε (rescaled as the sampler's model input), with ε the seed's noise; 5 calls in all."""
+    seen = []
+    sampler = pipe.make_scheduler(name)
+    pipe(1, 10, sampler, image=picture, strength=0.5, seed=9, callback=lambda i, t, s: seen.append((i, t)))
+    assert [i for i, _ in seen] == [5, 6, 7, 8, 9]
+    calls = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, args: calls.append(args[0].clone()))
+    try:
+        pipe(1, 10, sampler, image=picture, strength=0.5, seed=9)
+    finally:
+        handle.remove()
+    x0 = torch.from_numpy(np.array(picture, dtype=np.float32))[None, None] / 127.5 - 1
+    noise = randn_tensor((1, 1, 8, 8), [torch.Generator().manual_seed(9)])
+    alpha, sigma = sampler.noise_level(5)
+    expected = sampler.scale_model_input(alpha * x0 + sigma * noise, sampler.timesteps[5])
+    assert len(calls) == 5
+    torch.testing.assert_close(calls[0], expected, rtol=0, atol=1e-6)
+
+
+# ----- inpainting -----
+
+
+@pytest.mark.parametrize("name", EDITING_SAMPLERS)
+@pytest.mark.parametrize("resample", [1, 3])
+def test_inpainting_keeps_every_unmasked_pixel(pipe, picture, mask, name, resample):
+    out = pipe(2, 6, name, image=picture, mask_image=mask, resample=resample, jump_length=2, seed=1)
+    keep = np.array(mask) == 0
+    for image in out:
+        assert np.array_equal(np.array(image)[keep], np.array(picture)[keep])  # exact after quantisation
+        assert not np.array_equal(np.array(image)[~keep], np.array(picture)[~keep])  # the hole is new
+
+
+def test_repaint_resampling_costs_resample_times_the_evaluations(pipe, picture, mask):
+    seen = []
+    pipe(1, 6, image=picture, mask_image=mask, resample=3, jump_length=2, callback=lambda i, t, s: seen.append(i))
+    assert seen == visit_order(0, 6, 2, 3) and len(seen) == 18
+
+
+def test_inpainting_with_a_perfect_denoiser_blends_nothing_in_the_known_region():
+    """A model that always predicts x̂_0 = the image makes the hole fill with the image itself."""
+    pipe = tiny_pipeline("ddim")
+    image = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    x0 = image * 2 - 1
+    alphas_cumprod = pipe.scheduler.schedule.alphas_cumprod
+
+    def perfect(sample, timesteps, class_labels=None):
+        abar = alphas_cumprod[timesteps.long()].float().reshape(-1, 1, 1, 1)
+        return (sample - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    pipe.unet.forward = perfect
+    m = torch.zeros(8, 8)
+    m[:4] = 1
+    out = pipe(1, 20, image=image, mask_image=m, resample=2, jump_length=5, output_type="tensor")
+    torch.testing.assert_close(out, image, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"strength": 1.5}, r"strength must be in \[0, 1\], got 1.5"),
+        ({"strength": -0.1}, r"strength must be in \[0, 1\], got -0.1"),
+        ({"mask_image": Image.new("L", (6, 8))}, r"the mask is 8x6 but the image is 8x8"),
+        ({"image": None, "mask_image": Image.new("L", (8, 8))}, r"mask_image and strength need an image to edit"),
+        ({"image": None, "strength": 0.5}, r"mask_image and strength need an image to edit"),
+        ({"mask_image": Image.new("L", (8, 8)), "resample": 0}, r"jump_length and resample must be positive"),
+        ({"scheduler": "heun"}, r"the heun sampler evaluates the model twice at some timesteps"),
+        ({"image": torch.rand(1, 3, 8, 8)}, r"image tensor must have shape \(n, 1, h, w\)"),
+        ({"image": torch.rand(1, 1, 8, 8) + 1}, r"image tensor values must be finite and in \[0, 1\]"),
+        ({"image": "picture.png"}, r"image must be a PIL image, a list of them, or a tensor, got str"),
+        ({"size": (16, 16)}, r"size \(16, 16\) differs from the image's \(8, 8\)"),
+    ],
+)
+def test_bad_editing_arguments_are_clear_errors(pipe, picture, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(**({"num_images": 1, "num_inference_steps": 4, "image": picture} | kwargs))
+
+
+# ----- inversion and interpolation -----
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The shipped model: a tiny trained one (1.1M parameters), in bf16 for speed where it is used."""
+    return DiffusionPipeline.from_pretrained()
+
+
+@pytest.mark.parametrize("steps, iterations, mean, worst", [(100, 0, 0.02, 0.3), (50, 1, 0.008, 0.08)])
+def test_ddim_inversion_reconstructs_its_input(trained, steps, iterations, mean, worst):
+    """Images the model can make (its own samples) invert and regenerate closely. Bounds in [0, 1] are
+    about twice the errors recorded in docs/benchmarks.md for 8 images (100 plain steps: 0.011 mean,
+    0.21 max; 50 steps with one fixed-point iteration: 0.0044 mean, 0.049 max)."""
+    images = trained(4, 20, "dpmsolver++", seed=0, output_type="tensor")
+    latents = trained.invert(images, steps, fixed_point_iterations=iterations)
+    assert latents.shape == (4, 1, 28, 28)
+    assert 0.8 < latents.std().item() < 1.2  # unit variance, like sampling noise
+    again = trained(4, steps, "ddim", eta=0.0, latents=latents, output_type="tensor")
+    error = (again - images).abs()
+    assert error.mean().item() < mean and error.max().item() < worst
+    if iterations:
+        assert torch.equal(trained.invert(images, steps, fixed_point_iterations=iterations), latents)  # deterministic
+
+
+def test_bad_inversion_arguments_are_clear_errors(pipe, picture):
+    with pytest.raises(ValueError, match=r"fixed_point_iterations must be an integer >= 0, got -1"):
+        pipe.invert(picture, 4, fixed_point_iterations=-1)
+    with pytest.raises(ValueError, match=r"num_inference_steps must be in \[1, 1000\]"):
+        pipe.invert(picture, 0)
+    with pytest.raises(ValueError, match=r"image must be a PIL image"):
+        pipe.invert(None, 4)
+
+
+def test_interpolation_endpoints_are_the_two_sources(pipe):
+    frames = pipe.interpolate(3, 8, num_frames=5, num_inference_steps=6, output_type="tensor")
+    assert frames.shape == (5, 1, 8, 8)
+    for frame, seed in ((frames[0], 3), (frames[-1], 8)):
+        alone = pipe(1, 6, "ddim", seed=seed, output_type="tensor")[0]
+        torch.testing.assert_close(frame, alone, rtol=0, atol=1e-5)
+    assert (frames[2] - frames[0]).abs().max() > 0.01  # the middle differs from both ends
+    latents = torch.stack([pipe.noise_for_seed(3), pipe.noise_for_seed(8)])
+    again = pipe.interpolate(latents[0], latents[1], num_frames=5, num_inference_steps=6, output_type="tensor")
+    torch.testing.assert_close(again, frames, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        ((1, 2), {"num_frames": 1}, r"num_frames must be an integer >= 2"),
+        ((1, 2), {"scheduler": "dpmsolver++3m-sde"}, r"interpolation needs a deterministic sampler, and dpmsolver"),
+        ((1, 2), {"scheduler": "ddim", "eta": 1.0}, r"interpolation needs a deterministic sampler, and ddim"),
+        ((1, 2), {"seed": 3}, r"interpolate takes no seed"),
+        ((1, "b"), {}, r"start and end must be seeds \(ints\) or latents \(tensors\), got 'b'"),
+        ((torch.zeros(1, 8, 8), torch.zeros(1, 4, 4)), {}, r"start and end must be latents of one \(c, h, w\) shape"),
+    ],
+)
+def test_bad_interpolation_arguments_are_clear_errors(pipe, args, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe.interpolate(*args, **kwargs)

@@ -14,13 +14,16 @@ A sample here is whatever the sampler walks: x = α·x_0 + σ·ε, with (α, σ)
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .image import to_mode
+from .models import UNetConfig
+from .schedulers import SCHEDULERS, DDIMScheduler, Scheduler
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
 
@@ -139,3 +142,92 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
         return ((1 - t) * a.double() + t * b.double()).to(a.dtype)
     w_a, w_b = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
     return (w_a * a.double() + w_b * b.double()).to(a.dtype)
+
+
+@dataclass(frozen=True)
+class Edit:
+    """What an editing call starts from."""
+
+    image: torch.Tensor  # x_0, (num_images, c, h, w) in [-1, 1]
+    mask: torch.Tensor | None  # (num_images, 1, h, w), 1 = regenerate; None for img2img
+    start: int  # the first grid entry to run (`start_index`)
+
+
+def prepare_edit(
+    image: ImageInput,
+    mask_image: Image.Image | torch.Tensor | None,
+    strength: float,
+    num_images: int,
+    size: tuple[int, int] | None,
+    unet: UNetConfig,
+    sampler: Scheduler,
+) -> Edit:
+    """Check and convert an editing call's inputs for ``unet`` and the ``sampler`` (timesteps set).
+
+    Raises:
+        ValueError: for image or mask counts other than 1 or ``num_images``, sides the model cannot
+            take, a ``size`` other than the image's, strength outside [0, 1], a mask of another size, or a
+            sampler that evaluates a timestep twice (Heun), where editing cannot start or jump back.
+    """
+    x0 = images_to_tensor(image, unet.in_channels)
+    if len(x0) not in (1, num_images):
+        raise ValueError(f"got {len(x0)} images for {num_images} outputs; give one, or one per output")
+    x0 = x0.expand(num_images, *x0.shape[1:])
+    factor, (height, width) = unet.downsample_factor, x0.shape[-2:]
+    if height % factor or width % factor:
+        trained = "x".join(map(str, unet.sample_size))
+        raise ValueError(
+            f"the image is {height}x{width}; its sides must be multiples of {factor}, the model's downsampling "
+            f"factor: resize or crop it (the model was trained at {trained})"
+        )
+    if size is not None and tuple(size) != (height, width):
+        raise ValueError(f"size {tuple(size)} differs from the image's {(height, width)}; leave size out")
+    if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 <= strength <= 1:
+        raise ValueError(f"strength must be in [0, 1], got {strength!r}")
+    timesteps = sampler.timesteps.tolist()
+    if len(set(timesteps)) != len(timesteps):
+        name = next((n for n, cls in SCHEDULERS.items() if type(sampler) is cls), type(sampler).__name__)
+        raise ValueError(
+            f"the {name} sampler evaluates the model twice at some timesteps, which editing cannot "
+            "start from or jump back to; use another sampler (e.g. dpmsolver++ or ddim)"
+        )
+    mask = None
+    if mask_image is not None:
+        mask = mask_to_tensor(mask_image, (height, width))
+        if len(mask) not in (1, num_images):
+            raise ValueError(f"got {len(mask)} masks for {num_images} outputs; give one, or one per output")
+        mask = mask.expand(num_images, *mask.shape[1:])
+    return Edit(x0, mask, start_index(len(timesteps), strength))
+
+
+def ddim_invert(
+    predict: Callable[[torch.Tensor, int], torch.Tensor],
+    sampler: DDIMScheduler,
+    x0: torch.Tensor,
+    fixed_point_iterations: int,
+    on_step: Callable[[], None] = lambda: None,
+) -> torch.Tensor:
+    """DDIM inversion of a batch up the ``sampler``'s grid; see `DiffusionPipeline.invert`.
+
+    Args:
+        predict: the model output for a sample at an integer timestep.
+        sampler: a DDIM scheduler with its timesteps set.
+        x0: clean images ``(b, c, h, w)`` in [-1, 1].
+        fixed_point_iterations: extra evaluations per step that refine ε̂.
+        on_step: called after each step.
+
+    Returns:
+        The latents at the first sampling timestep, ``(b, c, h, w)``.
+    """
+    alphas_cumprod = sampler.schedule.alphas_cumprod.tolist()
+    x, current = x0, sampler.final_alpha_cumprod()  # ᾱ where sampling ends: the clean image
+    for t in sampler.timesteps.tolist()[::-1]:
+        target = alphas_cumprod[t]
+        guess = x  # ε̂ is first taken at the current sample, then at the estimate of x_t (if refined)
+        for _ in range(fixed_point_iterations + 1):
+            eps = sampler.schedule.pred_epsilon(predict(guess, t), guess, t)
+            pred_x0 = (x - math.sqrt(1 - current) * eps) / math.sqrt(current)
+            guess = math.sqrt(target) * pred_x0 + math.sqrt(1 - target) * eps  # eq. 12, η = 0, upwards
+        x, current = guess, target
+        on_step()
+    return x

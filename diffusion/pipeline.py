@@ -13,7 +13,6 @@ Nothing in it is executed on load: JSON and safetensors only.
 
 import dataclasses
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -23,9 +22,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .editing import ImageInput, images_to_tensor, mask_to_tensor, paste_known, renoise, slerp, start_index, visit_order
+from .editing import ImageInput, ddim_invert, images_to_tensor, paste_known, prepare_edit, renoise, slerp, visit_order
 from .fileio import read_json, write_json
-from .guidance import classifier_free_guidance
+from .guidance import check_guidance, class_label_tensor, classifier_free_guidance
 from .image import to_pil
 from .interop import is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet, save_diffusers
 from .models import UNet
@@ -232,56 +231,15 @@ class DiffusionPipeline:
     def class_label_tensor(
         self, class_labels: int | str | Sequence[int | str] | torch.Tensor | None, num_images: int
     ) -> torch.Tensor | None:
-        """Class labels as ``(num_images,)`` int64 ids: names from `class_names` or ids, one or one per image.
-
-        Raises:
-            ValueError: for an unconditional model, an unknown class (the known ones are listed), or a
-                count that is neither 1 nor ``num_images``.
-        """
-        if class_labels is None:
-            return None
-        num_classes = self.unet.config.num_classes
-        if num_classes is None:
-            raise ValueError("class labels were given, but this model is unconditional (train with --class-cond)")
-        if isinstance(class_labels, torch.Tensor):
-            class_labels = class_labels.reshape(-1).tolist()
-        items = [class_labels] if isinstance(class_labels, int | str) else list(class_labels)
-        if len(items) == 1:
-            items *= num_images
-        if len(items) != num_images:
-            raise ValueError(f"got {len(items)} class labels for {num_images} images; give one, or one per image")
-        return torch.tensor([self._class_id(item) for item in items], dtype=torch.long)
-
-    def _class_id(self, label: int | str) -> int:
-        num_classes = self.unet.config.num_classes
-        assert num_classes is not None
-        if isinstance(label, str) and label in self.class_names:
-            return self.class_names.index(label)
-        if isinstance(label, str) and label.strip().isdigit():
-            label = int(label)
-        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < num_classes:
-            return label
-        names = f": {', '.join(self.class_names)}" if self.class_names else ""
-        raise ValueError(f"unknown class {label!r}; this model knows ids 0-{num_classes - 1}{names}")
+        """Class labels as ``(num_images,)`` int64 ids (see `diffusion.guidance.class_label_tensor`)."""
+        return class_label_tensor(class_labels, num_images, self.unet.config.num_classes, self.class_names)
 
     def _guidance(
         self, labels: torch.Tensor | None, guidance_scale: float | None, guidance_rescale: float
     ) -> float | None:
         """The guidance scale a call uses (None: no guidance), its arguments checked."""
-        for name, value in (("guidance_scale", guidance_scale), ("guidance_rescale", guidance_rescale)):
-            if value is not None and not (isinstance(value, int | float) and not isinstance(value, bool)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if guidance_scale is not None and not (math.isfinite(guidance_scale) and guidance_scale >= 0):
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if not 0 <= guidance_rescale <= 1:
-            raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
-        if guidance_scale is not None and self.unet.config.num_classes is None:
-            raise ValueError("guidance needs a class-conditional model; this model is unconditional")
-        if guidance_scale is not None and labels is None:
-            raise ValueError("guidance_scale needs class_labels: the class to guide towards")
-        if labels is None:
-            return None
-        return DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
+        conditional = self.unet.config.num_classes is not None
+        return check_guidance(labels, guidance_scale, guidance_rescale, conditional, DEFAULT_GUIDANCE_SCALE)
 
     def _predict(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, scale: float | None, rescale: float
@@ -386,7 +344,13 @@ class DiffusionPipeline:
         sampler = self._sampler(scheduler, eta)
         sampler.set_timesteps(num_inference_steps, device=self.device)
         channels = self.unet.config.in_channels
-        known, mask, start = self._edit_inputs(sampler, image, mask_image, strength, num_images, size)
+        if image is None and (mask_image is not None or strength is not None):
+            raise ValueError("mask_image and strength need an image to edit (image=...)")
+        known, mask, start = None, None, 0
+        if image is not None:
+            strength = (1.0 if mask_image is not None else DEFAULT_STRENGTH) if strength is None else strength
+            edit = prepare_edit(image, mask_image, strength, num_images, size, self.unet.config, sampler)
+            known, mask, start = edit.image, edit.mask, edit.start
         if known is not None:
             size = tuple(known.shape[-2:])
         order = list(range(start, len(sampler.timesteps)))
@@ -457,50 +421,6 @@ class DiffusionPipeline:
             return images.permute(0, 2, 3, 1).numpy()
         return to_pil(images)
 
-    def _edit_inputs(
-        self,
-        sampler: Scheduler,
-        image: ImageInput | None,
-        mask_image: Image.Image | torch.Tensor | None,
-        strength: float | None,
-        num_images: int,
-        size: tuple[int, int] | None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
-        """(x_0 ``(num_images, c, h, w)`` in [-1, 1], mask ``(num_images, 1, h, w)``, first grid entry);
-        (None, None, 0) for plain generation."""
-        if image is None:
-            if mask_image is not None or strength is not None:
-                raise ValueError("mask_image and strength need an image to edit (image=...)")
-            return None, None, 0
-        x0 = images_to_tensor(image, self.unet.config.in_channels)
-        if len(x0) not in (1, num_images):
-            raise ValueError(f"got {len(x0)} images for {num_images} outputs; give one, or one per output")
-        x0 = x0.expand(num_images, *x0.shape[1:])
-        factor, (height, width) = self.unet.config.downsample_factor, x0.shape[-2:]
-        if height % factor or width % factor:
-            raise ValueError(
-                f"the image is {height}x{width}; its sides must be multiples of {factor}, the model's downsampling "
-                f"factor: resize or crop it (the model was trained at {'x'.join(map(str, self.unet.config.sample_size))})"
-            )
-        if size is not None and tuple(size) != tuple(x0.shape[-2:]):
-            raise ValueError(f"size {tuple(size)} differs from the image's {tuple(x0.shape[-2:])}; leave size out")
-        strength = (1.0 if mask_image is not None else DEFAULT_STRENGTH) if strength is None else strength
-        if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 <= strength <= 1:
-            raise ValueError(f"strength must be in [0, 1], got {strength!r}")
-        timesteps = sampler.timesteps.tolist()
-        if len(set(timesteps)) != len(timesteps):
-            raise ValueError(
-                f"the {self.scheduler_name(sampler)} sampler evaluates the model twice at some timesteps, which "
-                "editing cannot start from or jump back to; use another sampler (e.g. dpmsolver++ or ddim)"
-            )
-        mask = None
-        if mask_image is not None:
-            mask = mask_to_tensor(mask_image, tuple(x0.shape[-2:]))
-            if len(mask) not in (1, num_images):
-                raise ValueError(f"got {len(mask)} masks for {num_images} outputs; give one, or one per output")
-            mask = mask.expand(num_images, *mask.shape[1:])
-        return x0, mask, start_index(len(timesteps), strength)
-
     # ----- inversion and interpolation -----
 
     @torch.inference_mode()
@@ -551,27 +471,19 @@ class DiffusionPipeline:
             raise ValueError(f"fixed_point_iterations must be an integer >= 0, got {fixed_point_iterations!r}")
         sampler = self.make_scheduler("ddim", eta=0.0)
         sampler.set_timesteps(num_inference_steps)
-        alphas_cumprod = sampler.schedule.alphas_cumprod.tolist()
-        ascending = sampler.timesteps.tolist()[::-1]
         batch_size = batch_size or len(x0)
-        evaluations = -(-len(x0) // batch_size) * len(ascending)
+        evaluations = -(-len(x0) // batch_size) * len(sampler.timesteps)
         bar = tqdm(total=evaluations, disable=not progress, unit="step", desc="inverting")
         latents = []
         for first in range(0, len(x0), batch_size):
             part = slice(first, first + batch_size)
             x = x0[part].to(self.device)
             batch_labels = labels[part].to(self.device) if labels is not None else None
-            current = sampler.final_alpha_cumprod()  # ᾱ where sampling ends: the clean image
-            for t in ascending:
-                t_tensor, target = torch.tensor(t, device=self.device), alphas_cumprod[t]
-                guess = x  # ε̂ is first taken at the current sample, then at the estimate of x_t (if refined)
-                for _ in range(fixed_point_iterations + 1):
-                    output = self._predict(guess, t_tensor, batch_labels, scale, 0.0)
-                    eps = sampler.schedule.pred_epsilon(output, guess, t)
-                    pred_x0 = (x - math.sqrt(1 - current) * eps) / math.sqrt(current)
-                    guess = math.sqrt(target) * pred_x0 + math.sqrt(1 - target) * eps  # eq. 12, η = 0, upwards
-                x, current = guess, target
-                bar.update(1)
+
+            def predict(sample: torch.Tensor, t: int, labels: torch.Tensor | None = batch_labels) -> torch.Tensor:
+                return self._predict(sample, torch.tensor(t, device=self.device), labels, scale, 0.0)
+
+            x = ddim_invert(predict, sampler, x, fixed_point_iterations, on_step=lambda: bar.update(1))
             latents.append(x.float().cpu())
         bar.close()
         return torch.cat(latents)

@@ -12,9 +12,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffusion"
 # sits beside training; `evaluate` is only the `python -m diffusion.evaluate` entry point, which
 # calls the CLI, so it sits above it, where train.py and sample.py would be if they were modules.
 LAYERS = [
-    {"diffusion.config", "diffusion.fileio", "diffusion.image", "diffusion.guidance", "diffusion.editing"},
+    {"diffusion.config", "diffusion.fileio", "diffusion.image", "diffusion.guidance"},
     {"diffusion.models", "diffusion.schedulers"},
-    {"diffusion.pipeline", "diffusion.checkpoint", "diffusion.data", "diffusion.metrics", "diffusion.interop"},
+    {
+        "diffusion.pipeline",
+        "diffusion.checkpoint",
+        "diffusion.data",
+        "diffusion.metrics",
+        "diffusion.interop",
+        "diffusion.editing",
+    },
     {"diffusion.training", "diffusion.evaluation"},
     {"diffusion.cli"},
     {"diffusion.evaluate"},

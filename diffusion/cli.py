@@ -329,8 +329,10 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
             save_png(make_grid(images, nrow=columns or None), args.grid, grid_meta)
             where += f" and a grid to {args.grid}"
         karras = ", Karras σ" if args.karras else ""
+        guided = f", guidance {scale:g}: both branches in each evaluation" if labels and scale not in (0, 1) else ""
         print(
-            f"wrote {where} in {time.perf_counter() - start:.1f} s ({sampler}{karras}, {args.steps} steps, {nfe} NFE)"
+            f"wrote {where} in {time.perf_counter() - start:.1f} s "
+            f"({sampler}{karras}, {args.steps} steps, {nfe} NFE{guided})"
         )
         return 0
 

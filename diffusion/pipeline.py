@@ -1,14 +1,5 @@
-"""`DiffusionPipeline`: a UNet and a scheduler, the one sampling loop, and the model folder format.
-
-A model folder (written by `save_pretrained`, read by `from_pretrained`) follows diffusers' pipeline
-layout so that it can grow into a diffusers export::
-
-    model_index.json              format name and version, component classes, default sampler, class names
-    unet/config.json              UNetConfig fields
-    unet/model.safetensors        weights (the EMA weights for a trained model)
-    scheduler/scheduler_config.json  the noise schedule and the default sampler's settings
-
-Nothing in it is executed on load: JSON and safetensors only.
+"""`DiffusionPipeline`: a UNet and a scheduler, the one sampling loop for generation and editing (with
+classifier-free guidance), inversion and interpolation. Its folder format is `diffusion.model_folder`.
 """
 
 import dataclasses
@@ -23,19 +14,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .editing import ImageInput, ddim_invert, images_to_tensor, paste_known, prepare_edit, renoise, slerp, visit_order
-from .fileio import read_json, write_json
 from .guidance import check_guidance, class_label_tensor, classifier_free_guidance
 from .image import to_pil
-from .interop import is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet, save_diffusers
+from .interop import save_diffusers
+from .model_folder import FORMAT_NAME, read_model_folder, write_model_folder
 from .models import UNet
 from .schedulers import ALIASES, SCHEDULERS, Scheduler, SchedulerConfig, get_scheduler, resolve_scheduler_name
 from .schedulers.base import randn_tensor
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "fashion-mnist"
-FORMAT_NAME = "pixel-diffusion"
-FORMAT_VERSION = 1
 OutputType = Literal["pil", "tensor", "numpy"]
 # Default sampler steps: with 20 steps, DPM-Solver++ 3M SDE (the default sampler of the models we train)
 # had the best quality of any sampler at 20 model evaluations on the shipped model, FD@2000 0.826
@@ -61,6 +49,9 @@ class DiffusionPipeline:
     """
 
     def __init__(self, unet: UNet, scheduler: Scheduler, class_names: Sequence[str] = ()) -> None:
+        num_classes = unet.config.num_classes
+        if class_names and num_classes is not None and len(class_names) != num_classes:
+            raise ValueError(f"got {len(class_names)} class names for a model of {num_classes} classes")
         self.unet = unet.eval()
         self.scheduler = scheduler
         self.class_names = list(class_names)
@@ -134,10 +125,10 @@ class DiffusionPipeline:
                 return alias
         return name
 
-    # ----- the model folder -----
+    # ----- the model folder (diffusion.model_folder) -----
 
     def save_pretrained(self, path: str | Path, format: Literal["pixel-diffusion", "diffusers"] = FORMAT_NAME) -> None:
-        """Write the model folder described in the module docstring, or with ``format="diffusers"`` a
+        """Write the model folder described in `diffusion.model_folder`, or with ``format="diffusers"`` a
         folder that ``diffusers.DDPMPipeline.from_pretrained`` loads (see `diffusion.interop.save_diffusers`).
 
         Raises:
@@ -149,24 +140,7 @@ class DiffusionPipeline:
             return
         if format != FORMAT_NAME:
             raise ValueError(f"unknown format {format!r}; expected {FORMAT_NAME!r} or 'diffusers'")
-        path = Path(path)
-        (path / "scheduler").mkdir(parents=True, exist_ok=True)
-        self.unet.save_pretrained(path / "unet")
-        name = self.scheduler_name()
-        write_json(
-            path / "scheduler" / "scheduler_config.json",
-            {"_class_name": type(self.scheduler).__name__, **self.scheduler.config.to_dict()},
-        )
-        index = {
-            "_class_name": "DiffusionPipeline",
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "unet": ["diffusion", "UNet"],
-            "scheduler": ["diffusion", type(self.scheduler).__name__],
-            "default_scheduler": name,
-            "class_names": self.class_names,
-        }
-        write_json(path / "model_index.json", index)
+        write_model_folder(path, self.unet, self.scheduler, self.scheduler_name(), self.class_names)
 
     @classmethod
     def from_pretrained(
@@ -187,35 +161,7 @@ class DiffusionPipeline:
             FileNotFoundError: the folder or one of its files is missing.
             ValueError: the folder is not a model, or its files disagree with each other.
         """
-        if path is None:
-            if not SHIPPED_MODEL.is_dir():
-                raise FileNotFoundError(
-                    f"the shipped model is not at {SHIPPED_MODEL}; it comes with a source checkout "
-                    "(pip install -e .); otherwise pass the path of a trained model"
-                )
-            path = SHIPPED_MODEL
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model folder {path} not found")
-        if not (path / "model_index.json").is_file():
-            raise ValueError(f"{path} is not a model folder (no model_index.json)")
-        index = read_json(path / "model_index.json")
-        if is_diffusers_folder(index):  # a diffusers DDPMPipeline / DDIMPipeline folder
-            unet = load_diffusers_unet(path / "unet")
-            scheduler = load_diffusers_scheduler(path / "scheduler" / "scheduler_config.json")
-            return cls(unet, scheduler).to(device, dtype)
-        if index.get("format") != FORMAT_NAME:
-            raise ValueError(f"{path}/model_index.json is not a {FORMAT_NAME} model index")
-        if index.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has format version {index.get('format_version')!r}; this version of "
-                f"pixel-diffusion reads version {FORMAT_VERSION}"
-            )
-        unet = UNet.from_pretrained(path / "unet")
-        scheduler_config = read_json(path / "scheduler" / "scheduler_config.json")
-        scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-        scheduler = get_scheduler(index.get("default_scheduler", "dpmsolver++"), scheduler_config)
-        return cls(unet, scheduler, index.get("class_names", [])).to(device, dtype)
+        return cls(*read_model_folder(path)).to(device, dtype)
 
     # ----- sampling -----
 

@@ -1,5 +1,7 @@
 """Classifier-free guidance: the combination rule, its rescale, and the pipeline's class conditioning."""
 
+import json
+
 import pytest
 import torch
 from diffusers.guiders.guider_utils import rescale_noise_cfg
@@ -156,3 +158,21 @@ def test_an_unconditional_model_refuses_labels_and_guidance(tmp_path):
         pipe(1, 2, class_labels="cat")
     with pytest.raises(ValueError, match="guidance needs a class-conditional model; this model is unconditional"):
         pipe(1, 2, guidance_scale=3.0)
+
+
+def test_class_names_must_match_the_model(tmp_path):
+    torch.manual_seed(0)
+    config = UNetConfig(
+        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), norm_groups=8, num_classes=3
+    )
+    with pytest.raises(ValueError, match="got 2 class names for a model of 3 classes"):
+        DiffusionPipeline(UNet(config), get_scheduler("ddim"), ["cat", "dog"])
+    DiffusionPipeline(UNet(config), get_scheduler("ddim"), CLASS_NAMES).save_pretrained(tmp_path / "m")
+    index = tmp_path / "m" / "model_index.json"
+    saved = json.loads(index.read_text())
+    for names, message in ((["cat", "dog"], "got 2 class names for a model of 3 classes"), ("cat", "must be a list")):
+        index.write_text(json.dumps(saved | {"class_names": names}))
+        with pytest.raises(ValueError, match=message):
+            DiffusionPipeline.from_pretrained(tmp_path / "m")
+    index.write_text(json.dumps(saved))
+    assert DiffusionPipeline.from_pretrained(tmp_path / "m").class_names == CLASS_NAMES

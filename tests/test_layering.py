@@ -21,6 +21,7 @@ LAYERS = [
         "diffusion.metrics",
         "diffusion.interop",
         "diffusion.editing",
+        "diffusion.model_folder",
     },
     {"diffusion.training", "diffusion.evaluation"},
     {"diffusion.cli"},

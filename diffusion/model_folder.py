@@ -1,0 +1,86 @@
+"""The model folder: what `DiffusionPipeline.save_pretrained` writes and `from_pretrained` reads.
+
+It follows diffusers' pipeline layout so that it can grow into a diffusers export::
+
+    model_index.json              format name and version, component classes, default sampler, class names
+    unet/config.json              UNetConfig fields (num_classes for a class-conditional model)
+    unet/model.safetensors        weights (the EMA weights for a trained model)
+    scheduler/scheduler_config.json  the noise schedule and the default sampler's settings
+
+Nothing in it is executed on load: JSON and safetensors only. A diffusers pipeline folder is read too
+(`diffusion.interop`).
+"""
+
+from pathlib import Path
+
+from .fileio import read_json, write_json
+from .interop import is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
+from .models import UNet
+from .schedulers import Scheduler, get_scheduler
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "fashion-mnist"
+FORMAT_NAME = "pixel-diffusion"
+FORMAT_VERSION = 1
+
+
+def write_model_folder(
+    path: str | Path, unet: UNet, scheduler: Scheduler, scheduler_name: str, class_names: list[str]
+) -> None:
+    """Write the folder; ``scheduler_name`` is the default sampler's name (an alias where one matches)."""
+    path = Path(path)
+    (path / "scheduler").mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(path / "unet")
+    write_json(
+        path / "scheduler" / "scheduler_config.json",
+        {"_class_name": type(scheduler).__name__, **scheduler.config.to_dict()},
+    )
+    index = {
+        "_class_name": "DiffusionPipeline",
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "unet": ["diffusion", "UNet"],
+        "scheduler": ["diffusion", type(scheduler).__name__],
+        "default_scheduler": scheduler_name,
+        "class_names": class_names,
+    }
+    write_json(path / "model_index.json", index)
+
+
+def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[str]]:
+    """(UNet, default scheduler, class names) of a model folder; None is the shipped model.
+
+    Raises:
+        FileNotFoundError: the folder or one of its files is missing.
+        ValueError: the folder is not a model, or its files disagree with each other.
+    """
+    if path is None:
+        if not SHIPPED_MODEL.is_dir():
+            raise FileNotFoundError(
+                f"the shipped model is not at {SHIPPED_MODEL}; it comes with a source checkout "
+                "(pip install -e .); otherwise pass the path of a trained model"
+            )
+        path = SHIPPED_MODEL
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {path} not found")
+    if not (path / "model_index.json").is_file():
+        raise ValueError(f"{path} is not a model folder (no model_index.json)")
+    index = read_json(path / "model_index.json")
+    if is_diffusers_folder(index):  # a diffusers DDPMPipeline / DDIMPipeline folder
+        unet = load_diffusers_unet(path / "unet")
+        return unet, load_diffusers_scheduler(path / "scheduler" / "scheduler_config.json"), []
+    if index.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path}/model_index.json is not a {FORMAT_NAME} model index")
+    if index.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {index.get('format_version')!r}; this version of "
+            f"pixel-diffusion reads version {FORMAT_VERSION}"
+        )
+    unet = UNet.from_pretrained(path / "unet")
+    scheduler_config = read_json(path / "scheduler" / "scheduler_config.json")
+    scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    scheduler = get_scheduler(index.get("default_scheduler", "dpmsolver++"), scheduler_config)
+    class_names = index.get("class_names", [])
+    if not isinstance(class_names, list) or not all(isinstance(name, str) for name in class_names):
+        raise ValueError(f"{path}/model_index.json: class_names must be a list of names, got {class_names!r}")
+    return unet, scheduler, class_names

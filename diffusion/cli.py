@@ -287,9 +287,13 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
         pipe = DiffusionPipeline.from_pretrained(args.model, device=_device(args.device), dtype=DTYPES[args.dtype])
         if args.interpolate:
             return _interpolate(args, pipe, out, start)
+        if args.class_labels == "all" and args.seeds is not None:
+            raise ValueError("--class all numbers its images from --seed; it does not take --seeds")
+        if args.mask is None and (args.resample != 1 or args.jump_length != 10):
+            raise ValueError("--resample and --jump-length are RePaint settings for inpainting: give --mask too")
         labels, columns = _class_labels(args.class_labels, pipe, len(seeds))
-        if labels is not None and len(labels) != len(seeds):
-            seeds = [seeds[0] + i for i in range(len(labels))] if args.class_labels == "all" else seeds
+        if args.class_labels == "all":
+            seeds = [args.seed + i for i in range(len(labels))]
         sampler = args.scheduler or pipe.scheduler_name()
         settings = {"eta": args.eta} if args.eta is not None else {}
         settings |= {"use_karras_sigmas": True} if args.karras else {}
@@ -317,7 +321,8 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
         model = str(args.model or "shipped: assets/fashion-mnist")
         scale = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
         extra = {"guidance_scale": scale} if labels else {}
-        extra |= {"init_image": args.init_image, "strength": args.strength} if args.init_image else {}
+        strength = args.strength if args.strength is not None else 1.0 if args.mask else DEFAULT_STRENGTH
+        extra |= {"init_image": args.init_image, "strength": strength} if args.init_image else {}
         extra |= {"mask": args.mask, "resample": args.resample, "jump_length": args.jump_length} if args.mask else {}
         for i, (seed, image) in enumerate(zip(seeds, images, strict=True)):
             meta = {"seed": seed, "sampler": sampler, "steps": args.steps, "nfe": nfe, "model": model} | settings
@@ -341,21 +346,30 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
 
 def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, start: float) -> int:
     """``sample.py --interpolate A B``: a strip PNG and an animated GIF of --frames frames."""
+    settings = {"eta": args.eta} if args.eta is not None else {}
+    settings |= {"use_karras_sigmas": True} if args.karras else {}
+    labels = None if args.class_labels is None else args.class_labels
+    if labels is not None and ("," in labels or labels == "all"):
+        raise ValueError("--interpolate takes one --class for all frames")
     ends: list[int | torch.Tensor] = []
     for point in args.interpolate:
         try:
             ends.append(int(point))
         except ValueError:
+            if args.scheduler not in (None, "ddim") or args.karras or args.eta:
+                raise ValueError(
+                    "--interpolate between images regenerates DDIM-inverted latents with ddim at eta 0; "
+                    "leave out --scheduler, --eta and --karras"
+                ) from None
             image = _read_image(point, pipe.unet.config.in_channels, "--interpolate")
-            ends.append(pipe.invert(image, args.steps)[0])
-    labels = None if args.class_labels is None else args.class_labels.split(",")[0].strip()
+            inverted = pipe.invert(image, args.steps, class_labels=labels, guidance_scale=args.guidance_scale)
+            ends.append(inverted[0])
     frames = pipe.interpolate(
         ends[0],
         ends[1],
         num_frames=args.frames,
         num_inference_steps=args.steps,
-        scheduler=args.scheduler or "ddim",
-        eta=args.eta,
+        scheduler=pipe.make_scheduler(args.scheduler or "ddim", **settings),
         class_labels=labels,
         guidance_scale=args.guidance_scale,
         guidance_rescale=args.guidance_rescale,

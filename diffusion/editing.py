@@ -14,6 +14,7 @@ A sample here is whatever the sampler walks: x = α·x_0 + σ·ε, with (α, σ)
 """
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -167,7 +168,7 @@ def prepare_edit(
     Raises:
         ValueError: for image or mask counts other than 1 or ``num_images``, sides the model cannot
             take, a ``size`` other than the image's, strength outside [0, 1], a mask of another size, or a
-            sampler that evaluates a timestep twice (Heun), where editing cannot start or jump back.
+            sampler with more than one evaluation per step (Heun), where editing cannot start or jump back.
     """
     x0 = images_to_tensor(image, unet.in_channels)
     if len(x0) not in (1, num_images):
@@ -182,14 +183,13 @@ def prepare_edit(
         )
     if size is not None and tuple(size) != (height, width):
         raise ValueError(f"size {tuple(size)} differs from the image's {(height, width)}; leave size out")
-    if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 <= strength <= 1:
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 <= strength <= 1:
         raise ValueError(f"strength must be in [0, 1], got {strength!r}")
-    timesteps = sampler.timesteps.tolist()
-    if len(set(timesteps)) != len(timesteps):
+    if sampler.evaluations_per_step > 1:
         name = next((n for n, cls in SCHEDULERS.items() if type(sampler) is cls), type(sampler).__name__)
         raise ValueError(
-            f"the {name} sampler evaluates the model twice at some timesteps, which editing cannot "
-            "start from or jump back to; use another sampler (e.g. dpmsolver++ or ddim)"
+            f"the {name} sampler evaluates the model {sampler.evaluations_per_step} times per step, and editing "
+            "cannot start from or jump back to the middle of a step; use another sampler (e.g. dpmsolver++ or ddim)"
         )
     mask = None
     if mask_image is not None:
@@ -197,7 +197,7 @@ def prepare_edit(
         if len(mask) not in (1, num_images):
             raise ValueError(f"got {len(mask)} masks for {num_images} outputs; give one, or one per output")
         mask = mask.expand(num_images, *mask.shape[1:])
-    return Edit(x0, mask, start_index(len(timesteps), strength))
+    return Edit(x0, mask, start_index(len(sampler.timesteps), strength))
 
 
 def ddim_invert(

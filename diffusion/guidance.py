@@ -9,6 +9,7 @@ so to every sampler. This module also resolves class labels and checks guidance 
 """
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -62,7 +63,8 @@ def class_label_tensor(
         raise ValueError("class labels were given, but this model is unconditional (train with --class-cond)")
     if isinstance(class_labels, torch.Tensor):
         class_labels = class_labels.reshape(-1).tolist()
-    items = [class_labels] if isinstance(class_labels, int | str) else list(class_labels)
+    single = isinstance(class_labels, str | numbers.Integral)
+    items = [class_labels] if single else list(class_labels)
     if len(items) == 1:
         items *= num_images
     if len(items) != num_images:
@@ -71,6 +73,8 @@ def class_label_tensor(
 
 
 def _class_id(label: int | str, num_classes: int, class_names: list[str]) -> int:
+    if isinstance(label, numbers.Integral) and not isinstance(label, bool):
+        label = int(label)  # numpy integers too
     if isinstance(label, str) and label in class_names:
         return class_names.index(label)
     if isinstance(label, str) and label.strip().isdigit():
@@ -95,7 +99,7 @@ def check_guidance(
             an unconditional model, or guidance without labels.
     """
     for name, value in (("guidance_scale", guidance_scale), ("guidance_rescale", guidance_rescale)):
-        if value is not None and not (isinstance(value, int | float) and not isinstance(value, bool)):
+        if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)):
             raise ValueError(f"{name} must be a number, got {value!r}")
     if guidance_scale is not None and not (math.isfinite(guidance_scale) and guidance_scale >= 0):
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")

@@ -196,7 +196,7 @@ class DiffusionPipeline:
         x = x.to(self.dtype)
         if labels is None or scale == 1:
             return self.unet(x, t.expand(n), labels).float()
-        if scale == 0:
+        if scale == 0 and rescale == 0:
             return self.unet(x, t.expand(n)).float()  # the null class
         null = torch.full_like(labels, self.unet.config.num_classes)
         both = self.unet(torch.cat([x, x]), t.expand(2 * n), torch.cat([null, labels])).float()  # (2n, c, h, w)
@@ -300,6 +300,8 @@ class DiffusionPipeline:
         if known is not None:
             size = tuple(known.shape[-2:])
         order = list(range(start, len(sampler.timesteps)))
+        if mask is None and resample != 1:
+            raise ValueError("resample and jump_length are RePaint settings for inpainting: give mask_image too")
         if mask is not None:
             if not (_positive_int(jump_length) and _positive_int(resample)):
                 raise ValueError(
@@ -310,6 +312,8 @@ class DiffusionPipeline:
         generators = self.generators(num_images, seed if seed is not None else 0) if generator is None else None
         height, width = size or self.unet.config.sample_size
         shape = (channels, height, width)
+        if latents is not None and not isinstance(latents, torch.Tensor):
+            raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
         if latents is not None and tuple(latents.shape) != (num_images, *shape):
             raise ValueError(f"latents must have shape {(num_images, *shape)}, got {tuple(latents.shape)}")
         outputs = []
@@ -336,12 +340,12 @@ class DiffusionPipeline:
                 sample = alpha * x0 + sigma * noise  # x_0 noised to the first step's level (SDEdit)
             if m is not None:
                 sample = paste_known(sample, x0, m, sampler.noise_level(start), noise)
-            state, level = None, start
+            state, level = (None if start == 0 else sampler.initial_state(start)), start
             for i in order:
                 if i != level:  # RePaint: diffuse back up the grid from `level` to `i`, then redo
                     z = randn_tensor(sample.shape, gens, device=self.device, dtype=torch.float32)
                     sample = renoise(sample, sampler.noise_level(level), sampler.noise_level(i), z)
-                    state = None
+                    state = sampler.initial_state(i)
                 t = sampler.timesteps[i]
                 model_input = sampler.scale_model_input(sample, t)
                 model_output = self._predict(model_input, t, batch_labels, scale, guidance_rescale)
@@ -410,9 +414,9 @@ class DiffusionPipeline:
         scale = self._guidance(labels, guidance_scale, 0.0)
         if batch_size is not None and not _positive_int(batch_size):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if (
-            not (_positive_int(fixed_point_iterations) or fixed_point_iterations == 0)
-            or fixed_point_iterations is False
+        if not (
+            _positive_int(fixed_point_iterations)
+            or (type(fixed_point_iterations) is int and fixed_point_iterations == 0)
         ):
             raise ValueError(f"fixed_point_iterations must be an integer >= 0, got {fixed_point_iterations!r}")
         sampler = self.make_scheduler("ddim", eta=0.0)
@@ -489,4 +493,5 @@ class DiffusionPipeline:
             shapes = [tuple(e.shape) for e in ends]
             raise ValueError(f"start and end must be latents of one (c, h, w) shape, got {shapes}")
         latents = torch.stack([slerp(ends[0], ends[1], i / (num_frames - 1)) for i in range(num_frames)])
+        kwargs.setdefault("size", tuple(latents.shape[-2:]))  # inverted images may have their own size
         return self(num_frames, num_inference_steps, sampler, latents=latents, **kwargs)

@@ -226,6 +226,8 @@ def test_init_image_mask_and_strength(conditional, tmp_path):
     base = ["--model", str(conditional), "--steps", "4", "--num-images", "1", "--init-image", str(tmp_path / "in.png")]
     assert cli.sample_main([*base, "--strength", "0", "--out", str(tmp_path / "a")]) == 0
     assert Image.open(tmp_path / "a" / "0.png").tobytes() == picture.tobytes()
+    assert cli.sample_main([*base, "--out", str(tmp_path / "c")]) == 0
+    assert Image.open(tmp_path / "c" / "0.png").text["strength"] == str(cli.DEFAULT_STRENGTH)  # the one used
     args = [*base, "--mask", str(tmp_path / "mask.png"), "--resample", "2", "--jump-length", "2"]
     assert cli.sample_main([*args, "--out", str(tmp_path / "b")]) == 0
     inpainted = Image.open(tmp_path / "b" / "0.png")
@@ -248,8 +250,14 @@ def test_interpolate_writes_a_strip_and_a_gif(conditional, tmp_path, capsys):
     Image.new("L", (8, 8), 40).save(tmp_path / "a.png")
     Image.new("L", (8, 8), 200).save(tmp_path / "b.png")
     two = ["--interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(tmp_path / "i")]
-    assert cli.sample_main([*args[:-4], *two, "--frames", "3"]) == 0
+    assert cli.sample_main([*args[:-4], *two, "--frames", "3", "--class", "dog"]) == 0
     assert Image.open(tmp_path / "i" / "interpolation.gif").n_frames == 3
+    # The end frames regenerate the inverted images, inverted and regenerated with the same class.
+    pipe = DiffusionPipeline.from_pretrained(conditional)
+    latents = pipe.invert(Image.open(tmp_path / "a.png"), 3, class_labels="dog")
+    first = pipe(1, 3, "ddim", eta=0.0, latents=latents, class_labels="dog")[0]
+    strip = Image.open(tmp_path / "i" / "interpolation.png")
+    assert strip.crop((2, 2, 10, 10)).tobytes() == first.tobytes()
 
 
 @pytest.mark.parametrize(
@@ -266,6 +274,10 @@ def test_interpolate_writes_a_strip_and_a_gif(conditional, tmp_path, capsys):
         (["--mask", "{tmp}/ok.png"], r"mask_image and strength need an image to edit"),
         (["--interpolate", "0", "1", "--frames", "1"], r"num_frames must be an integer >= 2"),
         (["--interpolate", "0", "1", "--scheduler", "ddpm"], r"interpolation needs a deterministic sampler"),
+        (["--interpolate", "{tmp}/ok.png", "1", "--scheduler", "unipc"], r"regenerates DDIM-inverted latents"),
+        (["--interpolate", "0", "1", "--class", "cat,dog"], r"--interpolate takes one --class for all frames"),
+        (["--class", "all", "--seeds", "3,7"], r"--class all numbers its images from --seed; it does not take --seeds"),
+        (["--resample", "3"], r"--resample and --jump-length are RePaint settings for inpainting: give --mask"),
     ],
 )
 def test_bad_conditioning_and_editing_input_is_one_line(conditional, tmp_path, capsys, args, message):

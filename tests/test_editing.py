@@ -79,6 +79,67 @@ def test_masks_are_binarised_and_sized():
         mask_to_tensor(Image.new("L", (3, 2)), (2, 2))
 
 
+@pytest.mark.parametrize("name", EDITING_SAMPLERS)
+def test_noise_level_is_the_level_add_noise_gives_at_each_step(name):
+    """x = α·x_0 + σ·ε with (α, σ) = noise_level(i) is what add_noise gives at timesteps[i] (the VE
+    sample for VE samplers), and the end of the grid is x_0 itself."""
+    sampler = get_scheduler(name, {"timestep_spacing": "trailing"})
+    sampler.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1, torch.randn(2, 1, 4, 4, generator=g)
+    for i, t in enumerate(sampler.timesteps.tolist()):
+        alpha, sigma = sampler.noise_level(i)
+        expected = sampler.add_noise(x0, eps, torch.tensor([int(t)] * 2))
+        torch.testing.assert_close(alpha * x0 + sigma * eps, expected, rtol=1e-5, atol=1e-5)
+    assert sampler.noise_level(10) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("name", EDITING_SAMPLERS)
+@pytest.mark.parametrize("resample", [1, 2])
+def test_the_known_region_the_model_sees_is_the_image_noised_to_its_timestep(name, resample):
+    """At every model call, RePaint jumps included, the known pixels of the model input x_t are
+    √ᾱ_t·x_0 + √(1-ᾱ_t)·ε with ε ~ N(0, 1): pasting at another step's level would shift their mean
+    (x_0 = 1 there) or scale their spread."""
+    pipe = tiny_pipeline(name)
+    sampler = pipe.make_scheduler(name)
+    alphas_cumprod = sampler.schedule.alphas_cumprod
+    image = torch.ones(1, 1, 64, 64)  # white: x_0 = 1
+    m = torch.zeros(64, 64)
+    m[:, :8] = 1  # regenerate a strip; 3,584 known pixels
+    stats = []
+
+    def record(module, args):
+        sample, timesteps = args[0], args[1]
+        abar = alphas_cumprod[int(timesteps[0].round())].item()
+        known = sample[0, 0, :, 8:]
+        eps = (known - math.sqrt(abar)) / math.sqrt(1 - abar)
+        stats.append((eps.mean().item(), eps.std().item()))
+
+    handle = pipe.unet.register_forward_pre_hook(record)
+    try:
+        pipe(1, 8, sampler, image=image, mask_image=m, resample=resample, jump_length=3, seed=2, size=None)
+    finally:
+        handle.remove()
+    assert len(stats) == len(visit_order(0, 8, 3, resample))
+    for mean, std in stats:
+        assert abs(mean) < 0.07 and abs(std - 1) < 0.07, stats  # 4 standard errors of 3,584 samples
+
+
+def test_karras_grids_with_repeated_timesteps_edit_by_index():
+    """Karras σ with many steps rounds some timesteps to the same integer; editing still starts and
+    jumps by grid index."""
+    pipe = tiny_pipeline()
+    sampler = pipe.make_scheduler("dpmsolver++", use_karras_sigmas=True)
+    sampler.set_timesteps(100)
+    assert len(set(sampler.timesteps.tolist())) < 100  # repeats exist
+    image = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    m = torch.zeros(8, 8)
+    m[:4] = 1
+    out = pipe(1, 100, sampler, image=image, mask_image=m, strength=0.5, resample=2, output_type="tensor")
+    torch.testing.assert_close(out[..., 4:, :], image[..., 4:, :], rtol=0, atol=1e-6)
+    assert torch.isfinite(out).all()
+
+
 # ----- img2img -----
 
 
@@ -159,10 +220,13 @@ def test_inpainting_with_a_perfect_denoiser_blends_nothing_in_the_known_region()
         ({"image": None, "mask_image": Image.new("L", (8, 8))}, r"mask_image and strength need an image to edit"),
         ({"image": None, "strength": 0.5}, r"mask_image and strength need an image to edit"),
         ({"mask_image": Image.new("L", (8, 8)), "resample": 0}, r"jump_length and resample must be positive"),
-        ({"scheduler": "heun"}, r"the heun sampler evaluates the model twice at some timesteps"),
+        ({"scheduler": "heun"}, r"the heun sampler evaluates the model 2 times per step"),
         ({"image": torch.rand(1, 3, 8, 8)}, r"image tensor must have shape \(n, 1, h, w\)"),
         ({"image": torch.rand(1, 1, 8, 8) + 1}, r"image tensor values must be finite and in \[0, 1\]"),
         ({"image": "picture.png"}, r"image must be a PIL image, a list of them, or a tensor, got str"),
+        ({"resample": 3}, r"resample and jump_length are RePaint settings for inpainting: give mask_image too"),
+        ({"image": None, "latents": np.zeros((1, 1, 8, 8))}, r"latents must be a torch.Tensor, got ndarray"),
+        ({"image": None, "latents": torch.zeros(2, 1, 8, 8)}, r"latents must have shape \(1, 1, 8, 8\)"),
         ({"size": (16, 16)}, r"size \(16, 16\) differs from the image's \(8, 8\)"),
     ],
 )
@@ -176,7 +240,7 @@ def test_bad_editing_arguments_are_clear_errors(pipe, picture, kwargs, message):
 
 @pytest.fixture(scope="module")
 def trained():
-    """The shipped model: a tiny trained one (1.1M parameters), in bf16 for speed where it is used."""
+    """The shipped model: a tiny trained one (1.1M parameters), in float32."""
     return DiffusionPipeline.from_pretrained()
 
 
@@ -197,8 +261,9 @@ def test_ddim_inversion_reconstructs_its_input(trained, steps, iterations, mean,
 
 
 def test_bad_inversion_arguments_are_clear_errors(pipe, picture):
-    with pytest.raises(ValueError, match=r"fixed_point_iterations must be an integer >= 0, got -1"):
-        pipe.invert(picture, 4, fixed_point_iterations=-1)
+    for bad in (-1, 0.0, True):
+        with pytest.raises(ValueError, match=r"fixed_point_iterations must be an integer >= 0, got"):
+            pipe.invert(picture, 4, fixed_point_iterations=bad)
     with pytest.raises(ValueError, match=r"num_inference_steps must be in \[1, 1000\]"):
         pipe.invert(picture, 0)
     with pytest.raises(ValueError, match=r"image must be a PIL image"):
@@ -212,6 +277,8 @@ def test_interpolation_endpoints_are_the_two_sources(pipe):
         alone = pipe(1, 6, "ddim", seed=seed, output_type="tensor")[0]
         torch.testing.assert_close(frame, alone, rtol=0, atol=1e-5)
     assert (frames[2] - frames[0]).abs().max() > 0.01  # the middle differs from both ends
+    big = pipe.interpolate(torch.randn(1, 16, 12), torch.randn(1, 16, 12), num_frames=3, num_inference_steps=2)
+    assert [frame.size for frame in big] == [(12, 16)] * 3  # the latents' size, not the model's
     latents = torch.stack([pipe.noise_for_seed(3), pipe.noise_for_seed(8)])
     again = pipe.interpolate(latents[0], latents[1], num_frames=5, num_inference_steps=6, output_type="tensor")
     torch.testing.assert_close(again, frames, rtol=0, atol=0)

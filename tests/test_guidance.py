@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from diffusers.guiders.guider_utils import rescale_noise_cfg
@@ -128,6 +129,8 @@ def test_class_names_and_ids_resolve():
     assert pipe.class_label_tensor("dog", 3).tolist() == [1, 1, 1]
     assert pipe.class_label_tensor(["fox", 0, "1"], 3).tolist() == [2, 0, 1]
     assert pipe.class_label_tensor(torch.tensor([2, 1]), 2).tolist() == [2, 1]
+    assert pipe.class_label_tensor(np.array([2, 0]), 2).tolist() == [2, 0]  # numpy integers
+    assert pipe.class_label_tensor(np.int64(1), 2).tolist() == [1, 1]
     assert pipe.class_label_tensor(None, 3) is None
 
 

@@ -153,6 +153,9 @@ class Scheduler(abc.ABC):
     """
 
     config_class: ClassVar[type[SchedulerConfig]] = SchedulerConfig
+    # Model evaluations per step (Heun: 2, a predictor and a corrector); editing needs 1, so that a
+    # loop can start, or jump back to, any entry of `timesteps`.
+    evaluations_per_step: ClassVar[int] = 1
 
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         config = self.config_class() if config is None else config
@@ -195,6 +198,11 @@ class Scheduler(abc.ABC):
         """The model's input at `timestep` for this sampler's `sample`: `sample` itself, unless the
         sampler walks a rescaled sample (σ-space samplers divide by √(σ²+1) to give back x_t)."""
         return sample
+
+    def initial_state(self, step_index: int) -> Any:
+        """The `state` for a loop that starts at entry `step_index` of `timesteps` rather than at the first
+        (img2img, or a RePaint jump back): None for samplers that keep no state."""
+        return None
 
     @property
     def stochastic(self) -> bool:

@@ -60,6 +60,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
 
     config_class = HeunConfig
     config: HeunConfig
+    evaluations_per_step = 2  # the predictor at σ_i, the corrector at σ_{i+1} (one fewer in all: the last step)
 
     @property
     def stochastic(self) -> bool:

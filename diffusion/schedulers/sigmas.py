@@ -219,6 +219,11 @@ class SigmaScheduler(Scheduler):
             raise ValueError(f"timestep {key} is not one of the timesteps set by set_timesteps")
         return float(self.sigmas[self._timestep_list.index(key)])
 
+    def initial_state(self, step_index: int) -> StepState:
+        """A state that names entry `step_index` of this grid, with no history (multistep solvers warm up
+        again from there); see `Scheduler.initial_state`."""
+        return self._state(step_index)
+
     def noise_level(self, step_index: int) -> tuple[float, float]:
         """(α, σ) of the walked sample before entry `step_index`, from the σ grid: (1, σ_i) for VE samplers,
         the VP coefficients of σ_i otherwise; see `Scheduler.noise_level`."""

@@ -133,8 +133,9 @@ class UniPCMultistepScheduler(SigmaScheduler):
         x0 = pred_original_sample(model_output, sample, alpha_t, sigma_t, self.config.prediction_type)
         x0 = self._process_pred_original_sample(x0)
 
-        # 1. Corrector UniC: redo the previous step from its start with this x̂_0 as the new point.
-        if state is not None and i > 0:
+        # 1. Corrector UniC: redo the previous step from its start with this x̂_0 as the new point (not at
+        # the first step, nor at a fresh start mid-grid, `initial_state`, which have no previous step).
+        if state is not None and state.history:
             sample = self._update(i, i - 1, state.get("last_sample"), state.history, state.get("order"), x0)
 
         # 2. Predictor UniP of order min(solver_order, x̂_0 in the history, steps left): warm-up (from the

@@ -216,11 +216,13 @@ class Trainer:
 
     def _check_same_run(self, path: Path, state: dict) -> None:
         """Refuse to continue a checkpoint under settings that would make it a different run."""
-        saved, now = state["config"], self.config.to_dict()
+        # A setting added after the checkpoint was written had its default then.
+        saved, now = TrainConfig().to_dict() | state["config"], self.config.to_dict()
+        ignored = RESUMABLE_CHANGES | (set() if now["class_cond"] else {"cond_drop_prob"})  # unused unconditionally
         differ = [
-            f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now[k]!r}"
+            f"--{k.replace('_', '-')} {saved[k]!r} -> {now[k]!r}"
             for k in now
-            if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
+            if k not in ignored and saved[k] != now[k]
         ]
         if state.get("unet", self.unet_config.to_dict()) != self.unet_config.to_dict():
             differ.append("the UNet config")

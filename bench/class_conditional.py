@@ -7,10 +7,10 @@ The model is the shipped class-conditional Fashion-MNIST model (or --model); the
 Fashion-MNIST classifier (`assets/fashion-mnist-classifier`), whose penultimate layer is also the
 feature space of FD and KID. For each guidance scale w, --per-class images of every class are
 generated (image i with seed --seed + i, so every row starts from the same noise) with the model's
-own sampler and --steps steps; accuracy is the share of them the classifier assigns to the requested
+own sampler (or --scheduler) and --steps steps; accuracy is the share of them the classifier assigns to the requested
 class. w = 0 is the unconditional model, so its accuracy is chance. A first row classifies real images
 (--per-class of each class, drawn by a seeded shuffle of each class folder of --data, the training
-split), which also are the FD/KID reference.
+split), which also are the FD/KID reference; a second row is another such draw: the FD floor.
 
 Each row's images and wall time are cached in --cache, so rows can run on separate cores and the table
 is assembled afterwards. --write-docs replaces the table between ``<!-- class-conditional -->`` and
@@ -46,14 +46,15 @@ def real_images(data: Path, class_names: list[str], per_class: int, size: tuple[
 
 def generate(pipe: DiffusionPipeline, scale: float, per_class: int, args, cache: Path) -> dict:
     """The row's images ``(n, 1, h, w)`` in [0, 1] and seconds, from the cache or generated now."""
-    path = cache / f"w{scale:g}-{args.steps}-{per_class}-{args.dtype}.pt"
+    sampler = args.scheduler or pipe.scheduler_name()
+    path = cache / f"{sampler}-w{scale:g}-{args.steps}-{per_class}-{args.dtype}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
     k = pipe.unet.config.num_classes
     labels = [c for c in range(k) for _ in range(per_class)]
     start = time.perf_counter()
     images = pipe(
-        len(labels), args.steps, class_labels=labels, guidance_scale=scale, seed=args.seed,
+        len(labels), args.steps, sampler, class_labels=labels, guidance_scale=scale, seed=args.seed,
         batch_size=args.batch_size, output_type="tensor", progress=True,
     )  # fmt: skip
     row = {"images": images, "seconds": time.perf_counter() - start, "labels": torch.tensor(labels)}
@@ -70,7 +71,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, required=True, help="folder for each row's samples")
     parser.add_argument("--per-class", type=int, default=100, help="images per class and row (default: 100)")
     parser.add_argument("--scales", type=float, nargs="+", default=[0, 1, 1.5, 2, 3, 4, 6])
-    parser.add_argument("--steps", type=int, default=20, help="steps of the model's own sampler (default: 20)")
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
+    parser.add_argument("--scheduler", default=None, help="sampler name (default: the model's own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
@@ -113,7 +115,12 @@ def main() -> None:
     )
     lines = [header]
     real_acc, real_worst, _, _ = judge(real, real_labels)
-    lines.append(f"| real images (training split) | {real_acc:.1%} | {real_worst:.1%} | – | – | – |")
+    lines.append(f"| real images (training split; the reference) | {real_acc:.1%} | {real_worst:.1%} | – | – | – |")
+    other, other_labels = real_images(args.data, pipe.class_names, args.per_class, pipe.unet.config.sample_size, 1007)
+    acc, worst, fd, kid = judge(other, other_labels)
+    lines.append(
+        f"| real images, another draw (the floor) | {acc:.1%} | {worst:.1%} | {fd:.3f} | {kid * 1e3:.2f} | – |"
+    )
     for scale, row in rows.items():
         acc, worst, fd, kid = judge(row["images"] * 2 - 1, row["labels"])
         lines.append(f"| {scale:g} | {acc:.1%} | {worst:.1%} | {fd:.3f} | {kid * 1e3:.2f} | {row['seconds']:.0f} |")

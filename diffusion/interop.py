@@ -9,6 +9,7 @@ class name. Nothing is executed: JSON, safetensors, and ``.bin`` only through
 ``torch.load(weights_only=True)``.
 """
 
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ SCHEDULER_CLASSES = {
     "UniPCMultistepScheduler": "unipc",
 }
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+logger = logging.getLogger(__name__)
 
 
 def is_diffusers_folder(index: dict[str, Any]) -> bool:
@@ -177,3 +180,10 @@ def save_diffusers(unet: UNet, name: str, scheduler: Scheduler, path: str | Path
         "unet": ["diffusers", "UNet2DModel"],
     }
     write_json(path / "model_index.json", index)
+    if unet.config.num_classes:
+        logger.warning(
+            "the model is class-conditional: diffusers' DDPMPipeline passes no class labels, so call the "
+            "UNet2DModel with class_labels (0..%d, and %d for the unconditional null class) in your own loop",
+            unet.config.num_classes - 1,
+            unet.config.num_classes,
+        )

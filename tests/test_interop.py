@@ -258,3 +258,26 @@ def test_export_command_writes_a_diffusers_folder_or_one_clear_line(tiny_model, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "third-order SDE DPM-Solver++ differs from ours" in err[0]
     assert cli.export_main(["--to", "diffusers", "--out", str(tmp_path / "s2"), "--scheduler", "dpmsolver++2m"]) == 0
+
+
+def test_a_class_conditional_export_keeps_the_class_embedding_and_warns(tmp_path, caplog):
+    """diffusers' UNet2DModel takes the classes (num_class_embeds = classes + null); its outputs equal ours."""
+    torch.manual_seed(0)
+    config = UNetConfig(
+        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+        attention_levels=(), norm_groups=8, num_classes=3,
+    )  # fmt: skip
+    pipe = DiffusionPipeline(UNet(config), DDIMScheduler(), ["a", "b", "c"])
+    with caplog.at_level("WARNING"):
+        pipe.save_pretrained(tmp_path / "hf", format="diffusers")
+    assert "DDPMPipeline passes no class labels" in caplog.text and "3 for the unconditional null class" in caplog.text
+    theirs = diffusers.UNet2DModel.from_pretrained(tmp_path / "hf" / "unet")
+    assert theirs.config.num_class_embeds == 4
+    x, t, labels = torch.randn(4, 1, 8, 8), torch.tensor([10, 500, 999, 3]), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x, t, class_labels=labels).sample, pipe.unet(x, t, labels), atol=1e-4, rtol=0)
+    back = DiffusionPipeline.from_pretrained(tmp_path / "hf")  # and the import: ids only, diffusers has no names
+    assert back.unet.config.num_classes == 3 and back.class_names == []
+    torch.testing.assert_close(
+        back(2, 3, class_labels=[2, 0], output_type="tensor"), pipe(2, 3, class_labels=[2, 0], output_type="tensor")
+    )

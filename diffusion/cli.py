@@ -198,8 +198,9 @@ def sample_parser() -> argparse.ArgumentParser:
         "--class",
         dest="class_labels",
         default=None,
-        help="class name or id for every image, one per image (comma-separated), or 'all': --num-images of each "
-        "class, one grid row per class (default: unconditional)",
+        help="class name or id for every image, one per image (comma-separated), 'all': --num-images of each "
+        "class, one grid row per class, or 'none': the unconditional model (default for a class-conditional "
+        "model: a class drawn per image from its seed)",
     )
     cond.add_argument(
         "--guidance-scale",
@@ -243,10 +244,14 @@ def _read_image(path: str, channels: int, flag: str) -> Image.Image:
         raise ValueError(f"{flag} {path} is not a readable image ({type(e).__name__}: {e})") from None
 
 
-def _class_labels(text: str | None, pipe: DiffusionPipeline, num_images: int) -> tuple[list[str] | None, int]:
+def _class_labels(text: str | None, pipe: DiffusionPipeline, seeds: list[int]) -> tuple[list[str] | None, int]:
     """--class as one label per image, and the grid's columns (0: as square as possible)."""
-    if text is None:
+    num_images = len(seeds)
+    if text == "none" or (text is None and pipe.unet.config.num_classes is None):
         return None, 0
+    if text is None:  # a class-conditional model: a class per image, from its seed
+        ids = pipe.random_class_labels(num_images, seeds).tolist()
+        return [pipe.class_names[i] if pipe.class_names else str(i) for i in ids], 0
     if text == "all":
         num_classes = pipe.unet.config.num_classes
         if num_classes is None:
@@ -291,7 +296,7 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--class all numbers its images from --seed; it does not take --seeds")
         if args.mask is None and (args.resample != 1 or args.jump_length != 10):
             raise ValueError("--resample and --jump-length are RePaint settings for inpainting: give --mask too")
-        labels, columns = _class_labels(args.class_labels, pipe, len(seeds))
+        labels, columns = _class_labels(args.class_labels, pipe, seeds)
         if args.class_labels == "all":
             seeds = [args.seed + i for i in range(len(labels))]
         sampler = args.scheduler or pipe.scheduler_name()
@@ -348,9 +353,12 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
     """``sample.py --interpolate A B``: a strip PNG and an animated GIF of --frames frames."""
     settings = {"eta": args.eta} if args.eta is not None else {}
     settings |= {"use_karras_sigmas": True} if args.karras else {}
-    labels = None if args.class_labels is None else args.class_labels
+    labels = None if args.class_labels in (None, "none") else args.class_labels
     if labels is not None and ("," in labels or labels == "all"):
         raise ValueError("--interpolate takes one --class for all frames")
+    seed_start = args.interpolate[0].isdigit() and pipe.unet.config.num_classes is not None
+    if args.class_labels is None and seed_start:  # as sample.py would draw the first seed's image
+        labels = int(pipe.random_class_labels(1, [int(args.interpolate[0])])[0])
     ends: list[int | torch.Tensor] = []
     for point in args.interpolate:
         try:

@@ -21,7 +21,7 @@ import torch
 
 from .data import DECODE_ERRORS, find_image_files, fit, load_image, to_tensor
 from .metrics import KID_NUM_SUBSETS, FeatureExtractor, QualityResult, compare_features, load_feature_extractor
-from .pipeline import DEFAULT_STEPS, DiffusionPipeline
+from .pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, RANDOM_CLASSES, DiffusionPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +126,12 @@ def evaluate(
         kid_num_subsets: KID subsets to average.
         progress: show the sampling progress bar.
 
+    A class-conditional model draws each image's class from its seed and is guided at
+    `DEFAULT_GUIDANCE_SCALE` (``class_labels="random"``), so that its samples follow the data's classes.
+
     Returns:
         The `QualityResult`; its ``settings`` record the model, sampler, steps, seed, dtype, device,
-        image size, extractor and reference folder.
+        image size, extractor and reference folder (and the class sampling, for a conditional model).
 
     Raises:
         FileNotFoundError: a missing model, reference folder or extractor weights.
@@ -164,11 +167,14 @@ def evaluate(
     reference_features = extractor.features(real)  # (M, d)
     logger.info("embedded %d reference images from %s at %dx%d", num_reference, reference, *size)
     logger.info("generating %d images (%s, %d steps)", num_images, sampler, num_inference_steps)
+    # A class-conditional model is measured on the data's mix of classes: a class per image, guided.
+    classes = RANDOM_CLASSES if pipe.unet.config.num_classes is not None else None
     images = pipe(
         num_images,
         num_inference_steps,
         scheduler=sampler,
         seed=seed,
+        class_labels=classes,
         batch_size=batch_size,
         output_type="tensor",
         progress=progress,
@@ -181,6 +187,7 @@ def evaluate(
         "steps": num_inference_steps,
         "nfe": nfe,
         "seed": seed,
+        **({"class_labels": classes, "guidance_scale": DEFAULT_GUIDANCE_SCALE} if classes else {}),
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "device": str(pipe.device),
         "image_size": list(size),

@@ -211,7 +211,7 @@ def test_class_per_image_and_guidance_scale(conditional, tmp_path):
     assert [Image.open(out / f"{i}.png").text["class"] for i in range(3)] == ["dog", "0", "cat"]
     assert Image.open(out / "0.png").text["guidance_scale"] == "0.0"
     unconditional = tmp_path / "u"
-    assert cli.sample_main([*base[:-1], str(unconditional)]) == 0
+    assert cli.sample_main([*base[:-1], str(unconditional), "--class", "none"]) == 0
     for i in range(3):  # guidance 0 is the unconditional model
         assert Image.open(out / f"{i}.png").tobytes() == Image.open(unconditional / f"{i}.png").tobytes()
 
@@ -265,7 +265,7 @@ def test_interpolate_writes_a_strip_and_a_gif(conditional, tmp_path, capsys):
     [
         (["--class", "wolf"], r"unknown class 'wolf'; this model knows ids 0-1: cat, dog"),
         (["--class", "cat", "--guidance-scale", "-1"], r"guidance_scale must be a finite number >= 0"),
-        (["--guidance-scale", "2"], r"guidance_scale needs class_labels"),
+        (["--class", "none", "--guidance-scale", "2"], r"guidance_scale needs class_labels"),
         (["--init-image", "{tmp}/none.png"], r"--init-image .*none.png not found"),
         (["--init-image", "{tmp}/text.png"], r"--init-image .*text.png is not a readable image"),
         (["--init-image", "{tmp}/ok.png", "--strength", "2"], r"strength must be in \[0, 1\], got 2.0"),
@@ -296,3 +296,16 @@ def test_bad_conditioning_and_editing_input_is_one_line(conditional, tmp_path, c
 def test_class_all_on_an_unconditional_model_is_refused(model, tmp_path, capsys):
     assert cli.sample_main(["--model", str(model), "--class", "all", "--out", str(tmp_path)]) == 2
     assert "--class all needs a class-conditional model; this model is unconditional" in capsys.readouterr().err
+
+
+def test_a_class_conditional_model_draws_a_class_per_seed_unless_told(conditional, tmp_path):
+    base = ["--model", str(conditional), "--steps", "2", "--num-images", "4"]
+    assert cli.sample_main([*base, "--out", str(tmp_path / "r"), "--seed", "20"]) == 0
+    pipe = DiffusionPipeline.from_pretrained(conditional)
+    expected = [pipe.class_names[i] for i in pipe.random_class_labels(4, 20).tolist()]
+    assert [Image.open(tmp_path / "r" / f"{s}.png").text["class"] for s in range(20, 24)] == expected
+    assert cli.sample_main([*base, "--out", str(tmp_path / "n"), "--class", "none"]) == 0
+    unconditional = pipe(4, 2, seed=0)
+    for i in range(4):
+        image = Image.open(tmp_path / "n" / f"{i}.png")
+        assert "class" not in image.text and image.tobytes() == unconditional[i].tobytes()

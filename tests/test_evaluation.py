@@ -11,8 +11,9 @@ from PIL import Image
 from diffusion.data import fit, load_image, to_tensor
 from diffusion.evaluation import evaluate, load_reference_images
 from diffusion.metrics import compare_features, load_feature_extractor
-from diffusion.pipeline import DiffusionPipeline
-from diffusion.schedulers import SCHEDULERS
+from diffusion.models import UNet, UNetConfig
+from diffusion.pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
+from diffusion.schedulers import SCHEDULERS, DDIMScheduler
 
 
 def test_reference_images_are_a_seeded_draw_converted_like_training_data(reference_folder):
@@ -169,3 +170,30 @@ def test_an_extractor_that_cannot_take_the_models_images_fails_before_sampling(
     monkeypatch.setattr(DiffusionPipeline, "__call__", lambda *a, **k: pytest.fail("sampled before checking"))
     with pytest.raises(ValueError, match="images have 1 channels but the classifier expects 3"):
         evaluate(tiny_model, reference_folder, 4, extractor_path=tmp_path / "c")
+
+
+def test_a_class_conditional_model_is_measured_on_random_classes(tmp_path, reference_folder):
+    """Its images are those of class_labels="random" at the default guidance, and the settings say so."""
+    torch.manual_seed(0)
+    config = UNetConfig(
+        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+        attention_levels=(), norm_groups=8, num_classes=2,
+    )  # fmt: skip
+    pipe = DiffusionPipeline(UNet(config), DDIMScheduler(), ["a", "b"])
+
+    class Pixels:
+        name, description, feature_dim = "pixels", "raw pixels", 64
+
+        def features(self, images: torch.Tensor) -> torch.Tensor:
+            return images.flatten(1).float()
+
+    result = evaluate(pipe, reference_folder, 6, num_inference_steps=2, extractor=Pixels(), seed=3)
+    assert result.settings["class_labels"] == "random"
+    assert result.settings["guidance_scale"] == DEFAULT_GUIDANCE_SCALE
+    labels = pipe.random_class_labels(6, 3)
+    images = pipe(6, 2, seed=3, class_labels=labels, output_type="tensor")
+    real = load_reference_images(reference_folder, 6, 1, (8, 8), seed=3)
+    expected = compare_features(
+        (images * 2 - 1).flatten(1), real.flatten(1), "pixels", generator=torch.Generator().manual_seed(3)
+    )
+    assert result.fd == pytest.approx(expected.fd, rel=1e-5)

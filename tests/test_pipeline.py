@@ -243,6 +243,6 @@ def test_shipped_model_loads_and_generates():
     images = pipe(num_images=2, num_inference_steps=2, seed=0)
     assert [(im.mode, im.size) for im in images] == [("L", (28, 28))] * 2
     assert load_file(SHIPPED_MODEL / "unet" / "model.safetensors")  # weights present, not an LFS pointer
-    assert Image.open(SHIPPED_MODEL / "samples.png").size == (726, 726)  # 8x8 grid of 28px + 2px pads, x3
+    assert Image.open(SHIPPED_MODEL / "samples.png").size == (726, 906)  # 8 x 10 grid of 28px + 2px pads, x3
     assert SHIPPED_MODEL.joinpath("README.md").read_text().count("MIT licence") == 1  # the model card
     assert sum(f.stat().st_size for f in SHIPPED_MODEL.rglob("*") if f.is_file()) < 20 * 2**20

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 OutputType = Literal["pil", "tensor", "numpy"]
 # Default sampler steps: with 20 steps, DPM-Solver++ 3M SDE (the default sampler of the models we train)
-# had the best quality of any sampler at 20 model evaluations on the shipped model, FD@2000 0.826
+# had the best quality of any sampler at 20 model evaluations on the model shipped before issue 7, FD@2000 0.826
 # against DDPM-1000's 0.684 and DDIM-100's 1.584 (docs/benchmarks.md, "Quality against sampling cost").
 DEFAULT_STEPS = 20
 # Classifier-free guidance scale when class labels are given. On the shipped model (docs/benchmarks.md,

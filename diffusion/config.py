@@ -26,6 +26,11 @@ def literal_choices(annotation: Any) -> tuple[Any, ...] | None:
     return None
 
 
+def is_positive_int(value: object) -> bool:
+    """An int (not a bool) >= 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:

@@ -7,15 +7,13 @@
   by the image noised to the sample's new level (eq. 8); with resampling, every ``jump_length`` steps
   the sample is noised back up that many steps and denoised again, ``resample`` times in all (sec. 4.2),
   which lets the generated region agree with the known one.
-- Interpolation: spherical interpolation of Gaussian noises (Shoemake 1985), which keeps their norm,
-  unlike a straight line whose midpoint is an atypically small noise.
 
 A sample here is whatever the sampler walks: x = α·x_0 + σ·ε, with (α, σ) from `Scheduler.noise_level`.
 """
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +22,7 @@ from PIL import Image
 
 from .image import to_mode
 from .models import UNetConfig
-from .schedulers import SCHEDULERS, DDIMScheduler, Scheduler
+from .schedulers import SCHEDULERS, Scheduler
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
 
@@ -127,24 +125,6 @@ def paste_known(
     return mask * sample + (1 - mask) * noised
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation from ``a`` (t = 0, returned exactly) to ``b`` (t = 1, exactly).
-
-    The angle is the one between the flattened tensors; nearly parallel ones are interpolated linearly.
-    """
-    if t == 0:
-        return a.clone()
-    if t == 1:
-        return b.clone()
-    a64, b64 = a.double().flatten(), b.double().flatten()
-    cos = torch.dot(a64, b64) / (a64.norm() * b64.norm())
-    theta = math.acos(float(cos.clamp(-1, 1)))
-    if theta < 1e-4:
-        return ((1 - t) * a.double() + t * b.double()).to(a.dtype)
-    w_a, w_b = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
-    return (w_a * a.double() + w_b * b.double()).to(a.dtype)
-
-
 @dataclass(frozen=True)
 class Edit:
     """What an editing call starts from."""
@@ -198,36 +178,3 @@ def prepare_edit(
             raise ValueError(f"got {len(mask)} masks for {num_images} outputs; give one, or one per output")
         mask = mask.expand(num_images, *mask.shape[1:])
     return Edit(x0, mask, start_index(len(sampler.timesteps), strength))
-
-
-def ddim_invert(
-    predict: Callable[[torch.Tensor, int], torch.Tensor],
-    sampler: DDIMScheduler,
-    x0: torch.Tensor,
-    fixed_point_iterations: int,
-    on_step: Callable[[], None] = lambda: None,
-) -> torch.Tensor:
-    """DDIM inversion of a batch up the ``sampler``'s grid; see `DiffusionPipeline.invert`.
-
-    Args:
-        predict: the model output for a sample at an integer timestep.
-        sampler: a DDIM scheduler with its timesteps set.
-        x0: clean images ``(b, c, h, w)`` in [-1, 1].
-        fixed_point_iterations: extra evaluations per step that refine ε̂.
-        on_step: called after each step.
-
-    Returns:
-        The latents at the first sampling timestep, ``(b, c, h, w)``.
-    """
-    alphas_cumprod = sampler.schedule.alphas_cumprod.tolist()
-    x, current = x0, sampler.final_alpha_cumprod()  # ᾱ where sampling ends: the clean image
-    for t in sampler.timesteps.tolist()[::-1]:
-        target = alphas_cumprod[t]
-        guess = x  # ε̂ is first taken at the current sample, then at the estimate of x_t (if refined)
-        for _ in range(fixed_point_iterations + 1):
-            eps = sampler.schedule.pred_epsilon(predict(guess, t), guess, t)
-            pred_x0 = (x - math.sqrt(1 - current) * eps) / math.sqrt(current)
-            guess = math.sqrt(target) * pred_x0 + math.sqrt(1 - target) * eps  # eq. 12, η = 0, upwards
-        x, current = guess, target
-        on_step()
-    return x

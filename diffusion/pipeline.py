@@ -13,22 +13,28 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .editing import ImageInput, ddim_invert, images_to_tensor, paste_known, prepare_edit, renoise, slerp, visit_order
+from .config import is_positive_int
+from .editing import ImageInput, paste_known, prepare_edit, renoise, visit_order
 from .guidance import check_guidance, class_label_tensor, classifier_free_guidance
 from .image import to_pil
 from .interop import save_diffusers
+from .latents import Latents
 from .model_folder import FORMAT_NAME, read_model_folder, write_model_folder
 from .models import UNet
-from .schedulers import ALIASES, SCHEDULERS, Scheduler, SchedulerConfig, get_scheduler, resolve_scheduler_name
+from .schedulers import (
+    ALIASES,
+    DEFAULT_STEPS,
+    SCHEDULERS,
+    Scheduler,
+    SchedulerConfig,
+    get_scheduler,
+    resolve_scheduler_name,
+)
 from .schedulers.base import randn_tensor
 
 logger = logging.getLogger(__name__)
 
 OutputType = Literal["pil", "tensor", "numpy"]
-# Default sampler steps: with 20 steps, DPM-Solver++ 3M SDE (the default sampler of the models we train)
-# had the best quality of any sampler at 20 model evaluations on the model shipped before issue 7, FD@2000 0.826
-# against DDPM-1000's 0.684 and DDIM-100's 1.584 (docs/benchmarks.md, "Quality against sampling cost").
-DEFAULT_STEPS = 20
 # Classifier-free guidance scale when class labels are given. On the shipped model (docs/benchmarks.md,
 # "Class-conditional model"), w = 1.5 drew the requested class 93.7% of the time at FD@1000 0.411; w = 1
 # had the best FD (0.284) but 86.2%, under the real images' 88.9%; w = 2 and 3 gave 96.7% and 99.0% at
@@ -40,11 +46,7 @@ RANDOM_CLASSES = "random"
 DEFAULT_STRENGTH = 0.8
 
 
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-class DiffusionPipeline:
+class DiffusionPipeline(Latents):
     """Turns Gaussian noise into images with ``unet`` and ``scheduler``.
 
     Attributes:
@@ -304,7 +306,7 @@ class DiffusionPipeline:
             raise ValueError("give seed or generator, not both")
         if output_type not in ("pil", "tensor", "numpy"):
             raise ValueError(f"unknown output_type {output_type!r}; expected one of 'pil', 'tensor', 'numpy'")
-        if batch_size is not None and not _positive_int(batch_size):
+        if batch_size is not None and not is_positive_int(batch_size):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if eta is not None and not (isinstance(eta, int | float) and eta >= 0):
             raise ValueError(f"eta must be a number >= 0, got {eta!r}")
@@ -328,7 +330,7 @@ class DiffusionPipeline:
         if mask is None and resample != 1:
             raise ValueError("resample and jump_length are RePaint settings for inpainting: give mask_image too")
         if mask is not None:
-            if not (_positive_int(jump_length) and _positive_int(resample)):
+            if not (is_positive_int(jump_length) and is_positive_int(resample)):
                 raise ValueError(
                     f"jump_length and resample must be positive integers, got {jump_length!r}, {resample!r}"
                 )
@@ -395,128 +397,3 @@ class DiffusionPipeline:
         if output_type == "numpy":
             return images.permute(0, 2, 3, 1).numpy()
         return to_pil(images)
-
-    # ----- inversion and interpolation -----
-
-    @torch.inference_mode()
-    def invert(
-        self,
-        images: ImageInput,
-        num_inference_steps: int = 50,
-        *,
-        class_labels: int | str | Sequence[int | str] | torch.Tensor | None = None,
-        guidance_scale: float | None = None,
-        fixed_point_iterations: int = 1,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> torch.Tensor:
-        """DDIM inversion (Song et al. 2021, sec. 4.3; Dhariwal & Nichol 2021, appendix F): the latent
-        noise from which deterministic DDIM regenerates ``images``.
-
-        It runs the DDIM update of eq. 12 (η = 0) up the same grid that sampling walks down: from
-        ᾱ_{t_{i+1}} to ᾱ_{t_i} with ε̂(x, t_i). Sampling evaluates ε̂ on x_{t_i}, which inversion does not
-        know yet; plain DDIM inversion (``fixed_point_iterations=0``) uses the current sample instead,
-        an O(step) error. Each fixed-point iteration re-evaluates ε̂ on the new estimate of x_{t_i}
-        (Pan et al. 2023, "Effective Real Image Editing with Accelerated Iterative Diffusion
-        Inversion"), at one more model evaluation per step. Regenerate with
-        ``pipe(latents=z, scheduler="ddim", eta=0, num_inference_steps=n)`` and the same ``n``.
-        Measured on the shipped model (docs/benchmarks.md): 50 steps and 1 iteration reconstruct better
-        than 100 plain steps, at less cost.
-
-        Args:
-            images: PIL image(s) or a ``(n, c, h, w)`` tensor in [0, 1].
-            num_inference_steps: n, the DDIM steps.
-            class_labels, guidance_scale: as in `__call__`, for a class-conditional model.
-            fixed_point_iterations: extra model evaluations per step that refine ε̂; 0 is plain DDIM inversion.
-            batch_size: images per forward pass; None means all at once.
-            progress: show a tqdm bar.
-
-        Returns:
-            float32 ``(n, c, h, w)`` latents on the CPU, of unit variance like sampling's initial noise.
-        """
-        x0 = images_to_tensor(images, self.unet.config.in_channels)
-        labels = self.class_label_tensor(class_labels, len(x0))
-        scale = self._guidance(labels, guidance_scale, 0.0)
-        if batch_size is not None and not _positive_int(batch_size):
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not (
-            _positive_int(fixed_point_iterations)
-            or (type(fixed_point_iterations) is int and fixed_point_iterations == 0)
-        ):
-            raise ValueError(f"fixed_point_iterations must be an integer >= 0, got {fixed_point_iterations!r}")
-        sampler = self.make_scheduler("ddim", eta=0.0)
-        sampler.set_timesteps(num_inference_steps)
-        batch_size = batch_size or len(x0)
-        evaluations = -(-len(x0) // batch_size) * len(sampler.timesteps)
-        bar = tqdm(total=evaluations, disable=not progress, unit="step", desc="inverting")
-        latents = []
-        for first in range(0, len(x0), batch_size):
-            part = slice(first, first + batch_size)
-            x = x0[part].to(self.device)
-            batch_labels = labels[part].to(self.device) if labels is not None else None
-
-            def predict(sample: torch.Tensor, t: int, labels: torch.Tensor | None = batch_labels) -> torch.Tensor:
-                return self._predict(sample, torch.tensor(t, device=self.device), labels, scale, 0.0)
-
-            x = ddim_invert(predict, sampler, x, fixed_point_iterations, on_step=lambda: bar.update(1))
-            latents.append(x.float().cpu())
-        bar.close()
-        return torch.cat(latents)
-
-    def noise_for_seed(self, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """The initial noise ``(c, h, w)`` that sampling with ``seed`` starts from (per-image generators)."""
-        height, width = size or self.unet.config.sample_size
-        shape = (1, self.unet.config.in_channels, height, width)
-        return randn_tensor(shape, self.generators(1, [seed]), dtype=torch.float32)[0]
-
-    def interpolate(
-        self,
-        start: int | torch.Tensor,
-        end: int | torch.Tensor,
-        num_frames: int = 8,
-        num_inference_steps: int = DEFAULT_STEPS,
-        scheduler: str | Scheduler = "ddim",
-        **kwargs: Any,
-    ) -> list[Image.Image] | torch.Tensor | np.ndarray:
-        """Images along the spherical path between two initial noises (see `diffusion.editing.slerp`).
-
-        Args:
-            start, end: a seed (its noise, as in `noise_for_seed`) or a ``(c, h, w)`` latent, e.g. from
-                `invert`; frame 0 is the image of ``start`` and the last frame that of ``end``.
-            num_frames: frames, at least 2, at evenly spaced angles.
-            num_inference_steps: sampler steps.
-            scheduler: a deterministic sampler (default DDIM at η = 0, which regenerates `invert`'s
-                latents); a stochastic one would add different noise to each frame.
-            kwargs: the other arguments of `__call__` (``class_labels``, ``guidance_scale``,
-                ``output_type``, ``batch_size``, ``progress``, ...), except seeds and latents.
-
-        Raises:
-            ValueError: for fewer than 2 frames, a stochastic sampler, or latents of the wrong shape.
-        """
-        if not _positive_int(num_frames) or num_frames < 2:
-            raise ValueError(f"num_frames must be an integer >= 2, got {num_frames!r}")
-        for name in ("seed", "generator", "latents", "num_images"):
-            if name in kwargs:
-                raise ValueError(f"interpolate takes no {name}: the frames come from start and end")
-        sampler = self._sampler(scheduler, kwargs.pop("eta", None))
-        if sampler.stochastic:
-            raise ValueError(
-                f"interpolation needs a deterministic sampler, and {self.scheduler_name(sampler)} adds fresh noise at "
-                "every step; use ddim (eta 0), dpmsolver++2m, dpmsolver++3m, unipc or euler"
-            )
-        ends = []
-        for point in (start, end):
-            if isinstance(point, torch.Tensor):
-                ends.append(
-                    point.detach().float().cpu().squeeze(0) if point.ndim == 4 else point.detach().float().cpu()
-                )
-            elif isinstance(point, int) and not isinstance(point, bool):
-                ends.append(self.noise_for_seed(point, kwargs.get("size")))
-            else:
-                raise ValueError(f"start and end must be seeds (ints) or latents (tensors), got {point!r}")
-        if ends[0].shape != ends[1].shape or ends[0].ndim != 3:
-            shapes = [tuple(e.shape) for e in ends]
-            raise ValueError(f"start and end must be latents of one (c, h, w) shape, got {shapes}")
-        latents = torch.stack([slerp(ends[0], ends[1], i / (num_frames - 1)) for i in range(num_frames)])
-        kwargs.setdefault("size", tuple(latents.shape[-2:]))  # inverted images may have their own size
-        return self(num_frames, num_inference_steps, sampler, latents=latents, **kwargs)

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from diffusion import DiffusionPipeline
-from diffusion.editing import mask_to_tensor, renoise, slerp, start_index, visit_order
+from diffusion.editing import mask_to_tensor, renoise, start_index, visit_order
+from diffusion.latents import slerp
 from diffusion.models import UNet, UNetConfig
 from diffusion.schedulers import SCHEDULER_NAMES, get_scheduler, randn_tensor
 

@@ -22,6 +22,7 @@ LAYERS = [
         "diffusion.interop",
         "diffusion.editing",
         "diffusion.model_folder",
+        "diffusion.latents",
     },
     {"diffusion.training", "diffusion.evaluation"},
     {"diffusion.cli"},

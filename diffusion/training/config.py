@@ -1,13 +1,19 @@
-"""`TrainConfig`: every setting of a training run, saved as ``train_config.json`` in the output folder.
+"""`TrainConfig`: every setting of a training run, saved as ``train_config.json`` in the output folder,
+and what derives from it: the UNet config, the noise schedule (as the default sampler's config) and
+the learning-rate schedule.
 
 The command-line flags of ``train.py`` are generated from these fields (see `diffusion.cli`), so a
 field's comment is also its ``--help`` text.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..config import config_from_dict, config_to_dict, validate_literals
+from ..fileio import read_json
+from ..models import UNetConfig, preset
+from ..schedulers import DPMSolverConfig
 
 
 @dataclass(kw_only=True)
@@ -95,3 +101,47 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         return config_from_dict(cls, data)
+
+
+def model_config(config: TrainConfig, unet_overrides: dict | None = None) -> UNetConfig:
+    """The preset, overridden by ``--model-config`` JSON, by UNet flags, then by the data's channels and size."""
+    overrides = read_json(config.model_config) if config.model_config else {}
+    overrides |= unet_overrides or {}
+    overrides["in_channels"] = config.channels
+    if config.image_size is not None:
+        overrides["sample_size"] = tuple(config.image_size)
+    if overrides.get("out_channels") not in (None, config.channels):
+        raise ValueError(f"out_channels must equal --channels ({config.channels}) for training a denoiser")
+    if overrides.get("num_classes") is not None:
+        raise ValueError(
+            "num_classes comes from the data: use --class-cond, which makes one class per first-level subfolder"
+        )
+    try:
+        return UNetConfig.from_dict({**preset(config.preset).to_dict(), **overrides})
+    except TypeError as e:
+        source = f"--model-config {config.model_config}" if config.model_config else "the UNet flags"
+        raise ValueError(f"{source}: a value has the wrong type ({e})") from None
+
+
+def scheduler_config(config: TrainConfig) -> DPMSolverConfig:
+    """The noise schedule of the run, as the default sampler's config: DPM-Solver++ 3M SDE, trailing
+    spacing, which gave the best quality per model evaluation in docs/benchmarks.md."""
+    return DPMSolverConfig(
+        solver_order=3,
+        algorithm_type="sde-dpmsolver++",
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        rescale_betas_zero_snr=config.zero_terminal_snr,
+        prediction_type=config.prediction_type,
+        timestep_spacing="trailing",
+    )
+
+
+def lr_factor(step: int, config: TrainConfig, total: int) -> float:
+    """Linear warmup to 1, then constant or cosine decay to 0 at ``total``."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0

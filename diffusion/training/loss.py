@@ -1,4 +1,5 @@
-"""The training loss: a per-sample MSE to the prediction target, optionally Min-SNR weighted."""
+"""The training loss: a per-sample MSE to the prediction target, optionally Min-SNR weighted; and the
+label dropout of classifier-free guidance training."""
 
 from typing import Literal
 
@@ -49,3 +50,17 @@ def diffusion_loss(
     per_sample = (model_output.float() - target.float()).square().mean(dim=(1, 2, 3))  # (b,)
     weights = snr_weights(snr.float(), prediction_type, weighting, snr_gamma)  # (b,)
     return (weights * per_sample).mean()
+
+
+def drop_labels(labels: torch.Tensor, null_label: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace each label by ``null_label`` with probability ``p`` (classifier-free guidance training, Ho &
+    Salimans 2022, Algorithm 1): the one model learns the unconditional prediction as the null class.
+
+    Args:
+        labels: ``(b,)`` int64 class indices.
+        null_label: the null class, ``num_classes``.
+        p: the drop probability, in [0, 1].
+        generator: the source of the ``(b,)`` uniform draws.
+    """
+    drop = torch.rand(labels.shape, generator=generator) < p  # (b,)
+    return labels.masked_fill(drop, null_label)

@@ -34,15 +34,15 @@ from ..checkpoint import (
     resolve_resume,
 )
 from ..data import ImageFolder
-from ..fileio import check_writable, read_json, write_json
+from ..fileio import check_writable, write_json
 from ..image import make_grid, save_png
-from ..models import UNet, UNetConfig, preset
+from ..models import UNet
 from ..models.persistence import load_weights, save_weights
 from ..pipeline import DiffusionPipeline
-from ..schedulers import DPMSolverConfig, DPMSolverMultistepScheduler, NoiseSchedule
-from .config import TrainConfig
+from ..schedulers import DPMSolverMultistepScheduler, NoiseSchedule
+from .config import TrainConfig, lr_factor, model_config, scheduler_config
 from .ema import EMA
-from .loss import diffusion_loss
+from .loss import diffusion_loss, drop_labels
 from .plot import loss_curve
 from .sampler import StepBatchSampler
 
@@ -70,66 +70,8 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-def drop_labels(labels: torch.Tensor, null_label: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Replace each label by ``null_label`` with probability ``p`` (classifier-free guidance training, Ho &
-    Salimans 2022, Algorithm 1): the one model learns the unconditional prediction as the null class.
-
-    Args:
-        labels: ``(b,)`` int64 class indices.
-        null_label: the null class, ``num_classes``.
-        p: the drop probability, in [0, 1].
-        generator: the source of the ``(b,)`` uniform draws.
-    """
-    drop = torch.rand(labels.shape, generator=generator) < p  # (b,)
-    return labels.masked_fill(drop, null_label)
-
-
 class TrainingError(RuntimeError):
     """A run stopped for a reason the user must act on (NaN loss, write failure)."""
-
-
-def model_config(config: TrainConfig, unet_overrides: dict | None = None) -> UNetConfig:
-    """The preset, overridden by ``--model-config`` JSON, by UNet flags, then by the data's channels and size."""
-    overrides = read_json(config.model_config) if config.model_config else {}
-    overrides |= unet_overrides or {}
-    overrides["in_channels"] = config.channels
-    if config.image_size is not None:
-        overrides["sample_size"] = tuple(config.image_size)
-    if overrides.get("out_channels") not in (None, config.channels):
-        raise ValueError(f"out_channels must equal --channels ({config.channels}) for training a denoiser")
-    if overrides.get("num_classes") is not None:
-        raise ValueError(
-            "num_classes comes from the data: use --class-cond, which makes one class per first-level subfolder"
-        )
-    try:
-        return UNetConfig.from_dict({**preset(config.preset).to_dict(), **overrides})
-    except TypeError as e:
-        source = f"--model-config {config.model_config}" if config.model_config else "the UNet flags"
-        raise ValueError(f"{source}: a value has the wrong type ({e})") from None
-
-
-def scheduler_config(config: TrainConfig) -> DPMSolverConfig:
-    """The noise schedule of the run, as the default sampler's config: DPM-Solver++ 3M SDE, trailing
-    spacing, which gave the best quality per model evaluation in docs/benchmarks.md."""
-    return DPMSolverConfig(
-        solver_order=3,
-        algorithm_type="sde-dpmsolver++",
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule=config.beta_schedule,
-        rescale_betas_zero_snr=config.zero_terminal_snr,
-        prediction_type=config.prediction_type,
-        timestep_spacing="trailing",
-    )
-
-
-def lr_factor(step: int, config: TrainConfig, total: int) -> float:
-    """Linear warmup to 1, then constant or cosine decay to 0 at ``total``."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    if config.lr_schedule == "cosine":
-        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return 1.0
 
 
 class Trainer:

@@ -1,0 +1,107 @@
+"""What every command shares: flags generated from config dataclasses, one-line errors, devices."""
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, get_args, get_origin, get_type_hints
+
+import torch
+
+from ..config import literal_choices
+from ..training import TrainingError
+
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, TrainingError)
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The trailing ``# comment`` of each field in a dataclass's source."""
+    lines = inspect.getsource(cls).splitlines()
+    comments = {}
+    for node in ast.walk(ast.parse(inspect.getsource(cls))):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            _, _, comment = lines[node.end_lineno - 1].partition("  # ")
+            comments[node.target.id] = comment.strip()
+    return comments
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``N`` or ``HxW``."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with positive sides, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _parser_for(annotation: Any, name: str) -> dict[str, Any]:
+    """argparse keyword arguments for a field's type."""
+    choices = literal_choices(annotation)
+    if choices is not None:
+        return {"choices": choices, "type": type(choices[0])}
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    base = args[0] if get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1 else annotation
+    if base is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if get_origin(base) is tuple:
+        return {"type": _size if name in ("image_size", "sample_size") else _int_tuple}
+    return {"type": base}
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser | Any, cls: type, *, skip: Sequence[str] = (), from_preset: bool = False
+) -> None:
+    """One ``--field-name`` flag per dataclass field, typed, with the field comment as help."""
+    hints, comments, defaults = get_type_hints(cls), field_comments(cls), cls()
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        kwargs = _parser_for(hints[field.name], field.name)
+        default = None if from_preset else getattr(defaults, field.name)
+        shown = "from the preset" if from_preset else repr(default)
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            dest=field.name,
+            default=default,
+            help=f"{comments.get(field.name, '')} (default: {shown})",
+            **kwargs,
+        )
+
+
+def run_command(prog: str, main: Callable[[], int]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return main()
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"{prog}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def device_from_flag(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)

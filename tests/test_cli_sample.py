@@ -234,6 +234,7 @@ def test_init_image_mask_and_strength(conditional, tmp_path):
     assert inpainted.crop((4, 0, 8, 8)).tobytes() == picture.crop((4, 0, 8, 8)).tobytes()
     assert inpainted.crop((0, 0, 4, 8)).tobytes() != picture.crop((0, 0, 4, 8)).tobytes()
     assert inpainted.text["resample"] == "2" and inpainted.text["mask"] == str(tmp_path / "mask.png")
+    assert "class" not in inpainted.text  # editing without --class keeps to the null class, not a random one
 
 
 def test_interpolate_writes_a_strip_and_a_gif(conditional, tmp_path, capsys):

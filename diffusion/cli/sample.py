@@ -66,14 +66,14 @@ def sample_parser() -> argparse.ArgumentParser:
         default=None,
         help="class name or id for every image, one per image (comma-separated), 'all': --num-images of each "
         "class, one grid row per class, or 'none': the unconditional model (default for a class-conditional "
-        "model: a class drawn per image from its seed)",
+        "model: a class drawn per image from its seed; with --init-image: none)",
     )
     cond.add_argument(
         "--guidance-scale",
         type=float,
         default=None,
         help=f"classifier-free guidance w: 0 unconditional, 1 conditional, more follows the class closer "
-        f"(default with --class: {DEFAULT_GUIDANCE_SCALE})",
+        f"(default for a class-conditional model: {DEFAULT_GUIDANCE_SCALE})",
     )
     cond.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ in [0, 1] (default: 0)")
     edit = parser.add_argument_group("editing")
@@ -156,7 +156,9 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--class all numbers its images from --seed; it does not take --seeds")
         if args.mask is None and (args.resample != 1 or args.jump_length != 10):
             raise ValueError("--resample and --jump-length are RePaint settings for inpainting: give --mask too")
-        labels, columns = _class_labels(args.class_labels, pipe, seeds)
+        # Editing keeps the image's content: no random class unless asked (the null class instead).
+        class_text = "none" if args.class_labels is None and args.init_image else args.class_labels
+        labels, columns = _class_labels(class_text, pipe, seeds)
         if args.class_labels == "all":
             seeds = [args.seed + i for i in range(len(labels))]
         sampler = args.scheduler or pipe.scheduler_name()

@@ -62,6 +62,8 @@ class DiffusionPipeline(Latents):
         self.unet = unet.eval()
         self.scheduler = scheduler
         self.class_names = list(class_names)
+        self.memory_format = torch.contiguous_format  # of the UNet's inputs; see `to`
+        self._forward: Callable[..., torch.Tensor] = self.unet  # the UNet, or its compiled form (`compile`)
 
     @property
     def device(self) -> torch.device:
@@ -72,13 +74,29 @@ class DiffusionPipeline(Latents):
         return next(self.unet.parameters()).dtype
 
     def to(
-        self, device: str | torch.device | torch.dtype | None = None, dtype: torch.dtype | None = None
+        self,
+        device: str | torch.device | torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
+        memory_format: torch.memory_format | None = None,
     ) -> "DiffusionPipeline":
         """Move the UNet to a device and/or cast it to a dtype: ``to("cuda")``, ``to(torch.bfloat16)``,
-        ``to("cpu", torch.float32)``. Sampling math stays in float32 whatever the UNet's dtype."""
+        ``to("cpu", torch.float32)``. Sampling math stays in float32 whatever the UNet's dtype.
+
+        ``memory_format=torch.channels_last`` stores the UNet's weights and inputs NHWC, which the
+        convolutions of oneDNN (CPU) and cuDNN run faster (docs/benchmarks.md, "Sampling forward").
+        """
         if isinstance(device, torch.dtype):
             device, dtype = None, device
         self.unet.to(device=device, dtype=dtype)
+        if memory_format is not None:
+            self.unet.to(memory_format=memory_format)
+            self.memory_format = memory_format
+        return self
+
+    def compile(self, **options: Any) -> "DiffusionPipeline":
+        """Sample through ``torch.compile(unet, **options)`` (e.g. ``mode="max-autotune"``). The first call
+        at each batch shape compiles (tens of seconds on a CPU); later ones run the fused kernels."""
+        self._forward = torch.compile(self.unet, **options)
         return self
 
     def make_scheduler(self, name: str, **overrides: Any) -> Scheduler:
@@ -217,13 +235,14 @@ class DiffusionPipeline(Latents):
         """The model output (float32) for ``x`` at ``t``: unconditional (no labels), conditional (scale 1),
         the null class (scale 0), else classifier-free guidance from one batched forward of both branches."""
         n = x.shape[0]
-        x = x.to(self.dtype)
+        x = x.to(self.dtype, memory_format=self.memory_format)
         if labels is None or scale == 1:
-            return self.unet(x, t.expand(n), labels).float()
+            return self._forward(x, t.expand(n), labels).float()
         if scale == 0 and rescale == 0:
-            return self.unet(x, t.expand(n)).float()  # the null class
+            return self._forward(x, t.expand(n)).float()  # the null class
         null = torch.full_like(labels, self.unet.config.num_classes)
-        both = self.unet(torch.cat([x, x]), t.expand(2 * n), torch.cat([null, labels])).float()  # (2n, c, h, w)
+        x2 = torch.cat([x, x]).contiguous(memory_format=self.memory_format)  # (2n, c, h, w)
+        both = self._forward(x2, t.expand(2 * n), torch.cat([null, labels])).float()  # (2n, c, h, w)
         uncond, cond = both.chunk(2)
         return classifier_free_guidance(uncond, cond, scale, rescale)
 
@@ -368,22 +387,24 @@ class DiffusionPipeline(Latents):
             if m is not None:
                 sample = paste_known(sample, x0, m, sampler.noise_level(start), noise)
             state, level = (None if start == 0 else sampler.initial_state(start)), start
+            # The samplers look timesteps up on the host copy, so the loop never waits for the device.
+            host_timesteps = sampler.timesteps.tolist()
             for i in order:
                 if i != level:  # RePaint: diffuse back up the grid from `level` to `i`, then redo
                     z = randn_tensor(sample.shape, gens, device=self.device, dtype=torch.float32)
                     sample = renoise(sample, sampler.noise_level(level), sampler.noise_level(i), z)
                     state = sampler.initial_state(i)
-                t = sampler.timesteps[i]
-                model_input = sampler.scale_model_input(sample, t)
+                t, t_host = sampler.timesteps[i], host_timesteps[i]
+                model_input = sampler.scale_model_input(sample, t_host)
                 model_output = self._predict(model_input, t, batch_labels, scale, guidance_rescale)
-                sample, _, state = sampler.step(model_output, t, sample, generator=gens, state=state)
+                sample, _, state = sampler.step(model_output, t_host, sample, generator=gens, state=state)
                 level = i + 1
                 if m is not None:
                     z = randn_tensor(sample.shape, gens, device=self.device, dtype=torch.float32)
                     sample = paste_known(sample, x0, m, sampler.noise_level(level), z)
                 bar.update(1)
                 if callback is not None:
-                    callback(i, t.item(), sample)
+                    callback(i, t_host, sample)
             if x0 is not None and start == len(sampler.timesteps):
                 sample = x0  # strength 0: nothing to redo
             outputs.append((sample / 2 + 0.5).clamp(0, 1).cpu())

@@ -1,0 +1,97 @@
+"""End to end: `sample.py` against diffusers' `DDIMPipeline` (50 steps) on the same weights, from process
+start to the last PNG written.
+
+    PYTHONPATH=. python bench/end_to_end.py --model /work/runs/uncond-model [--num-images 64] [--repeats 2]
+
+The model must be unconditional (diffusers' DDIMPipeline passes no class labels); the figures in
+docs/benchmarks.md use the unconditional Fashion-MNIST model shipped before issue 7
+(`git show 74f0e17:assets/fashion-mnist/...`). It is exported with `diffusion-export --to diffusers
+--scheduler ddim` into a temporary folder. Each row runs one fresh Python process and reports its wall
+time (the best of --repeats) and the images it wrote:
+
+- diffusers: DDIMPipeline(UNet2DModel, DDIMScheduler).__call__(batch_size=N, num_inference_steps=50,
+  eta=0), one generator, then each image saved as a PNG;
+- ours: `python sample.py --model M --num-images N --batch-size N` with the model's default sampler
+  (DPM-Solver++ 3M SDE, 20 steps), in fp32, and with `--dtype bf16 --channels-last`.
+
+Quality at these settings is measured elsewhere (docs/benchmarks.md, "Quality against sampling
+cost": FD@2000 of DDIM 50 and of 3M SDE 20 on this model; our DDIM equals diffusers' step for step).
+"""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DIFFUSERS_SCRIPT = """
+import sys, torch
+from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+folder, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+pipe = DDIMPipeline(UNet2DModel.from_pretrained(folder + "/unet"), DDIMScheduler.from_pretrained(folder + "/scheduler"))
+pipe.to("cuda" if torch.cuda.is_available() else "cpu")  # as sample.py --device auto
+pipe.set_progress_bar_config(disable=True)
+images = pipe(batch_size=n, num_inference_steps=50, eta=0.0, generator=torch.Generator().manual_seed(0)).images
+for i, image in enumerate(images):
+    image.save(f"{out}/{i}.png")
+"""
+
+
+def run(command: list[str], out: Path, repeats: int) -> tuple[float, int]:
+    """Best wall time of ``repeats`` runs of ``command`` (a fresh process each), and the PNGs in ``out``."""
+    best = float("inf")
+    for _ in range(repeats):
+        for old in out.glob("*.png"):
+            old.unlink()
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        best = min(best, time.perf_counter() - start)
+    return best, len(list(out.glob("*.png")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="an unconditional model folder of ours")
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    n = str(args.num_images)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        export = tmp / "diffusers-model"
+        export_command = "import sys; from diffusion.cli import export_main; sys.exit(export_main())"
+        subprocess.run(
+            [sys.executable, "-c", export_command, "--model", args.model, "--to", "diffusers", "--out", str(export),
+             "--scheduler", "ddim"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        rows = {
+            "diffusers DDIMPipeline, DDIM 50, fp32": [sys.executable, "-c", DIFFUSERS_SCRIPT, str(export)],
+            "ours sample.py, 3M SDE 20, fp32": [sys.executable, str(ROOT / "sample.py"), "--model", args.model],
+            "ours sample.py, 3M SDE 20, bf16 + channels_last": [
+                sys.executable, str(ROOT / "sample.py"), "--model", args.model, "--dtype", "bf16", "--channels-last",
+            ],
+        }  # fmt: skip
+        print(f"{args.num_images} images, best of {args.repeats} runs, wall time from process start")
+        print("| row | NFE per image | wall time (s) | images written | speed-up |")
+        print("|---|---:|---:|---:|---:|")
+        base = None
+        for name, command in rows.items():
+            out = tmp / f"out-{len(name)}"
+            out.mkdir()
+            if name.startswith("diffusers"):
+                command = [*command, str(out), n]
+                nfe = 50
+            else:
+                command = [*command, "--num-images", n, "--batch-size", n, "--out", str(out)]
+                nfe = 20
+            seconds, written = run(command, out, args.repeats)
+            base = base or seconds
+            print(f"| {name} | {nfe} | {seconds:.2f} | {written} | {base / seconds:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

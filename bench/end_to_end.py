@@ -12,7 +12,7 @@ time (the best of --repeats) and the images it wrote:
 - diffusers: DDIMPipeline(UNet2DModel, DDIMScheduler).__call__(batch_size=N, num_inference_steps=50,
   eta=0), one generator, then each image saved as a PNG;
 - ours: `python sample.py --model M --num-images N --batch-size N` with the model's default sampler
-  (DPM-Solver++ 3M SDE, 20 steps), in fp32, and with `--dtype bf16 --channels-last`.
+  (DPM-Solver++ 3M SDE, 20 steps), in fp32, with `--dtype bf16`, and with `--dtype bf16 --channels-last`.
 
 Quality at these settings is measured elsewhere (docs/benchmarks.md, "Quality against sampling
 cost": FD@2000 of DDIM 50 and of 3M SDE 20 on this model; our DDIM equals diffusers' step for step).
@@ -71,6 +71,9 @@ def main() -> None:
         rows = {
             "diffusers DDIMPipeline, DDIM 50, fp32": [sys.executable, "-c", DIFFUSERS_SCRIPT, str(export)],
             "ours sample.py, 3M SDE 20, fp32": [sys.executable, str(ROOT / "sample.py"), "--model", args.model],
+            "ours sample.py, 3M SDE 20, bf16": [
+                sys.executable, str(ROOT / "sample.py"), "--model", args.model, "--dtype", "bf16",
+            ],
             "ours sample.py, 3M SDE 20, bf16 + channels_last": [
                 sys.executable, str(ROOT / "sample.py"), "--model", args.model, "--dtype", "bf16", "--channels-last",
             ],
@@ -79,8 +82,8 @@ def main() -> None:
         print("| row | NFE per image | wall time (s) | images written | speed-up |")
         print("|---|---:|---:|---:|---:|")
         base = None
-        for name, command in rows.items():
-            out = tmp / f"out-{len(name)}"
+        for k, (name, command) in enumerate(rows.items()):
+            out = tmp / f"out-{k}"
             out.mkdir()
             if name.startswith("diffusers"):
                 command = [*command, str(out), n]

@@ -107,7 +107,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    logging.getLogger("diffusers").setLevel(logging.ERROR)  # its note on casting a model with .to(dtype)
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    # fp32 means IEEE fp32 on every row and in the peak: no TF32 on CUDA (the MFU denominator must match).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False  # its note on casting a model with .to(dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -74,6 +74,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     logging.getLogger("diffusers").setLevel(logging.ERROR)
+    # fp32 means IEEE fp32 on every row and in the peak: no TF32 on CUDA (the MFU denominator must match).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -1,7 +1,7 @@
 """Classifier-free guidance: one class-conditional model, two predictions, extrapolated.
 
 Ho & Salimans 2022 ("Classifier-Free Diffusion Guidance") train one model on labels that are
-dropped to a null class with probability p (see `diffusion.training.trainer.drop_labels`), then
+dropped to a null class with probability p (see `diffusion.training.loss.drop_labels`), then
 sample with ε̃ = ε̂(x, ∅) + w·(ε̂(x, c) - ε̂(x, ∅)): w = 0 is the unconditional model, w = 1 the
 conditional one, w > 1 trades diversity for fidelity to the class. The paper writes the same rule
 with weight w' = w - 1 (eq. 6). Being linear, it applies alike to ε, v and x̂_0 predictions, and

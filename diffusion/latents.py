@@ -158,7 +158,7 @@ class Latents:
         scheduler: str | Scheduler = "ddim",
         **kwargs: Any,
     ) -> list[Image.Image] | torch.Tensor | np.ndarray:
-        """Images along the spherical path between two initial noises (see `diffusion.editing.slerp`).
+        """Images along the spherical path between two initial noises (see `slerp`).
 
         Args:
             start, end: a seed (its noise, as in `noise_for_seed`) or a ``(c, h, w)`` latent, e.g. from
@@ -178,6 +178,11 @@ class Latents:
         for name in ("seed", "generator", "latents", "num_images"):
             if name in kwargs:
                 raise ValueError(f"interpolate takes no {name}: the frames come from start and end")
+        if isinstance(kwargs.get("class_labels"), str) and kwargs["class_labels"] == "random":
+            # One class for every frame: the one sampling would draw for the start seed.
+            if not isinstance(start, int) or isinstance(start, bool):
+                raise ValueError("class_labels='random' in interpolate draws the start seed's class; start is a latent")
+            kwargs["class_labels"] = int(self.random_class_labels(1, [start])[0])
         sampler = self._sampler(scheduler, kwargs.pop("eta", None))
         if sampler.stochastic:
             raise ValueError(

@@ -63,7 +63,7 @@ class DiffusionPipeline(Latents):
         self.scheduler = scheduler
         self.class_names = list(class_names)
         self.memory_format = torch.contiguous_format  # of the UNet's inputs; see `to`
-        self._forward: Callable[..., torch.Tensor] = self.unet  # the UNet, or its compiled form (`compile`)
+        self._compiled: tuple[UNet, Callable[..., torch.Tensor]] | None = None  # (unet, its compiled form)
 
     @property
     def device(self) -> torch.device:
@@ -96,8 +96,16 @@ class DiffusionPipeline(Latents):
     def compile(self, **options: Any) -> "DiffusionPipeline":
         """Sample through ``torch.compile(unet, **options)`` (e.g. ``mode="max-autotune"``). The first call
         at each batch shape compiles (tens of seconds on a CPU); later ones run the fused kernels."""
-        self._forward = torch.compile(self.unet, **options)
+        self._compiled = (self.unet, torch.compile(self.unet, **options))
         return self
+
+    @property
+    def _forward(self) -> Callable[..., torch.Tensor]:
+        """The compiled UNet if `compile` compiled the current one, else the UNet itself (a UNet assigned
+        to ``pipe.unet`` later is used as it is)."""
+        if self._compiled is not None and self._compiled[0] is self.unet:
+            return self._compiled[1]
+        return self.unet
 
     def make_scheduler(self, name: str, **overrides: Any) -> Scheduler:
         """A fresh scheduler ``name`` with this model's noise schedule and prediction type.
@@ -218,7 +226,7 @@ class DiffusionPipeline(Latents):
         if num_classes is None:
             raise ValueError("class_labels='random' needs a class-conditional model; this model is unconditional")
         if generator is not None:
-            return torch.randint(num_classes, (num_images,), generator=generator)
+            return torch.randint(num_classes, (num_images,), generator=generator, device=generator.device).cpu()
         generators = self.generators(num_images, seed if seed is not None else 0)
         return torch.cat([torch.randint(num_classes, (1,), generator=g) for g in generators])
 

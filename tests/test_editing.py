@@ -250,7 +250,7 @@ def test_ddim_inversion_reconstructs_its_input(trained, steps, iterations, mean,
     """Images the model can make (its own samples) invert and regenerate closely. The bounds, in [0, 1],
     are about twice the errors bench/inversion.py recorded for 8 images (docs/benchmarks.md; 100 plain
     steps: 0.0113 mean, 0.298 max; 50 steps with one fixed-point iteration: 0.0046 mean, 0.067 max)."""
-    images = trained(4, 20, "dpmsolver++", seed=0, output_type="tensor")
+    images = trained(4, 20, "dpmsolver++3m-sde", seed=0, output_type="tensor")
     latents = trained.invert(images, steps, fixed_point_iterations=iterations)
     assert latents.shape == (4, 1, 28, 28)
     assert 0.8 < latents.std().item() < 1.2  # unit variance, like sampling noise
@@ -299,3 +299,18 @@ def test_interpolation_endpoints_are_the_two_sources(pipe):
 def test_bad_interpolation_arguments_are_clear_errors(pipe, args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         pipe.interpolate(*args, **kwargs)
+
+
+def test_interpolating_random_classes_keeps_the_start_seeds_class():
+    torch.manual_seed(0)
+    config = UNetConfig(
+        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+        attention_levels=(), norm_groups=8, num_classes=5,
+    )  # fmt: skip
+    pipe = DiffusionPipeline(UNet(config), get_scheduler("ddim"))
+    frames = pipe.interpolate(3, 9, num_frames=4, num_inference_steps=2, class_labels="random", output_type="tensor")
+    label = int(pipe.random_class_labels(1, [3])[0])
+    expected = pipe.interpolate(3, 9, num_frames=4, num_inference_steps=2, class_labels=label, output_type="tensor")
+    torch.testing.assert_close(frames, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="draws the start seed's class; start is a latent"):
+        pipe.interpolate(torch.zeros(1, 8, 8), 9, num_frames=2, class_labels="random")

@@ -289,3 +289,13 @@ def test_a_compiled_unet_gives_the_eager_images():
     eager = pipe(4, 5, "ddim", class_labels="random", output_type="tensor")
     compiled = pipe.compile()(4, 5, "ddim", class_labels="random", output_type="tensor")
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-4)
+
+
+def test_a_unet_assigned_after_compile_is_the_one_that_samples():
+    pipe = tiny_pipeline()
+    before = pipe(1, 2, output_type="tensor")
+    pipe._compiled = (pipe.unet, lambda *args: pytest.fail("the compiled form of a replaced UNet was called"))
+    torch.manual_seed(1)
+    pipe.unet = UNet(pipe.unet.config).eval()
+    after = pipe(1, 2, output_type="tensor")
+    assert not torch.equal(before, after)  # the new weights sample

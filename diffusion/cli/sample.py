@@ -228,9 +228,12 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
     labels = None if args.class_labels in (None, "none") else args.class_labels
     if labels is not None and ("," in labels or labels == "all"):
         raise ValueError("--interpolate takes one --class for all frames")
-    seed_start = args.interpolate[0].isdigit() and pipe.unet.config.num_classes is not None
-    if args.class_labels is None and seed_start:  # as sample.py would draw the first seed's image
-        labels = int(pipe.random_class_labels(1, [int(args.interpolate[0])])[0])
+    try:
+        first_seed = int(args.interpolate[0])
+    except ValueError:
+        first_seed = None
+    if args.class_labels is None and first_seed is not None and pipe.unet.config.num_classes is not None:
+        labels = int(pipe.random_class_labels(1, [first_seed])[0])  # the class sample.py draws for that seed
     ends: list[int | torch.Tensor] = []
     for point in args.interpolate:
         try:

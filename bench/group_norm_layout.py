@@ -3,9 +3,10 @@
     PYTHONPATH=. python bench/group_norm_layout.py [--model assets/fashion-mnist]
 
 Two tables. First, GroupNorm + SiLU alone on activations of the shapes the UNets use, in each dtype and
-memory format (ms per call). Second, a whole bf16 UNet forward: NCHW, channels_last, and channels_last
-with every GroupNorm run on an NCHW copy (converted in and out), for the shipped 28x28 model (batch 64)
-and the ddpm-cifar10 preset (batch 16, random weights). It shows the lever, it does not apply it.
+memory format (ms per call). Second, a whole bf16 UNet forward: NCHW, channels_last, channels_last with
+every GroupNorm run on an NCHW copy (converted in and out), and channels_last with every GroupNorm run
+in fp32 (converted in and out), for the 28x28 Fashion-MNIST model (batch 64) and the ddpm-cifar10 preset
+(batch 16, random weights). It shows the levers, it does not apply them.
 """
 
 import argparse
@@ -56,9 +57,14 @@ def main() -> None:
             return original(self, x.contiguous()).contiguous(memory_format=torch.channels_last)
         return original(self, x)
 
+    def fp32_group_norm(self: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight.float(), self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
     print()
-    print("| bf16 UNet forward | NCHW | channels_last | channels_last, GroupNorm on NCHW copies |")
-    print("|---|---:|---:|---:|")
+    columns = "NCHW | channels_last | channels_last, GroupNorm on NCHW copies | channels_last, GroupNorm in fp32"
+    print(f"| bf16 UNet forward | {columns} |")
+    print("|---|---:|---:|---:|---:|")
     models = [
         ("shipped 28x28 model, batch 64", DiffusionPipeline.from_pretrained(args.model).unet, 64),
         ("ddpm-cifar10 preset, batch 16", UNet(preset("ddpm-cifar10", dropout=0.0)).eval(), 16),
@@ -71,11 +77,12 @@ def main() -> None:
         unet = unet.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
         cells.append(ms_per_call(lambda unet=unet, x=x, t=t: unet(x, t), iters=10))
-        nn.GroupNorm.forward = nchw_group_norm
-        try:
-            cells.append(ms_per_call(lambda unet=unet, x=x, t=t: unet(x, t), iters=10))
-        finally:
-            nn.GroupNorm.forward = original
+        for variant in (nchw_group_norm, fp32_group_norm):
+            nn.GroupNorm.forward = variant
+            try:
+                cells.append(ms_per_call(lambda unet=unet, x=x, t=t: unet(x, t), iters=10))
+            finally:
+                nn.GroupNorm.forward = original
         print(f"| {name} | " + " | ".join(f"{ms:.1f} ms ({batch / ms * 1e3:.0f} img/s)" for ms in cells) + " |")
 
 

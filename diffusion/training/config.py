@@ -46,6 +46,7 @@ class TrainConfig:
     # precision and speed
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast; weights, loss and EMA stay fp32
     compile: bool = False  # torch.compile the model
+    fused_adamw: bool = False  # one fused AdamW kernel for all parameters: faster steps, other rounding
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     # EMA
     ema_decay: float = 0.9999  # EMA decay, warmed up as min(decay, (1 + n) / (10 + n))

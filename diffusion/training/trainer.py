@@ -250,7 +250,9 @@ class Trainer:
         set_seed(c.seed + acc.process_index)  # dropout draws from torch's global RNG
         self.generator = torch.Generator().manual_seed(c.seed * 7919 + acc.process_index)
         model = UNet(self.unet_config)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=c.fused_adamw or None
+        )
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, c, self.total_steps))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema = EMA(acc.unwrap_model(self.model), c.ema_decay)  # after prepare: on the training device

@@ -22,9 +22,18 @@ from PIL import Image
 
 from .image import to_mode
 from .models import UNetConfig
-from .schedulers import SCHEDULERS, Scheduler
+from .schedulers import Scheduler, registered_name
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
+# img2img strength when none is given: redo the last 80% of the steps (diffusers' default too).
+DEFAULT_STRENGTH = 0.8
+
+
+def effective_strength(strength: float | None, inpainting: bool) -> float:
+    """The strength an editing call uses: as given, else `DEFAULT_STRENGTH` for img2img and 1 for inpainting."""
+    if strength is not None:
+        return strength
+    return 1.0 if inpainting else DEFAULT_STRENGTH
 
 
 def images_to_tensor(images: ImageInput, channels: int, what: str = "image") -> torch.Tensor:
@@ -121,8 +130,7 @@ def paste_known(
 ) -> torch.Tensor:
     """Replace the known pixels (mask 0) of ``sample`` by ``known`` noised to ``level`` (RePaint, eq. 8)."""
     alpha, sigma = level
-    noised = alpha * known + sigma * noise if sigma > 0 else alpha * known
-    return mask * sample + (1 - mask) * noised
+    return mask * sample + (1 - mask) * (alpha * known + sigma * noise)
 
 
 @dataclass(frozen=True)
@@ -166,10 +174,10 @@ def prepare_edit(
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 <= strength <= 1:
         raise ValueError(f"strength must be in [0, 1], got {strength!r}")
     if sampler.evaluations_per_step > 1:
-        name = next((n for n, cls in SCHEDULERS.items() if type(sampler) is cls), type(sampler).__name__)
         raise ValueError(
-            f"the {name} sampler evaluates the model {sampler.evaluations_per_step} times per step, and editing "
-            "cannot start from or jump back to the middle of a step; use another sampler (e.g. dpmsolver++ or ddim)"
+            f"the {registered_name(sampler)} sampler evaluates the model {sampler.evaluations_per_step} times per "
+            "step, and editing cannot start from or jump back to the middle of a step; use another sampler (e.g. "
+            "dpmsolver++ or ddim)"
         )
     mask = None
     if mask_image is not None:

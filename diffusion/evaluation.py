@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from .data import DECODE_ERRORS, find_image_files, fit, load_image, to_tensor
+from .guidance import RANDOM_CLASSES
 from .metrics import KID_NUM_SUBSETS, FeatureExtractor, QualityResult, compare_features, load_feature_extractor
-from .pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, RANDOM_CLASSES, DiffusionPipeline
+from .pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 
 logger = logging.getLogger(__name__)
 

@@ -45,6 +45,10 @@ def classifier_free_guidance(
     return rescale * rescaled + (1 - rescale) * guided  # eq. 16
 
 
+# `class_labels` value that draws a class per image (uniformly, from the image's seed).
+RANDOM_CLASSES = "random"
+
+
 def class_label_tensor(
     class_labels: int | str | Sequence[int | str] | torch.Tensor | None,
     num_images: int,

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .config import is_positive_int
 from .editing import ImageInput, images_to_tensor
+from .guidance import RANDOM_CLASSES
 from .schedulers import DEFAULT_STEPS, DDIMScheduler, Scheduler
 from .schedulers.base import randn_tensor
 
@@ -119,10 +120,7 @@ class Latents:
         scale = self._guidance(labels, guidance_scale, 0.0)
         if batch_size is not None and not is_positive_int(batch_size):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not (
-            is_positive_int(fixed_point_iterations)
-            or (type(fixed_point_iterations) is int and fixed_point_iterations == 0)
-        ):
+        if type(fixed_point_iterations) is not int or fixed_point_iterations < 0:  # bools are refused too
             raise ValueError(f"fixed_point_iterations must be an integer >= 0, got {fixed_point_iterations!r}")
         sampler = self.make_scheduler("ddim", eta=0.0)
         sampler.set_timesteps(num_inference_steps)
@@ -178,7 +176,7 @@ class Latents:
         for name in ("seed", "generator", "latents", "num_images"):
             if name in kwargs:
                 raise ValueError(f"interpolate takes no {name}: the frames come from start and end")
-        if isinstance(kwargs.get("class_labels"), str) and kwargs["class_labels"] == "random":
+        if isinstance(kwargs.get("class_labels"), str) and kwargs["class_labels"] == RANDOM_CLASSES:
             # One class for every frame: the one sampling would draw for the start seed.
             if not isinstance(start, int) or isinstance(start, bool):
                 raise ValueError("class_labels='random' in interpolate draws the start seed's class; start is a latent")

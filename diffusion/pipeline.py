@@ -14,8 +14,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import is_positive_int
-from .editing import ImageInput, paste_known, prepare_edit, renoise, visit_order
-from .guidance import check_guidance, class_label_tensor, classifier_free_guidance
+from .editing import ImageInput, effective_strength, paste_known, prepare_edit, renoise, visit_order
+from .guidance import RANDOM_CLASSES, check_guidance, class_label_tensor, classifier_free_guidance
 from .image import to_pil
 from .interop import save_diffusers
 from .latents import Latents
@@ -28,6 +28,7 @@ from .schedulers import (
     Scheduler,
     SchedulerConfig,
     get_scheduler,
+    registered_name,
     resolve_scheduler_name,
 )
 from .schedulers.base import randn_tensor
@@ -40,10 +41,6 @@ OutputType = Literal["pil", "tensor", "numpy"]
 # had the best FD (0.284) but 86.2%, under the real images' 88.9%; w = 2 and 3 gave 96.7% and 99.0% at
 # FD 0.893 and 1.816, less diverse.
 DEFAULT_GUIDANCE_SCALE = 1.5
-# `class_labels` value that draws a class per image (uniformly, from the image's seed).
-RANDOM_CLASSES = "random"
-# img2img strength when none is given: redo the last 80% of the steps (diffusers' default too).
-DEFAULT_STRENGTH = 0.8
 
 
 class DiffusionPipeline(Latents):
@@ -151,7 +148,7 @@ class DiffusionPipeline(Latents):
         """The name of ``scheduler`` (default: the pipeline's own): the alias its settings match, such as
         ``"dpmsolver++2m-sde"``, else its registered name."""
         scheduler = scheduler or self.scheduler
-        name = next(n for n, cls in SCHEDULERS.items() if type(scheduler) is cls)
+        name = registered_name(scheduler)
         settings = scheduler.config.to_dict()
         for alias, (base, fields) in ALIASES.items():
             if base == name and all(settings[k] == v for k, v in fields.items()):
@@ -348,7 +345,7 @@ class DiffusionPipeline(Latents):
             raise ValueError("mask_image and strength need an image to edit (image=...)")
         known, mask, start = None, None, 0
         if image is not None:
-            strength = (1.0 if mask_image is not None else DEFAULT_STRENGTH) if strength is None else strength
+            strength = effective_strength(strength, inpainting=mask_image is not None)
             edit = prepare_edit(image, mask_image, strength, num_images, size, self.unet.config, sampler)
             known, mask, start = edit.image, edit.mask, edit.start
         if known is not None:
@@ -370,6 +367,8 @@ class DiffusionPipeline(Latents):
             raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
         if latents is not None and tuple(latents.shape) != (num_images, *shape):
             raise ValueError(f"latents must have shape {(num_images, *shape)}, got {tuple(latents.shape)}")
+        # The samplers look timesteps up on the host copy, so the loop never waits for the device.
+        host_timesteps = sampler.timesteps.tolist()
         outputs = []
         batches = -(-num_images // batch_size)
         bar = tqdm(total=batches * len(order), disable=not progress, unit="step", desc="sampling")
@@ -395,8 +394,6 @@ class DiffusionPipeline(Latents):
             if m is not None:
                 sample = paste_known(sample, x0, m, sampler.noise_level(start), noise)
             state, level = (None if start == 0 else sampler.initial_state(start)), start
-            # The samplers look timesteps up on the host copy, so the loop never waits for the device.
-            host_timesteps = sampler.timesteps.tolist()
             for i in order:
                 if i != level:  # RePaint: diffuse back up the grid from `level` to `i`, then redo
                     z = randn_tensor(sample.shape, gens, device=self.device, dtype=torch.float32)

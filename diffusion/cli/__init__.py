@@ -6,7 +6,8 @@ field's comment as its help. Errors a user can fix (bad paths, bad values) are p
 exit with status 2; no traceback.
 """
 
-from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DEFAULT_STRENGTH
+from ..editing import DEFAULT_STRENGTH
+from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from .common import add_dataclass_arguments, field_comments
 from .evaluate import evaluate_main, evaluate_parser
 from .export import export_main, export_parser

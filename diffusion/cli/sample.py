@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from ..data import DECODE_ERRORS, load_image
+from ..editing import DEFAULT_STRENGTH, effective_strength
 from ..fileio import check_writable
 from ..image import make_grid, save_gif, save_png
-from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DEFAULT_STRENGTH, DiffusionPipeline
+from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 from ..schedulers import SCHEDULER_NAMES
 from .common import DTYPES, device_from_flag, run_command
 
@@ -116,19 +117,23 @@ def _read_image(path: str, channels: int, flag: str) -> Image.Image:
         raise ValueError(f"{flag} {path} is not a readable image ({type(e).__name__}: {e})") from None
 
 
+def _sampler_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The sampler settings --eta and --karras ask for."""
+    settings: dict[str, object] = {"eta": args.eta} if args.eta is not None else {}
+    return settings | ({"use_karras_sigmas": True} if args.karras else {})
+
+
 def _class_labels(text: str | None, pipe: DiffusionPipeline, seeds: list[int]) -> tuple[list[str] | None, int]:
     """--class as one label per image, and the grid's columns (0: as square as possible)."""
-    num_images = len(seeds)
-    if text == "none" or (text is None and pipe.unet.config.num_classes is None):
+    num_images, num_classes = len(seeds), pipe.unet.config.num_classes
+    if text == "none" or (text is None and num_classes is None):
         return None, 0
+    names = pipe.class_names or [str(i) for i in range(num_classes or 0)]
     if text is None:  # a class-conditional model: a class per image, from its seed
-        ids = pipe.random_class_labels(num_images, seeds).tolist()
-        return [pipe.class_names[i] if pipe.class_names else str(i) for i in ids], 0
+        return [names[i] for i in pipe.random_class_labels(num_images, seeds).tolist()], 0
     if text == "all":
-        num_classes = pipe.unet.config.num_classes
         if num_classes is None:
             raise ValueError("--class all needs a class-conditional model; this model is unconditional")
-        names = pipe.class_names or [str(i) for i in range(num_classes)]
         return [name for name in names for _ in range(num_images)], num_images
     labels = [part.strip() for part in text.split(",")]
     return (labels if len(labels) > 1 else labels * num_images), 0
@@ -172,8 +177,7 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
         if args.class_labels == "all":
             seeds = [args.seed + i for i in range(len(labels))]
         sampler = args.scheduler or pipe.scheduler_name()
-        settings = {"eta": args.eta} if args.eta is not None else {}
-        settings |= {"use_karras_sigmas": True} if args.karras else {}
+        settings = _sampler_settings(args)
         scheduler = pipe.make_scheduler(sampler, **settings)
         nfe = pipe.num_model_evaluations(args.steps, scheduler)
         channels = pipe.unet.config.in_channels
@@ -198,7 +202,7 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
         model = str(args.model or "shipped: assets/fashion-mnist")
         scale = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
         extra = {"guidance_scale": scale} if labels else {}
-        strength = args.strength if args.strength is not None else 1.0 if args.mask else DEFAULT_STRENGTH
+        strength = effective_strength(args.strength, inpainting=args.mask is not None)
         extra |= {"init_image": args.init_image, "strength": strength} if args.init_image else {}
         extra |= {"mask": args.mask, "resample": args.resample, "jump_length": args.jump_length} if args.mask else {}
         for i, (seed, image) in enumerate(zip(seeds, images, strict=True)):
@@ -223,8 +227,6 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
 
 def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, start: float) -> int:
     """``sample.py --interpolate A B``: a strip PNG and an animated GIF of --frames frames."""
-    settings = {"eta": args.eta} if args.eta is not None else {}
-    settings |= {"use_karras_sigmas": True} if args.karras else {}
     labels = None if args.class_labels in (None, "none") else args.class_labels
     if labels is not None and ("," in labels or labels == "all"):
         raise ValueError("--interpolate takes one --class for all frames")
@@ -252,7 +254,7 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
         ends[1],
         num_frames=args.frames,
         num_inference_steps=args.steps,
-        scheduler=pipe.make_scheduler(args.scheduler or "ddim", **settings),
+        scheduler=pipe.make_scheduler(args.scheduler or "ddim", **_sampler_settings(args)),
         class_labels=labels,
         guidance_scale=args.guidance_scale,
         guidance_rescale=args.guidance_rescale,

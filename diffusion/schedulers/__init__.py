@@ -48,6 +48,11 @@ SCHEDULER_NAMES: tuple[str, ...] = (*SCHEDULERS, *ALIASES)
 DEFAULT_STEPS = 20
 
 
+def registered_name(scheduler: Scheduler) -> str:
+    """The name `SCHEDULERS` registers ``scheduler``'s class under, or its class name if unregistered."""
+    return next((name for name, cls in SCHEDULERS.items() if type(scheduler) is cls), type(scheduler).__name__)
+
+
 def resolve_scheduler_name(name: str) -> tuple[str, dict[str, Any]]:
     """(registered name, config fields) for a name of `SCHEDULER_NAMES`.
 
@@ -112,6 +117,7 @@ __all__ = [
     "get_scheduler",
     "make_betas",
     "randn_tensor",
+    "registered_name",
     "rescale_zero_terminal_snr",
     "resolve_scheduler_name",
 ]

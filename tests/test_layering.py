@@ -1,6 +1,8 @@
 """The import rules of shared/STYLE.md, read from the source with `ast`."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,11 @@ def test_rules_catch_a_violation(tmp_path):
         "diffusion.schedulers",
         "diffusion.schedulers.DDIMScheduler",
     ]
+
+
+def test_sampling_does_not_import_the_trainer():
+    """sample.py's start-up is part of its wall time: accelerate is for training only."""
+    code = "import sys, diffusion.cli; diffusion.cli.sample_main; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert "'torch'" in loaded
+    assert "'accelerate'" not in loaded

@@ -6,13 +6,32 @@ field's comment as its help. Errors a user can fix (bad paths, bad values) are p
 exit with status 2; no traceback.
 """
 
+import importlib
+
 from ..editing import DEFAULT_STRENGTH
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from .common import add_dataclass_arguments, field_comments
-from .evaluate import evaluate_main, evaluate_parser
-from .export import export_main, export_parser
-from .sample import parse_seeds, sample_main, sample_parser
-from .train import train_main, train_parser
+
+# Each command's module is imported on first use, so that ``sample.py`` does not pay for the trainer's
+# imports (accelerate) at start-up.
+_COMMANDS = {
+    "evaluate_main": "evaluate",
+    "evaluate_parser": "evaluate",
+    "export_main": "export",
+    "export_parser": "export",
+    "parse_seeds": "sample",
+    "sample_main": "sample",
+    "sample_parser": "sample",
+    "train_main": "train",
+    "train_parser": "train",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _COMMANDS:
+        return getattr(importlib.import_module(f".{_COMMANDS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_GUIDANCE_SCALE",

@@ -14,7 +14,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import torch
 
 from ..config import literal_choices
-from ..training import TrainingError
+from ..training.errors import TrainingError
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, TrainingError)
 

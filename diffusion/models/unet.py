@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import config_from_dict, config_to_dict, validate_literals
-from .blocks import Attention, Downsample, ResBlock, Upsample
+from .blocks import Attention, Downsample, GroupNorm, ResBlock, Upsample
 from .embeddings import TimestepMLP, timestep_embedding
 from .persistence import load_checked, load_weights, read_model_config, save_model
 
@@ -247,7 +247,7 @@ class UNet(nn.Module):
         assert not skips, "every encoder activation must be consumed by the decoder"
         self.up = nn.ModuleList(up)  # indexed by level, finest first, like self.down
 
-        self.norm_out = nn.GroupNorm(c.norm_groups, ch, eps=c.norm_eps)
+        self.norm_out = GroupNorm(c.norm_groups, ch, eps=c.norm_eps)
         self.gradient_checkpointing = False  # recompute block activations in backward (training memory)
         self.conv_out = nn.Conv2d(ch, c.out_channels or c.in_channels, 3, padding=1)
 

@@ -42,6 +42,7 @@ from ..pipeline import DiffusionPipeline
 from ..schedulers import DPMSolverMultistepScheduler, NoiseSchedule
 from .config import TrainConfig, lr_factor, model_config, scheduler_config
 from .ema import EMA
+from .errors import TrainingError
 from .loss import diffusion_loss, drop_labels
 from .plot import loss_curve
 from .sampler import StepBatchSampler
@@ -68,10 +69,6 @@ RESUMABLE_CHANGES = frozenset(
         "gradient_checkpointing",
     }
 )
-
-
-class TrainingError(RuntimeError):
-    """A run stopped for a reason the user must act on (NaN loss, write failure)."""
 
 
 class Trainer:

@@ -3,8 +3,9 @@
 Any tree of png, jpg/jpeg, webp, bmp, tiff and gif files (the first frame) is searched recursively
 and ordered by relative path, so the same folder always gives the same order. Each file is decoded
 once when the dataset is built; files that do not decode (truncated, zero bytes, not an image, a
-decompression bomb, unreadable) are skipped and reported in one warning. Class labels come from the
-first-level subfolder names.
+decompression bomb, unreadable, a symbolic-link loop) are skipped and reported in one warning: their
+count, then each file on its own line with the reason. Class labels come from the first-level subfolder
+names.
 
 Augmentation randomness is a pure function of a per-item seed that the sampler hands in with the
 index, so a data order and its augmentations replay exactly after a resume, with or without workers.
@@ -26,7 +27,6 @@ from .image import to_mode
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-_SHOWN = 5  # how many paths a warning names
 
 
 def find_image_files(root: str | Path) -> list[Path]:
@@ -91,6 +91,17 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
+def _printable(text: str) -> str:
+    """``text`` with the bytes of a non-UTF-8 file name as ``\\xNN`` escapes, so any log handler can write it.
+
+    ``os.walk`` gives such a byte as a lone surrogate (PEP 383), which a UTF-8 log file cannot encode.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class ScanReport:
     """What building the dataset found."""
@@ -119,14 +130,9 @@ def scan(root: str | Path, size: tuple[int, int], channels: int) -> ScanReport:
             continue
         files.append(path)
         upscaled += image.height < size[0] or image.width < size[1]
-    if skipped:
-        shown = ", ".join(f"{p} ({why})" for p, why in skipped[:_SHOWN])
-        logger.warning(
-            "skipped %d unreadable file(s): %s%s",
-            len(skipped),
-            shown,
-            " ..." if len(skipped) > _SHOWN else "",
-        )
+    if skipped:  # every file named, however many: the user has to find and fix each of them
+        lines = "".join(f"\n  {_printable(f'{p} ({why})')}" for p, why in skipped)
+        logger.warning("skipped %d unreadable file(s) under %s:%s", len(skipped), _printable(str(root)), lines)
     if upscaled:
         logger.warning("%d image(s) are smaller than %dx%d and will be upscaled", upscaled, *size)
     if not files:

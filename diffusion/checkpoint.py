@@ -2,13 +2,18 @@
 
 ``OUT/checkpoints/step-N/`` holds ``model.safetensors``, ``ema.safetensors``, ``optimizer.pt`` (read
 back with ``weights_only=True``: tensors and plain containers only, no code), one
-``rng-R.safetensors`` per process and ``trainer_state.json``. A folder only ever appears under its
-final name once every file in it is on disk, so a crash can leave a stray ``.tmp-*`` folder (ignored
-and cleaned up) but never a half-written ``step-N``.
+``rng-R.safetensors`` per process, ``trainer_state.json`` and ``manifest.json`` (each file's size and
+SHA-256). A folder only ever appears under its final name once every file in it is on disk, so a
+crash can leave a stray ``.tmp-*`` folder (ignored and cleaned up) but never a half-written ``step-N``.
+
+A checkpoint damaged later (a bad disk, a copy cut short) fails its manifest check. ``--resume auto``
+then renames it to ``corrupt-step-N`` (kept for inspection, never deleted), warns, and falls back to
+the newest intact one; a checkpoint named by path is refused.
 """
 
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .fileio import read_json
+from .fileio import CorruptFolderError, read_json, verify_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,9 @@ def begin_checkpoint(out: str | Path, step: int) -> Path:
 
 
 def commit_checkpoint(tmp: Path, keep: int) -> Path:
-    """Flush ``tmp`` to disk, rename it to ``step-N`` atomically, and keep only the ``keep`` newest."""
+    """Write ``tmp``'s manifest, flush ``tmp`` to disk, rename it to ``step-N`` atomically, and keep only
+    the ``keep`` newest."""
+    write_manifest(tmp)
     for file in tmp.iterdir():
         with open(file, "rb") as f:
             os.fsync(f.fileno())
@@ -86,22 +93,79 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def resolve_resume(out: str | Path, resume: str) -> Path | None:
-    """The checkpoint to resume from: ``auto`` (latest in ``out``, or none), ``never``, or a path."""
+def resolve_resume(out: str | Path, resume: str, *, quarantine: bool = True) -> Path | None:
+    """The checkpoint to resume from: ``auto`` (the newest intact one in ``out``, or none), ``never``, or
+    a path. With ``auto``, damaged checkpoints are renamed ``corrupt-step-N`` when ``quarantine`` (the
+    main process) and skipped with a warning.
+
+    Raises:
+        FileNotFoundError: ``resume`` is a path but not a checkpoint folder.
+        CorruptFolderError: the checkpoint at that path is damaged, or ``auto`` found no intact one
+            but damaged ones.
+    """
     if resume == "never":
         return None
     if resume == "auto":
-        found = list_checkpoints(out)
-        return found[-1][1] if found else None
+        for _, path in reversed(list_checkpoints(out)):
+            try:
+                check_checkpoint(path)
+                return path
+            except CorruptFolderError as e:
+                kept = _quarantine(path) if quarantine else path
+                logger.warning("checkpoint %s is damaged (%s); kept as %s, falling back", path, e, kept.name)
+        damaged = sorted(checkpoint_root(out).glob("corrupt-step-*"))
+        if damaged:
+            raise CorruptFolderError(
+                f"no intact checkpoint in {checkpoint_root(out)}, only damaged ones "
+                f"({', '.join(p.name for p in damaged)}); "
+                "start over with --resume never, or restore a copy of a checkpoint and --resume it"
+            )
+        return None
     path = Path(resume)
     if not (path / "trainer_state.json").is_file():
         raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no trainer_state.json)")
+    try:
+        check_checkpoint(path)
+    except CorruptFolderError as e:
+        raise CorruptFolderError(f"--resume {resume}: damaged checkpoint: {e}; resume another one") from None
     return path
 
 
+def check_checkpoint(path: Path) -> None:
+    """Check ``path`` against its manifest (one written before manifests existed is taken as it is).
+
+    Raises:
+        CorruptFolderError: a file is missing, truncated or changed.
+    """
+    if not verify_manifest(path):
+        if not (path / "trainer_state.json").is_file():
+            raise CorruptFolderError(f"{path} has neither a manifest nor trainer_state.json")
+        logger.info("%s has no manifest (written by an older version): not verified", path)
+
+
+def _quarantine(path: Path) -> Path:
+    """Rename a damaged ``step-N`` to ``corrupt-step-N`` (``-2``, ``-3``, ... if taken) and return it."""
+    target, n = path.with_name(f"corrupt-{path.name}"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"corrupt-{path.name}-{n}")
+    os.replace(path, target)
+    return target
+
+
 def load_pickle_free(path: Path) -> Any:
-    """``torch.load`` restricted to tensors and plain containers: no code runs."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """``torch.load`` restricted to tensors and plain containers: no code runs.
+
+    Raises:
+        ValueError: the file holds anything else (a class, a function call), or is not readable.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path} holds more than tensors and plain containers, or is damaged; refused without running it ({first})"
+        ) from None
 
 
 def read_state(path: Path) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""Atomic file writes and careful JSON reads: nothing we write is ever seen half-written."""
+"""Atomic file writes, careful JSON reads and folder manifests: nothing we write is ever seen
+half-written, and a file damaged after it was written is detected before it is used."""
 
+import hashlib
 import json
 import os
 import tempfile
@@ -30,10 +32,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         raise
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write ``text`` as UTF-8."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
     """Atomically write ``data`` as indented, key-sorted JSON."""
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -60,3 +66,57 @@ def check_writable(folder: str | os.PathLike) -> None:
         os.unlink(probe)
     except OSError as e:
         raise PermissionError(f"output folder {folder} is not writable ({e.strerror})") from None
+
+
+MANIFEST_NAME = "manifest.json"
+_MANIFEST_FORMAT = "pixel-diffusion manifest"
+
+
+class CorruptFolderError(ValueError):
+    """A folder's files do not match its manifest: missing, truncated or changed."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike, names: list[str] | None = None) -> None:
+    """Write ``folder/manifest.json``: the size and SHA-256 of each file in ``names`` (paths relative to
+    ``folder``), or of every file under it but hidden ones and the manifest itself."""
+    folder = Path(folder)
+    if names is None:
+        names = [
+            p.relative_to(folder).as_posix()
+            for p in folder.rglob("*")
+            if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(".")
+        ]
+    files = {name: {"size": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)} for name in names}
+    write_json(folder / MANIFEST_NAME, {"format": _MANIFEST_FORMAT, "files": files})
+
+
+def verify_manifest(folder: str | os.PathLike) -> bool:
+    """Check every file ``folder/manifest.json`` lists; False when there is no manifest.
+
+    Raises:
+        CorruptFolderError: a listed file is missing, has another size, or another checksum; or the
+            manifest itself is unreadable.
+    """
+    folder = Path(folder)
+    if not (folder / MANIFEST_NAME).exists():
+        return False
+    try:
+        manifest = read_json(folder / MANIFEST_NAME)
+        files = manifest["files"]
+        entries = sorted((str(name), int(e["size"]), str(e["sha256"])) for name, e in files.items())
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CorruptFolderError(f"{folder / MANIFEST_NAME} is damaged ({e})") from None
+    for name, size, digest in entries:
+        path = folder / name
+        if not path.is_file():
+            raise CorruptFolderError(f"{path} is missing (listed in {MANIFEST_NAME})")
+        if (found := path.stat().st_size) != size:
+            raise CorruptFolderError(f"{path} is truncated or damaged: {found} bytes, {MANIFEST_NAME} says {size}")
+        if sha256_of(path) != digest:
+            raise CorruptFolderError(f"{path} is corrupt: its SHA-256 differs from {MANIFEST_NAME}")
+    return True

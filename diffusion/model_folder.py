@@ -6,16 +6,18 @@ It follows diffusers' pipeline layout so that it can grow into a diffusers expor
     unet/config.json              UNetConfig fields (num_classes for a class-conditional model)
     unet/model.safetensors        weights (the EMA weights for a trained model)
     scheduler/scheduler_config.json  the noise schedule and the default sampler's settings
+    manifest.json                 size and SHA-256 of each file above, checked on every load
 
 Nothing in it is executed on load: JSON and safetensors only. A diffusers pipeline folder is read too
-(`diffusion.interop`).
+(`diffusion.interop`). A folder without a manifest (written before manifests existed) loads unchecked.
 """
 
 from pathlib import Path
 
-from .fileio import read_json, write_json
+from .fileio import CorruptFolderError, read_json, verify_manifest, write_json, write_manifest
 from .interop import is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
 from .models import UNet
+from .models.persistence import CONFIG_NAME, WEIGHTS_NAME
 from .schedulers import Scheduler, get_scheduler
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "fashion-mnist"
@@ -44,6 +46,8 @@ def write_model_folder(
         "class_names": class_names,
     }
     write_json(path / "model_index.json", index)
+    files = ["model_index.json", f"unet/{CONFIG_NAME}", f"unet/{WEIGHTS_NAME}", "scheduler/scheduler_config.json"]
+    write_manifest(path, files)
 
 
 def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[str]]:
@@ -51,6 +55,7 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
 
     Raises:
         FileNotFoundError: the folder or one of its files is missing.
+        CorruptFolderError: a file differs from the folder's manifest (truncated, changed).
         ValueError: the folder is not a model, or its files disagree with each other.
     """
     if path is None:
@@ -76,6 +81,13 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
             f"{path} has format version {index.get('format_version')!r}; this version of "
             f"pixel-diffusion reads version {FORMAT_VERSION}"
         )
+    try:
+        verify_manifest(path)
+    except CorruptFolderError as e:
+        raise CorruptFolderError(
+            f"model folder {path} is damaged: {e}. Copy it again, or rewrite it from the run's last checkpoint "
+            "(the same train.py command with --resume auto)"
+        ) from None
     unet = UNet.from_pretrained(path / "unet")
     scheduler_config = read_json(path / "scheduler" / "scheduler_config.json")
     scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}

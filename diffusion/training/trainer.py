@@ -12,7 +12,8 @@ import dataclasses
 import json
 import logging
 import math
-import signal
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from ..checkpoint import (
     resolve_resume,
 )
 from ..data import ImageFolder
-from ..fileio import check_writable, write_json
+from ..fileio import check_writable, write_json, write_text
 from ..image import make_grid, save_png
 from ..models import UNet
 from ..models.persistence import load_weights, save_weights
@@ -45,6 +46,7 @@ from .ema import EMA
 from .errors import TrainingError
 from .loss import diffusion_loss, drop_labels
 from .plot import loss_curve
+from .safety import disk_errors, install_stop_handlers, restore_handlers
 from .sampler import StepBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,14 @@ class Trainer:
     # ----- checkpoints -----
 
     def _save_checkpoint(self, step: int) -> None:
+        """Write ``checkpoints/step-N``; a failed write (disk full, permissions) is a `TrainingError`."""
+        try:
+            with disk_errors(f"the checkpoint of step {step}"):
+                self._write_checkpoint(step)
+        finally:
+            shutil.rmtree(pending_checkpoint(self.out, step), ignore_errors=True)  # after a failure: give space back
+
+    def _write_checkpoint(self, step: int) -> None:
         acc = self.accelerator
         if acc.is_main_process:
             begin_checkpoint(self.out, step)
@@ -232,7 +242,7 @@ class Trainer:
         path = self.out / "metrics.jsonl"
         if path.is_file():
             rows = [json.dumps(r) for r in _read_metrics(path) if r["step"] <= step]
-            path.write_text("".join(r + "\n" for r in rows))
+            write_text(path, "".join(r + "\n" for r in rows))
 
     # ----- the loop -----
 
@@ -256,7 +266,11 @@ class Trainer:
         schedule = NoiseSchedule(scheduler_config(c))
 
         start = 0
-        resume_from = resolve_resume(self.out, c.resume)
+        # The main process checks the checkpoints first (and renames damaged ones); the others follow.
+        resume_from = resolve_resume(self.out, c.resume) if acc.is_main_process else None
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            resume_from = resolve_resume(self.out, c.resume, quarantine=False)
         if resume_from is not None:
             start = self._load_checkpoint(resume_from)
             logger.info("resuming from %s (step %d)%s", resume_from, start, " [--resume auto]" * (c.resume == "auto"))
@@ -291,7 +305,7 @@ class Trainer:
         loader = iter(loader)
 
         stop = {"signal": None}
-        handlers = _install_stop_handlers(stop)
+        handlers = install_stop_handlers(stop)
         bar = tqdm(total=self.total_steps, initial=start, disable=not (progress and acc.is_main_process), desc="train")
         step, tick, tick_step = start, time.perf_counter(), start
         try:
@@ -355,14 +369,16 @@ class Trainer:
                     }
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", img_s=f"{img_s:.1f}")
                     if acc.is_main_process:
-                        self._log(row)
+                        with disk_errors("metrics.jsonl"):
+                            self._log(row)
                 if step % c.checkpoint_every == 0 and step < self.total_steps:
                     self._save_checkpoint(step)
                 if c.sample_every and step % c.sample_every == 0 and acc.is_main_process:
-                    self._write_samples(step)
+                    with disk_errors(f"the samples of step {step}"):
+                        self._write_samples(step)
         finally:
             bar.close()
-            _restore_handlers(handlers)
+            restore_handlers(handlers)
 
         self._save_checkpoint(step)
         if stop["signal"] is not None:
@@ -371,8 +387,14 @@ class Trainer:
             return None
         model_dir = self.out / "model"
         if acc.is_main_process:
-            self._pipeline().save_pretrained(model_dir)
-            self._write_loss_curve()
+            with disk_errors("the final model"):
+                # Written whole under a temporary name, then renamed: OUT/model is never half-written.
+                tmp = self.out / ".tmp-model"
+                shutil.rmtree(tmp, ignore_errors=True)
+                self._pipeline().save_pretrained(tmp)
+                shutil.rmtree(model_dir, ignore_errors=True)
+                os.replace(tmp, model_dir)
+                self._write_loss_curve()
         acc.end_training()
         return model_dir
 
@@ -398,21 +420,3 @@ def _has_tensorboard() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _install_stop_handlers(stop: dict) -> dict:
-    """On SIGINT/SIGTERM, finish the current step, checkpoint, then stop (see `Trainer.train`)."""
-
-    def handler(signum: int, _frame: object) -> None:
-        stop["signal"] = signal.Signals(signum).name
-
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            previous[sig] = signal.signal(sig, handler)
-    return previous
-
-
-def _restore_handlers(previous: dict) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)

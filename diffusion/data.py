@@ -102,6 +102,13 @@ def _printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def warn_skipped(skipped: list[tuple[Path, str]], what: str, root: str | Path) -> None:
+    """One warning: how many files were skipped, then each one and why on a line of its own (however
+    many: the user has to find and fix each of them)."""
+    lines = "".join(f"\n  {_printable(f'{p} ({why})')}" for p, why in skipped)
+    logger.warning("skipped %d unreadable %s under %s:%s", len(skipped), what, _printable(str(root)), lines)
+
+
 @dataclass(frozen=True)
 class ScanReport:
     """What building the dataset found."""
@@ -130,9 +137,8 @@ def scan(root: str | Path, size: tuple[int, int], channels: int) -> ScanReport:
             continue
         files.append(path)
         upscaled += image.height < size[0] or image.width < size[1]
-    if skipped:  # every file named, however many: the user has to find and fix each of them
-        lines = "".join(f"\n  {_printable(f'{p} ({why})')}" for p, why in skipped)
-        logger.warning("skipped %d unreadable file(s) under %s:%s", len(skipped), _printable(str(root)), lines)
+    if skipped:
+        warn_skipped(skipped, "file(s)", root)
     if upscaled:
         logger.warning("%d image(s) are smaller than %dx%d and will be upscaled", upscaled, *size)
     if not files:

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import torch
 
-from .data import DECODE_ERRORS, find_image_files, fit, load_image, to_tensor
+from .data import DECODE_ERRORS, find_image_files, fit, load_image, to_tensor, warn_skipped
 from .guidance import RANDOM_CLASSES
 from .metrics import KID_NUM_SUBSETS, FeatureExtractor, QualityResult, compare_features, load_feature_extractor
 from .pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 
 logger = logging.getLogger(__name__)
-
-_SHOWN = 5  # how many skipped files a warning names
 
 
 def _check_int(name: str, value: object, minimum: int, why: str = "") -> int:
@@ -75,12 +73,11 @@ def load_reference_images(
         try:
             image = load_image(files[i], channels)
         except DECODE_ERRORS as e:
-            skipped.append(f"{files[i]} ({type(e).__name__}: {e})")
+            skipped.append((files[i], f"{type(e).__name__}: {e}"))
             continue
         images.append(to_tensor(fit(image, size, None)))  # (channels, height, width) in [-1, 1]
     if skipped:
-        more = " ..." if len(skipped) > _SHOWN else ""
-        logger.warning("skipped %d unreadable reference file(s): %s%s", len(skipped), ", ".join(skipped[:_SHOWN]), more)
+        warn_skipped(skipped, "reference file(s)", folder)
     if len(images) < num_images:
         raise ValueError(
             f"reference folder {folder} has only {len(images)} readable images, fewer than the {num_images} asked for"

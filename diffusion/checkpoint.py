@@ -68,7 +68,7 @@ def commit_checkpoint(tmp: Path, keep: int) -> Path:
     os.replace(tmp, final)
     _fsync_dir(final.parent)
     for _, old in list_checkpoints(final.parent.parent)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     for stray in final.parent.glob(".tmp-*"):
         shutil.rmtree(stray, ignore_errors=True)
     return final
@@ -79,7 +79,16 @@ def remove_checkpoints_after(out: str | Path, step: int) -> None:
     for step_done, path in list_checkpoints(out):
         if step_done > step:
             logger.warning("removing %s, newer than this run's start (step %d)", path, step)
-            shutil.rmtree(path)
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder: first renamed to a ``.tmp-`` name (atomic), so that a crash mid-way
+    leaves a stray temporary folder, cleaned up later, never a half-deleted ``step-N``."""
+    doomed = path.with_name(f".tmp-removing-{path.name}")
+    shutil.rmtree(doomed, ignore_errors=True)  # left by an earlier crash
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

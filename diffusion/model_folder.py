@@ -6,10 +6,12 @@ It follows diffusers' pipeline layout so that it can grow into a diffusers expor
     unet/config.json              UNetConfig fields (num_classes for a class-conditional model)
     unet/model.safetensors        weights (the EMA weights for a trained model)
     scheduler/scheduler_config.json  the noise schedule and the default sampler's settings
-    manifest.json                 size and SHA-256 of each file above, checked on every load
+    manifest.json                 size and SHA-256 of the weights, checked on every load
 
 Nothing in it is executed on load: JSON and safetensors only. A diffusers pipeline folder is read too
 (`diffusion.interop`). A folder without a manifest (written before manifests existed) loads unchecked.
+The JSON files are left out of the manifest on purpose: they are meant to be read and edited by hand
+(class names, the default sampler), and a damaged one fails to parse with a clear message anyway.
 """
 
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 from .fileio import CorruptFolderError, read_json, verify_manifest, write_json, write_manifest
 from .interop import is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
 from .models import UNet
-from .models.persistence import CONFIG_NAME, WEIGHTS_NAME
+from .models.persistence import WEIGHTS_NAME
 from .schedulers import Scheduler, get_scheduler
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "fashion-mnist"
@@ -46,8 +48,7 @@ def write_model_folder(
         "class_names": class_names,
     }
     write_json(path / "model_index.json", index)
-    files = ["model_index.json", f"unet/{CONFIG_NAME}", f"unet/{WEIGHTS_NAME}", "scheduler/scheduler_config.json"]
-    write_manifest(path, files)
+    write_manifest(path, [f"unet/{WEIGHTS_NAME}"])
 
 
 def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[str]]:

@@ -166,6 +166,7 @@ def test_progress_and_callback(pipe, capsys):
 def test_save_load_round_trip_gives_identical_images(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "model")
     assert sorted(str(p.relative_to(tmp_path / "model")) for p in (tmp_path / "model").rglob("*.*")) == [
+        "manifest.json",
         "model_index.json",
         "scheduler/scheduler_config.json",
         "unet/config.json",
@@ -224,6 +225,9 @@ def test_bad_model_folders(pipe, tmp_path):
     weights = tmp_path / "m" / "unet" / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"m is damaged: .*model.safetensors is truncated or damaged: \d+ bytes"):
+        DiffusionPipeline.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "manifest.json").unlink()  # a folder from before manifests: safetensors' own check
     with pytest.raises(ValueError, match=r"model.safetensors is not a readable safetensors file"):
         DiffusionPipeline.from_pretrained(tmp_path / "m")
     pipe.save_pretrained(tmp_path / "m")

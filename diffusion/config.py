@@ -7,6 +7,7 @@ the value and the allowed values.
 """
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
@@ -29,6 +30,63 @@ def literal_choices(annotation: Any) -> tuple[Any, ...] | None:
 def is_positive_int(value: object) -> bool:
     """An int (not a bool) >= 1."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+class ConfigTypeError(TypeError, ValueError):
+    """A setting of the wrong type. Also a ValueError, so that the commands report it as bad input in one line
+    (as numpy's AxisError is both a ValueError and an IndexError)."""
+
+
+# What `type_problem` asks of a field annotated with each type.
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+def type_problem(annotation: Any, value: Any) -> str | None:
+    """What a ``bool``, ``int``, ``float`` or ``str`` annotation (also inside ``X | None``) asks of ``value``
+    (``"an integer"``, ...) if ``value`` is not that, else None. Ints count as floats, which must be finite;
+    bools are no numbers. Other annotations (``Literal``, tuples) are left to their own checks."""
+    union = get_origin(annotation) in (typing.Union, types.UnionType)
+    kinds = [a for a in (get_args(annotation) if union else (annotation,)) if a in _TYPE_NAMES]
+    if not kinds or (value is None and union and type(None) in get_args(annotation)):
+        return None
+    kind = kinds[0]
+    if kind is bool or kind is str:
+        ok = isinstance(value, kind)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
+    return None if ok else _TYPE_NAMES[kind]
+
+
+def check_types(config: Any, flags: bool = False) -> None:
+    """Check every field of a dataclass instance with `type_problem`.
+
+    Raises:
+        ConfigTypeError: for a value of the wrong type, naming the first such field (as ``--field-name`` when
+            ``flags``, else by its name).
+        ValueError: likewise for a number that is not finite.
+    """
+    hints = get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        problem = type_problem(hints[field.name], value)
+        if problem is not None:
+            name = f"--{field.name.replace('_', '-')}" if flags else field.name
+            raise type_error(value)(f"{name} must be {problem}, got {value!r}")
+
+
+def type_error(value: Any) -> type[ValueError]:
+    """The exception for a value `type_problem` refuses: ValueError for a number (not finite), else
+    `ConfigTypeError`."""
+    return ValueError if isinstance(value, int | float) and not isinstance(value, bool) else ConfigTypeError
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .arguments import check_size
 from .image import to_mode
 from .models import UNetConfig
 from .schedulers import Scheduler, registered_name
@@ -27,6 +28,8 @@ from .schedulers import Scheduler, registered_name
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
 # img2img strength when none is given: redo the last 80% of the steps (diffusers' default too).
 DEFAULT_STRENGTH = 0.8
+# RePaint steps per run before jumping back (Lugmayr et al. 2022, sec. 4.2, j = 10); used with resampling.
+DEFAULT_JUMP_LENGTH = 10
 
 
 def effective_strength(strength: float | None, inpainting: bool) -> float:
@@ -53,6 +56,8 @@ def images_to_tensor(images: ImageInput, channels: int, what: str = "image") -> 
             raise ValueError(
                 f"{what} tensor must have shape (n, {channels}, h, w) or ({channels}, h, w), got {tuple(images.shape)}"
             )
+        if x.numel() == 0:
+            raise ValueError(f"{what} tensor is empty: shape {tuple(images.shape)}")
         if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise ValueError(f"{what} tensor values must be finite and in [0, 1]")
         return x * 2 - 1
@@ -162,13 +167,7 @@ def prepare_edit(
     if len(x0) not in (1, num_images):
         raise ValueError(f"got {len(x0)} images for {num_images} outputs; give one, or one per output")
     x0 = x0.expand(num_images, *x0.shape[1:])
-    factor, (height, width) = unet.downsample_factor, x0.shape[-2:]
-    if height % factor or width % factor:
-        trained = "x".join(map(str, unet.sample_size))
-        raise ValueError(
-            f"the image is {height}x{width}; its sides must be multiples of {factor}, the model's downsampling "
-            f"factor: resize or crop it (the model was trained at {trained})"
-        )
+    height, width = check_size(tuple(x0.shape[-2:]), unet, "the image")
     if size is not None and tuple(size) != (height, width):
         raise ValueError(f"size {tuple(size)} differs from the image's {(height, width)}; leave size out")
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 <= strength <= 1:

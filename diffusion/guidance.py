@@ -12,6 +12,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -65,9 +66,11 @@ def class_label_tensor(
         return None
     if num_classes is None:
         raise ValueError("class labels were given, but this model is unconditional (train with --class-cond)")
-    if isinstance(class_labels, torch.Tensor):
+    if isinstance(class_labels, torch.Tensor | np.ndarray):
         class_labels = class_labels.reshape(-1).tolist()
     single = isinstance(class_labels, str | numbers.Integral)
+    if not single and not isinstance(class_labels, Sequence):
+        raise ValueError(f"class_labels must be a class name or id, a list of them, or a tensor, got {class_labels!r}")
     items = [class_labels] if single else list(class_labels)
     if len(items) == 1:
         items *= num_images
@@ -103,7 +106,8 @@ def check_guidance(
             an unconditional model, or guidance without labels.
     """
     for name, value in (("guidance_scale", guidance_scale), ("guidance_rescale", guidance_rescale)):
-        if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        optional = name == "guidance_scale" and value is None
+        if not optional and not (isinstance(value, numbers.Real) and not isinstance(value, bool)):
             raise ValueError(f"{name} must be a number, got {value!r}")
     if guidance_scale is not None and not (math.isfinite(guidance_scale) and guidance_scale >= 0):
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")

@@ -18,26 +18,31 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .arguments import batch_advice, check_num_images, check_size
 from .config import is_positive_int
 from .editing import ImageInput, images_to_tensor
 from .guidance import RANDOM_CLASSES
 from .schedulers import DEFAULT_STEPS, DDIMScheduler, Scheduler
 from .schedulers.base import randn_tensor
 
+# Extra model evaluations per step of `Latents.invert`; a handful already converge (Pan et al. 2023).
+MAX_FIXED_POINT_ITERATIONS = 100
+
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     """Spherical interpolation from ``a`` (t = 0, returned exactly) to ``b`` (t = 1, exactly).
 
-    The angle is the one between the flattened tensors; nearly parallel ones are interpolated linearly.
+    The angle is the one between the flattened tensors; nearly parallel ones (or a zero one) are interpolated
+    linearly.
     """
     if t == 0:
         return a.clone()
     if t == 1:
         return b.clone()
     a64, b64 = a.double().flatten(), b.double().flatten()
-    cos = torch.dot(a64, b64) / (a64.norm() * b64.norm())
-    theta = math.acos(float(cos.clamp(-1, 1)))
-    if theta < 1e-4:
+    norms = float(a64.norm() * b64.norm())
+    theta = math.acos(float((torch.dot(a64, b64) / norms).clamp(-1, 1))) if norms > 0 else 0.0
+    if theta < 1e-4:  # also a zero tensor, which has no direction
         return ((1 - t) * a.double() + t * b.double()).to(a.dtype)
     w_a, w_b = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
     return (w_a * a.double() + w_b * b.double()).to(a.dtype)
@@ -116,14 +121,24 @@ class Latents:
             float32 ``(n, c, h, w)`` latents on the CPU, of unit variance like sampling's initial noise.
         """
         x0 = images_to_tensor(images, self.unet.config.in_channels)
+        check_size(tuple(x0.shape[-2:]), self.unet.config, "the image")
         labels = self.class_label_tensor(class_labels, len(x0))
         scale = self._guidance(labels, guidance_scale, 0.0)
         if batch_size is not None and not is_positive_int(batch_size):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if type(fixed_point_iterations) is not int or fixed_point_iterations < 0:  # bools are refused too
             raise ValueError(f"fixed_point_iterations must be an integer >= 0, got {fixed_point_iterations!r}")
+        if not isinstance(progress, bool):
+            raise ValueError(f"progress must be True or False, got {progress!r}")
+        if fixed_point_iterations > MAX_FIXED_POINT_ITERATIONS:
+            raise ValueError(
+                f"fixed_point_iterations must be at most {MAX_FIXED_POINT_ITERATIONS}, got {fixed_point_iterations}"
+            )
         sampler = self.make_scheduler("ddim", eta=0.0)
         sampler.set_timesteps(num_inference_steps)
+        rows = min(batch_size or len(x0), len(x0)) * (1 if labels is None else 2)  # both guidance branches
+        height, width = x0.shape[-2:]
+        self.unet.config.check_forward_size(rows, height, width, batch_advice(batch_size, len(x0)))
         batch_size = batch_size or len(x0)
         evaluations = -(-len(x0) // batch_size) * len(sampler.timesteps)
         bar = tqdm(total=evaluations, disable=not progress, unit="step", desc="inverting")
@@ -143,7 +158,7 @@ class Latents:
 
     def noise_for_seed(self, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The initial noise ``(c, h, w)`` that sampling with ``seed`` starts from (per-image generators)."""
-        height, width = size or self.unet.config.sample_size
+        height, width = check_size(size, self.unet.config) if size is not None else self.unet.config.sample_size
         shape = (1, self.unet.config.in_channels, height, width)
         return randn_tensor(shape, self.generators(1, [seed]), dtype=torch.float32)[0]
 
@@ -173,6 +188,7 @@ class Latents:
         """
         if not is_positive_int(num_frames) or num_frames < 2:
             raise ValueError(f"num_frames must be an integer >= 2, got {num_frames!r}")
+        check_num_images(num_frames, name="num_frames")
         for name in ("seed", "generator", "latents", "num_images"):
             if name in kwargs:
                 raise ValueError(f"interpolate takes no {name}: the frames come from start and end")
@@ -188,18 +204,24 @@ class Latents:
                 "every step; use ddim (eta 0), dpmsolver++2m, dpmsolver++3m, unipc or euler"
             )
         ends = []
-        for point in (start, end):
+        for name, point in (("start", start), ("end", end)):
             if isinstance(point, torch.Tensor):
                 ends.append(
                     point.detach().float().cpu().squeeze(0) if point.ndim == 4 else point.detach().float().cpu()
                 )
             elif isinstance(point, int) and not isinstance(point, bool):
-                ends.append(self.noise_for_seed(point, kwargs.get("size")))
+                try:
+                    ends.append(self.noise_for_seed(point, kwargs.get("size")))
+                except ValueError as e:
+                    raise ValueError(f"{name} seed {point}: {e}") from None
             else:
                 raise ValueError(f"start and end must be seeds (ints) or latents (tensors), got {point!r}")
         if ends[0].shape != ends[1].shape or ends[0].ndim != 3:
             shapes = [tuple(e.shape) for e in ends]
             raise ValueError(f"start and end must be latents of one (c, h, w) shape, got {shapes}")
+        if not all(torch.isfinite(e).all() for e in ends):
+            raise ValueError("start and end latents must be finite; they hold NaN or infinite values")
+        check_num_images(num_frames, tuple(ends[0].shape), name="num_frames")
         latents = torch.stack([slerp(ends[0], ends[1], i / (num_frames - 1)) for i in range(num_frames)])
         kwargs.setdefault("size", tuple(latents.shape[-2:]))  # inverted images may have their own size
         return self(num_frames, num_inference_steps, sampler, latents=latents, **kwargs)

@@ -13,8 +13,27 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .config import is_positive_int
-from .editing import ImageInput, effective_strength, paste_known, prepare_edit, renoise, visit_order
+from .arguments import (
+    batch_advice,
+    check_call_options,
+    check_device,
+    check_eta,
+    check_generator,
+    check_num_images,
+    check_placement,
+    check_scheduler_overrides,
+    check_size,
+    seed_list,
+)
+from .editing import (
+    DEFAULT_JUMP_LENGTH,
+    ImageInput,
+    effective_strength,
+    paste_known,
+    prepare_edit,
+    renoise,
+    visit_order,
+)
 from .guidance import RANDOM_CLASSES, check_guidance, class_label_tensor, classifier_free_guidance
 from .image import to_pil
 from .interop import save_diffusers
@@ -84,6 +103,7 @@ class DiffusionPipeline(Latents):
         """
         if isinstance(device, torch.dtype):
             device, dtype = None, device
+        device = check_placement(device, dtype, memory_format)
         self.unet.to(device=device, dtype=dtype)
         if memory_format is not None:
             self.unet.to(memory_format=memory_format)
@@ -112,6 +132,10 @@ class DiffusionPipeline(Latents):
         ``use_karras_sigmas=True`` for the σ-space samplers. The pipeline's own sampler settings carry
         over only to a scheduler of the same class: another class gets the shared `SchedulerConfig`
         fields (schedule, prediction type, spacing, x̂_0 processing) and its own defaults otherwise.
+
+        Raises:
+            ValueError: for an unknown name or setting, a setting of the wrong type or out of range, or a
+                field of the model's noise schedule (`MODEL_SCHEDULE_FIELDS`).
         """
         name, fields = resolve_scheduler_name(name)
         overrides = {**fields, **overrides}
@@ -122,9 +146,7 @@ class DiffusionPipeline(Latents):
         scheduler = get_scheduler(name, settings)
         if not overrides:
             return scheduler
-        unknown = sorted(set(overrides) - set(scheduler.config.to_dict()))
-        if unknown:
-            raise ValueError(f"the {name} scheduler has no setting {', '.join(unknown)}")
+        check_scheduler_overrides(name, scheduler.config, overrides)
         return get_scheduler(name, scheduler.config.to_dict() | overrides)
 
     def num_model_evaluations(self, num_inference_steps: int, scheduler: str | Scheduler | None = None) -> int:
@@ -135,6 +157,7 @@ class DiffusionPipeline(Latents):
 
     def _sampler(self, scheduler: str | Scheduler | None, eta: float | None) -> Scheduler:
         """The scheduler a call samples with: an object as given, or a fresh one by name (default: ours)."""
+        check_eta(eta)
         if isinstance(scheduler, Scheduler):
             if eta is not None:
                 raise ValueError("eta is set in the config of a scheduler object; pass a scheduler name to use eta=")
@@ -191,16 +214,16 @@ class DiffusionPipeline(Latents):
             FileNotFoundError: the folder or one of its files is missing.
             ValueError: the folder is not a model, or its files disagree with each other.
         """
+        if path is not None and not isinstance(path, str | Path):
+            raise ValueError(f"path must be a folder name (str or Path) or None, got {type(path).__name__}")
+        device = check_device(device)  # checked before the weights are read
         return cls(*read_model_folder(path)).to(device, dtype)
 
     # ----- sampling -----
 
     def generators(self, num_images: int, seed: int | Sequence[int]) -> list[torch.Generator]:
-        """One generator per image: image i of a call with seed ``s`` uses seed ``s + i``."""
-        seeds = [seed + i for i in range(num_images)] if isinstance(seed, int) else list(seed)
-        if len(seeds) != num_images:
-            raise ValueError(f"got {len(seeds)} seeds for {num_images} images; give one seed per image")
-        return [torch.Generator().manual_seed(int(s)) for s in seeds]
+        """One generator per image: image i of a call with seed ``s`` uses seed ``s + i`` (see `seed_list`)."""
+        return [torch.Generator().manual_seed(s) for s in seed_list(seed, check_num_images(num_images))]
 
     # ----- conditioning -----
 
@@ -222,10 +245,12 @@ class DiffusionPipeline(Latents):
         num_classes = self.unet.config.num_classes
         if num_classes is None:
             raise ValueError("class_labels='random' needs a class-conditional model; this model is unconditional")
-        if generator is not None:
+        check_num_images(num_images)
+        if check_generator(generator) is not None:
             return torch.randint(num_classes, (num_images,), generator=generator, device=generator.device).cpu()
-        generators = self.generators(num_images, seed if seed is not None else 0)
-        return torch.cat([torch.randint(num_classes, (1,), generator=g) for g in generators])
+        seeds = seed_list(seed if seed is not None else 0, num_images)
+        # One generator at a time: a million of them would hold gigabytes.
+        return torch.cat([torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s)) for s in seeds])
 
     def _guidance(
         self, labels: torch.Tensor | None, guidance_scale: float | None, guidance_rescale: float
@@ -271,7 +296,7 @@ class DiffusionPipeline(Latents):
         image: ImageInput | None = None,
         strength: float | None = None,
         mask_image: Image.Image | torch.Tensor | None = None,
-        jump_length: int = 10,
+        jump_length: int = DEFAULT_JUMP_LENGTH,
         resample: int = 1,
         latents: torch.Tensor | None = None,
         output_type: OutputType = "pil",
@@ -324,20 +349,14 @@ class DiffusionPipeline(Latents):
             ValueError: for an argument out of range, a class the model does not know, guidance for an
                 unconditional model, a mask of another size than the image, or a sampler that cannot edit.
         """
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+        check_num_images(num_images)
         if seed is not None and generator is not None:
             raise ValueError("give seed or generator, not both")
-        if output_type not in ("pil", "tensor", "numpy"):
-            raise ValueError(f"unknown output_type {output_type!r}; expected one of 'pil', 'tensor', 'numpy'")
-        if batch_size is not None and not is_positive_int(batch_size):
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if eta is not None and not (isinstance(eta, int | float) and eta >= 0):
-            raise ValueError(f"eta must be a number >= 0, got {eta!r}")
-        if isinstance(class_labels, str) and class_labels == RANDOM_CLASSES:
-            class_labels = self.random_class_labels(num_images, seed, generator)
-        labels = self.class_label_tensor(class_labels, num_images)
-        scale = self._guidance(labels, guidance_scale, guidance_rescale)
+        generator = check_generator(generator)
+        seeds = seed_list(seed if seed is not None else 0, num_images) if generator is None else None
+        check_call_options(output_type, batch_size, callback, progress, jump_length, resample)
+        if size is not None:
+            size = check_size(size, self.unet.config)
         sampler = self._sampler(scheduler, eta)
         sampler.set_timesteps(num_inference_steps, device=self.device)
         channels = self.unet.config.in_channels
@@ -351,22 +370,26 @@ class DiffusionPipeline(Latents):
         if known is not None:
             size = tuple(known.shape[-2:])
         order = list(range(start, len(sampler.timesteps)))
-        if mask is None and resample != 1:
+        if mask is None and (resample != 1 or jump_length != DEFAULT_JUMP_LENGTH):
             raise ValueError("resample and jump_length are RePaint settings for inpainting: give mask_image too")
         if mask is not None:
-            if not (is_positive_int(jump_length) and is_positive_int(resample)):
-                raise ValueError(
-                    f"jump_length and resample must be positive integers, got {jump_length!r}, {resample!r}"
-                )
             order = visit_order(start, len(sampler.timesteps), jump_length, resample)
-        batch_size = batch_size or num_images
-        generators = self.generators(num_images, seed if seed is not None else 0) if generator is None else None
         height, width = size or self.unet.config.sample_size
         shape = (channels, height, width)
+        check_num_images(num_images, shape)
         if latents is not None and not isinstance(latents, torch.Tensor):
             raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
         if latents is not None and tuple(latents.shape) != (num_images, *shape):
             raise ValueError(f"latents must have shape {(num_images, *shape)}, got {tuple(latents.shape)}")
+        if latents is not None and not torch.isfinite(latents).all():
+            raise ValueError("latents must be finite; they hold NaN or infinite values")
+        if isinstance(class_labels, str) and class_labels == RANDOM_CLASSES:
+            class_labels = self.random_class_labels(num_images, seeds, generator)
+        labels = self.class_label_tensor(class_labels, num_images)
+        scale = self._guidance(labels, guidance_scale, guidance_rescale)
+        rows = min(batch_size or num_images, num_images) * (1 if labels is None else 2)  # both guidance branches
+        self.unet.config.check_forward_size(rows, height, width, batch_advice(batch_size, num_images))
+        batch_size = batch_size or num_images
         # The samplers look timesteps up on the host copy, so the loop never waits for the device.
         host_timesteps = sampler.timesteps.tolist()
         outputs = []
@@ -375,7 +398,7 @@ class DiffusionPipeline(Latents):
         for first in range(0, num_images, batch_size):
             n = min(batch_size, num_images - first)
             part = slice(first, first + n)
-            gens = generators[part] if generators is not None else generator
+            gens = self.generators(n, seeds[part]) if seeds is not None else generator
             batch_labels = labels[part].to(self.device) if labels is not None else None
             if latents is not None:
                 noise = latents[part].to(device=self.device, dtype=torch.float32)

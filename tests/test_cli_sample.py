@@ -128,6 +128,21 @@ def test_bad_input_is_one_line_and_status_2(model, tmp_path, capsys, args, messa
     assert __import__("re").search(message, err[0]), err[0]
 
 
+def test_a_full_disk_while_writing_images_is_one_line(model, tmp_path, capsys, monkeypatch):
+    def full(image, path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr("diffusion.cli.sample.save_png", full)
+    assert (
+        cli.sample_main(["--model", str(model), "--out", str(tmp_path / "o"), "--steps", "2", "--num-images", "1"]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()  # after the progress bar
+    assert "Traceback" not in "\n".join(err) and err[-1:] == [
+        f"diffusion-sample: error: No space left on device ({tmp_path / 'o' / '0.png'}); free space or fix "
+        "permissions, then run again"
+    ]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_without_cuda_is_refused(model, tmp_path, capsys):
     assert cli.sample_main(["--model", str(model), "--device", "cuda", "--out", str(tmp_path)]) == 2
@@ -145,7 +160,8 @@ def test_truncated_weights_through_the_script_give_no_traceback(model, tmp_path)
         text=True,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "is not a readable safetensors file" in done.stderr
+    assert done.stderr.count("\n") == 1 and "broken is damaged: " in done.stderr
+    assert "model.safetensors is truncated or damaged: 100 bytes" in done.stderr
     helped = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--help"], capture_output=True, text=True)
     for flag in (
         "--model",

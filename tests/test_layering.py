@@ -25,6 +25,7 @@ LAYERS = [
         "diffusion.editing",
         "diffusion.model_folder",
         "diffusion.latents",
+        "diffusion.arguments",
     },
     {"diffusion.training", "diffusion.evaluation"},
     {"diffusion.cli"},

@@ -5,11 +5,12 @@ import ast
 import dataclasses
 import inspect
 import logging
+import re
 import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, NoReturn, get_args, get_origin, get_type_hints
 
 import torch
 
@@ -17,6 +18,18 @@ from ..config import literal_choices
 from ..training.errors import TrainingError
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, TrainingError)
+# What torch raises when an allocation fails: caught last, so that a run too big for the machine ends in
+# one line instead of a traceback. Sizes a command can check beforehand are refused before any work.
+MEMORY_ERRORS = (MemoryError, torch.OutOfMemoryError)
+CPU_ALLOCATION_FAILED = "can't allocate memory"  # torch's CPU allocator, as a RuntimeError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors in the commands' one-line form: ``prog: error: ...``, status 2, no usage
+    block (``--help`` shows it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -94,6 +107,26 @@ def run_command(prog: str, main: Callable[[], int]) -> int:
     except KeyboardInterrupt as e:
         print(f"{prog}: {e or 'interrupted'}", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine's side: a full disk, a vanished or read-only folder, an I/O error
+        where = f" ({e.filename})" if e.filename else ""
+        message = f"{e.strerror or e}{where}; free space or fix permissions, then run again"
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    except (*MEMORY_ERRORS, RuntimeError) as e:
+        if not isinstance(e, MEMORY_ERRORS) and CPU_ALLOCATION_FAILED not in str(e):
+            raise
+        print(f"{prog}: error: out of memory ({_memory_detail(e)}); use a smaller --batch-size", file=sys.stderr)
+        return 2
+
+
+def _memory_detail(error: BaseException) -> str:
+    """The size a failed allocation asked for, from torch's message, else the message's first sentence."""
+    text = str(error)
+    asked = re.search(r"tried to allocate (\d+) bytes", text, flags=re.IGNORECASE)
+    if asked:
+        return f"tried to allocate {int(asked.group(1)) / 2**30:.1f} GiB"
+    asked = re.search(r"tried to allocate ([\d.]+ [KMGT]iB)", text, flags=re.IGNORECASE)
+    return f"tried to allocate {asked.group(1)}" if asked else (text.strip().splitlines() or [type(error).__name__])[0]
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -10,11 +10,11 @@ from ..fileio import check_writable, write_json
 from ..metrics import EXTRACTORS
 from ..pipeline import DEFAULT_STEPS
 from ..schedulers import SCHEDULER_NAMES
-from .common import DTYPES, device_from_flag, run_command
+from .common import DTYPES, ArgumentParser, device_from_flag, run_command
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="diffusion-evaluate",
         description="Measure a model: generate N images and compare them with real images from --reference by "
         "Fréchet distance (FD) and kernel distance (KID) in a feature space. Results are labelled FD@N / KID@N: "

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from ..fileio import check_writable
 from ..pipeline import DiffusionPipeline
-from .common import run_command
+from .common import ArgumentParser, run_command
 
 
 def export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="diffusion-export",
         description="Write a model folder in another library's format: --to diffusers writes a folder that "
         "diffusers.DDPMPipeline.from_pretrained loads (and this package too).",

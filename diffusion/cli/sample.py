@@ -8,32 +8,37 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..arguments import MAX_NUM_IMAGES, MAX_SEED
 from ..data import DECODE_ERRORS, load_image
-from ..editing import DEFAULT_STRENGTH, effective_strength
+from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH, effective_strength
 from ..fileio import check_writable
 from ..image import make_grid, save_gif, save_png
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 from ..schedulers import SCHEDULER_NAMES
-from .common import DTYPES, device_from_flag, run_command
+from .common import DTYPES, ArgumentParser, device_from_flag, run_command
+
+DEFAULT_FRAMES = 8  # of --interpolate
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``0-63``, ``1,5,9`` or a mix (``0-3,10``) -> a list of seeds."""
-    seeds: list[int] = []
+    """``0-63``, ``1,5,9`` or a mix (``0-3,10``) -> a list of seeds (at most `MAX_NUM_IMAGES`)."""
+    ranges: list[range] = []
     try:
         for part in text.split(","):
             first, _, last = part.strip().partition("-")
             low, high = int(first), int(last or first)
             if high < low:
                 raise ValueError
-            seeds += range(low, high + 1)
+            ranges.append(range(low, high + 1))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seeds like 0-63 or 1,5,9, got {text!r}") from None
-    return seeds
+    if sum(map(len, ranges)) > MAX_NUM_IMAGES:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_NUM_IMAGES} seeds")
+    return [seed for seeds in ranges for seed in seeds]
 
 
 def sample_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="diffusion-sample",
         description="Generate images from a trained model (by default the Fashion-MNIST model shipped in "
         "assets/). Image i of a run with --seed S uses seed S+i and is written as OUT/<seed>.png, so it "
@@ -94,7 +99,12 @@ def sample_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument("--mask", default=None, help="inpainting mask of the image's size: white = regenerate")
     edit.add_argument("--resample", type=int, default=1, help="RePaint: times to redo each run of steps (default: 1)")
-    edit.add_argument("--jump-length", type=int, default=10, help="RePaint: steps per run (default: 10)")
+    edit.add_argument(
+        "--jump-length",
+        type=int,
+        default=DEFAULT_JUMP_LENGTH,
+        help=f"RePaint: steps per run (default: {DEFAULT_JUMP_LENGTH})",
+    )
     edit.add_argument(
         "--interpolate",
         nargs=2,
@@ -103,7 +113,9 @@ def sample_parser() -> argparse.ArgumentParser:
         help="write OUT/interpolation.png (a strip) and .gif between two seeds, or two images (DDIM-inverted with "
         "--steps steps); the sampler defaults to ddim",
     )
-    edit.add_argument("--frames", type=int, default=8, help="frames of --interpolate (default: 8)")
+    edit.add_argument(
+        "--frames", type=int, default=DEFAULT_FRAMES, help=f"frames of --interpolate (default: {DEFAULT_FRAMES})"
+    )
     return parser
 
 
@@ -123,7 +135,7 @@ def _sampler_settings(args: argparse.Namespace) -> dict[str, object]:
     return settings | ({"use_karras_sigmas": True} if args.karras else {})
 
 
-def _class_labels(text: str | None, pipe: DiffusionPipeline, seeds: list[int]) -> tuple[list[str] | None, int]:
+def _class_labels(text: str | None, pipe: DiffusionPipeline, seeds: Sequence[int]) -> tuple[list[str] | None, int]:
     """--class as one label per image, and the grid's columns (0: as square as possible)."""
     num_images, num_classes = len(seeds), pipe.unet.config.num_classes
     if text == "none" or (text is None and num_classes is None):
@@ -145,9 +157,20 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
 
     def main() -> int:
         start = time.perf_counter()
-        seeds = args.seeds if args.seeds is not None else [args.seed + i for i in range(max(args.num_images, 0))]
+        for flag in ("model", "out", "grid", "init_image", "mask", "scheduler"):
+            if getattr(args, flag) == "":
+                raise ValueError(f"--{flag.replace('_', '-')} was given an empty string; give a name or leave it out")
         if args.seeds is None and args.num_images < 1:
             raise ValueError(f"--num-images must be a positive integer, got {args.num_images}")
+        if args.seeds is None and args.num_images > MAX_NUM_IMAGES:
+            raise ValueError(f"--num-images must be at most {MAX_NUM_IMAGES}, got {args.num_images}")
+        if args.seeds is None and not 0 <= args.seed <= MAX_SEED + 1 - args.num_images:
+            raise ValueError(
+                f"--seed must be in [0, 2**64 - {args.num_images}] for --num-images {args.num_images}, got {args.seed}"
+            )
+        seeds = args.seeds if args.seeds is not None else range(args.seed, args.seed + args.num_images)
+        if args.interpolate is None and args.frames != DEFAULT_FRAMES:
+            raise ValueError("--frames is the frame count of --interpolate: give --interpolate too")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
         out = Path(args.out)
@@ -169,13 +192,13 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
             return _interpolate(args, pipe, out, start)
         if args.class_labels == "all" and args.seeds is not None:
             raise ValueError("--class all numbers its images from --seed; it does not take --seeds")
-        if args.mask is None and (args.resample != 1 or args.jump_length != 10):
+        if args.mask is None and (args.resample != 1 or args.jump_length != DEFAULT_JUMP_LENGTH):
             raise ValueError("--resample and --jump-length are RePaint settings for inpainting: give --mask too")
         # Editing keeps the image's content: no random class unless asked (the null class instead).
         class_text = "none" if args.class_labels is None and args.init_image else args.class_labels
         labels, columns = _class_labels(class_text, pipe, seeds)
         if args.class_labels == "all":
-            seeds = [args.seed + i for i in range(len(labels))]
+            seeds = range(args.seed, args.seed + len(labels))
         sampler = args.scheduler or pipe.scheduler_name()
         settings = _sampler_settings(args)
         scheduler = pipe.make_scheduler(sampler, **settings)
@@ -230,10 +253,10 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
     labels = None if args.class_labels in (None, "none") else args.class_labels
     if labels is not None and ("," in labels or labels == "all"):
         raise ValueError("--interpolate takes one --class for all frames")
-    try:
-        first_seed = int(args.interpolate[0])
-    except ValueError:
-        first_seed = None
+    seeds = [_int_or_none(point) for point in args.interpolate]  # None: an image
+    if any(seed is not None and not 0 <= seed <= MAX_SEED for seed in seeds):
+        raise ValueError(f"--interpolate seeds must be in [0, 2**64 - 1], got {' '.join(args.interpolate)}")
+    first_seed = seeds[0]
     if args.class_labels is None and first_seed is not None and pipe.unet.config.num_classes is not None:
         labels = int(pipe.random_class_labels(1, [first_seed])[0])  # the class sample.py draws for that seed
     ends: list[int | torch.Tensor] = []
@@ -269,3 +292,10 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
         f"in {time.perf_counter() - start:.1f} s"
     )
     return 0
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None

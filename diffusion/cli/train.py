@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 from ..models import PRESETS, UNetConfig
 from ..training import TrainConfig, Trainer
-from .common import add_dataclass_arguments, run_command
+from .common import ArgumentParser, add_dataclass_arguments, run_command
 
 
 def train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="diffusion-train",
         description="Train a pixel-space diffusion model on a folder of images. Re-running the same command "
         "resumes from the latest checkpoint in --out.",

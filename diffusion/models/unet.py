@@ -15,10 +15,19 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import config_from_dict, config_to_dict, validate_literals
+from ..config import ConfigTypeError, check_types, config_from_dict, config_to_dict, validate_literals
 from .blocks import Attention, Downsample, GroupNorm, ResBlock, Upsample
 from .embeddings import TimestepMLP, timestep_embedding
 from .persistence import load_checked, load_weights, read_model_config, save_model
+
+# Limits that refuse sizes no machine could hold, before anything is allocated (docs/reliability.md).
+MAX_SIDE = 4096  # image side in pixels, trained or sampled
+MAX_CHANNELS = 65536  # channels of any layer: one 3x3 conv at this width has 3.9e10 weights
+MAX_RES_BLOCKS = 64  # residual blocks per level
+MAX_CLASSES = 100_000  # classes of a class-conditional model (each has an embedding row)
+# Elements of one first-level activation of a forward pass (32 GiB of float32). A forward holds dozens of
+# them, so a pass over this needs terabytes: refused before it starts, while big GPU batches stay allowed.
+MAX_ACTIVATION_ELEMENTS = 2**33
 
 
 @dataclass(kw_only=True)
@@ -47,18 +56,48 @@ class UNetConfig:
     num_classes: int | None = None  # class-conditional with this many classes (+1 "null" label for CFG)
 
     def __post_init__(self) -> None:
+        check_types(self)
         validate_literals(self)
         for name in ("in_channels", "base_channels", "num_res_blocks", "num_heads", "norm_groups"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not self.channel_mult or any(not isinstance(m, int) or m < 1 for m in self.channel_mult):
-            raise ValueError(f"channel_mult must be positive integers, got {self.channel_mult!r}")
-        if len(self.sample_size) != 2 or any(s % self.downsample_factor for s in self.sample_size):
+        for name in ("out_channels", "head_channels", "time_embed_dim", "num_classes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        mult = self.channel_mult
+        if not isinstance(mult, tuple | list) or any(type(m) is not int for m in mult):
+            raise ConfigTypeError(f"channel_mult must be a tuple of integers, got {mult!r}")
+        if not mult or min(mult) < 1:
+            raise ValueError(f"channel_mult must be positive integers, got {mult!r}")
+        widest = max(self.in_channels, self.out_channels or 0, self.time_embed_dim or 0)
+        widest = max(widest, self.base_channels * max(self.channel_mult))
+        if widest > MAX_CHANNELS:
+            raise ValueError(
+                f"a layer would have {widest} channels (base_channels x channel_mult, in/out_channels or "
+                f"time_embed_dim); the limit is {MAX_CHANNELS}"
+            )
+        if self.num_res_blocks > MAX_RES_BLOCKS:
+            raise ValueError(f"num_res_blocks must be at most {MAX_RES_BLOCKS}, got {self.num_res_blocks}")
+        if self.num_classes is not None and self.num_classes > MAX_CLASSES:
+            raise ValueError(f"num_classes must be at most {MAX_CLASSES}, got {self.num_classes}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        sizes = self.sample_size
+        if not isinstance(sizes, tuple | list) or len(sizes) != 2 or any(type(s) is not int for s in sizes):
+            raise ConfigTypeError(f"sample_size must be (height, width), two integers, got {sizes!r}")
+        if not 1 <= min(sizes) <= max(sizes) <= MAX_SIDE:
+            raise ValueError(f"sample_size must have sides in [1, {MAX_SIDE}], got {sizes!r}")
+        if any(s % self.downsample_factor for s in sizes):
             raise ValueError(
                 f"sample_size {self.sample_size!r} must be (height, width), each divisible by "
                 f"the downsampling factor {self.downsample_factor}"
             )
+        if not isinstance(self.attention_levels, tuple | list) or any(
+            type(level) is not int for level in self.attention_levels
+        ):
+            raise ConfigTypeError(f"attention_levels must be a tuple of level indices, got {self.attention_levels!r}")
         levels = range(len(self.channel_mult))
         if any(level not in levels for level in self.attention_levels):
             raise ValueError(
@@ -78,13 +117,26 @@ class UNetConfig:
                 raise ValueError(f"num_heads={self.num_heads} must divide every attention block's channels {channels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer or None, got {self.num_classes!r}")
 
     @property
     def downsample_factor(self) -> int:
         """How much the coarsest level is smaller than the input; image sides must be divisible by it."""
         return 2 ** (len(self.channel_mult) - 1)
+
+    def check_forward_size(self, rows: int, height: int, width: int, advice: str) -> None:
+        """Refuse a forward pass of ``rows`` images of ``height`` x ``width`` whose first-level activations
+        (``rows`` x ``base_channels * channel_mult[0]`` x height x width) would exceed `MAX_ACTIVATION_ELEMENTS`.
+
+        Raises:
+            ValueError: saying the size and the limit, followed by ``advice``.
+        """
+        elements = rows * self.base_channels * self.channel_mult[0] * height * width
+        if elements > MAX_ACTIVATION_ELEMENTS:
+            raise ValueError(
+                f"a forward pass of {rows} images of {height}x{width} holds {elements * 4 / 2**30:.3g} GiB per "
+                f"activation at {self.base_channels * self.channel_mult[0]} channels, over the "
+                f"{MAX_ACTIVATION_ELEMENTS * 4 // 2**30} GiB limit: {advice}"
+            )
 
     def heads_for(self, channels: int) -> int:
         """The number of attention heads at a level with ``channels`` channels."""

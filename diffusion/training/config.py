@@ -10,10 +10,21 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..config import config_from_dict, config_to_dict, validate_literals
+import torch
+
+from ..config import check_types, config_from_dict, config_to_dict, validate_literals
 from ..fileio import read_json
-from ..models import UNetConfig, preset
+from ..models import UNet, UNetConfig, preset
+from ..models.unet import MAX_SIDE
 from ..schedulers import DPMSolverConfig
+
+# Limits that refuse, before any work, values that no run could finish or fit (docs/reliability.md).
+MAX_SEED = 2**31 - 1  # accelerate seeds numpy with seed + process index, which must stay below 2**32
+MAX_NUM_WORKERS = 256  # data-loading processes; more exhaust a machine long before they help
+MAX_TRAIN_TIMESTEPS = 1_000_000  # T: the noise schedule keeps a few float64 arrays of T entries
+MAX_EPOCHS = 1e9  # so that epochs x steps per epoch is a finite number of steps
+MAX_NUM_SAMPLES = 1024  # images of a sample grid, which training generates in one batch
+MAX_PARAMETERS = 1_000_000_000  # UNet parameters: 4 GB of float32 weights, 16 GB with AdamW and gradients
 
 
 @dataclass(kw_only=True)
@@ -68,22 +79,45 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics.jsonl lines
 
     def __post_init__(self) -> None:
+        check_types(self, flags=True)
         validate_literals(self)
-        positive = ("batch_size", "grad_accum", "num_train_timesteps", "checkpoint_every", "keep_checkpoints")
+        positive = ("batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints")
         positive += ("sample_steps", "num_samples", "log_every")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         for name in ("warmup_steps", "sample_every", "num_workers", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
+        if self.seed > MAX_SEED:
+            raise ValueError(f"--seed must be at most {MAX_SEED} (2**31 - 1), got {self.seed}")
+        if self.num_workers > MAX_NUM_WORKERS:
+            raise ValueError(f"--num-workers must be at most {MAX_NUM_WORKERS}, got {self.num_workers}")
+        if not 2 <= self.num_train_timesteps <= MAX_TRAIN_TIMESTEPS:
+            raise ValueError(
+                f"--num-train-timesteps must be in [2, {MAX_TRAIN_TIMESTEPS}], got {self.num_train_timesteps}"
+            )
+        if self.sample_steps > self.num_train_timesteps:
+            raise ValueError(
+                f"--sample-steps {self.sample_steps} must be at most --num-train-timesteps ({self.num_train_timesteps})"
+            )
+        if self.num_samples > MAX_NUM_SAMPLES:
+            raise ValueError(f"--num-samples must be at most {MAX_NUM_SAMPLES} (one grid), got {self.num_samples}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"--batch-size {self.batch_size} must be divisible by --grad-accum ({self.grad_accum})")
+        if self.model_config == "":
+            raise ValueError("--model-config was given an empty string; give a JSON file or leave it out")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max-steps must be a positive integer, got {self.max_steps!r}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ValueError(f"--epochs must be > 0, got {self.epochs!r}")
-        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0 or not self.snr_gamma > 0:
-            raise ValueError("--lr and --snr-gamma must be > 0; --weight-decay and --grad-clip must be >= 0")
+        if self.epochs is not None and not 0 < self.epochs <= MAX_EPOCHS:
+            raise ValueError(f"--epochs must be in (0, {MAX_EPOCHS:.0e}], got {self.epochs!r}")
+        for name in ("lr", "snr_gamma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.cond_drop_prob <= 1:
             raise ValueError(f"--cond-drop-prob must be in [0, 1], got {self.cond_drop_prob!r}")
         if not 0 <= self.ema_decay < 1:
@@ -93,8 +127,12 @@ class TrainConfig:
                 "--zero-terminal-snr needs --prediction-type v_prediction or sample: at zero SNR the noise "
                 "prediction carries no information about the image, and sampling divides by zero"
             )
-        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ValueError(f"--image-size must be N or HxW with positive sides, got {self.image_size!r}")
+        if self.image_size is not None and not (
+            isinstance(self.image_size, tuple | list)
+            and len(self.image_size) == 2
+            and all(type(side) is int and 1 <= side <= MAX_SIDE for side in self.image_size)
+        ):
+            raise ValueError(f"--image-size must be N or HxW with sides in [1, {MAX_SIDE}], got {self.image_size!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -105,7 +143,12 @@ class TrainConfig:
 
 
 def model_config(config: TrainConfig, unet_overrides: dict | None = None) -> UNetConfig:
-    """The preset, overridden by ``--model-config`` JSON, by UNet flags, then by the data's channels and size."""
+    """The preset, overridden by ``--model-config`` JSON, by UNet flags, then by the data's channels and size.
+
+    Raises:
+        ValueError: for a bad override, a micro-batch too large for one forward pass
+            (`UNetConfig.check_forward_size`), or a UNet over `MAX_PARAMETERS`.
+    """
     overrides = read_json(config.model_config) if config.model_config else {}
     overrides |= unet_overrides or {}
     overrides["in_channels"] = config.channels
@@ -118,10 +161,28 @@ def model_config(config: TrainConfig, unet_overrides: dict | None = None) -> UNe
             "num_classes comes from the data: use --class-cond, which makes one class per first-level subfolder"
         )
     try:
-        return UNetConfig.from_dict({**preset(config.preset).to_dict(), **overrides})
+        unet = UNetConfig.from_dict({**preset(config.preset).to_dict(), **overrides})
     except TypeError as e:
         source = f"--model-config {config.model_config}" if config.model_config else "the UNet flags"
         raise ValueError(f"{source}: a value has the wrong type ({e})") from None
+    height, width = unet.sample_size
+    unet.check_forward_size(
+        config.batch_size // config.grad_accum,
+        height,
+        width,
+        "lower --batch-size, raise --grad-accum, or lower --image-size or --base-channels",
+    )
+    if config.sample_every:  # the sample grids are generated in one batch, with both guidance branches
+        rows = config.num_samples * (2 if config.class_cond else 1)
+        unet.check_forward_size(rows, height, width, "lower --num-samples, or --sample-every 0")
+    with torch.device("meta"):  # counts the parameters without allocating them
+        parameters = sum(p.numel() for p in UNet(unet).parameters())
+    if parameters > MAX_PARAMETERS:
+        raise ValueError(
+            f"this UNet would have {parameters:,} parameters, over the limit of {MAX_PARAMETERS:,}: lower "
+            "--base-channels, --channel-mult or --num-res-blocks"
+        )
+    return unet
 
 
 def scheduler_config(config: TrainConfig) -> DPMSolverConfig:

@@ -260,23 +260,26 @@ def train_tmp(tmp_path_factory) -> Path:
     return tmp
 
 
-@FUZZ
-@given(argv=argv_of(cli.train_parser(), [], TRAIN_VALID, must_refuse=False))
-def test_train_arguments_end_in_a_clean_error_or_a_run(data, train_tmp, argv):
+def run_train(data: Path, train_tmp: Path, argv: list[str]) -> tuple[int, str, list]:
+    """train.py with ``argv`` after the fixed base arguments, training recorded instead of run."""
     argv = with_paths(train_base(data, train_tmp / "out") + argv, data, train_tmp)
     with recorded_training() as runs:
         status, err = run(cli.train_main, argv)
     assert_clean(status, err, "diffusion-train", argv)
+    return status, err, runs
+
+
+@FUZZ
+@given(argv=argv_of(cli.train_parser(), [], TRAIN_VALID, must_refuse=False))
+def test_train_arguments_end_in_a_clean_error_or_a_run(data, train_tmp, argv):
+    status, err, runs = run_train(data, train_tmp, argv)
     assert len(runs) == (status == 0), (argv, err)
 
 
 @FUZZ
 @given(argv=argv_of(cli.train_parser(), [], TRAIN_VALID, must_refuse=True))
 def test_train_refuses_every_example_with_a_bad_value(data, train_tmp, argv):
-    argv = with_paths(train_base(data, train_tmp / "out") + argv, data, train_tmp)
-    with recorded_training() as runs:
-        status, err = run(cli.train_main, argv)
-    assert_clean(status, err, "diffusion-train", argv)
+    status, err, runs = run_train(data, train_tmp, argv)
     assert status == 2 and not runs, (argv, err)
 
 

@@ -14,23 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_fuzz_cli import MEMORY_HEADROOM, SECONDS_PER_RUN, memory_limit, time_limit  # tests/ is on sys.path
+from test_fuzz_cli import FUZZ as CLI_FUZZ  # tests/ is on sys.path
+from test_fuzz_cli import MEMORY_HEADROOM, SECONDS_PER_RUN, memory_limit, time_limit
 
 from diffusion.config import ConfigTypeError
 from diffusion.models import UNetConfig
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDIMScheduler
 
-FUZZ = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,  # the same examples every run, so that a failure reproduces
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = settings(CLI_FUZZ, max_examples=300)  # derandomised like the CLI fuzz
 NAN = float("nan")
 HOSTILE = [
     -1, 0, 10**12, 2**63, 2**64, 1e308, -1e308, NAN, math.inf, -math.inf, 1.5, -0.5, True, None, "", "abc",

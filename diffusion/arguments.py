@@ -4,6 +4,7 @@ names the argument and what to do (docs/reliability.md, "Hostile arguments")."""
 
 import math
 import numbers
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, get_type_hints
 
@@ -50,7 +51,18 @@ def check_size(size: object, unet: UNetConfig, what: str = "size") -> tuple[int,
 # Limits of one sampling call, checked before any work (docs/reliability.md); a call returns all its images
 # at once.
 MAX_NUM_IMAGES = 2**20  # images (or interpolation frames) per call
-MAX_OUTPUT_ELEMENTS = 2**30  # num_images x c x h x w of the result: 4 GiB of float32
+
+
+def physical_memory() -> int:
+    """This machine's memory in bytes (64 GiB where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 64 * 2**30
+
+
+# num_images x c x h x w of a call's result, in float32: a result over the machine's memory cannot be held.
+MAX_OUTPUT_ELEMENTS = physical_memory() // 4
 
 
 def check_num_images(num_images: object, shape: Sequence[int] | None = None, name: str = "num_images") -> int:
@@ -67,8 +79,8 @@ def check_num_images(num_images: object, shape: Sequence[int] | None = None, nam
     if shape is not None and num_images * math.prod(shape) > MAX_OUTPUT_ELEMENTS:
         size = num_images * math.prod(shape) * 4 / 2**30
         raise ValueError(
-            f"{name}={num_images} images of {'x'.join(map(str, shape))} are {size:.3g} GiB of float32, over the "
-            f"{MAX_OUTPUT_ELEMENTS * 4 // 2**30} GiB limit of one call; make several calls"
+            f"{name}={num_images} images of {'x'.join(map(str, shape))} are {size:.3g} GiB of float32, more than "
+            f"this machine's {MAX_OUTPUT_ELEMENTS * 4 / 2**30:.3g} GiB of memory; make several calls"
         )
     return num_images
 

@@ -63,12 +63,15 @@ def commit_checkpoint(tmp: Path, keep: int) -> Path:
         with open(file, "rb") as f:
             os.fsync(f.fileno())
     final = tmp.with_name(tmp.name.removeprefix(".tmp-"))
-    if final.exists():
-        shutil.rmtree(final)
+    if final.exists():  # not done by the trainer, which never writes a step twice
+        _remove(final)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
     for _, old in list_checkpoints(final.parent.parent)[:-keep]:
-        _remove(old)
+        try:
+            _remove(old)
+        except OSError as e:  # the new checkpoint is safe; an old one left behind costs only space
+            logger.warning("could not remove the old checkpoint %s (%s); remove it by hand", old, e)
     for stray in final.parent.glob(".tmp-*"):
         shutil.rmtree(stray, ignore_errors=True)
     return final
@@ -149,6 +152,12 @@ def check_checkpoint(path: Path) -> None:
     if not verify_manifest(path):
         if not (path / "trainer_state.json").is_file():
             raise CorruptFolderError(f"{path} has neither a manifest nor trainer_state.json")
+        try:
+            had_one = read_state(path).get("manifest", False)
+        except ValueError as e:
+            raise CorruptFolderError(str(e)) from None
+        if had_one:
+            raise CorruptFolderError(f"{path}/manifest.json is missing")
         logger.info("%s has no manifest (written by an older version): not verified", path)
 
 

@@ -4,6 +4,7 @@ classifier-free guidance), inversion and interpolation. Its folder format is `di
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -214,8 +215,8 @@ class DiffusionPipeline(Latents):
             FileNotFoundError: the folder or one of its files is missing.
             ValueError: the folder is not a model, or its files disagree with each other.
         """
-        if path is not None and not isinstance(path, str | Path):
-            raise ValueError(f"path must be a folder name (str or Path) or None, got {type(path).__name__}")
+        if path is not None and not isinstance(path, str | os.PathLike):
+            raise ValueError(f"path must be a folder name (str or os.PathLike) or None, got {type(path).__name__}")
         device = check_device(device)  # checked before the weights are read
         return cls(*read_model_folder(path)).to(device, dtype)
 

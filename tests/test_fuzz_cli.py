@@ -63,10 +63,14 @@ def in_a_tmp_folder(tmp_path_factory) -> Iterator[None]:
         yield
 
 
+class Hang(BaseException):
+    """Raised by `time_limit`: a BaseException, so that no handler of the code under test can swallow it."""
+
+
 @contextlib.contextmanager
 def time_limit(seconds: int) -> Iterator[None]:
     def hang(*_: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
+        raise Hang(f"still running after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, hang)
     signal.alarm(seconds)

@@ -20,6 +20,7 @@ from PIL import Image
 from test_fuzz_cli import FUZZ as CLI_FUZZ  # tests/ is on sys.path
 from test_fuzz_cli import MEMORY_HEADROOM, SECONDS_PER_RUN, memory_limit, time_limit
 
+from diffusion.arguments import MAX_OUTPUT_ELEMENTS
 from diffusion.config import ConfigTypeError
 from diffusion.models import UNetConfig
 from diffusion.pipeline import DiffusionPipeline
@@ -261,8 +262,8 @@ WHITE = Image.fromarray(np.full((28, 28), 255, np.uint8))
         (
             {"num_images": 2**20, "size": (224, 224), "batch_size": 1},
             ValueError,
-            "num_images=1048576 images of 1x224x224 are 196 GiB of float32, over the 4 GiB limit of one call; make "
-            "several calls",
+            "num_images=1048576 images of 1x224x224 are 196 GiB of float32, more than this machine's "
+            f"{MAX_OUTPUT_ELEMENTS * 4 / 2**30:.3g} GiB of memory; make several calls",
         ),
         # NaN images, silently
         (
@@ -369,7 +370,7 @@ def test_sampling_regressions(pipe, kwargs, error, message):
         (
             lambda pipe: DiffusionPipeline.from_pretrained(5),
             ValueError,
-            "path must be a folder name (str or Path) or None, got int",
+            "path must be a folder name (str or os.PathLike) or None, got int",
         ),
         (
             lambda pipe: DiffusionPipeline.from_pretrained(device="abc"),

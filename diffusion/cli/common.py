@@ -3,6 +3,7 @@
 import argparse
 import ast
 import dataclasses
+import errno
 import inspect
 import logging
 import re
@@ -18,6 +19,8 @@ from ..config import literal_choices
 from ..training.errors import TrainingError
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, TrainingError)
+# OSErrors that are the machine's state, not a bug: reported in one line.
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 # What torch raises when an allocation fails: caught last, so that a run too big for the machine ends in
 # one line instead of a traceback. Sizes a command can check beforehand are refused before any work.
 MEMORY_ERRORS = (MemoryError, torch.OutOfMemoryError)
@@ -107,7 +110,9 @@ def run_command(prog: str, main: Callable[[], int]) -> int:
     except KeyboardInterrupt as e:
         print(f"{prog}: {e or 'interrupted'}", file=sys.stderr)
         return 130
-    except OSError as e:  # the machine's side: a full disk, a vanished or read-only folder, an I/O error
+    except OSError as e:  # the machine's side: a full disk, a read-only or forbidden folder, an I/O error
+        if e.errno not in MACHINE_ERRNOS:
+            raise  # anything else is a bug, and its traceback is wanted
         where = f" ({e.filename})" if e.filename else ""
         message = f"{e.strerror or e}{where}; free space or fix permissions, then run again"
         print(f"{prog}: error: {message}", file=sys.stderr)

@@ -19,7 +19,7 @@ from ..models.unet import MAX_SIDE
 from ..schedulers import DPMSolverConfig
 
 # Limits that refuse, before any work, values that no run could finish or fit (docs/reliability.md).
-MAX_SEED = 2**31 - 1  # accelerate seeds numpy with seed + process index, which must stay below 2**32
+MAX_TRAIN_SEED = 2**31 - 1  # accelerate seeds numpy with seed + process index, which must stay below 2**32
 MAX_NUM_WORKERS = 256  # data-loading processes; more exhaust a machine long before they help
 MAX_TRAIN_TIMESTEPS = 1_000_000  # T: the noise schedule keeps a few float64 arrays of T entries
 MAX_EPOCHS = 1e9  # so that epochs x steps per epoch is a finite number of steps
@@ -90,15 +90,15 @@ class TrainConfig:
         for name in ("warmup_steps", "sample_every", "num_workers", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
-        if self.seed > MAX_SEED:
-            raise ValueError(f"--seed must be at most {MAX_SEED} (2**31 - 1), got {self.seed}")
+        if self.seed > MAX_TRAIN_SEED:
+            raise ValueError(f"--seed must be at most {MAX_TRAIN_SEED} (2**31 - 1), got {self.seed}")
         if self.num_workers > MAX_NUM_WORKERS:
             raise ValueError(f"--num-workers must be at most {MAX_NUM_WORKERS}, got {self.num_workers}")
         if not 2 <= self.num_train_timesteps <= MAX_TRAIN_TIMESTEPS:
             raise ValueError(
                 f"--num-train-timesteps must be in [2, {MAX_TRAIN_TIMESTEPS}], got {self.num_train_timesteps}"
             )
-        if self.sample_steps > self.num_train_timesteps:
+        if self.sample_every and self.sample_steps > self.num_train_timesteps:
             raise ValueError(
                 f"--sample-steps {self.sample_steps} must be at most --num-train-timesteps ({self.num_train_timesteps})"
             )
@@ -142,8 +142,9 @@ class TrainConfig:
         return config_from_dict(cls, data)
 
 
-def model_config(config: TrainConfig, unet_overrides: dict | None = None) -> UNetConfig:
+def model_config(config: TrainConfig, unet_overrides: dict | None = None, num_processes: int = 1) -> UNetConfig:
     """The preset, overridden by ``--model-config`` JSON, by UNet flags, then by the data's channels and size.
+    ``num_processes`` share each batch: one forward pass holds ``batch_size / grad_accum / num_processes``.
 
     Raises:
         ValueError: for a bad override, a micro-batch too large for one forward pass
@@ -167,7 +168,7 @@ def model_config(config: TrainConfig, unet_overrides: dict | None = None) -> UNe
         raise ValueError(f"{source}: a value has the wrong type ({e})") from None
     height, width = unet.sample_size
     unet.check_forward_size(
-        config.batch_size // config.grad_accum,
+        max(1, config.batch_size // config.grad_accum // num_processes),
         height,
         width,
         "lower --batch-size, raise --grad-accum, or lower --image-size or --base-channels",

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import (
     begin_checkpoint,
+    checkpoint_root,
     commit_checkpoint,
     load_pickle_free,
     pending_checkpoint,
@@ -93,7 +94,7 @@ class Trainer:
             )
         except ValueError as e:
             raise ValueError(f"--mixed-precision {config.mixed_precision}: {e}") from None
-        self.unet_config = model_config(config, unet_overrides)
+        self.unet_config = model_config(config, unet_overrides, self.accelerator.num_processes)
         size = self.unet_config.sample_size
         self.dataset = ImageFolder(
             config.data, size, config.channels, random_crop=config.random_crop, hflip=config.hflip
@@ -121,12 +122,21 @@ class Trainer:
     # ----- checkpoints -----
 
     def _save_checkpoint(self, step: int) -> None:
-        """Write ``checkpoints/step-N``; a failed write (disk full, permissions) is a `TrainingError`."""
+        """Write ``checkpoints/step-N``; a failed write (disk full, permissions) is a `TrainingError`.
+
+        A step already on disk in this ``OUT`` is not written again (a loop that ended on a checkpoint, a
+        finished run started again): replacing a complete checkpoint is the one write a crash could spoil.
+        """
+        if step == self.saved_step:
+            return
         try:
             with disk_errors(f"the checkpoint of step {step}"):
                 self._write_checkpoint(step)
-        finally:
-            shutil.rmtree(pending_checkpoint(self.out, step), ignore_errors=True)  # after a failure: give space back
+        except TrainingError:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(pending_checkpoint(self.out, step), ignore_errors=True)  # give the space back
+            raise
+        self.saved_step = step
 
     def _write_checkpoint(self, step: int) -> None:
         acc = self.accelerator
@@ -157,6 +167,7 @@ class Trainer:
                 "config": self.config.to_dict(),
                 "unet": self.unet_config.to_dict(),
                 "class_names": self.class_names,
+                "manifest": True,  # so that a step-N without its manifest.json is known to be damaged
             }
             write_json(tmp / "trainer_state.json", state)
             commit_checkpoint(tmp, self.config.keep_checkpoints)
@@ -265,7 +276,7 @@ class Trainer:
         self.ema = EMA(acc.unwrap_model(self.model), c.ema_decay)  # after prepare: on the training device
         schedule = NoiseSchedule(scheduler_config(c))
 
-        start = 0
+        start, self.saved_step = 0, None
         # The main process checks the checkpoints first (and renames damaged ones); the others follow.
         resume_from = resolve_resume(self.out, c.resume) if acc.is_main_process else None
         acc.wait_for_everyone()
@@ -273,6 +284,8 @@ class Trainer:
             resume_from = resolve_resume(self.out, c.resume, quarantine=False)
         if resume_from is not None:
             start = self._load_checkpoint(resume_from)
+            if resume_from.parent.resolve() == checkpoint_root(self.out).resolve():
+                self.saved_step = start
             logger.info("resuming from %s (step %d)%s", resume_from, start, " [--resume auto]" * (c.resume == "auto"))
         if acc.is_main_process:
             # This run continues from `start`: anything a previous run left beyond it is abandoned, so that
@@ -387,16 +400,27 @@ class Trainer:
             return None
         model_dir = self.out / "model"
         if acc.is_main_process:
-            with disk_errors("the final model"):
-                # Written whole under a temporary name, then renamed: OUT/model is never half-written.
-                tmp = self.out / ".tmp-model"
-                shutil.rmtree(tmp, ignore_errors=True)
-                self._pipeline().save_pretrained(tmp)
-                shutil.rmtree(model_dir, ignore_errors=True)
-                os.replace(tmp, model_dir)
+            self._write_model(model_dir)
+            with disk_errors("loss.png"):
                 self._write_loss_curve()
         acc.end_training()
         return model_dir
+
+    def _write_model(self, model_dir: Path) -> None:
+        """Write the final model whole under a temporary name, then rename it: ``OUT/model`` is never
+        half-written, and an old one is moved aside (atomically) before it is deleted."""
+        tmp, old = self.out / ".tmp-model", self.out / ".tmp-removing-model"
+        try:
+            with disk_errors("the final model"):
+                shutil.rmtree(tmp, ignore_errors=True)
+                self._pipeline().save_pretrained(tmp)
+                shutil.rmtree(old, ignore_errors=True)
+                if model_dir.exists():
+                    os.replace(model_dir, old)
+                os.replace(tmp, model_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # after a failure: give the space back
+            shutil.rmtree(old, ignore_errors=True)
 
     def _write_loss_curve(self) -> None:
         rows = _read_metrics(self.out / "metrics.jsonl")

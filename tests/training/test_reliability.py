@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_trainer import TINY, config, final_weights, make_images  # tests/training is on sys.path
 
-from diffusion.checkpoint import list_checkpoints, load_pickle_free
+from diffusion.checkpoint import check_checkpoint, list_checkpoints, load_pickle_free
 from diffusion.cli import train_main
-from diffusion.fileio import CorruptFolderError, sha256_of, verify_manifest
+from diffusion.fileio import CorruptFolderError, sha256_of, verify_manifest, write_manifest
 from diffusion.model_folder import SHIPPED_MODEL
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import Trainer, TrainingError
@@ -69,8 +69,9 @@ def test_every_checkpoint_carries_a_manifest_of_its_files(tmp_path, data):
         (lambda p: flip_a_byte(p / "optimizer.pt"), "SHA-256 differs"),
         (lambda p: (p / "ema.safetensors").unlink(), "missing"),
         (lambda p: (p / "manifest.json").write_text("{"), "manifest.json is damaged"),
+        (lambda p: (p / "manifest.json").unlink(), "manifest.json is missing"),
     ],
-    ids=["truncated", "flipped-byte", "missing-file", "bad-manifest"],
+    ids=["truncated", "flipped-byte", "missing-file", "bad-manifest", "no-manifest"],
 )
 def test_resume_auto_falls_back_to_the_previous_good_checkpoint(tmp_path, data, caplog, damage, reason):
     Trainer(config(tmp_path, out="straight"), TINY).train()
@@ -84,7 +85,7 @@ def test_resume_auto_falls_back_to_the_previous_good_checkpoint(tmp_path, data, 
     kept = tmp_path / "out" / "checkpoints" / "corrupt-step-4"
     assert kept.is_dir() and (kept / "trainer_state.json").is_file()  # never deleted
     with pytest.raises(CorruptFolderError):
-        verify_manifest(kept)
+        check_checkpoint(kept)
     assert_same_weights(tmp_path / "straight", tmp_path / "out")  # steps 3-4 redone exactly
 
 
@@ -136,16 +137,47 @@ def test_disk_full_during_a_checkpoint_stops_cleanly_and_resume_works(tmp_path, 
     assert_same_weights(tmp_path / "straight", tmp_path / "out")
 
 
-@pytest.mark.parametrize("what", ["metrics.jsonl", "the final model"])
+@pytest.mark.parametrize("what", ["metrics.jsonl", "the final model", "loss.png"])
 def test_other_write_failures_are_one_line_training_errors(tmp_path, data, monkeypatch, what):
+    real_save = DiffusionPipeline.save_pretrained
+
     def fail(*args, **kwargs):
         raise OSError(errno.EACCES, "Permission denied", "somewhere")
 
-    target = "_log" if what == "metrics.jsonl" else "_pipeline"
-    monkeypatch.setattr(Trainer, target, fail)
+    def fail_half_way(pipe, folder, *args, **kwargs):
+        real_save(pipe, folder, *args, **kwargs)  # the folder is written, then the disk gives out
+        fail()
+
+    if what == "metrics.jsonl":
+        monkeypatch.setattr(Trainer, "_log", fail)
+    elif what == "the final model":
+        monkeypatch.setattr(DiffusionPipeline, "save_pretrained", fail_half_way)
+    else:
+        monkeypatch.setattr(Trainer, "_write_loss_curve", fail)
     with pytest.raises(TrainingError, match=rf"could not write {what}: Permission denied \(somewhere\)\. Earlier"):
         Trainer(config(tmp_path), TINY).train()
-    assert not (tmp_path / "out" / "model").exists() and not (tmp_path / "out" / ".tmp-model").exists()
+    assert (tmp_path / "out" / "model").is_dir() == (what == "loss.png")  # written before loss.png
+    assert not list((tmp_path / "out").glob(".tmp-*"))  # the half-written model's space is given back
+
+
+def test_a_finished_run_started_again_rewrites_no_checkpoint(tmp_path, data):
+    Trainer(config(tmp_path), TINY).train()
+    last = tmp_path / "out" / "checkpoints" / "step-4"
+    before = {p.name: p.stat().st_ino for p in last.iterdir()}
+    assert Trainer(config(tmp_path), TINY).train() == tmp_path / "out" / "model"
+    assert {p.name: p.stat().st_ino for p in last.iterdir()} == before  # the same files, untouched
+    assert verify_manifest(tmp_path / "out" / "model")
+
+
+def test_a_checkpoint_that_cannot_be_pruned_is_a_warning(tmp_path, data, monkeypatch, caplog):
+    def busy(path):
+        raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+
+    monkeypatch.setattr("diffusion.checkpoint._remove", busy)
+    with caplog.at_level(logging.WARNING):
+        assert Trainer(config(tmp_path, keep_checkpoints=1), TINY).train() == tmp_path / "out" / "model"
+    assert "could not remove the old checkpoint" in caplog.text and "Device or resource busy" in caplog.text
+    assert [s for s, _ in list_checkpoints(tmp_path / "out")] == [2, 4]
 
 
 class Payload:
@@ -163,7 +195,7 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_not_executed(tmp_path, data
     path = tmp_path / "out" / "checkpoints" / "step-2"
     marker = tmp_path / "pwned"
     torch.save({"optimizer": Payload(marker)}, path / "optimizer.pt")
-    (path / "manifest.json").unlink()  # an attacker can rewrite the manifest too: take it away
+    write_manifest(path)  # an attacker can rewrite the manifest too
     with pytest.raises(ValueError, match=r"optimizer\.pt holds more than tensors .*refused without running it"):
         Trainer(config(tmp_path), TINY).train()
     with pytest.raises(ValueError, match="refused without running it"):

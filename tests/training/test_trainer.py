@@ -1,6 +1,7 @@
 """The training loop end to end, on tiny models and generated images."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -428,17 +429,19 @@ def test_cond_drop_prob_out_of_range_is_refused(tmp_path):
         config(tmp_path, cond_drop_prob=1.5)
 
 
-def test_checkpoints_from_before_a_setting_existed_resume_with_its_default(tmp_path, data):
+def test_checkpoints_from_before_a_setting_existed_resume_with_its_default(tmp_path, data, caplog):
     Trainer(config(tmp_path), TINY).train(stop_at_step=2)
     _, path = list_checkpoints(tmp_path / "out")[-1]
     state = json.loads((path / "trainer_state.json").read_text())
     for key in ("class_cond", "cond_drop_prob"):  # written before issue 7
         del state["config"][key]
-    del state["class_names"]
+    del state["class_names"], state["manifest"]  # manifests came with issue 9
     (path / "trainer_state.json").write_text(json.dumps(state))
-    (path / "manifest.json").unlink()  # written before issue 9 too
+    (path / "manifest.json").unlink()
     # An unconditional run does not use --cond-drop-prob, so changing it does not make another run.
-    assert Trainer(config(tmp_path, cond_drop_prob=0.3), TINY).train() == tmp_path / "out" / "model"
+    with caplog.at_level(logging.INFO, logger="diffusion.checkpoint"):
+        assert Trainer(config(tmp_path, cond_drop_prob=0.3), TINY).train() == tmp_path / "out" / "model"
+    assert f"{path} has no manifest (written by an older version): not verified" in caplog.text
 
 
 def test_fused_adamw_trains_like_the_default_optimizer(tmp_path, data):

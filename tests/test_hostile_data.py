@@ -143,6 +143,22 @@ def _display(name: str) -> str:
 # scan / ImageFolder
 
 
+def test_an_unreadable_file_is_skipped_even_where_root_could_read_it(hostile, monkeypatch):
+    """CI runs as root, which reads chmod-000 files: make the open fail as it does for any other user."""
+    real_open = Image.open
+
+    def open_as_a_user(path, *args, **kwargs):
+        if Path(path).name == "locked.png":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("diffusion.data.Image.open", open_as_a_user)
+    report = scan(hostile.root, SIZE, 3)
+    reasons = {p.name: why for p, why in report.skipped}
+    assert reasons["locked.png"] == f"PermissionError: [Errno 13] Permission denied: '{hostile.root / 'locked.png'}'"
+    assert len(report.files) == 9 and len(report.skipped) == len(hostile.bad) + hostile.locked_readable
+
+
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_scan_keeps_exactly_the_good_files_and_names_every_bad_one(hostile, caplog, channels):

@@ -105,10 +105,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def resolve_resume(out: str | Path, resume: str, *, quarantine: bool = True) -> Path | None:
+def resolve_resume(out: str | Path, resume: str) -> Path | None:
     """The checkpoint to resume from: ``auto`` (the newest intact one in ``out``, or none), ``never``, or
-    a path. With ``auto``, damaged checkpoints are renamed ``corrupt-step-N`` when ``quarantine`` (the
-    main process) and skipped with a warning.
+    a path. With ``auto``, damaged checkpoints are renamed ``corrupt-step-N`` and skipped with a warning;
+    with several processes, only the main one calls this.
 
     Raises:
         FileNotFoundError: ``resume`` is a path but not a checkpoint folder.
@@ -123,7 +123,7 @@ def resolve_resume(out: str | Path, resume: str, *, quarantine: bool = True) -> 
                 check_checkpoint(path)
                 return path
             except CorruptFolderError as e:
-                kept = _quarantine(path) if quarantine else path
+                kept = _quarantine(path)
                 logger.warning("checkpoint %s is damaged (%s); kept as %s, falling back", path, e, kept.name)
         damaged = sorted(checkpoint_root(out).glob("corrupt-step-*"))
         if damaged:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -277,11 +277,11 @@ class Trainer:
         schedule = NoiseSchedule(scheduler_config(c))
 
         start, self.saved_step = 0, None
-        # The main process checks the checkpoints first (and renames damaged ones); the others follow.
-        resume_from = resolve_resume(self.out, c.resume) if acc.is_main_process else None
-        acc.wait_for_everyone()
-        if not acc.is_main_process:
-            resume_from = resolve_resume(self.out, c.resume, quarantine=False)
+        # The main process checks the checkpoints (and renames damaged ones); the others take its choice.
+        choice = [resolve_resume(self.out, c.resume) if acc.is_main_process else None]
+        if acc.num_processes > 1:
+            broadcast_object_list(choice)
+        resume_from = choice[0]
         if resume_from is not None:
             start = self._load_checkpoint(resume_from)
             if resume_from.parent.resolve() == checkpoint_root(self.out).resolve():

@@ -245,45 +245,40 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, data):
     # (which `--multi_gpu` uses) plus ACCELERATE_USE_CPU=1 gives real DDP over gloo on the CPU.
     env = os.environ | {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     out = tmp_path / "ddp"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            str(ROOT / "train.py"),
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--preset",
-            "tiny",
-            "--image-size",
-            "8",
-            "--batch-size",
-            "4",
-            "--max-steps",
-            "3",
-            "--checkpoint-every",
-            "2",
-            "--sample-every",
-            "0",
-            "--log-every",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(ROOT / "train.py"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--checkpoint-every",
+        "2",
+        "--sample-every",
+        "0",
+        "--log-every",
+        "1",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("model written to") == 1  # only the main process reports
     step, path = list_checkpoints(out)[-1]
@@ -293,6 +288,13 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, data):
     ]
     assert json.loads((path / "trainer_state.json").read_text())["world_size"] == 2
     assert (out / "model" / "unet" / "model.safetensors").is_file()
+    # A longer run resumes on both processes from the main process's choice: step-3 is damaged, so step-2.
+    (path / "model.safetensors").write_bytes(b"")
+    command[command.index("--max-steps") + 1] = "4"
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("is damaged") == 1 and done.stderr.count("(step 2) [--resume auto]") == 2
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4] and (out / "checkpoints" / "corrupt-step-3").is_dir()
 
 
 def test_metrics_also_go_to_tensorboard_when_installed(tmp_path, data):

@@ -247,7 +247,7 @@ TRAIN_VALID = {
     "--num-train-timesteps": ["2", "1000000", "1000001"],
     "--sample-steps": ["1000", "1001"],
     "--epochs": ["1e9", "1e10"],
-    "--seed": [str(2**31 - 1), str(2**31)],
+    "--seed": [str(2**32 - 1024), str(2**32 - 1023)],
     "--num-workers": ["256", "257"],
 }
 
@@ -394,7 +394,7 @@ def test_sample_refuses_every_example_with_a_bad_value(sample_tmp, argv):
         # torch's "Invalid weight_decay value: nan", which did not name the flag
         (["--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
         # numpy's "Seed must be between 0 and 2**32 - 1" from accelerate, which did not name the flag
-        (["--seed", str(2**32)], "--seed must be at most 2147483647 (2**31 - 1), got 4294967296"),
+        (["--seed", str(2**32)], "--seed must be at most 4294966272 (2**32 - 1024), got 4294967296"),
         # accepted: 10**12 data-loading processes, a 10**12-image batch list, a 10**12-pixel resize
         (["--num-workers", str(10**12)], "--num-workers must be at most 256, got 1000000000000"),
         (

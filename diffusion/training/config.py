@@ -19,7 +19,8 @@ from ..models.unet import MAX_SIDE
 from ..schedulers import DPMSolverConfig
 
 # Limits that refuse, before any work, values that no run could finish or fit (docs/reliability.md).
-MAX_TRAIN_SEED = 2**31 - 1  # accelerate seeds numpy with seed + process index, which must stay below 2**32
+# accelerate seeds numpy with seed + process index, which must stay below 2**32: room for 1024 processes.
+MAX_TRAIN_SEED = 2**32 - 1024
 MAX_NUM_WORKERS = 256  # data-loading processes; more exhaust a machine long before they help
 MAX_TRAIN_TIMESTEPS = 1_000_000  # T: the noise schedule keeps a few float64 arrays of T entries
 MAX_EPOCHS = 1e9  # so that epochs x steps per epoch is a finite number of steps
@@ -91,7 +92,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
         if self.seed > MAX_TRAIN_SEED:
-            raise ValueError(f"--seed must be at most {MAX_TRAIN_SEED} (2**31 - 1), got {self.seed}")
+            raise ValueError(f"--seed must be at most {MAX_TRAIN_SEED} (2**32 - 1024), got {self.seed}")
         if self.num_workers > MAX_NUM_WORKERS:
             raise ValueError(f"--num-workers must be at most {MAX_NUM_WORKERS}, got {self.num_workers}")
         if not 2 <= self.num_train_timesteps <= MAX_TRAIN_TIMESTEPS:

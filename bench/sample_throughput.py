@@ -56,13 +56,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], torch.Tensor], iters: int, warmup: int, device: torch.device) -> float:
-    """Seconds per call, the best of 3 repeats of ``iters`` calls after ``warmup`` calls."""
+def timed(fn: Callable[[], object], iters: int, warmup: int, device: torch.device, repeats: int = 3) -> float:
+    """Seconds per call, the best of ``repeats`` runs of ``iters`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     sync(device)
     best = float("inf")
-    for _ in range(3):
+    for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(iters):
             fn()

@@ -13,12 +13,11 @@ reported on CUDA only. Prints a table; record figures in docs/benchmarks.md with
 import argparse
 import logging
 import platform
-import time
 
 import torch
 from diffusers import DDPMScheduler as DiffusersDDPM
 from diffusers import UNet2DModel
-from sample_throughput import matmul_peak  # bench/ is the script's folder, on sys.path
+from sample_throughput import matmul_peak, timed  # bench/ is the script's folder, on sys.path
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion.models import UNet, diffusers_unet_kwargs, preset, to_diffusers_state_dict
@@ -38,19 +37,6 @@ def step_fn(model, forward, add_noise, optimizer, x0, device, autocast_dtype):
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def timed(step, steps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
 
 
 VARIANTS = (
@@ -120,7 +106,11 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             seconds = timed(
-                step_fn(model, forward, add_noise, optimizer, x, device, dtype), args.steps, args.warmup, device
+                step_fn(model, forward, add_noise, optimizer, x, device, dtype),
+                args.steps,
+                args.warmup,
+                device,
+                repeats=1,  # a training step is long enough to time once
             )
             memory = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "–"
             img_s = args.batch_size / seconds

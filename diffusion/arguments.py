@@ -85,11 +85,18 @@ def check_num_images(num_images: object, shape: Sequence[int] | None = None, nam
     return num_images
 
 
-def batch_advice(batch_size: int | None, num_images: int) -> str:
-    """What to do about a forward pass too large for `UNetConfig.check_forward_size`."""
+def check_batch_size(
+    unet: UNetConfig, batch_size: int | None, num_images: int, guided: bool, size: Sequence[int]
+) -> int:
+    """The images per forward pass (``batch_size``, None: all ``num_images``), checked with
+    `UNetConfig.check_forward_size` at ``size`` (height, width); guidance doubles the rows of a pass."""
+    batch = min(batch_size or num_images, num_images)
     if batch_size is None:
-        return f"give a batch_size (None runs all {num_images} images at once)"
-    return f"give a batch_size smaller than {batch_size}"
+        advice = f"give a batch_size (None runs all {num_images} images at once)"
+    else:
+        advice = f"give a batch_size smaller than {batch_size}"
+    unet.check_forward_size(batch * (2 if guided else 1), *size, advice)
+    return batch
 
 
 MAX_RESAMPLE = 1000  # RePaint: repeats of each run of steps

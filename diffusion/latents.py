@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .arguments import batch_advice, check_num_images, check_size
+from .arguments import check_batch_size, check_num_images, check_size
 from .config import is_positive_int
 from .editing import ImageInput, images_to_tensor
 from .guidance import RANDOM_CLASSES
@@ -136,10 +136,7 @@ class Latents:
             )
         sampler = self.make_scheduler("ddim", eta=0.0)
         sampler.set_timesteps(num_inference_steps)
-        rows = min(batch_size or len(x0), len(x0)) * (1 if labels is None else 2)  # both guidance branches
-        height, width = x0.shape[-2:]
-        self.unet.config.check_forward_size(rows, height, width, batch_advice(batch_size, len(x0)))
-        batch_size = batch_size or len(x0)
+        batch_size = check_batch_size(self.unet.config, batch_size, len(x0), labels is not None, x0.shape[-2:])
         evaluations = -(-len(x0) // batch_size) * len(sampler.timesteps)
         bar = tqdm(total=evaluations, disable=not progress, unit="step", desc="inverting")
         latents = []

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .arguments import (
-    batch_advice,
+    check_batch_size,
     check_call_options,
     check_device,
     check_eta,
@@ -388,9 +388,7 @@ class DiffusionPipeline(Latents):
             class_labels = self.random_class_labels(num_images, seeds, generator)
         labels = self.class_label_tensor(class_labels, num_images)
         scale = self._guidance(labels, guidance_scale, guidance_rescale)
-        rows = min(batch_size or num_images, num_images) * (1 if labels is None else 2)  # both guidance branches
-        self.unet.config.check_forward_size(rows, height, width, batch_advice(batch_size, num_images))
-        batch_size = batch_size or num_images
+        batch_size = check_batch_size(self.unet.config, batch_size, num_images, labels is not None, (height, width))
         # The samplers look timesteps up on the host copy, so the loop never waits for the device.
         host_timesteps = sampler.timesteps.tolist()
         outputs = []

@@ -1,13 +1,17 @@
 """Atomic file writes, careful JSON reads and folder manifests: nothing we write is ever seen
 half-written, and a file damaged after it was written is detected before it is used."""
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from safetensors.torch import save_file
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -22,14 +26,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
         write(tmp)
+        # mkstemp makes 0600, and some writers (safetensors) replace the file: give it the mode open() would.
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write ``tensors`` as a safetensors file with the umask's mode, like every other file."""
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -56,11 +66,36 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+# The folders `check_writable` created inside the innermost `undo_new_folders` block.
+_new_folders: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("new_folders", default=None)
+
+
+@contextlib.contextmanager
+def undo_new_folders() -> Iterator[None]:
+    """On any exception (Ctrl-C included), remove the folders that `check_writable` created in this block
+    and that are still empty, deepest first: a failed command leaves no empty output folders behind.
+    A folder that holds files (images written before an interrupt) is kept."""
+    created: list[Path] = []
+    token = _new_folders.set(created)
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                folder.rmdir()
+        raise
+    finally:
+        _new_folders.reset(token)
+
+
 def check_writable(folder: str | os.PathLike) -> None:
     """Create ``folder`` if needed and prove it takes a file; ``PermissionError`` with the reason if not."""
     folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]  # outermost first
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if (created := _new_folders.get()) is not None:
+            created.extend(missing)
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)  # a unique name per process
         os.close(fd)
         os.unlink(probe)

@@ -16,6 +16,7 @@ from typing import Any, NoReturn, get_args, get_origin, get_type_hints
 import torch
 
 from ..config import literal_choices
+from ..fileio import undo_new_folders
 from ..training.errors import TrainingError
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, TrainingError)
@@ -101,14 +102,18 @@ def add_dataclass_arguments(
 
 
 def run_command(prog: str, main: Callable[[], int]) -> int:
+    """Run ``main`` as command ``prog``: user errors, the machine's errors and Ctrl-C become one line on
+    stderr and an exit status (2, or 130 for an interrupt), and output folders the command created are
+    removed again if it fails before writing into them."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return main()
+        with undo_new_folders():
+            return main()
     except USER_ERRORS as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print(f"{prog}: {e or 'interrupted'}", file=sys.stderr)
+        print(f"{prog}: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
     except OSError as e:  # the machine's side: a full disk, a read-only or forbidden folder, an I/O error
         if e.errno not in MACHINE_ERRNOS:

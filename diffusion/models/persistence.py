@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from ..fileio import atomic_write, read_json, write_json
+from ..fileio import read_json, save_safetensors, write_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -29,7 +29,7 @@ def save_weights(module: nn.Module, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    save_safetensors(directory / WEIGHTS_NAME, state, metadata={"format": "pt"})
 
 
 def read_model_config(directory: str | Path, class_name: str, what: str) -> dict[str, Any]:

@@ -189,11 +189,13 @@ def check_scheduler_overrides(name: str, config: Any, overrides: dict[str, Any])
 
 
 def check_eta(eta: object) -> None:
-    """``eta`` must be None or a finite number >= 0."""
+    """``eta`` must be None or a number in [0, 1]."""
     if eta is not None and (isinstance(eta, bool) or not isinstance(eta, numbers.Real) or eta < 0):
         raise ValueError(f"eta must be a number >= 0, got {eta!r}")
     if eta is not None and not math.isfinite(eta):
         raise ValueError(f"eta must be finite, got {eta!r}")
+    if eta is not None and eta > 1:
+        raise ValueError(f"eta must be at most 1 (1 is DDPM's noise), got {eta!r}")
 
 
 def check_call_options(

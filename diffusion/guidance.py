@@ -117,6 +117,8 @@ def check_guidance(
         raise ValueError("guidance needs a class-conditional model; this model is unconditional")
     if guidance_scale is not None and labels is None:
         raise ValueError("guidance_scale needs class_labels: the class to guide towards")
+    if guidance_rescale != 0 and labels is None:
+        raise ValueError("guidance_rescale needs class_labels: it rescales guidance towards a class")
     if labels is None:
         return None
     return default_scale if guidance_scale is None else float(guidance_scale)

@@ -33,6 +33,7 @@ from .editing import (
     paste_known,
     prepare_edit,
     renoise,
+    start_index,
     visit_order,
 )
 from .guidance import RANDOM_CLASSES, check_guidance, class_label_tensor, classifier_free_guidance
@@ -150,11 +151,32 @@ class DiffusionPipeline(Latents):
         check_scheduler_overrides(name, scheduler.config, overrides)
         return get_scheduler(name, scheduler.config.to_dict() | overrides)
 
-    def num_model_evaluations(self, num_inference_steps: int, scheduler: str | Scheduler | None = None) -> int:
-        """NFE per image: how many times sampling with these settings calls the UNet (Heun: 2n - 1)."""
+    def num_model_evaluations(
+        self,
+        num_inference_steps: int,
+        scheduler: str | Scheduler | None = None,
+        *,
+        strength: float | None = None,
+        inpainting: bool = False,
+        jump_length: int = DEFAULT_JUMP_LENGTH,
+        resample: int = 1,
+    ) -> int:
+        """NFE per image: how many times sampling with these settings calls the UNet (Heun: 2n - 1). For an
+        edit (``strength`` given, or ``inpainting``), the evaluations it runs: img2img skips the first steps,
+        RePaint redoes some (``jump_length``, ``resample`` as in `__call__`)."""
         sampler = self._sampler(scheduler, None)
         sampler.set_timesteps(num_inference_steps)
-        return len(sampler.timesteps)
+        return len(self._visit_order(len(sampler.timesteps), strength, inpainting, jump_length, resample))
+
+    @staticmethod
+    def _visit_order(
+        num_entries: int, strength: float | None, inpainting: bool, jump_length: int, resample: int
+    ) -> list[int]:
+        """The grid entries a call steps, in order: all of them, the last ones of an img2img edit, or
+        RePaint's runs when inpainting; one UNet evaluation each."""
+        editing = strength is not None or inpainting
+        start = start_index(num_entries, effective_strength(strength, inpainting)) if editing else 0
+        return visit_order(start, num_entries, jump_length, resample if inpainting else 1)
 
     def _sampler(self, scheduler: str | Scheduler | None, eta: float | None) -> Scheduler:
         """The scheduler a call samples with: an object as given, or a fresh one by name (default: ours)."""
@@ -370,11 +392,10 @@ class DiffusionPipeline(Latents):
             known, mask, start = edit.image, edit.mask, edit.start
         if known is not None:
             size = tuple(known.shape[-2:])
-        order = list(range(start, len(sampler.timesteps)))
         if mask is None and (resample != 1 or jump_length != DEFAULT_JUMP_LENGTH):
             raise ValueError("resample and jump_length are RePaint settings for inpainting: give mask_image too")
-        if mask is not None:
-            order = visit_order(start, len(sampler.timesteps), jump_length, resample)
+        order = self._visit_order(len(sampler.timesteps), strength, mask is not None, jump_length, resample)
+        assert not order or order[0] == start
         height, width = size or self.unet.config.sample_size
         shape = (channels, height, width)
         check_num_images(num_images, shape)

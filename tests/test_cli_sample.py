@@ -108,14 +108,31 @@ def test_seed_ranges_match_single_seeds(model, tmp_path):
         (["--model", "{tmp}/nope"], "model folder .*nope not found"),
         (["--model", "{tmp}"], "is not a model folder"),
         (["--num-images", "0"], "--num-images must be a positive integer, got 0"),
-        (["--steps", "0"], r"num_inference_steps must be in \[1, 1000\]"),
-        (["--steps", "5000"], r"num_inference_steps must be in \[1, 1000\] \(num_train_timesteps\), got 5000"),
+        (["--steps", "0"], r"^diffusion-sample: error: --steps must be in \[1, 1000\]"),
+        (["--steps", "5000"], r"--steps must be in \[1, 1000\] \(num_train_timesteps\), got 5000"),
         (["--scheduler", "lms"], r"unknown scheduler 'lms'; expected one of 'ddpm', 'ddim', 'dpmsolver\+\+'"),
         (["--out", "{tmp}/file/sub"], "output folder .*file/sub is not writable"),
         (["--batch-size", "0"], "--batch-size must be a positive integer"),
-        (["--eta", "-2"], "eta must be >= 0, got -2.0"),
-        (["--karras"], "the ddim scheduler has no setting use_karras_sigmas"),
-        (["--scheduler", "euler", "--eta", "0.5"], "the euler scheduler has no setting eta"),
+        (
+            ["--scheduler", "ddim", "--eta", "-2"],
+            r"--eta must be in \[0, 1\] \(0 deterministic, 1 DDPM-like\), got -2.0",
+        ),
+        (["--scheduler", "ddim", "--eta", "2"], r"--eta must be in \[0, 1\] \(0 deterministic, 1 DDPM-like\), got 2.0"),
+        (
+            ["--karras"],
+            r"--karras needs a σ-space sampler \(dpmsolver\+\+, euler, euler-ancestral, heun, unipc\), but the "
+            r"sampler is ddim \(the model's default\)$",
+        ),
+        (
+            ["--scheduler", "euler", "--eta", "0.5"],
+            "--eta is DDIM's stochasticity, but the sampler is euler; add --sch",
+        ),
+        (["--seeds", "0-3"], r"--seeds gives the images \(4 seeds\); leave out --num-images"),
+        (["--mask", "m.png"], "--mask edits an image: give --init-image too"),
+        (["--strength", "0.5"], "--strength edits an image: give --init-image too"),
+        (["--jump-length", "3"], "--resample and --jump-length are RePaint settings for inpainting: give --mask too"),
+        (["--interpolate", "0", "1", "--grid", "g.png"], r"--interpolate A B .*; leave out --grid, --num-images$"),
+        (["--frames", "4"], "--frames is the frame count of --interpolate: give --interpolate too"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(model, tmp_path, capsys, args, message):
@@ -126,6 +143,7 @@ def test_bad_input_is_one_line_and_status_2(model, tmp_path, capsys, args, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("diffusion-sample: error: ")
     assert __import__("re").search(message, err[0]), err[0]
+    assert not (tmp_path / "o").exists()  # a failed command leaves no empty output folder behind
 
 
 def test_a_full_disk_while_writing_images_is_one_line(model, tmp_path, capsys, monkeypatch):
@@ -146,7 +164,7 @@ def test_a_full_disk_while_writing_images_is_one_line(model, tmp_path, capsys, m
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_without_cuda_is_refused(model, tmp_path, capsys):
     assert cli.sample_main(["--model", str(model), "--device", "cuda", "--out", str(tmp_path)]) == 2
-    assert "--device cuda was asked for but no CUDA device is available" in capsys.readouterr().err
+    assert "--device cuda was asked for but this machine has no CUDA device; use --device cpu" in capsys.readouterr().err
 
 
 def test_truncated_weights_through_the_script_give_no_traceback(model, tmp_path):
@@ -281,15 +299,15 @@ def test_interpolate_writes_a_strip_and_a_gif(conditional, tmp_path, capsys):
     "args, message",
     [
         (["--class", "wolf"], r"unknown class 'wolf'; this model knows ids 0-1: cat, dog"),
-        (["--class", "cat", "--guidance-scale", "-1"], r"guidance_scale must be a finite number >= 0"),
-        (["--class", "none", "--guidance-scale", "2"], r"guidance_scale needs class_labels"),
+        (["--class", "cat", "--guidance-scale", "-1"], r"--guidance-scale must be a finite number >= 0"),
+        (["--class", "none", "--guidance-scale", "2"], r"--guidance-scale needs --class: the class to guide towards"),
         (["--init-image", "{tmp}/none.png"], r"--init-image .*none.png not found"),
         (["--init-image", "{tmp}/text.png"], r"--init-image .*text.png is not a readable image"),
-        (["--init-image", "{tmp}/ok.png", "--strength", "2"], r"strength must be in \[0, 1\], got 2.0"),
+        (["--init-image", "{tmp}/ok.png", "--strength", "2"], r"error: --strength must be in \[0, 1\], got 2.0"),
         (["--init-image", "{tmp}/ok.png", "--mask", "{tmp}/wide.png"], r"the mask is 8x12 but the image is 8x8"),
         (["--init-image", "{tmp}/odd.png"], r"the image is 9x9; its sides must be multiples of 2"),
-        (["--mask", "{tmp}/ok.png"], r"mask_image and strength need an image to edit"),
-        (["--interpolate", "0", "1", "--frames", "1"], r"num_frames must be an integer >= 2"),
+        (["--mask", "{tmp}/ok.png"], r"--mask edits an image: give --init-image too"),
+        (["--interpolate", "0", "1", "--frames", "1"], r"--frames must be an integer >= 2"),
         (["--interpolate", "0", "1", "--scheduler", "ddpm"], r"interpolation needs a deterministic sampler"),
         (["--interpolate", "{tmp}/ok.png", "1", "--scheduler", "unipc"], r"regenerates DDIM-inverted latents"),
         (["--interpolate", "0", "1", "--class", "cat,dog"], r"--interpolate takes one --class for all frames"),
@@ -303,7 +321,7 @@ def test_bad_conditioning_and_editing_input_is_one_line(conditional, tmp_path, c
     Image.new("L", (12, 8)).save(tmp_path / "wide.png")
     Image.new("L", (9, 9)).save(tmp_path / "odd.png")
     args = [a.format(tmp=tmp_path) for a in args]
-    base = ["--model", str(conditional), "--out", str(tmp_path / "o"), "--steps", "2", "--num-images", "1"]
+    base = ["--model", str(conditional), "--out", str(tmp_path / "o"), "--steps", "2"]
     assert cli.sample_main(base + args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -326,3 +344,110 @@ def test_a_class_conditional_model_draws_a_class_per_seed_unless_told(conditiona
     for i in range(4):
         image = Image.open(tmp_path / "n" / f"{i}.png")
         assert "class" not in image.text and image.tobytes() == unconditional[i].tobytes()
+
+
+# ----- what the command says is what it did -----
+
+
+def test_ctrl_c_keeps_every_finished_batch_and_says_how_many(model, tmp_path, capsys, monkeypatch):
+    calls = {"n": 0}
+    predict = DiffusionPipeline._predict
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # the second of 3 steps of the third batch of 4
+            raise KeyboardInterrupt
+        return predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionPipeline, "_predict", interrupted)
+    out = tmp_path / "o"
+    args = ["--model", str(model), "--num-images", "16", "--batch-size", "4", "--steps", "3", "--out", str(out)]
+    assert cli.sample_main([*args, "--grid", str(tmp_path / "g.png")]) == 130
+    assert sorted(int(p.stem) for p in out.glob("*.png")) == list(range(8))  # batches 1 and 2, nothing after
+    assert Image.open(out / "7.png").text["seed"] == "7"
+    assert (
+        capsys.readouterr().err.splitlines()[-1] == f"diffusion-sample: interrupted: 8 of 16 images written to {out}/"
+    )
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_an_interrupt_before_any_image_leaves_no_output_folder(model, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DiffusionPipeline, "_predict", interrupted)
+    assert cli.sample_main(["--model", str(model), "--steps", "2", "--out", str(tmp_path / "new" / "o")]) == 130
+    assert (
+        capsys.readouterr().err.strip() == f"diffusion-sample: interrupted: 0 of 16 images written to {tmp_path}/new/o/"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "edit, nfe",
+    [
+        ([], 10),
+        (["--init-image", "{tmp}/in.png", "--strength", "0.6"], 6),  # img2img runs the last ⌊0.6·10⌋ steps
+        (["--init-image", "{tmp}/in.png"], 8),  # the default strength, 0.8
+        (["--init-image", "{tmp}/in.png", "--strength", "0"], 0),
+        (["--init-image", "{tmp}/in.png", "--mask", "{tmp}/mask.png"], 10),
+        (["--init-image", "{tmp}/in.png", "--mask", "{tmp}/mask.png", "--resample", "2", "--jump-length", "5"], 20),
+        (["--init-image", "{tmp}/in.png", "--mask", "{tmp}/mask.png", "--resample", "3", "--jump-length", "4"], 30),
+        (["--init-image", "{tmp}/in.png", "--mask", "{tmp}/mask.png", "--strength", "0.5", "--resample", "2"], 10),
+    ],
+)
+def test_reported_nfe_is_the_model_calls_made(model, tmp_path, capsys, monkeypatch, edit, nfe):
+    Image.new("RGB", (16, 8), (200, 30, 90)).save(tmp_path / "in.png")
+    Image.new("L", (16, 8), 255).save(tmp_path / "mask.png")
+    calls = []
+    forward = UNet.forward
+    monkeypatch.setattr(UNet, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    args = [
+        "--model",
+        str(model),
+        "--num-images",
+        "2",
+        "--batch-size",
+        "2",
+        "--steps",
+        "10",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert cli.sample_main(args + [a.format(tmp=tmp_path) for a in edit]) == 0
+    assert len(calls) == nfe  # one batch: one forward per evaluation
+    assert f", {nfe} NFE)" in capsys.readouterr().out
+    assert Image.open(tmp_path / "o" / "1.png").text["nfe"] == str(nfe)
+
+
+def test_sampler_flags_name_the_models_default_sampler(tmp_path, capsys):
+    pipe = DiffusionPipeline.from_pretrained(None)  # the shipped model samples with dpmsolver++3m-sde
+    assert pipe.scheduler_name() == "dpmsolver++3m-sde"
+    assert cli.sample_main(["--eta", "0.3", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "diffusion-sample: error: --eta is DDIM's stochasticity, but the sampler is dpmsolver++3m-sde (the model's "
+        "default); add --scheduler ddim"
+    )
+    assert cli.sample_main(["--interpolate", "0", "1", "--karras", "--out", str(tmp_path / "o")]) == 2
+    assert "but the sampler is ddim (--interpolate's default)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--jump-length", "5"], "--jump-length sets the runs that RePaint redoes: give --resample 2 or more too"),
+        (["--guidance-rescale", "0.5", "--class", "none"], "--guidance-rescale needs --class: it rescales guidance"),
+        (["--interpolate", "0", "1", "--seed", "3"], r"leave out --seed$"),
+        (["--interpolate", "0", "1", "--init-image", "{tmp}/in.png"], r"leave out --init-image$"),
+    ],
+)
+def test_flags_that_would_be_ignored_are_refused(conditional, tmp_path, capsys, args, message):
+    Image.new("L", (8, 8)).save(tmp_path / "in.png")
+    base = ["--model", str(conditional), "--out", str(tmp_path / "o"), "--steps", "2"]
+    edit = (
+        ["--init-image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "in.png")]
+        if args[0] == "--jump-length"
+        else []
+    )
+    assert cli.sample_main(base + edit + [a.format(tmp=tmp_path) for a in args]) == 2
+    assert re.search(message, capsys.readouterr().err.strip())

@@ -1,12 +1,16 @@
 """``diffusion-sample`` / ``sample.py``: generate images, edit images, interpolate."""
 
 import argparse
+import copy
+import dataclasses
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..arguments import MAX_NUM_IMAGES, MAX_SEED
 from ..data import DECODE_ERRORS, load_image
@@ -14,10 +18,17 @@ from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH, effective_strength
 from ..fileio import check_writable
 from ..image import make_grid, save_gif, save_png
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
-from ..schedulers import SCHEDULER_NAMES
-from .common import DTYPES, ArgumentParser, device_from_flag, run_command
+from ..schedulers import SCHEDULER_NAMES, SCHEDULERS, resolve_scheduler_name
+from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, run_command
 
 DEFAULT_FRAMES = 8  # of --interpolate
+DEFAULT_NUM_IMAGES = 16
+# The samplers that take Karras et al.'s noise levels (--karras): those whose config has the setting.
+KARRAS_SAMPLERS = tuple(
+    name
+    for name, cls in SCHEDULERS.items()
+    if "use_karras_sigmas" in {f.name for f in dataclasses.fields(cls.config_class)}
+)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -46,7 +57,9 @@ def sample_parser() -> argparse.ArgumentParser:
         epilog=f"Samplers: {', '.join(SCHEDULER_NAMES)}. Example: python sample.py --num-images 64 --grid grid.png",
     )
     parser.add_argument("--model", default=None, help="model folder (train.py writes OUT/model); default: shipped")
-    parser.add_argument("--num-images", type=int, default=16, help="images to generate (default: 16)")
+    parser.add_argument(
+        "--num-images", type=int, default=None, help=f"images to generate (default: {DEFAULT_NUM_IMAGES})"
+    )
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampler steps (default: {DEFAULT_STEPS})")
     parser.add_argument(
         "--scheduler", default=None, help=f"sampler: {' | '.join(SCHEDULER_NAMES)} (default: the model's own)"
@@ -58,12 +71,14 @@ def sample_parser() -> argparse.ArgumentParser:
         help="Karras et al. 2022 noise levels (dpmsolver++*, euler*, heun, unipc; default: the timesteps' own)",
     )
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed+i (default: 0)")
+    seeds.add_argument("--seed", type=int, default=None, help="first seed; image i uses seed+i (default: 0)")
     seeds.add_argument("--seeds", type=parse_seeds, default=None, help="exact seeds, e.g. 0-63 or 1,5,9")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     parser.add_argument("--out", default="samples", help="folder for <seed>.png files (default: samples)")
     parser.add_argument("--grid", default=None, help="also write all images as one grid PNG here")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    parser.add_argument(
+        "--device", choices=DEVICES, default="auto", help="auto: CUDA, else MPS (Apple), else the CPU (default: auto)"
+    )
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="UNet precision (default: fp32)")
     parser.add_argument(
         "--channels-last", action="store_true", help="NHWC weights and inputs: faster convolutions (CPU and GPU)"
@@ -102,7 +117,7 @@ def sample_parser() -> argparse.ArgumentParser:
     edit.add_argument(
         "--jump-length",
         type=int,
-        default=DEFAULT_JUMP_LENGTH,
+        default=None,
         help=f"RePaint: steps per run (default: {DEFAULT_JUMP_LENGTH})",
     )
     edit.add_argument(
@@ -113,9 +128,7 @@ def sample_parser() -> argparse.ArgumentParser:
         help="write OUT/interpolation.png (a strip) and .gif between two seeds, or two images (DDIM-inverted with "
         "--steps steps); the sampler defaults to ddim",
     )
-    edit.add_argument(
-        "--frames", type=int, default=DEFAULT_FRAMES, help=f"frames of --interpolate (default: {DEFAULT_FRAMES})"
-    )
+    edit.add_argument("--frames", type=int, default=None, help=f"frames of --interpolate (default: {DEFAULT_FRAMES})")
     return parser
 
 
@@ -151,105 +164,206 @@ def _class_labels(text: str | None, pipe: DiffusionPipeline, seeds: Sequence[int
     return (labels if len(labels) > 1 else labels * num_images), 0
 
 
+# The pipeline's argument names in its messages, and the flags that set them here.
+_FLAGS = {
+    "num_inference_steps": "--steps",
+    "num_images": "--num-images",
+    "batch_size": "--batch-size",
+    "class_labels": "--class",
+    "guidance_scale": "--guidance-scale",
+    "guidance_rescale": "--guidance-rescale",
+    "mask_image": "--mask",
+    "strength": "--strength",
+    "jump_length": "--jump-length",
+    "resample": "--resample",
+    "num_frames": "--frames",
+    "eta": "--eta",
+}
+_API_NAME = re.compile(r"(?<![-\w/.])(" + "|".join(_FLAGS) + r")(?![\w/])")
+
+
+def flag_names(message: str) -> str:
+    """A pipeline message with its argument names replaced by this command's flags."""
+    return _API_NAME.sub(lambda m: _FLAGS[m.group(1)], message).replace("(image=...)", "(--init-image)")
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the flags that ``argv`` sets explicitly (not by default)."""
+    explicit = copy.deepcopy(parser)
+    for action in explicit._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(explicit.parse_args(argv)))
+
+
+def _check_combinations(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse flags that would have no effect with the others given: every flag acts or is refused."""
+    if args.interpolate is not None:
+        editing = {"init_image", "mask", "strength", "resample", "jump_length"}
+        ignored = given & ({"num_images", "seed", "seeds", "grid"} | editing)
+        if ignored:
+            flags = ", ".join(sorted(f"--{name.replace('_', '-')}" for name in ignored))
+            raise ValueError(
+                f"--interpolate A B takes its seeds or images from A and B and writes OUT/interpolation.png; "
+                f"leave out {flags}"
+            )
+        return
+    if args.frames is not None:
+        raise ValueError("--frames is the frame count of --interpolate: give --interpolate too")
+    if args.seeds is not None and "num_images" in given:
+        raise ValueError(f"--seeds gives the images ({len(args.seeds)} seeds); leave out --num-images")
+    if args.class_labels == "all" and args.seeds is not None:
+        raise ValueError("--class all numbers its images from --seed; it does not take --seeds")
+    if args.init_image is None:
+        for flag in ("mask", "strength"):
+            if flag in given:
+                raise ValueError(f"--{flag} edits an image: give --init-image too")
+    if args.mask is None and ("resample" in given or "jump_length" in given):
+        raise ValueError("--resample and --jump-length are RePaint settings for inpainting: give --mask too")
+    if "jump_length" in given and args.resample == 1:
+        raise ValueError("--jump-length sets the runs that RePaint redoes: give --resample 2 or more too")
+
+
+def _check_sampler_flags(args: argparse.Namespace, sampler: str, default_of: str) -> None:
+    """--eta and --karras apply to some samplers only: name the one in use (``default_of`` whose default it
+    is, unless --scheduler chose it) and how to pick another."""
+    which = f"the sampler is {sampler}" + ("" if args.scheduler else f" ({default_of}'s default)")
+    if args.eta is not None:
+        if resolve_scheduler_name(sampler)[0] != "ddim":
+            raise ValueError(f"--eta is DDIM's stochasticity, but {which}; add --scheduler ddim")
+        if not 0 <= args.eta <= 1:
+            raise ValueError(f"--eta must be in [0, 1] (0 deterministic, 1 DDPM-like), got {args.eta}")
+    if args.karras and resolve_scheduler_name(sampler)[0] not in KARRAS_SAMPLERS:
+        raise ValueError(f"--karras needs a σ-space sampler ({', '.join(KARRAS_SAMPLERS)}), but {which}")
+
+
 def sample_main(argv: Sequence[str] | None = None) -> int:
     """``diffusion-sample``: generate images from a trained model."""
-    args = sample_parser().parse_args(argv)
+    parser = sample_parser()
+    args = parser.parse_args(argv)
+    given = given_flags(parser, argv)
 
     def main() -> int:
-        start = time.perf_counter()
-        for flag in ("model", "out", "grid", "init_image", "mask", "scheduler"):
-            if getattr(args, flag) == "":
-                raise ValueError(f"--{flag.replace('_', '-')} was given an empty string; give a name or leave it out")
-        if args.seeds is None and args.num_images < 1:
-            raise ValueError(f"--num-images must be a positive integer, got {args.num_images}")
-        if args.seeds is None and args.num_images > MAX_NUM_IMAGES:
-            raise ValueError(f"--num-images must be at most {MAX_NUM_IMAGES}, got {args.num_images}")
-        if args.seeds is None and not 0 <= args.seed <= MAX_SEED + 1 - args.num_images:
-            raise ValueError(
-                f"--seed must be in [0, 2**64 - {args.num_images}] for --num-images {args.num_images}, got {args.seed}"
-            )
-        seeds = args.seeds if args.seeds is not None else range(args.seed, args.seed + args.num_images)
-        if args.interpolate is None and args.frames != DEFAULT_FRAMES:
-            raise ValueError("--frames is the frame count of --interpolate: give --interpolate too")
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
-        out = Path(args.out)
-        check_writable(out)
-        if args.grid:
-            if Path(args.grid).is_dir():
-                raise ValueError(
-                    f"--grid {args.grid} is a folder; give a file name such as {Path(args.grid) / 'grid.png'}"
-                )
-            check_writable(Path(args.grid).parent)
-        pipe = DiffusionPipeline.from_pretrained(
-            args.model, device=device_from_flag(args.device), dtype=DTYPES[args.dtype]
-        )
-        if args.channels_last:
-            pipe.to(memory_format=torch.channels_last)
-        if args.compile:
-            pipe.compile()
-        if args.interpolate:
-            return _interpolate(args, pipe, out, start)
-        if args.class_labels == "all" and args.seeds is not None:
-            raise ValueError("--class all numbers its images from --seed; it does not take --seeds")
-        if args.mask is None and (args.resample != 1 or args.jump_length != DEFAULT_JUMP_LENGTH):
-            raise ValueError("--resample and --jump-length are RePaint settings for inpainting: give --mask too")
-        # Editing keeps the image's content: no random class unless asked (the null class instead).
-        class_text = "none" if args.class_labels is None and args.init_image else args.class_labels
-        labels, columns = _class_labels(class_text, pipe, seeds)
-        if args.class_labels == "all":
-            seeds = range(args.seed, args.seed + len(labels))
-        sampler = args.scheduler or pipe.scheduler_name()
-        settings = _sampler_settings(args)
-        scheduler = pipe.make_scheduler(sampler, **settings)
-        nfe = pipe.num_model_evaluations(args.steps, scheduler)
-        channels = pipe.unet.config.in_channels
-        image = _read_image(args.init_image, channels, "--init-image") if args.init_image else None
-        mask = _read_image(args.mask, 1, "--mask") if args.mask else None
-        images = pipe(
-            num_images=len(seeds),
-            num_inference_steps=args.steps,
-            scheduler=scheduler,
-            seed=seeds,
-            batch_size=args.batch_size,
-            class_labels=labels,
-            guidance_scale=args.guidance_scale,
-            guidance_rescale=args.guidance_rescale,
-            image=image,
-            strength=args.strength,
-            mask_image=mask,
-            jump_length=args.jump_length,
-            resample=args.resample,
-            progress=True,
-        )
-        model = str(args.model or "shipped: assets/fashion-mnist")
-        scale = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
-        extra = {"guidance_scale": scale} if labels else {}
-        strength = effective_strength(args.strength, inpainting=args.mask is not None)
-        extra |= {"init_image": args.init_image, "strength": strength} if args.init_image else {}
-        extra |= {"mask": args.mask, "resample": args.resample, "jump_length": args.jump_length} if args.mask else {}
-        for i, (seed, image) in enumerate(zip(seeds, images, strict=True)):
-            meta = {"seed": seed, "sampler": sampler, "steps": args.steps, "nfe": nfe, "model": model} | settings
-            meta |= extra | ({"class": labels[i]} if labels else {})
-            save_png(image, out / f"{seed}.png", meta)
-        where = f"{len(images)} images to {out}/"
-        if args.grid:
-            grid_meta = {"seeds": f"{seeds[0]}..{seeds[-1]}", "sampler": sampler}
-            save_png(make_grid(images, nrow=columns or None), args.grid, grid_meta)
-            where += f" and a grid to {args.grid}"
-        karras = ", Karras σ" if args.karras else ""
-        guided = f", guidance {scale:g}: both branches in each evaluation" if labels and scale not in (0, 1) else ""
-        print(
-            f"wrote {where} in {time.perf_counter() - start:.1f} s "
-            f"({sampler}{karras}, {args.steps} steps, {nfe} NFE{guided})"
-        )
-        return 0
+        try:
+            return _sample(args, given)
+        except ValueError as e:
+            raise type(e)(flag_names(str(e))) from None
 
     return run_command("diffusion-sample", main)
 
 
+def _sample(args: argparse.Namespace, given: set[str]) -> int:
+    start = time.perf_counter()
+    for flag in ("model", "out", "grid", "init_image", "mask", "scheduler"):
+        if getattr(args, flag) == "":
+            raise ValueError(f"--{flag.replace('_', '-')} was given an empty string; give a name or leave it out")
+    _check_combinations(args, given)
+    num_images = DEFAULT_NUM_IMAGES if args.num_images is None else args.num_images
+    seed = 0 if args.seed is None else args.seed
+    jump_length = DEFAULT_JUMP_LENGTH if args.jump_length is None else args.jump_length
+    if args.seeds is None and num_images < 1:
+        raise ValueError(f"--num-images must be a positive integer, got {num_images}")
+    if args.seeds is None and num_images > MAX_NUM_IMAGES:
+        raise ValueError(f"--num-images must be at most {MAX_NUM_IMAGES}, got {num_images}")
+    if args.seeds is None and not 0 <= seed <= MAX_SEED + 1 - num_images:
+        raise ValueError(f"--seed must be in [0, 2**64 - {num_images}] for --num-images {num_images}, got {seed}")
+    seeds = args.seeds if args.seeds is not None else range(seed, seed + num_images)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    out = Path(args.out)
+    check_writable(out)
+    if args.grid:
+        if Path(args.grid).is_dir():
+            raise ValueError(f"--grid {args.grid} is a folder; give a file name such as {Path(args.grid) / 'grid.png'}")
+        check_writable(Path(args.grid).parent)
+    pipe = DiffusionPipeline.from_pretrained(args.model, device=device_from_flag(args.device), dtype=DTYPES[args.dtype])
+    if args.channels_last:
+        pipe.to(memory_format=torch.channels_last)
+    if args.compile:
+        pipe.compile()
+    if args.interpolate:
+        return _interpolate(args, pipe, out, start)
+    # Editing keeps the image's content: no random class unless asked (the null class instead).
+    class_text = "none" if args.class_labels is None and args.init_image else args.class_labels
+    labels, columns = _class_labels(class_text, pipe, seeds)
+    if args.class_labels == "all":
+        seeds = range(seed, seed + len(labels))
+    sampler = args.scheduler or pipe.scheduler_name()
+    _check_sampler_flags(args, sampler, "the model")
+    settings = _sampler_settings(args)
+    scheduler = pipe.make_scheduler(sampler, **settings)
+    channels = pipe.unet.config.in_channels
+    image = _read_image(args.init_image, channels, "--init-image") if args.init_image else None
+    mask = _read_image(args.mask, 1, "--mask") if args.mask else None
+    edit = {"image": image, "strength": args.strength, "mask_image": mask, "jump_length": jump_length}
+    edit["resample"] = args.resample
+    nfe = pipe.num_model_evaluations(
+        args.steps,
+        scheduler,
+        strength=effective_strength(args.strength, inpainting=mask is not None) if image is not None else None,
+        inpainting=mask is not None,
+        jump_length=jump_length,
+        resample=args.resample,
+    )
+    model = str(args.model or "shipped: assets/fashion-mnist")
+    scale = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
+    extra = {"guidance_scale": scale} if labels else {}
+    strength = effective_strength(args.strength, inpainting=args.mask is not None)
+    extra |= {"init_image": args.init_image, "strength": strength} if args.init_image else {}
+    extra |= {"mask": args.mask, "resample": args.resample, "jump_length": jump_length} if args.mask else {}
+    # One pipeline call per batch, each batch's files written as soon as it is done: an interrupt keeps
+    # them. Every image has its own seed, so batching does not change it.
+    images: list[Image.Image] = []
+    bar: list[tqdm] = []  # made at the first model evaluation, once the pipeline has accepted the arguments
+
+    def advance(count: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=len(seeds) * nfe, unit="step", desc="sampling"))
+        bar[0].update(count)
+
+    try:
+        for first in range(0, len(seeds), args.batch_size):
+            part = slice(first, first + args.batch_size)
+            n = len(seeds[part])
+            batch = pipe(
+                num_images=n,
+                num_inference_steps=args.steps,
+                scheduler=scheduler,
+                seed=seeds[part],
+                class_labels=labels[part] if labels else None,
+                guidance_scale=args.guidance_scale,
+                guidance_rescale=args.guidance_rescale,
+                batch_size=args.batch_size,
+                callback=lambda *_, n=n: advance(n),
+                **edit,
+            )
+            for i, image in enumerate(batch, start=first):
+                meta = {"seed": seeds[i], "sampler": sampler, "steps": args.steps, "nfe": nfe, "model": model}
+                meta |= settings | extra | ({"class": labels[i]} if labels else {})
+                save_png(image, out / f"{seeds[i]}.png", meta)
+            images += batch
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted: {len(images)} of {len(seeds)} images written to {out}/") from None
+    finally:
+        for b in bar:
+            b.close()
+    where = f"{len(images)} images to {out}/"
+    if args.grid:
+        grid_meta = {"seeds": f"{seeds[0]}..{seeds[-1]}", "sampler": sampler}
+        save_png(make_grid(images, nrow=columns or None), args.grid, grid_meta)
+        where += f" and a grid to {args.grid}"
+    karras = ", Karras σ" if args.karras else ""
+    guided = f", guidance {scale:g}: both branches in each evaluation" if labels and scale not in (0, 1) else ""
+    print(
+        f"wrote {where} in {time.perf_counter() - start:.1f} s "
+        f"({sampler}{karras}, {args.steps} steps, {nfe} NFE{guided})"
+    )
+    return 0
+
+
 def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, start: float) -> int:
     """``sample.py --interpolate A B``: a strip PNG and an animated GIF of --frames frames."""
+    _check_sampler_flags(args, args.scheduler or "ddim", "--interpolate")
+    num_frames = DEFAULT_FRAMES if args.frames is None else args.frames
     labels = None if args.class_labels in (None, "none") else args.class_labels
     if labels is not None and ("," in labels or labels == "all"):
         raise ValueError("--interpolate takes one --class for all frames")
@@ -275,7 +389,7 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
     frames = pipe.interpolate(
         ends[0],
         ends[1],
-        num_frames=args.frames,
+        num_frames=num_frames,
         num_inference_steps=args.steps,
         scheduler=pipe.make_scheduler(args.scheduler or "ddim", **_sampler_settings(args)),
         class_labels=labels,
@@ -284,11 +398,11 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
         batch_size=args.batch_size,
         progress=True,
     )
-    meta = {"from": args.interpolate[0], "to": args.interpolate[1], "frames": args.frames, "steps": args.steps}
+    meta = {"from": args.interpolate[0], "to": args.interpolate[1], "frames": num_frames, "steps": args.steps}
     save_png(make_grid(frames, nrow=len(frames)), out / "interpolation.png", meta)
     save_gif(frames, out / "interpolation.gif")
     print(
-        f"wrote {out}/interpolation.png and {out}/interpolation.gif ({args.frames} frames) "
+        f"wrote {out}/interpolation.png and {out}/interpolation.gif ({num_frames} frames) "
         f"in {time.perf_counter() - start:.1f} s"
     )
     return 0

@@ -27,7 +27,7 @@ _ROUNDING = 1e-12  # float64 slack when checking that 1 - ᾱ_t' - σ_t² >= 0
 class DDIMConfig(SchedulerConfig):
     """`SchedulerConfig` plus DDIM's stochasticity and its final-step convention."""
 
-    # η of eq. 16: 0 = deterministic DDIM, 1 = DDPM's σ_t (> 1 may fail in step: σ_t² > 1 - ᾱ_t').
+    # η of eq. 16 in [0, 1]: 0 = deterministic DDIM, 1 = DDPM's σ_t (> 1 can make σ_t² > 1 - ᾱ_t', eq. 12).
     # A step() argument in diffusers; here a setting, so one sampling loop serves every sampler.
     eta: float = 0.0
     # ᾱ_{t'} at the last step (t' = -1): 1 (x_{t'} is x̂_0) if True, else ᾱ_0 (one step short of x_0).
@@ -37,6 +37,8 @@ class DDIMConfig(SchedulerConfig):
         super().__post_init__()
         if not self.eta >= 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if self.eta > 1:
+            raise ValueError(f"eta must be at most 1 (DDPM's noise; more has no meaning in eq. 12), got {self.eta}")
 
 
 class DDIMScheduler(Scheduler):

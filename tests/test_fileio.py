@@ -1,8 +1,10 @@
 import os
 
 import pytest
+import torch
 
-from diffusion.fileio import atomic_write, read_json, write_json
+from diffusion.fileio import atomic_write, read_json, save_safetensors, write_json
+from diffusion.pipeline import DiffusionPipeline
 
 
 def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
@@ -52,3 +54,18 @@ def test_read_json_errors_are_one_clear_line(tmp_path, content, error, message):
         path.write_bytes(content)
     with pytest.raises(error, match=message):
         read_json(path)
+
+
+def test_weights_follow_the_umask_like_every_other_file(tmp_path, tiny_model):
+    """safetensors replaces the file it writes (0600); every weights file must come out 0644 under umask 022."""
+    umask = os.umask(0o022)
+    try:
+        save_safetensors(tmp_path / "w.safetensors", {"x": torch.zeros(2)})
+        DiffusionPipeline.from_pretrained(tiny_model).save_pretrained(tmp_path / "model")
+    finally:
+        os.umask(umask)
+    files = [tmp_path / "w.safetensors", *(p for p in (tmp_path / "model").rglob("*") if p.is_file())]
+    assert {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in files} == {
+        p.relative_to(tmp_path).as_posix(): 0o644 for p in files
+    }
+    assert "model/unet/model.safetensors" in {p.relative_to(tmp_path).as_posix() for p in files}

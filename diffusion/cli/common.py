@@ -15,6 +15,7 @@ from typing import Any, NoReturn, get_args, get_origin, get_type_hints
 
 import torch
 
+from .. import __version__
 from ..config import literal_choices
 from ..fileio import undo_new_folders
 from ..training.errors import TrainingError
@@ -30,7 +31,11 @@ CPU_ALLOCATION_FAILED = "can't allocate memory"  # torch's CPU allocator, as a R
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with its errors in the commands' one-line form: ``prog: error: ...``, status 2, no usage
-    block (``--help`` shows it)."""
+    block (``--help`` shows it), and ``--version``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__} (pixel-diffusion)")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -142,9 +147,16 @@ def _memory_detail(error: BaseException) -> str:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")  # --device choices; auto: CUDA, else Apple's MPS, else the CPU
+
+
 def device_from_flag(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    """The device of a ``--device`` choice, refused in one line where this machine has none."""
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = next(kind for kind in ("cuda", "mps", "cpu") if available[kind])
+    if not available[name]:
+        raise ValueError(
+            f"--device {name} was asked for but this machine has no {name.upper()} device; use --device cpu"
+        )
     return torch.device(name)

@@ -10,7 +10,7 @@ from ..fileio import check_writable, write_json
 from ..metrics import EXTRACTORS
 from ..pipeline import DEFAULT_STEPS
 from ..schedulers import SCHEDULER_NAMES
-from .common import DTYPES, ArgumentParser, device_from_flag, run_command
+from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, run_command
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -46,7 +46,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed+i; also seeds the reference draw")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    parser.add_argument(
+        "--device", choices=DEVICES, default="auto", help="auto: CUDA, else MPS (Apple), else the CPU (default: auto)"
+    )
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="UNet precision (default: fp32)")
     parser.add_argument("--json", default=None, help="also write the results and settings to this JSON file")
     return parser

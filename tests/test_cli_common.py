@@ -1,0 +1,80 @@
+"""What every command shares (diffusion/cli/common.py): --version, --device, interrupts and failed runs."""
+
+import pytest
+import torch
+
+import diffusion
+from diffusion import cli
+from diffusion.cli.common import device_from_flag, run_command
+from diffusion.fileio import check_writable
+
+
+@pytest.mark.parametrize(
+    "main, prog",
+    [
+        (cli.train_main, "diffusion-train"),
+        (cli.sample_main, "diffusion-sample"),
+        (cli.evaluate_main, "diffusion-evaluate"),
+        (cli.export_main, "diffusion-export"),
+    ],
+)
+def test_every_command_has_version(main, prog, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"{prog} {diffusion.__version__} (pixel-diffusion)\n"
+
+
+@pytest.mark.parametrize(
+    "cuda, mps, flag, expected",
+    [
+        (False, True, "auto", "mps"),
+        (True, True, "auto", "cuda"),
+        (False, False, "auto", "cpu"),
+        (False, True, "mps", "mps"),
+        (True, False, "cpu", "cpu"),
+    ],
+)
+def test_device_flag_picks_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, flag, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert device_from_flag(flag) == torch.device(expected)
+
+
+def test_a_device_the_machine_lacks_is_one_line(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(
+        ValueError, match=r"^--device mps was asked for but this machine has no MPS device; use --device cpu$"
+    ):
+        device_from_flag("mps")
+
+
+def test_mps_is_a_choice_of_sample_and_evaluate():
+    for parser in (cli.sample_parser(), cli.evaluate_parser()):
+        device = next(a for a in parser._actions if a.dest == "device")
+        assert device.choices == ("auto", "cpu", "cuda", "mps")
+
+
+@pytest.mark.parametrize("error, status", [(KeyboardInterrupt(), 130), (ValueError("bad"), 2)])
+def test_a_failed_command_removes_the_empty_folders_it_created(tmp_path, capsys, error, status):
+    (tmp_path / "kept").mkdir()
+
+    def main() -> int:
+        check_writable(tmp_path / "new" / "deeper" / "out")
+        check_writable(tmp_path / "kept" / "sub")
+        raise error
+
+    assert run_command("prog", main) == status
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert list((tmp_path / "kept").iterdir()) == []
+    assert capsys.readouterr().err == ("prog: interrupted\n" if status == 130 else "prog: error: bad\n")
+
+
+def test_a_failed_command_keeps_folders_that_hold_files(tmp_path):
+    def main() -> int:
+        check_writable(tmp_path / "out")
+        (tmp_path / "out" / "0.png").write_bytes(b"done before the failure")
+        raise KeyboardInterrupt("interrupted: 1 of 2 images written")
+
+    assert run_command("prog", main) == 130
+    assert (tmp_path / "out" / "0.png").read_bytes() == b"done before the failure"

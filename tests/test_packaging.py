@@ -1,0 +1,45 @@
+"""pyproject.toml says the truth: the Python it runs on, the setuptools that can build it, its licence."""
+
+import importlib.metadata
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# Standard-library calls newer than 3.10, and the Python that brought each.
+NEWER_APIS = {"hashlib.file_digest": (3, 11), "tomllib": (3, 11)}
+
+
+def _floor() -> tuple[int, int]:
+    match = re.fullmatch(r">=(\d+)\.(\d+)", PYPROJECT["project"]["requires-python"])
+    assert match, PYPROJECT["project"]["requires-python"]
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_requires_python_covers_every_api_the_code_calls():
+    sources = [p.read_text() for p in (ROOT / "diffusion").rglob("*.py")] + [
+        p.read_text() for p in (ROOT / "tests").rglob("*.py")
+    ]
+    used = {api: version for api, version in NEWER_APIS.items() if any(api in text for text in sources)}
+    assert "hashlib.file_digest" in used  # fileio.sha256_of: every model load
+    assert _floor() >= max(used.values())
+    assert sys.version_info[:2] >= _floor()  # the tests run on a Python the package declares
+    assert PYPROJECT["tool"]["ruff"]["target-version"] == "py{}{}".format(*_floor())
+
+
+def test_the_build_backend_reads_a_string_licence():
+    (requirement,) = PYPROJECT["build-system"]["requires"]
+    version = re.fullmatch(r"setuptools>=(\d+)", requirement)
+    assert isinstance(PYPROJECT["project"]["license"], str)  # an SPDX expression: setuptools 77 and later
+    assert version and int(version.group(1)) >= 77
+
+
+def test_the_licence_file_ships_and_the_metadata_names_it():
+    assert PYPROJECT["project"]["license"] == "MIT"
+    assert PYPROJECT["project"]["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
+    metadata = importlib.metadata.metadata("pixel-diffusion")
+    assert metadata["License-Expression"] == "MIT"
+    assert metadata.get_all("License-File") == ["LICENSE"]

@@ -29,18 +29,40 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
+# Folders that other tools leave among people's images: macOS zip archives, Synology thumbnails, Windows'
+# recycle bin and volume data. Hidden files and folders (".DS_Store", "._photo.png" AppleDouble forks,
+# ".ipynb_checkpoints", ".git") are left out too, as data tools do.
+TOOL_FOLDERS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information", "__pycache__"})
+
+
+def is_left_by_tools(name: str) -> bool:
+    """Whether a file or folder name is one that other tools leave behind, not part of the data."""
+    return name.startswith(".") or name in TOOL_FOLDERS
+
+
 def find_image_files(root: str | Path) -> list[Path]:
-    """Every file under ``root`` with an image extension, sorted by relative path.
+    """Every file under ``root`` with an image extension, sorted by relative path; what other tools leave
+    (`is_left_by_tools`) is passed over.
 
     Symbolic links to directories are not followed, so a link loop cannot hang the search.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} not found (give --data a folder of images)")
-    found = []
+    found, passed_over = [], 0
     for directory, subdirs, names in os.walk(root, onerror=lambda e: logger.warning("cannot list %s", e)):
-        subdirs.sort()
-        found += [Path(directory) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+        kept = sorted(d for d in subdirs if not is_left_by_tools(d))
+        passed_over += len(subdirs) - len(kept) + sum(is_left_by_tools(n) for n in names)
+        subdirs[:] = kept  # os.walk descends into these only
+        found += [
+            Path(directory) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not is_left_by_tools(n)
+        ]
+    if passed_over:
+        logger.info(
+            "passed over %d hidden or tool-made files and folders under %s (.DS_Store, __MACOSX, ...)",
+            passed_over,
+            _printable(str(root)),
+        )
     return sorted(found, key=lambda p: p.relative_to(root).as_posix().encode("utf-8", "surrogateescape"))
 
 

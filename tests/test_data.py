@@ -499,3 +499,21 @@ def test_random_crop_varies_with_the_seed_and_center_crop_does_not(tmp_path, axi
     center = ImageFolder(tmp_path, (16, 16), 3, random_crop=False, hflip=False)
     for seed in range(16):
         assert torch.equal(center[(0, seed)][0], crop(16)), seed  # 16 left over on each side
+
+
+def test_what_other_tools_leave_in_a_folder_is_passed_over_quietly(tmp_path, caplog):
+    for name in ("a/1.png", "a/2.png", "b/3.png"):
+        _write(tmp_path / name, _noise(4, 4))
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # Finder
+    (tmp_path / "a" / "._1.png").write_bytes(b"\0\5\26\7 AppleDouble")  # a macOS resource fork on a non-Mac disk
+    (tmp_path / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    _write(tmp_path / "__MACOSX" / "a" / "._2.png", _noise(4, 4))  # what macOS zips add: would be a class
+    _write(tmp_path / "@eaDir" / "1.png" / "SYNOFILE_THUMB_S.jpg", _noise(4, 4))  # Synology thumbnails
+    _write(tmp_path / "b" / ".ipynb_checkpoints" / "3-checkpoint.png", _noise(4, 4))
+    _write(tmp_path / ".git" / "objects" / "x.png", _noise(4, 4))
+    with caplog.at_level(logging.INFO, logger="diffusion.data"):
+        report = scan(tmp_path, (4, 4), 3)
+    assert [p.relative_to(tmp_path).as_posix() for p in report.files] == ["a/1.png", "a/2.png", "b/3.png"]
+    assert report.class_names == ["a", "b"] and report.skipped == []
+    assert [r.levelname for r in caplog.records] == ["INFO"]  # no warning about "unreadable" files
+    assert caplog.records[0].getMessage().startswith("passed over 6 hidden or tool-made files and folders under ")

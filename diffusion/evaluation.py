@@ -162,7 +162,14 @@ def evaluate(
     # Every check on the user's input happens above or in the next two lines, before anything is logged,
     # so that a mistake is one line on stderr.
     real = load_reference_images(reference, num_reference, channels, size, seed)  # (M, c, h, w) in [-1, 1]
-    reference_features = extractor.features(real)  # (M, d)
+    try:
+        reference_features = extractor.features(real)  # (M, d)
+    except ValueError as e:  # e.g. the shipped 1-channel Fashion-MNIST classifier and an RGB model
+        raise ValueError(
+            f"{e}: this extractor cannot measure the model's {channels}-channel {size[0]}x{size[1]} images; "
+            "pick another extractor ('inception' or 'efficientnet-lite0'), or a classifier trained on this data "
+            "(bench/train_classifier.py) as extractor_path"
+        ) from None
     logger.info("embedded %d reference images from %s at %dx%d", num_reference, reference, *size)
     logger.info("generating %d images (%s, %d steps)", num_images, sampler, num_inference_steps)
     # A class-conditional model is measured on the data's mix of classes: a class per image, guided.

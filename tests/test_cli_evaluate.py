@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 from diffusion import cli
 from diffusion.metrics import EXTRACTORS
-from diffusion.schedulers import SCHEDULERS
+from diffusion.models import UNet, UNetConfig
+from diffusion.pipeline import DiffusionPipeline
+from diffusion.schedulers import SCHEDULERS, DDIMScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +70,7 @@ def test_help_lists_flags_samplers_and_extractors():
         (["--reference", "{tmp}/none"], r"reference folder .*none not found"),
         (["--num-images", "13"], r"reference folder .* has 12 image files, fewer than the 13 asked for"),
         (["--num-reference", "20"], r"has 12 image files, fewer than the 20 asked for"),
-        (["--num-images", "1"], r"num_images must be an integer >= 2"),
+        (["--num-images", "1"], r"error: --num-images must be an integer >= 2"),
         (
             ["--extractor", "fid"],
             "unknown extractor 'fid'; expected one of 'classifier', 'inception', 'efficientnet-lite0'",
@@ -103,3 +107,21 @@ def test_too_few_reference_images_through_the_module_is_one_line(tiny_model, ref
         f"diffusion-evaluate: error: reference folder {reference_folder} has 12 image files, fewer than the 50 asked "
         "for; ask for fewer images or add more"
     ]
+
+
+def test_an_rgb_model_with_the_grayscale_classifier_names_the_flags_to_change(tmp_path, capsys):
+    torch.manual_seed(0)
+    config = UNetConfig(
+        in_channels=3, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+        attention_levels=(), norm_groups=8,
+    )  # fmt: skip
+    DiffusionPipeline(UNet(config), DDIMScheduler()).save_pretrained(tmp_path / "m")
+    for i in range(4):
+        Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    args = ["--model", str(tmp_path / "m"), "--reference", str(tmp_path), "--num-images", "4", "--steps", "2"]
+    assert cli.evaluate_main(args) == 2
+    assert capsys.readouterr().err == (
+        "diffusion-evaluate: error: images have 3 channels but the classifier expects 1: this extractor cannot measure "
+        "the model's 3-channel 8x8 images; pick another extractor ('inception' or 'efficientnet-lite0'), or a "
+        "classifier trained on this data (bench/train_classifier.py) as --extractor-path\n"
+    )

@@ -164,7 +164,8 @@ def test_a_full_disk_while_writing_images_is_one_line(model, tmp_path, capsys, m
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_without_cuda_is_refused(model, tmp_path, capsys):
     assert cli.sample_main(["--model", str(model), "--device", "cuda", "--out", str(tmp_path)]) == 2
-    assert "--device cuda was asked for but this machine has no CUDA device; use --device cpu" in capsys.readouterr().err
+    message = "--device cuda was asked for but this machine has no CUDA device; use --device cpu"
+    assert message in capsys.readouterr().err
 
 
 def test_truncated_weights_through_the_script_give_no_traceback(model, tmp_path):

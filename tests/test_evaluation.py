@@ -168,8 +168,12 @@ def test_an_extractor_that_cannot_take_the_models_images_fails_before_sampling(
 
     Classifier(ClassifierConfig(in_channels=3, width=8, feature_dim=16, norm_groups=4)).save_pretrained(tmp_path / "c")
     monkeypatch.setattr(DiffusionPipeline, "__call__", lambda *a, **k: pytest.fail("sampled before checking"))
-    with pytest.raises(ValueError, match="images have 1 channels but the classifier expects 3"):
+    with pytest.raises(ValueError, match="images have 1 channels but the classifier expects 3") as refused:
         evaluate(tiny_model, reference_folder, 4, extractor_path=tmp_path / "c")
+    assert str(refused.value).endswith(
+        ": this extractor cannot measure the model's 1-channel 8x8 images; pick another extractor ('inception' or "
+        "'efficientnet-lite0'), or a classifier trained on this data (bench/train_classifier.py) as extractor_path"
+    )
 
 
 def test_a_class_conditional_model_is_measured_on_random_classes(tmp_path, reference_folder):

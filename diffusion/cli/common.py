@@ -106,6 +106,12 @@ def add_dataclass_arguments(
         )
 
 
+def flag_names(message: str, flags: dict[str, str]) -> str:
+    """A library message with the argument names in ``flags`` (whole words) replaced by the command's flags."""
+    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
+    return re.sub(rf"(?<![-\w/.])({names})(?![\w/])", lambda m: flags[m.group(1)], message)
+
+
 def run_command(prog: str, main: Callable[[], int]) -> int:
     """Run ``main`` as command ``prog``: user errors, the machine's errors and Ctrl-C become one line on
     stderr and an exit status (2, or 130 for an interrupt), and output folders the command created are

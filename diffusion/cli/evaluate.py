@@ -7,10 +7,10 @@ from pathlib import Path
 
 from ..evaluation import evaluate
 from ..fileio import check_writable, write_json
-from ..metrics import EXTRACTORS
+from ..metrics import EXTRACTORS, QualityResult
 from ..pipeline import DEFAULT_STEPS
 from ..schedulers import SCHEDULER_NAMES
-from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, run_command
+from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, flag_names, run_command
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -54,6 +54,16 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `evaluate`'s argument names in its messages, and the flags that set them here.
+FLAGS = {
+    "num_images": "--num-images",
+    "num_reference": "--num-reference",
+    "num_inference_steps": "--steps",
+    "batch_size": "--batch-size",
+    "extractor_path": "--extractor-path",
+}
+
+
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """``diffusion-evaluate`` / ``python -m diffusion.evaluate``: FD@N and KID@N of a model's samples."""
     args = evaluate_parser().parse_args(argv)
@@ -68,21 +78,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
                     f"--json {args.json} is a folder; give a file name such as {Path(args.json) / 'fd.json'}"
                 )
             check_writable(Path(args.json).parent)
-        result = evaluate(
-            args.model,
-            args.reference,
-            args.num_images,
-            num_inference_steps=args.steps,
-            scheduler=args.scheduler,
-            extractor=args.extractor,
-            extractor_path=args.extractor_path,
-            num_reference=args.num_reference,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            device=device_from_flag(args.device),
-            dtype=DTYPES[args.dtype],
-            progress=True,
-        )
+        try:
+            result = _evaluate(args)
+        except ValueError as e:
+            raise type(e)(flag_names(str(e), FLAGS)) from None
         seconds = time.perf_counter() - start
         s = result.settings
         print(f"{result.label} = {result.fd:.4f}")
@@ -103,3 +102,21 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return run_command("diffusion-evaluate", main)
+
+
+def _evaluate(args: argparse.Namespace) -> QualityResult:
+    return evaluate(
+        args.model,
+        args.reference,
+        args.num_images,
+        num_inference_steps=args.steps,
+        scheduler=args.scheduler,
+        extractor=args.extractor,
+        extractor_path=args.extractor_path,
+        num_reference=args.num_reference,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device_from_flag(args.device),
+        dtype=DTYPES[args.dtype],
+        progress=True,
+    )

@@ -3,7 +3,6 @@
 import argparse
 import copy
 import dataclasses
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from ..fileio import check_writable
 from ..image import make_grid, save_gif, save_png
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 from ..schedulers import SCHEDULER_NAMES, SCHEDULERS, resolve_scheduler_name
-from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, run_command
+from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, flag_names, run_command
 
 DEFAULT_FRAMES = 8  # of --interpolate
 DEFAULT_NUM_IMAGES = 16
@@ -165,7 +164,7 @@ def _class_labels(text: str | None, pipe: DiffusionPipeline, seeds: Sequence[int
 
 
 # The pipeline's argument names in its messages, and the flags that set them here.
-_FLAGS = {
+FLAGS = {
     "num_inference_steps": "--steps",
     "num_images": "--num-images",
     "batch_size": "--batch-size",
@@ -178,13 +177,8 @@ _FLAGS = {
     "resample": "--resample",
     "num_frames": "--frames",
     "eta": "--eta",
+    "image=...": "--init-image",
 }
-_API_NAME = re.compile(r"(?<![-\w/.])(" + "|".join(_FLAGS) + r")(?![\w/])")
-
-
-def flag_names(message: str) -> str:
-    """A pipeline message with its argument names replaced by this command's flags."""
-    return _API_NAME.sub(lambda m: _FLAGS[m.group(1)], message).replace("(image=...)", "(--init-image)")
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
@@ -246,7 +240,7 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
         try:
             return _sample(args, given)
         except ValueError as e:
-            raise type(e)(flag_names(str(e))) from None
+            raise type(e)(flag_names(str(e), FLAGS)) from None
 
     return run_command("diffusion-sample", main)
 

@@ -1,8 +1,10 @@
 """sample.py / diffusion-sample: files, metadata, grid, and one-line errors."""
 
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -452,3 +454,20 @@ def test_flags_that_would_be_ignored_are_refused(conditional, tmp_path, capsys, 
     )
     assert cli.sample_main(base + edit + [a.format(tmp=tmp_path) for a in args]) == 2
     assert re.search(message, capsys.readouterr().err.strip())
+
+
+@pytest.mark.slow  # a process of its own: seconds of start-up (the in-process test above runs by default)
+def test_a_real_sigint_keeps_the_finished_batches(model, tmp_path):
+    """sample.py in its own process, interrupted by SIGINT once its first batch is on disk."""
+    out = tmp_path / "o"
+    args = ["--model", str(model), "--num-images", "40", "--batch-size", "2", "--steps", "100", "--out", str(out)]
+    process = subprocess.Popen([sys.executable, str(ROOT / "sample.py"), *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "1.png").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    written = sorted(int(p.stem) for p in out.glob("*.png"))
+    assert process.returncode == 130
+    assert 2 <= len(written) < 40 and written == list(range(len(written)))  # whole batches, in order
+    assert err.splitlines()[-1] == f"diffusion-sample: interrupted: {len(written)} of 40 images written to {out}/"

@@ -9,6 +9,9 @@ crash can leave a stray ``.tmp-*`` folder (ignored and cleaned up) but never a h
 A checkpoint damaged later (a bad disk, a copy cut short) fails its manifest check. ``--resume auto``
 then renames it to ``corrupt-step-N`` (kept for inspection, never deleted), warns, and falls back to
 the newest intact one; a checkpoint named by path is refused.
+
+Nothing a run wrote is deleted because another run starts: what a restart abandons is renamed into
+``OUT/abandoned/<UTC time>-<reason>/`` (see `abandoned_folder`, `move_aside`) and kept.
 """
 
 import logging
@@ -16,6 +19,7 @@ import os
 import pickle
 import re
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from .fileio import CorruptFolderError, read_json, verify_manifest, write_manife
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+ABANDONED = "abandoned"  # OUT/abandoned/: what a restarted run left behind, kept
 _STEP_DIR = re.compile(r"step-(\d+)")
 
 
@@ -77,12 +82,32 @@ def commit_checkpoint(tmp: Path, keep: int) -> Path:
     return final
 
 
-def remove_checkpoints_after(out: str | Path, step: int) -> None:
-    """Delete checkpoints newer than ``step``: a run that restarts there abandons that history."""
-    for step_done, path in list_checkpoints(out):
-        if step_done > step:
-            logger.warning("removing %s, newer than this run's start (step %d)", path, step)
-            _remove(path)
+def checkpoints_after(out: str | Path, step: int) -> list[Path]:
+    """The complete checkpoints in ``out`` newer than ``step``, oldest first."""
+    return [path for step_done, path in list_checkpoints(out) if step_done > step]
+
+
+def abandoned_folder(out: str | Path, reason: str) -> Path:
+    """Create and return ``OUT/abandoned/<UTC YYYYmmdd-HHMMSS>-<reason>/`` (``-2``, ``-3``, ... if taken)."""
+    root = Path(out) / ABANDONED
+    name = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{reason}"
+    target, n = root / name, 1
+    while target.exists():
+        n += 1
+        target = root / f"{name}-{n}"
+    target.mkdir(parents=True)
+    return target
+
+
+def move_aside(out: str | Path, names: list[str], folder: Path) -> None:
+    """Rename each ``OUT/<name>`` (a file or folder, relative path) to ``folder/<name>``.
+
+    ``folder`` is inside ``OUT``, so each move is one rename on the same filesystem: a crash leaves
+    every item whole, either still in place or moved.
+    """
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(Path(out) / name, folder / name)
 
 
 def _remove(path: Path) -> None:
@@ -130,17 +155,28 @@ def resolve_resume(out: str | Path, resume: str) -> Path | None:
             raise CorruptFolderError(
                 f"no intact checkpoint in {checkpoint_root(out)}, only damaged ones "
                 f"({', '.join(p.name for p in damaged)}); "
-                "start over with --resume never, or restore a copy of a checkpoint and --resume it"
+                f"start over with a new --out (or --resume never, which moves this run to {Path(out) / ABANDONED}/ "
+                "and starts over), or restore a copy of a checkpoint and --resume it"
             )
         return None
+    check_resume_path(resume)
     path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no trainer_state.json)")
     try:
         check_checkpoint(path)
     except CorruptFolderError as e:
         raise CorruptFolderError(f"--resume {resume}: damaged checkpoint: {e}; resume another one") from None
     return path
+
+
+def check_resume_path(resume: str) -> None:
+    """Refuse a ``--resume`` that is neither ``auto``, ``never`` nor a checkpoint folder (a quick look: the
+    files are checked against the manifest when the run resumes).
+
+    Raises:
+        FileNotFoundError: ``resume`` names no folder with a ``trainer_state.json``.
+    """
+    if resume not in ("auto", "never") and not (Path(resume) / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no trainer_state.json)")
 
 
 def check_checkpoint(path: Path) -> None:

@@ -1,6 +1,17 @@
+from datetime import datetime
+
 import pytest
 
-from diffusion.checkpoint import begin_checkpoint, commit_checkpoint, list_checkpoints, resolve_resume
+from diffusion import checkpoint
+from diffusion.checkpoint import (
+    abandoned_folder,
+    begin_checkpoint,
+    checkpoints_after,
+    commit_checkpoint,
+    list_checkpoints,
+    move_aside,
+    resolve_resume,
+)
 
 
 def write(out, step, keep=10):
@@ -40,3 +51,29 @@ def test_resolve_resume(tmp_path):
     assert resolve_resume(tmp_path, str(tmp_path / "checkpoints" / "step-3")) == tmp_path / "checkpoints" / "step-3"
     with pytest.raises(FileNotFoundError, match=r"--resume .*nope: not a checkpoint folder"):
         resolve_resume(tmp_path, str(tmp_path / "nope"))
+
+
+def test_abandoned_folders_are_named_by_utc_time_and_reason_and_never_reused(tmp_path, monkeypatch):
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
+
+    monkeypatch.setattr(checkpoint, "datetime", Frozen)
+    first = abandoned_folder(tmp_path, "resume-never")
+    second = abandoned_folder(tmp_path, "resume-never")  # the same second: another folder
+    assert (first.name, second.name) == ("20260102-030405-resume-never", "20260102-030405-resume-never-2")
+    assert first.parent == second.parent == tmp_path / "abandoned"
+
+
+def test_move_aside_renames_files_and_folders_into_place(tmp_path):
+    write(tmp_path, 3)
+    write(tmp_path, 6)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    inode = (tmp_path / "checkpoints" / "step-6").stat().st_ino
+    folder = abandoned_folder(tmp_path, "test")
+    move_aside(tmp_path, ["metrics.jsonl", "checkpoints/step-6"], folder)
+    assert (folder / "checkpoints" / "step-6").stat().st_ino == inode  # a rename, not a copy
+    assert (folder / "metrics.jsonl").read_text() == "{}\n" and not (tmp_path / "metrics.jsonl").exists()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3]
+    assert checkpoints_after(tmp_path, 0) == [tmp_path / "checkpoints" / "step-3"]

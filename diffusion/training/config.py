@@ -35,7 +35,7 @@ class TrainConfig:
     # data
     data: str = ""  # folder of images, searched recursively
     out: str = ""  # output folder for checkpoints, samples, logs and the final model
-    image_size: tuple[int, int] | None = None  # (height, width) to train at; None: the model's sample_size
+    image_size: tuple[int, int] | None = None  # N or HxW (height x width) to train at; None: the preset's size
     channels: Literal[1, 3] = 3  # 1 grayscale, 3 RGB; images are converted
     random_crop: bool = False  # random instead of center crop after resizing the shorter side
     hflip: bool = True  # random horizontal flips
@@ -185,6 +185,72 @@ def model_config(config: TrainConfig, unet_overrides: dict | None = None, num_pr
             "--base-channels, --channel-mult or --num-res-blocks"
         )
     return unet
+
+
+def unused_settings(
+    config: TrainConfig, unet: UNetConfig, total_steps: int | None = None, exact: bool = True
+) -> dict[str, str]:
+    """The settings that would have no effect in this run, each mapped to why, naming the setting that
+    makes it so and the way out. Those that depend on the run's length are checked when ``total_steps``
+    is given; with ``exact=False`` it is an upper bound (``--max-steps`` before ``--epochs`` is known).
+    ``train.py`` refuses the ones its user typed (a default is never refused).
+    """
+    found = {}
+    run = f"the run ({'' if exact else 'at most '}{total_steps} steps)"
+    if not config.class_cond:
+        found["cond_drop_prob"] = (
+            "--cond-drop-prob has no effect without --class-cond: add --class-cond, or leave it out"
+        )
+    if config.loss_weighting != "min-snr":
+        found["snr_gamma"] = (
+            f"--snr-gamma has no effect with --loss-weighting {config.loss_weighting}: add --loss-weighting "
+            "min-snr, or leave it out"
+        )
+    grids = ("sample_steps", "num_samples")
+    if not config.sample_every:
+        for name in grids:
+            found[name] = (
+                f"--{name.replace('_', '-')} has no effect with --sample-every 0 (no sample grids): leave it out, "
+                "or give --sample-every N"
+            )
+    elif total_steps is not None and config.sample_every > total_steps:
+        why = f"--sample-every {config.sample_every} is longer than {run}: no grid is written"
+        found["sample_every"] = f"{why}; lower it, or --sample-every 0 to write none"
+        for name in grids:
+            found[name] = f"--{name.replace('_', '-')} has no effect: {why}; lower --sample-every, or leave it out"
+    if total_steps is not None and config.warmup_steps > total_steps:
+        found["warmup_steps"] = (
+            f"--warmup-steps {config.warmup_steps} is longer than {run}, so the learning rate would never reach "
+            "--lr: lower --warmup-steps, or raise --max-steps"
+        )
+    if total_steps is not None and config.lr_schedule == "cosine" and config.warmup_steps >= total_steps:
+        found["lr_schedule"] = (
+            f"--lr-schedule cosine has no effect: the warmup (--warmup-steps {config.warmup_steps}) lasts the whole "
+            f"of {run}; lower --warmup-steps"
+        )
+    if not unet.attention_levels and not unet.mid_attention:
+        for name in ("num_heads", "head_channels"):
+            found[name] = (
+                f"--{name.replace('_', '-')} has no effect: this UNet has no attention (--attention-levels is "
+                "empty and --no-mid-attention); give --attention-levels, or leave it out"
+            )
+    elif unet.head_channels is not None:
+        found["num_heads"] = (
+            f"--num-heads has no effect while head_channels is {unet.head_channels} (from --head-channels, "
+            f"--model-config or --preset {config.preset}): heads are channels // head_channels; change --head-channels"
+        )
+    if len(unet.channel_mult) == 1:
+        for name in ("resample", "downsample_padding"):
+            found[name] = (
+                f"--{name.replace('_', '-')} has no effect: with one level (--channel-mult "
+                f"{unet.channel_mult[0]}) the UNet never down- or upsamples; give more levels, or leave it out"
+            )
+    elif unet.resample == "resblock":
+        found["downsample_padding"] = (
+            "--downsample-padding has no effect with --resample resblock (it pads strided-conv downsampling): "
+            "use --resample conv, or leave it out"
+        )
+    return found
 
 
 def scheduler_config(config: TrainConfig) -> DPMSolverConfig:

@@ -15,38 +15,54 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..checkpoint import (
     begin_checkpoint,
+    check_resume_path,
     checkpoint_root,
     commit_checkpoint,
     load_pickle_free,
     pending_checkpoint,
     read_state,
-    remove_checkpoints_after,
     resolve_resume,
 )
 from ..data import ImageFolder
-from ..fileio import check_writable, write_json, write_text
+from ..fileio import check_writable, save_safetensors, write_json, write_text
 from ..image import make_grid, save_png
 from ..models import UNet
 from ..models.persistence import load_weights, save_weights
-from ..pipeline import DiffusionPipeline
-from ..schedulers import DPMSolverMultistepScheduler, NoiseSchedule
-from .config import TrainConfig, lr_factor, model_config, scheduler_config
+from ..pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
+from ..schedulers import DEFAULT_STEPS, DPMSolverMultistepScheduler, NoiseSchedule
+from .config import TrainConfig, lr_factor, model_config, scheduler_config, unused_settings
 from .ema import EMA
 from .errors import TrainingError
 from .loss import diffusion_loss, drop_labels
+from .outputs import (
+    LOSS_CURVE,
+    METRICS,
+    MODEL,
+    SAMPLES,
+    TENSORBOARD_PROJECT,
+    TRAIN_CONFIG,
+    abandon_after,
+    abandon_all,
+    read_metrics,
+    set_old_model_aside,
+    trim_metrics,
+)
 from .plot import loss_curve
+from .report import model_card, startup_lines
 from .safety import disk_errors, install_stop_handlers, restore_handlers
 from .sampler import StepBatchSampler
 
@@ -75,12 +91,20 @@ RESUMABLE_CHANGES = frozenset(
 
 
 class Trainer:
-    """Runs `TrainConfig`; `train()` returns the final model folder."""
+    """Runs `TrainConfig`; `train()` returns the final model folder.
 
-    def __init__(self, config: TrainConfig, unet_overrides: dict | None = None) -> None:
+    ``explicit`` names the settings (TrainConfig or UNet fields) the caller chose on purpose, as
+    ``train.py`` passes the flags typed on its command line: one that would have no effect in this run
+    (`unused_settings`) is refused with the reason, before the data scan where possible.
+    """
+
+    def __init__(
+        self, config: TrainConfig, unet_overrides: dict | None = None, *, explicit: Collection[str] = ()
+    ) -> None:
         if not config.data or not config.out:
             raise ValueError("both --data (a folder of images) and --out (an output folder) are required")
         self.config = config
+        self.unet_overrides = dict(unet_overrides or {})
         self.out = Path(config.out)
         check_writable(self.out)
         # accelerate keeps its settings in a process-wide singleton; forget them so that a second run in
@@ -95,7 +119,16 @@ class Trainer:
         except ValueError as e:
             raise ValueError(f"--mixed-precision {config.mixed_precision}: {e}") from None
         self.unet_config = model_config(config, unet_overrides, self.accelerator.num_processes)
+        if config.max_steps is None and config.epochs is None:
+            raise ValueError("give --max-steps or --epochs to say how long to train")
+        # What can be refused before the scan is: the run is at most --max-steps long.
+        _refuse_unused(
+            explicit, unused_settings(config, self.unet_config, config.max_steps, exact=config.epochs is None)
+        )
+        check_resume_path(config.resume)
         size = self.unet_config.sample_size
+        if self.accelerator.is_main_process and Path(config.data).is_dir():  # else the scan says so at once
+            logger.info("scanning %s for images ...", config.data)
         self.dataset = ImageFolder(
             config.data, size, config.channels, random_crop=config.random_crop, hflip=config.hflip
         )
@@ -109,14 +142,13 @@ class Trainer:
             self.unet_config = dataclasses.replace(self.unet_config, num_classes=len(self.dataset.class_names))
         self.steps_per_epoch = len(self.dataset) / config.batch_size
         self.total_steps = self._total_steps()
+        _refuse_unused(explicit, unused_settings(config, self.unet_config, self.total_steps))
 
     def _total_steps(self) -> int:
         c = self.config
         candidates = [c.max_steps] if c.max_steps is not None else []
         if c.epochs is not None:
             candidates.append(max(1, math.ceil(c.epochs * self.steps_per_epoch)))
-        if not candidates:
-            raise ValueError("give --max-steps or --epochs to say how long to train")
         return min(candidates)
 
     # ----- checkpoints -----
@@ -147,11 +179,11 @@ class Trainer:
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
-        save_file(rng, tmp / f"rng-{acc.process_index}.safetensors")
+        save_safetensors(tmp / f"rng-{acc.process_index}.safetensors", rng)
         acc.wait_for_everyone()
         if acc.is_main_process:
             save_weights(acc.unwrap_model(self.model), tmp)
-            save_file(self.ema.state_dict(), tmp / "ema.safetensors")
+            save_safetensors(tmp / "ema.safetensors", self.ema.state_dict())
             torch.save(
                 {
                     "optimizer": self.optimizer.state_dict(),
@@ -168,6 +200,7 @@ class Trainer:
                 "unet": self.unet_config.to_dict(),
                 "class_names": self.class_names,
                 "manifest": True,  # so that a step-N without its manifest.json is known to be damaged
+                "elapsed_s": round(self._elapsed(), 3),  # training time of this history, summed over resumes
             }
             write_json(tmp / "trainer_state.json", state)
             commit_checkpoint(tmp, self.config.keep_checkpoints)
@@ -192,8 +225,9 @@ class Trainer:
             differ.append(f"the number of images ({state['dataset_size']} -> {len(self.dataset)})")
         if differ:
             raise ValueError(
-                f"checkpoint {path} was written with other settings: {'; '.join(differ)}. Use the same settings, "
-                "or --resume never (or a new --out) to start a new run"
+                f"checkpoint {path} was written with other settings: {'; '.join(differ)}. To start a new run, use a "
+                f"new --out (or --resume never, which moves this run to {self.out / 'abandoned'}/ and starts over); "
+                "to continue this one, use the same settings"
             )
 
     def _load_checkpoint(self, path: Path) -> int:
@@ -217,6 +251,7 @@ class Trainer:
         self.generator.set_state(rng["generator"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))  # absent from checkpoints of older versions
         return int(state["step"])
 
     # ----- outputs -----
@@ -240,20 +275,61 @@ class Trainer:
         labels = [i % len(self.class_names) for i in range(c.num_samples)] if self.class_names else None
         images = pipe(num_images=c.num_samples, num_inference_steps=c.sample_steps, seed=0, class_labels=labels)
         meta = {"step": str(step), "sampler": pipe.scheduler_name(), "steps": str(c.sample_steps), "seed": "0"}
-        (self.out / "samples").mkdir(exist_ok=True)
-        save_png(make_grid(images), self.out / "samples" / f"step-{step}.png", meta)
+        (self.out / SAMPLES).mkdir(exist_ok=True)
+        grid = make_grid(images)
+        save_png(grid, self.out / SAMPLES / f"step-{step}.png", meta)
+        if self.accelerator.log_with:
+            pixels = np.asarray(grid)  # (h, w, c), or (h, w) for grayscale
+            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            writer.add_image("samples", pixels.reshape(*pixels.shape[:2], -1), step, dataformats="HWC")
 
     def _log(self, row: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with open(self.out / METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
-    def _trim_metrics(self, step: int) -> None:
-        """After a resume, forget metrics logged after the checkpoint: they will be logged again."""
-        path = self.out / "metrics.jsonl"
-        if path.is_file():
-            rows = [json.dumps(r) for r in _read_metrics(path) if r["step"] <= step]
-            write_text(path, "".join(r + "\n" for r in rows))
+    def _open_outputs(self) -> None:
+        """Write ``train_config.json`` and start the TensorBoard log, once: after the first step, so that a
+        run failing before it (bad data, out of memory) leaves nothing in ``OUT``."""
+        if self.outputs_open:
+            return
+        c, acc = self.config, self.accelerator
+        if acc.is_main_process:
+            write_json(self.out / TRAIN_CONFIG, {"train": c.to_dict(), "unet": self.unet_config.to_dict()})
+        if acc.log_with:
+            scalars = {k: v for k, v in c.to_dict().items() if isinstance(v, int | float | str | bool)}
+            acc.init_trackers(TENSORBOARD_PROJECT, config=scalars)
+        self.outputs_open = True
+
+    def _elapsed(self) -> float:
+        """Seconds of training in this run's history: earlier sessions' plus this one's so far."""
+        return self.elapsed_before + time.perf_counter() - self.session_start
+
+    def _log_summary(self, parameters: int, start: int, resume_from: Path | None) -> None:
+        lines = startup_lines(
+            config=self.config,
+            images=len(self.dataset),
+            skipped=len(self.dataset.report.skipped),
+            class_names=self.class_names,
+            parameters=parameters,
+            device=str(self.accelerator.device),
+            processes=self.accelerator.num_processes,
+            total=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            start=start,
+            resume_from=resume_from,
+        )
+        for line in lines:
+            logger.info("%s", line)
+        c = self.config
+        if c.warmup_steps > self.total_steps:
+            logger.warning(
+                "the learning rate warms up over %d steps (--warmup-steps), longer than this run (%d steps): it never "
+                "reaches --lr %g; lower --warmup-steps",
+                c.warmup_steps,
+                self.total_steps,
+                c.lr,
+            )
 
     # ----- the loop -----
 
@@ -276,7 +352,7 @@ class Trainer:
         self.ema = EMA(acc.unwrap_model(self.model), c.ema_decay)  # after prepare: on the training device
         schedule = NoiseSchedule(scheduler_config(c))
 
-        start, self.saved_step = 0, None
+        start, self.saved_step, self.elapsed_before, self.outputs_open = 0, None, 0.0, False
         # The main process checks the checkpoints (and renames damaged ones); the others take its choice.
         choice = [resolve_resume(self.out, c.resume) if acc.is_main_process else None]
         if acc.num_processes > 1:
@@ -288,16 +364,15 @@ class Trainer:
                 self.saved_step = start
             logger.info("resuming from %s (step %d)%s", resume_from, start, " [--resume auto]" * (c.resume == "auto"))
         if acc.is_main_process:
-            # This run continues from `start`: anything a previous run left beyond it is abandoned, so that
-            # --resume auto and the metrics never mix two histories.
-            remove_checkpoints_after(self.out, start)
-            self._trim_metrics(start)
+            # This run continues from `start`: what a previous run left beyond it is another history, moved
+            # to OUT/abandoned/ (never deleted), so that --resume auto and the metrics never mix two.
+            if c.resume == "never":
+                abandon_all(self.out)
+            else:
+                abandon_after(self.out, start)
+            trim_metrics(self.out, start)
+            self._log_summary(sum(p.numel() for p in model.parameters()), start, resume_from)
         acc.wait_for_everyone()
-        if acc.is_main_process:
-            write_json(self.out / "train_config.json", {"train": c.to_dict(), "unet": self.unet_config.to_dict()})
-        if acc.log_with:
-            scalars = {k: v for k, v in c.to_dict().items() if isinstance(v, int | float | str | bool)}
-            acc.init_trackers("pixel-diffusion", config=scalars)
         forward = torch.compile(self.model) if c.compile else self.model
         if c.gradient_checkpointing:
             acc.unwrap_model(self.model).gradient_checkpointing = True
@@ -321,6 +396,7 @@ class Trainer:
         handlers = install_stop_handlers(stop)
         bar = tqdm(total=self.total_steps, initial=start, disable=not (progress and acc.is_main_process), desc="train")
         step, tick, tick_step = start, time.perf_counter(), start
+        self.session_start = tick
         try:
             end = min(self.total_steps, stop_at_step or self.total_steps)
             while step < end:
@@ -363,13 +439,15 @@ class Trainer:
                     self.ema.update(acc.unwrap_model(self.model))
                 step += 1
                 bar.update(1)
+                self._open_outputs()
                 if stop["signal"] is not None:
                     acc.set_trigger()
-                if acc.check_trigger():  # every process stops after the same step, or none does
+                stopping = acc.check_trigger()  # every process stops after the same step, or none does
+                if stopping:
                     stop["signal"] = stop["signal"] or "a signal on another process"
-                    break
 
-                if step % c.log_every == 0 or step == self.total_steps:
+                # The last step of this session is always logged: a stop or an interruption too.
+                if step % c.log_every == 0 or step == end or stopping:
                     now = time.perf_counter()
                     img_s = (step - tick_step) * c.batch_size / (now - tick)
                     tick, tick_step = now, step
@@ -384,6 +462,8 @@ class Trainer:
                     if acc.is_main_process:
                         with disk_errors("metrics.jsonl"):
                             self._log(row)
+                if stopping:
+                    break  # the checkpoint is written below
                 if step % c.checkpoint_every == 0 and step < self.total_steps:
                     self._save_checkpoint(step)
                 if c.sample_every and step % c.sample_every == 0 and acc.is_main_process:
@@ -393,27 +473,32 @@ class Trainer:
             bar.close()
             restore_handlers(handlers)
 
+        self._open_outputs()  # when no step ran (a finished run started again), before anything is written
         self._save_checkpoint(step)
         if stop["signal"] is not None:
             raise KeyboardInterrupt(f"stopped by {stop['signal']} at step {step}; checkpoint written")
         if step < self.total_steps:
             return None
-        model_dir = self.out / "model"
+        model_dir = self.out / MODEL
         if acc.is_main_process:
-            self._write_model(model_dir)
-            with disk_errors("loss.png"):
+            self._write_model(model_dir, step)
+            with disk_errors(LOSS_CURVE):
                 self._write_loss_curve()
         acc.end_training()
         return model_dir
 
-    def _write_model(self, model_dir: Path) -> None:
-        """Write the final model whole under a temporary name, then rename it: ``OUT/model`` is never
-        half-written, and an old one is moved aside (atomically) before it is deleted."""
+    def _write_model(self, model_dir: Path, step: int) -> None:
+        """Write the final model and its card (``README.md``, outside the weights' manifest) whole under a
+        temporary name, then rename it: ``OUT/model`` is never half-written. An old one with other weights
+        is moved to ``OUT/abandoned/``; one with the same weights is renamed, then deleted."""
         tmp, old = self.out / ".tmp-model", self.out / ".tmp-removing-model"
         try:
             with disk_errors("the final model"):
                 shutil.rmtree(tmp, ignore_errors=True)
-                self._pipeline().save_pretrained(tmp)
+                pipe = self._pipeline()
+                pipe.save_pretrained(tmp)
+                write_text(tmp / "README.md", self._model_card(pipe, step))
+                set_old_model_aside(self.out, tmp, step)
                 shutil.rmtree(old, ignore_errors=True)
                 if model_dir.exists():
                     os.replace(model_dir, old)
@@ -422,20 +507,35 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)  # after a failure: give the space back
             shutil.rmtree(old, ignore_errors=True)
 
+    def _model_card(self, pipe: DiffusionPipeline, step: int) -> str:
+        return model_card(
+            config=self.config,
+            unet=self.unet_config,
+            unet_overrides=self.unet_overrides,
+            class_names=self.class_names,
+            parameters=sum(p.numel() for p in pipe.unet.parameters()),
+            images=len(self.dataset),
+            skipped=len(self.dataset.report.skipped),
+            steps=step,
+            elapsed_s=self._elapsed(),
+            metrics=read_metrics(self.out / METRICS),
+            processes=self.accelerator.num_processes,
+            device=str(self.accelerator.device),
+            sampler=pipe.scheduler_name(),
+            sampler_steps=DEFAULT_STEPS,
+            guidance_scale=DEFAULT_GUIDANCE_SCALE,
+        )
+
     def _write_loss_curve(self) -> None:
-        rows = _read_metrics(self.out / "metrics.jsonl")
-        loss_curve([r["step"] for r in rows], [r["loss"] for r in rows], self.out / "loss.png")
+        rows = read_metrics(self.out / METRICS)
+        loss_curve([r["step"] for r in rows], [r["loss"] for r in rows], self.out / LOSS_CURVE)
 
 
-def _read_metrics(path: Path) -> list[dict]:
-    """The rows of metrics.jsonl; a line cut short by a crash is skipped, not fatal."""
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            logger.warning("skipping an incomplete line of %s", path)
-    return rows
+def _refuse_unused(explicit: Collection[str], unused: dict[str, str]) -> None:
+    """Raise one ValueError for the ``explicit`` settings that ``unused`` says have no effect."""
+    reasons = [reason for name, reason in unused.items() if name in explicit]
+    if reasons:
+        raise ValueError("; ".join(reasons))
 
 
 def _has_tensorboard() -> bool:

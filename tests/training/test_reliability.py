@@ -3,7 +3,9 @@
 import errno
 import json
 import logging
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -102,7 +104,9 @@ def test_no_intact_checkpoint_left_stops_instead_of_starting_over(tmp_path, data
     Trainer(config(tmp_path, keep_checkpoints=1), TINY).train(stop_at_step=2)
     truncate(tmp_path / "out" / "checkpoints" / "step-2" / "model.safetensors")
     with pytest.raises(
-        CorruptFolderError, match=r"no intact checkpoint .*\(corrupt-step-2\); start over with --resume never"
+        CorruptFolderError,
+        match=r"no intact checkpoint .*\(corrupt-step-2\); start over with a new --out \(or --resume never, which "
+        r"moves this run to .*out/abandoned/ and starts over\)",
     ):
         Trainer(config(tmp_path), TINY).train()
     with pytest.raises(CorruptFolderError, match="no intact checkpoint"):  # and again: nothing was started
@@ -110,19 +114,19 @@ def test_no_intact_checkpoint_left_stops_instead_of_starting_over(tmp_path, data
 
 
 def test_disk_full_during_a_checkpoint_stops_cleanly_and_resume_works(tmp_path, data, monkeypatch, capsys):
-    real = trainer_module.save_file
+    real = trainer_module.save_safetensors
 
-    def full_at_step_4(tensors, filename, *args, **kwargs):
+    def full_at_step_4(filename, tensors, *args, **kwargs):
         if "step-4" in str(filename):
             raise OSError(errno.ENOSPC, "No space left on device", str(filename))
-        return real(tensors, filename, *args, **kwargs)
+        return real(filename, tensors, *args, **kwargs)
 
     argv = ["--data", str(data), "--preset", "tiny", "--channels", "3"]
     argv += ["--image-size", "8", "--batch-size", "4", "--warmup-steps", "2", "--max-steps", "4"]
     argv += ["--checkpoint-every", "2", "--sample-every", "0", "--log-every", "1", "--ema-decay", "0.9"]
     monkeypatch.setattr("sys.argv", ["train.py", *argv, "--out", str(tmp_path / "straight")])
     assert train_main() == 0  # an uninterrupted run to compare with
-    monkeypatch.setattr(trainer_module, "save_file", full_at_step_4)
+    monkeypatch.setattr(trainer_module, "save_safetensors", full_at_step_4)
     monkeypatch.setattr("sys.argv", ["train.py", *argv, "--out", str(tmp_path / "out")])
     assert train_main() == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -132,7 +136,7 @@ def test_disk_full_during_a_checkpoint_stops_cleanly_and_resume_works(tmp_path, 
     root = tmp_path / "out" / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["step-2"]  # the partial step-4 was cleaned up
     assert verify_manifest(root / "step-2")
-    monkeypatch.setattr(trainer_module, "save_file", real)  # space is back
+    monkeypatch.setattr(trainer_module, "save_safetensors", real)  # space is back
     assert train_main() == 0
     assert_same_weights(tmp_path / "straight", tmp_path / "out")
 
@@ -158,6 +162,41 @@ def test_other_write_failures_are_one_line_training_errors(tmp_path, data, monke
         Trainer(config(tmp_path), TINY).train()
     assert (tmp_path / "out" / "model").is_dir() == (what == "loss.png")  # written before loss.png
     assert not list((tmp_path / "out").glob(".tmp-*"))  # the half-written model's space is given back
+
+
+def test_every_file_of_a_checkpoint_and_the_model_follows_the_umask(tmp_path, data):
+    previous = os.umask(0o022)
+    try:
+        model = Trainer(config(tmp_path, max_steps=2), TINY).train()
+    finally:
+        os.umask(previous)
+    out = tmp_path / "out"
+    files = [p for folder in (out / "checkpoints" / "step-2", model) for p in folder.rglob("*") if p.is_file()]
+    modes = {p.relative_to(out).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert {"checkpoints/step-2/ema.safetensors", "checkpoints/step-2/rng-0.safetensors"} < modes.keys()
+    assert {"model/unet/model.safetensors", "model/README.md"} < modes.keys()
+    assert modes == dict.fromkeys(modes, "0o644")
+
+
+@pytest.mark.parametrize("failure", ["no images", "out of memory in step 1"])
+def test_a_failed_run_leaves_no_new_out_behind(tmp_path, data, monkeypatch, capsys, failure):
+    out = tmp_path / "new" / "out"
+    argv = ["--data", str(data), "--out", str(out), "--preset", "tiny", "--image-size", "8", "--batch-size", "4"]
+    argv += ["--max-steps", "2", "--sample-every", "0"]
+    if failure == "no images":
+        (tmp_path / "empty").mkdir()
+        argv[1] = str(tmp_path / "empty")
+        message = "no readable images found under"
+    else:
+
+        def out_of_memory(*args, **kwargs):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes.")
+
+        monkeypatch.setattr(trainer_module, "diffusion_loss", out_of_memory)
+        message = "out of memory (tried to allocate 1.0 GiB); use a smaller --batch-size"
+    assert train_main(argv) == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_finished_run_started_again_rewrites_no_checkpoint(tmp_path, data):

@@ -113,7 +113,10 @@ def test_resume_reproduces_the_uninterrupted_run_bit_exactly(tmp_path, data):
 def test_resume_never_starts_over_and_explicit_path_is_checked(tmp_path, data):
     Trainer(config(tmp_path, max_steps=2)).train()
     c = config(tmp_path, max_steps=2, resume="never")
-    Trainer(c).train()  # starts from step 0 again and overwrites step-2
+    Trainer(c).train()  # starts from step 0 again; the first run's step-2 is moved to OUT/abandoned/
+    assert [s for s, _ in list_checkpoints(tmp_path / "out")] == [2]
+    (old,) = (tmp_path / "out" / "abandoned").iterdir()
+    assert (old / "checkpoints" / "step-2" / "model.safetensors").is_file()
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         Trainer(config(tmp_path, max_steps=3, resume=str(tmp_path / "nope"))).train()
 
@@ -240,6 +243,29 @@ def test_sigterm_writes_a_checkpoint_then_exits(tmp_path, data):
     assert f"stopped by SIGTERM at step {steps[0]}; checkpoint written" in err
 
 
+def test_the_step_a_run_stops_at_gets_its_metrics_row(tmp_path, data, monkeypatch):
+    """Ctrl-C, SIGTERM or ``stop_at_step`` between two logged steps: the last step is logged too."""
+    real, calls = trainer_module.diffusion_loss, []
+
+    def interrupt_in_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler lets the step finish, then the run stops
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "diffusion_loss", interrupt_in_step_3)
+    c = config(tmp_path, max_steps=6, log_every=4, checkpoint_every=4)
+    with pytest.raises(KeyboardInterrupt, match="stopped by SIGINT at step 3; checkpoint written"):
+        Trainer(c, TINY).train()
+    metrics = tmp_path / "out" / "metrics.jsonl"
+    assert [json.loads(r)["step"] for r in metrics.read_text().splitlines()] == [3]
+    assert [s for s, _ in list_checkpoints(tmp_path / "out")] == [3]
+    monkeypatch.setattr(trainer_module, "diffusion_loss", real)
+    assert Trainer(c, TINY).train(stop_at_step=5) is None
+    Trainer(c, TINY).train()  # the last step of a run is logged although 6 is no multiple of 4
+    assert [json.loads(r)["step"] for r in metrics.read_text().splitlines()] == [3, 4, 5, 6]
+
+
 def test_accelerate_launch_two_cpu_processes(tmp_path, data):
     # accelerate 1.x runs `launch --cpu --num_processes 2` as ONE process unless MPI is installed; torchrun
     # (which `--multi_gpu` uses) plus ACCELERATE_USE_CPU=1 gives real DDP over gloo on the CPU.
@@ -297,21 +323,28 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, data):
     assert [s for s, _ in list_checkpoints(out)] == [2, 4] and (out / "checkpoints" / "corrupt-step-3").is_dir()
 
 
-def test_metrics_also_go_to_tensorboard_when_installed(tmp_path, data):
+def test_metrics_and_sample_grids_also_go_to_tensorboard_when_installed(tmp_path, data):
     pytest.importorskip("tensorboard")  # an optional dependency; the test extra installs it
-    Trainer(config(tmp_path, max_steps=2)).train()
+    Trainer(config(tmp_path, max_steps=2, sample_every=2, sample_steps=2, num_samples=4), TINY).train()
     run_dir = tmp_path / "out" / "pixel-diffusion"
-    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # the scalars; hparams sit in a subfolder
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # scalars and images; hparams sit in a subfolder
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(run_dir))
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"images": 0})
     accumulator.Reload()
     assert [e.step for e in accumulator.Scalars("loss")] == [1, 2]
+    grid = Image.open(tmp_path / "out" / "samples" / "step-2.png")
+    assert [(e.step, e.width, e.height) for e in accumulator.Images("samples")] == [(2, *grid.size)] == [(2, 22, 22)]
 
 
 def test_resume_refuses_changed_settings_but_allows_a_longer_run(tmp_path, data):
     Trainer(config(tmp_path, max_steps=2)).train()
-    with pytest.raises(ValueError, match=r"other settings: --lr 0.0002 -> 0.001; --seed 0 -> 5\. Use the same"):
+    with pytest.raises(
+        ValueError,
+        match=r"other settings: --lr 0.0002 -> 0.001; --seed 0 -> 5\. To start a new run, use a new --out \(or "
+        r"--resume never, which moves this run to .*out/abandoned/ and starts over\); to continue this one, use the "
+        r"same settings$",
+    ):
         Trainer(config(tmp_path, max_steps=4, seed=5, lr=1e-3)).train()
     with pytest.raises(ValueError, match="other settings: the UNet config"):
         Trainer(config(tmp_path, max_steps=4), TINY).train()
@@ -319,11 +352,11 @@ def test_resume_refuses_changed_settings_but_allows_a_longer_run(tmp_path, data)
     assert [s for s, _ in list_checkpoints(tmp_path / "out")] == [2, 3]
 
 
-def test_a_new_history_removes_what_an_abandoned_one_left(tmp_path, data):
+def test_a_new_history_never_mixes_with_an_abandoned_one(tmp_path, data):
     Trainer(config(tmp_path, max_steps=4)).train()
     Trainer(config(tmp_path, max_steps=4, resume="never")).train(stop_at_step=1)
     out = tmp_path / "out"
-    assert [s for s, _ in list_checkpoints(out)] == [1]  # step-2 and step-4 of the old run are gone
+    assert [s for s, _ in list_checkpoints(out)] == [1]  # step-2 and step-4 of the old run are moved aside
     assert [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 2, "lo')  # a line cut short by a crash

@@ -1,0 +1,208 @@
+"""What a run tells people about itself: the start-up summary it logs, and the model card (``README.md``)
+it writes into ``OUT/model``, with a ``train.py`` command rebuilt from its config."""
+
+import dataclasses
+import math
+import shlex
+from pathlib import Path
+
+from .. import __version__
+from ..models import UNetConfig
+from .config import TrainConfig
+
+PRECISIONS = {"no": "fp32", "bf16": "bf16 autocast (weights fp32)", "fp16": "fp16 autocast (weights fp32)"}
+SHOWN_CLASSES = 10  # class names in the start-up summary; the model card lists every one
+
+
+def class_list(names: list[str], limit: int | None = None) -> str:
+    """``2 (cats, dogs)``; past ``limit`` names, the rest is counted: ``40 (a, b, ... and 38 more)``."""
+    shown = names if limit is None or len(names) <= limit else names[:limit]
+    more = f" ... and {len(names) - len(shown)} more" if len(shown) < len(names) else ""
+    return f"{len(names)} ({', '.join(shown)}{more})"
+
+
+def length_source(config: TrainConfig, total: int, steps_per_epoch: float) -> str:
+    """Which flag set the run's length, and what the other one would have given."""
+    if config.max_steps is None:
+        return f"--epochs {config.epochs:g} at {steps_per_epoch:g} steps per epoch"
+    if config.epochs is None:
+        return f"--max-steps {config.max_steps}"
+    by_epochs = max(1, math.ceil(config.epochs * steps_per_epoch))
+    first = "--max-steps" if config.max_steps == total else "--epochs"
+    return f"{first} is reached first: --max-steps {config.max_steps}, --epochs {config.epochs:g} = {by_epochs} steps"
+
+
+def startup_lines(
+    *,
+    config: TrainConfig,
+    images: int,
+    skipped: int,
+    class_names: list[str],
+    parameters: int,
+    device: str,
+    processes: int,
+    total: int,
+    steps_per_epoch: float,
+    start: int,
+    resume_from: Path | None,
+) -> list[str]:
+    """The summary logged before the first step, one item per line."""
+    classes = class_list(class_names, SHOWN_CLASSES) if class_names else "none (unconditional)"
+    unet = f"UNet: {parameters:,} parameters (preset {config.preset}"
+    unet += f", --model-config {config.model_config})" if config.model_config else ")"
+    if resume_from is None:
+        where = "a new run from step 0"
+    else:
+        where = f"resuming from {resume_from} at step {start} ({total - start} to go)"
+    return [
+        f"images: {images} found under {config.data} ({skipped} skipped)",
+        f"classes: {classes}",
+        unet,
+        f"device: {device} x {processes} process(es); precision: {PRECISIONS[config.mixed_precision]}; "
+        f"seed: {config.seed}",
+        f"output folder: {config.out}",
+        f"steps: {total} in total ({length_source(config, total, steps_per_epoch)}); {where}",
+    ]
+
+
+# ----- the model card -----
+
+
+def _flag(name: str, value: object) -> list[str]:
+    """The argument words that make ``train.py`` parse ``value`` for field ``name``."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + name.replace("_", "-")]
+    if name in ("image_size", "sample_size"):
+        return ["--image-size", f"{value[0]}x{value[1]}"]
+    if isinstance(value, tuple | list):
+        return [flag, ",".join(str(v) for v in value)]
+    return [flag, str(value)]  # str() of a float reads back as the same float
+
+
+def train_command(config: TrainConfig, unet_overrides: dict | None = None, processes: int = 1, width: int = 0) -> str:
+    """A shell command that runs ``train.py`` with ``config`` and the UNet flags in ``unet_overrides``:
+    every field that differs from its default (``--data`` and ``--out`` always; ``--resume`` never).
+    With ``width``, lines of about that length, broken before a flag and continued with a backslash."""
+    words = ["python", "train.py"]
+    if processes > 1:
+        words = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes), "train.py"]
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(config, field.name)
+        if field.name in ("data", "out") or (field.name != "resume" and value != getattr(defaults, field.name)):
+            words += _flag(field.name, value)
+    overrides = unet_overrides or {}
+    for field in dataclasses.fields(UNetConfig):  # those train.py has no flag for follow from --channels
+        value = overrides.get(field.name)
+        if value is None or field.name in ("in_channels", "out_channels", "num_classes"):
+            continue
+        if field.name == "sample_size" and config.image_size is not None:
+            continue  # --image-size wins over it
+        words += _flag(field.name, value)
+    units = [shlex.quote(words[0])]  # a flag with its value, kept on one line
+    for word in map(shlex.quote, words[1:]):
+        if word.startswith("--"):
+            units.append(word)
+        else:
+            units[-1] += " " + word
+    lines = [units[0]]
+    for unit in units[1:]:
+        if width and len(lines[-1]) + 1 + len(unit) > width:
+            lines.append("   ")
+        lines[-1] += " " + unit
+    return " \\\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """``12.3 s``, ``39 min 48 s`` or ``2 h 05 min 09 s``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min {s:02d} s" if hours else f"{minutes} min {s:02d} s"
+
+
+def model_card(
+    *,
+    config: TrainConfig,
+    unet: UNetConfig,
+    unet_overrides: dict | None,
+    class_names: list[str],
+    parameters: int,
+    images: int,
+    skipped: int,
+    steps: int,
+    elapsed_s: float,
+    metrics: list[dict],
+    processes: int,
+    device: str,
+    sampler: str,
+    sampler_steps: int,
+    guidance_scale: float,
+) -> str:
+    """The ``README.md`` of a trained model folder, in the shape of ``assets/fashion-mnist/README.md``."""
+    height, width = unet.sample_size
+    kind = "class-conditional" if class_names else "unconditional"
+    architecture = (
+        f"UNet preset `{config.preset}`{' with --model-config ' + config.model_config if config.model_config else ''}"
+        f"{' and UNet flags' if unet_overrides else ''}: {parameters:,} parameters, channels {unet.base_channels}, "
+        f"mult {tuple(unet.channel_mult)}, {unet.num_res_blocks} res block(s) per level, attention at levels "
+        f"{tuple(unet.attention_levels)}{' and in the middle' if unet.mid_attention else ''}, "
+        f"{unet.in_channels} input channel(s)"
+    )
+    if class_names:
+        architecture += f", {len(class_names)} classes + the null class"
+        conditioning = (
+            f"the class (`class_labels`: {', '.join(f'`{n}`' for n in class_names)}); trained with "
+            f"{config.cond_drop_prob:.0%} of labels dropped to the null class, for classifier-free guidance "
+            f"(default w = {guidance_scale:g})"
+        )
+    else:
+        conditioning = "none (unconditional)"
+    diffusion = f"T = {config.num_train_timesteps}, {config.beta_schedule} betas"
+    diffusion += ", rescaled to zero terminal SNR" if config.zero_terminal_snr else ""
+    diffusion += f", {config.prediction_type} prediction; default sampler `{sampler}`, {sampler_steps} steps"
+    colour = "grayscale" if config.channels == 1 else "RGB"
+    epochs = steps * config.batch_size / images
+    if metrics:
+        last = metrics[-10:]
+        loss = (
+            f"the last logged loss was {metrics[-1]['loss']:.4g} (step {metrics[-1]['step']}); the mean of the "
+            f"last {len(last)} logged losses was {sum(r['loss'] for r in last) / len(last):.4g}"
+        )
+    else:
+        loss = "no metrics were logged"
+    rows = [
+        ("architecture", architecture),
+        ("conditioning", conditioning),
+        ("weights", f"EMA of the training weights (decay {config.ema_decay:g}), float32, `unet/model.safetensors`"),
+        ("diffusion", diffusion),
+        ("data", f"`{config.data}`: {images:,} images ({skipped} skipped), fitted to {height}x{width} {colour}"),
+        ("trained by", f"pixel-diffusion {__version__} `train.py` on {device} x {processes} process(es), "
+         f"precision {PRECISIONS[config.mixed_precision]}"),
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            f"# Model card: {Path(config.data).name or config.data} {height}x{width}, {kind}",
+            "",
+            "`DiffusionPipeline.from_pretrained(PATH)` and `python sample.py --model PATH` load this folder.",
+            "",
+            "| | |",
+            "|---|---|",
+            *[f"| {key} | {value} |" for key, value in rows],
+            "",
+            "## Command",
+            "",
+            "```bash",
+            train_command(config, unet_overrides, processes, width=100),
+            "```",
+            "",
+            f"- **Steps:** {steps:,} steps of batch {config.batch_size}: {steps * config.batch_size:,} images, "
+            f"{epochs:.3g} epochs.",
+            f"- **Loss:** {loss}.",
+            f"- **Wall time:** {duration(elapsed_s)} of training, summed over the sessions that led to these "
+            "weights (steps redone after an interruption count once).",
+            "",
+        ]
+    )

@@ -2,9 +2,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from diffusion import cli
+from diffusion.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,3 +30,120 @@ def test_unknown_flag_is_one_line_not_a_traceback():
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--no-such-flag"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "unrecognized arguments: --no-such-flag" in done.stderr and "Traceback" not in done.stderr
+
+
+# ----- train.py: every flag takes effect or is refused -----
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """Four 8x8 RGB PNGs in two class folders."""
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        path = tmp_path / "data" / "ab"[i % 2] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+    return tmp_path / "data"
+
+
+def train_base(images: Path, out: Path) -> list[str]:
+    return ["--data", str(images), "--out", str(out), "--preset", "tiny", "--image-size", "8", "--max-steps", "2"]
+
+
+@pytest.fixture
+def recorded(monkeypatch) -> list:
+    """`Trainer.train` records the trainer instead of training."""
+    runs: list = []
+    monkeypatch.setattr(Trainer, "train", lambda self, **kwargs: runs.append(self) or self.out / "model")
+    return runs
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--cond-drop-prob", "0.2"],
+            "--cond-drop-prob has no effect without --class-cond: add --class-cond, or leave it out",
+        ),
+        (
+            ["--snr-gamma", "3"],
+            "--snr-gamma has no effect with --loss-weighting uniform: add --loss-weighting min-snr, or leave it out",
+        ),
+        (
+            ["--sample-every", "0", "--num-samples", "4", "--sample-steps", "5"],
+            "--sample-steps has no effect with --sample-every 0 (no sample grids): leave it out, or give "
+            "--sample-every N; --num-samples has no effect with --sample-every 0 (no sample grids): leave it out, "
+            "or give --sample-every N",
+        ),
+        (
+            ["--sample-every", "3"],
+            "--sample-every 3 is longer than the run (2 steps): no grid is written; lower it, or --sample-every 0 to "
+            "write none",
+        ),
+        (
+            ["--num-samples", "4"],  # --sample-every 500, the default, is longer than the run
+            "--num-samples has no effect: --sample-every 500 is longer than the run (2 steps): no grid is written; "
+            "lower --sample-every, or leave it out",
+        ),
+        (
+            ["--warmup-steps", "3"],
+            "--warmup-steps 3 is longer than the run (2 steps), so the learning rate would never reach --lr: lower "
+            "--warmup-steps, or raise --max-steps",
+        ),
+        (
+            ["--lr-schedule", "cosine", "--warmup-steps", "2"],
+            "--lr-schedule cosine has no effect: the warmup (--warmup-steps 2) lasts the whole of the run (2 steps); "
+            "lower --warmup-steps",
+        ),
+        (
+            ["--num-heads", "2"],
+            "--num-heads has no effect while head_channels is 32 (from --head-channels, --model-config or --preset "
+            "tiny): heads are channels // head_channels; change --head-channels",
+        ),
+        (
+            ["--attention-levels", "", "--no-mid-attention", "--head-channels", "8"],
+            "--head-channels has no effect: this UNet has no attention (--attention-levels is empty and "
+            "--no-mid-attention); give --attention-levels, or leave it out",
+        ),
+        (
+            ["--channel-mult", "1", "--attention-levels", "0", "--resample", "resblock"],
+            "--resample has no effect: with one level (--channel-mult 1) the UNet never down- or upsamples; give more "
+            "levels, or leave it out",
+        ),
+        (
+            ["--resample", "resblock", "--downsample-padding", "0"],
+            "--downsample-padding has no effect with --resample resblock (it pads strided-conv downsampling): use "
+            "--resample conv, or leave it out",
+        ),
+        (
+            ["--max-steps", "3", "--epochs", "1", "--sample-every", "4"],  # refused before the scan, by --max-steps
+            "--sample-every 4 is longer than the run (at most 3 steps): no grid is written; lower it, or "
+            "--sample-every 0 to write none",
+        ),
+        (
+            ["--max-steps", "3", "--epochs", "1", "--batch-size", "2", "--warmup-steps", "3"],  # 4 images: 2 steps
+            "--warmup-steps 3 is longer than the run (2 steps), so the learning rate would never reach --lr: lower "
+            "--warmup-steps, or raise --max-steps",
+        ),
+    ],
+)
+def test_train_refuses_a_flag_that_would_have_no_effect(images, tmp_path, recorded, capsys, args, message):
+    assert cli.train_main(train_base(images, tmp_path / "out") + args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"diffusion-train: error: {message}"]
+    assert recorded == [] and not (tmp_path / "out").exists()
+
+
+def test_train_takes_defaults_and_flags_that_matter_without_complaint(images, tmp_path, recorded):
+    # The defaults --warmup-steps 500 and --sample-every 500 outlast this 2-step run, but were not typed.
+    argv = [*train_base(images, tmp_path / "out"), "--class-cond", "--cond-drop-prob", "0.2"]
+    argv += ["--loss-weighting", "min-snr", "--snr-gamma", "3", "--sample-every", "2", "--num-samples", "4"]
+    argv += ["--resample", "resblock", "--head-channels", "16"]
+    assert cli.train_main(argv) == 0
+    (trainer,) = recorded
+    assert (trainer.config.cond_drop_prob, trainer.config.snr_gamma, trainer.config.num_samples) == (0.2, 3.0, 4)
+    assert (trainer.unet_config.resample, trainer.unet_config.head_channels) == ("resblock", 16)
+
+
+def test_train_image_size_help_says_n_or_hxw():
+    text = " ".join(cli.train_parser().format_help().split())
+    assert "--image-size IMAGE_SIZE N or HxW (height x width) to train at; None: the preset's size" in text

@@ -210,6 +210,11 @@ def check_call_options(
         raise ValueError(f"callback must be callable, got {callback!r}")
     if not isinstance(progress, bool):
         raise ValueError(f"progress must be True or False, got {progress!r}")
+    check_repaint(jump_length, resample)
+
+
+def check_repaint(jump_length: object, resample: object) -> None:
+    """RePaint's ``jump_length`` and ``resample``: positive integers, ``resample`` at most `MAX_RESAMPLE`."""
     if not (is_positive_int(jump_length) and is_positive_int(resample)):
         raise ValueError(f"jump_length and resample must be positive integers, got {jump_length!r}, {resample!r}")
     if resample > MAX_RESAMPLE:

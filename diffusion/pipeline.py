@@ -22,6 +22,7 @@ from .arguments import (
     check_generator,
     check_num_images,
     check_placement,
+    check_repaint,
     check_scheduler_overrides,
     check_size,
     seed_list,
@@ -164,6 +165,7 @@ class DiffusionPipeline(Latents):
         """NFE per image: how many times sampling with these settings calls the UNet (Heun: 2n - 1). For an
         edit (``strength`` given, or ``inpainting``), the evaluations it runs: img2img skips the first steps,
         RePaint redoes some (``jump_length``, ``resample`` as in `__call__`)."""
+        check_repaint(jump_length, resample)
         sampler = self._sampler(scheduler, None)
         sampler.set_timesteps(num_inference_steps)
         return len(self._visit_order(len(sampler.timesteps), strength, inpainting, jump_length, resample))

@@ -6,16 +6,24 @@ Field names and meanings equal diffusers' where they overlap, so that a diffuser
 | diffusers                           | ours                            | note                            |
 |-------------------------------------|---------------------------------|---------------------------------|
 | `beta_schedule="squaredcos_cap_v2"` | `beta_schedule="cosine"`        | renamed; other names equal      |
-| `timestep_spacing` ("leading")      | `timestep_spacing` ("trailing") | missing key: diffusers' default |
-| `clip_sample` (True)                | `clip_sample` (False)           | missing key: diffusers' default |
+| `timestep_spacing` (see below)      | `timestep_spacing` ("trailing") | missing key: diffusers' default |
+| `clip_sample` (see below)           | `clip_sample` (False)           | missing key: diffusers' default |
 | `trained_betas`                     | -                               | must be null, else ValueError   |
 | `variance_type` (DDPM)              | `DDPMConfig.variance_type`      | fixed_small, fixed_large only   |
 | `_class_name`, `_diffusers_version` | -                               | ignored                         |
 | keys no field models                | -                               | ignored (logged)                |
 
-Every other field (`num_train_timesteps`, `beta_start`, `beta_end`, `rescale_betas_zero_snr`,
-`prediction_type`, `steps_offset`, `clip_sample_range`, `thresholding`, `dynamic_thresholding_ratio`,
-`sample_max_value`, DDIM's `set_alpha_to_one`) has the same name, meaning and default as in diffusers.
+A key missing from a diffusers dict means the default of the dict's diffusers class (its
+``_class_name``); `_DIFFUSERS_DEFAULTS` lists, per class, where those differ from ours: DDPMScheduler
+and DDIMScheduler space "leading" and clip x̂_0 (`clip_sample=True`); DPMSolverMultistepScheduler,
+UniPCMultistepScheduler and the Euler and Heun schedulers space "linspace", and those without a
+`clip_sample` never clip (our default); HeunDiscreteScheduler's betas go from 0.00085 to 0.012. A dict
+of another or no class takes DDPMScheduler's. The other fields (`num_train_timesteps`, `beta_start`,
+`beta_end`, `rescale_betas_zero_snr`, `prediction_type`, `steps_offset`, `clip_sample_range`,
+`thresholding`, `dynamic_thresholding_ratio`, `sample_max_value`, DDIM's `set_alpha_to_one`, the
+solvers' `solver_order`, `solver_type`, `use_karras_sigmas`, ...) have the same names and meanings as in
+diffusers, and the same defaults but for those listed; `tests/schedulers/test_scheduler_config.py`
+checks the table against diffusers' classes.
 """
 
 import dataclasses
@@ -37,8 +45,18 @@ TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 
 # diffusers' spellings of our names, applied by `from_dict`.
 _DIFFUSERS_BETA_SCHEDULE_NAMES = {"squaredcos_cap_v2": "cosine"}
-# diffusers' defaults where they differ from ours: a diffusers dict that lacks the key meant these.
-_DIFFUSERS_DEFAULTS = {"timestep_spacing": "leading", "clip_sample": True}
+# diffusers' defaults where they differ from ours, per diffusers class: a diffusers dict of that class
+# that lacks the key meant these. Only keys the class has; a class without `clip_sample` never clips.
+_DIFFUSERS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "DDPMScheduler": {"timestep_spacing": "leading", "clip_sample": True},
+    "DDIMScheduler": {"timestep_spacing": "leading", "clip_sample": True},
+    "DPMSolverMultistepScheduler": {"timestep_spacing": "linspace"},
+    "UniPCMultistepScheduler": {"timestep_spacing": "linspace"},
+    "EulerDiscreteScheduler": {"timestep_spacing": "linspace"},
+    "EulerAncestralDiscreteScheduler": {"timestep_spacing": "linspace"},
+    "HeunDiscreteScheduler": {"timestep_spacing": "linspace", "beta_start": 0.00085, "beta_end": 0.012},
+}
+_FALLBACK_DIFFUSERS_CLASS = "DDPMScheduler"  # for a diffusers dict of another class, or without `_class_name`
 # diffusers keys we do not model but can honour only at one value.
 _DIFFUSERS_REQUIRED_VALUES: dict[str, Any] = {"trained_betas": None}
 
@@ -103,8 +121,9 @@ class SchedulerConfig:
         """Build a config from `to_dict` output or from a diffusers scheduler config dict.
 
         A dict with keys starting with ``_`` (``_class_name``, ``_diffusers_version``, ...) is taken to
-        come from diffusers: its missing keys mean diffusers' defaults, not ours, and those ``_`` keys
-        are ignored. Keys no field models are ignored; see the module docstring for the mapping.
+        come from diffusers: its missing keys mean the defaults of its diffusers class (``_class_name``),
+        not ours, and those ``_`` keys are ignored. Keys no field models are ignored; see the module
+        docstring for the mapping.
 
         Raises:
             ValueError: for a diffusers setting we cannot honour (e.g. `trained_betas` not null) or
@@ -114,7 +133,9 @@ class SchedulerConfig:
         from_diffusers = any(key.startswith("_") for key in d)
         kwargs: dict[str, Any] = {}
         if from_diffusers:
-            kwargs.update({k: v for k, v in _DIFFUSERS_DEFAULTS.items() if k in names})
+            class_name = str(d.get("_class_name"))
+            defaults = _DIFFUSERS_DEFAULTS.get(class_name, _DIFFUSERS_DEFAULTS[_FALLBACK_DIFFUSERS_CLASS])
+            kwargs.update({k: v for k, v in defaults.items() if k in names})
         for key, value in d.items():
             if key in names:
                 kwargs[key] = value

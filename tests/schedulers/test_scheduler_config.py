@@ -4,6 +4,8 @@ import dataclasses
 
 import pytest
 
+from diffusion.interop import SCHEDULER_CLASSES
+from diffusion.models.diffusers_map import diffusers_defaults
 from diffusion.schedulers import (
     SCHEDULERS,
     DDIMConfig,
@@ -195,3 +197,37 @@ def test_unknown_scheduler_name_lists_the_known_ones():
 def test_config_of_another_scheduler_raises():
     with pytest.raises(TypeError, match="DDIMScheduler needs a DDIMConfig"):
         DDIMScheduler(DDPMConfig())
+
+
+@pytest.mark.parametrize("class_name", SCHEDULER_CLASSES)
+def test_a_diffusers_dict_without_keys_means_its_class_defaults(class_name):
+    """The oracle: the defaults of diffusers' own class (its __init__ signature). A dict of that class with
+    no settings must give our scheduler for it diffusers' default of every field both have, and ours for
+    the fields the class lacks (a class without clip_sample never clips)."""
+    theirs = diffusers_defaults(class_name)
+    config_class = SCHEDULERS[SCHEDULER_CLASSES[class_name]].config_class
+    config = config_class.from_dict({"_class_name": class_name, "_diffusers_version": "0.42.1"})
+    ours = config_class()
+    for field in dataclasses.fields(config_class):
+        value = getattr(config, field.name)
+        if field.name not in theirs:
+            assert value == getattr(ours, field.name), field.name
+        elif field.name == "beta_schedule":
+            assert value == {"squaredcos_cap_v2": "cosine"}.get(theirs[field.name], theirs[field.name])
+        else:
+            assert value == theirs[field.name], field.name
+
+
+def test_a_dpmsolver_dict_does_not_clip_or_space_leading():
+    """DPMSolverMultistepScheduler has no clip_sample and spaces "linspace" by default: an old dict
+    without those keys is read so, not with DDPM's leading spacing and clipping."""
+    d = {"_class_name": "DPMSolverMultistepScheduler", "_diffusers_version": "0.30.0", "solver_order": 3}
+    config = DPMSolverConfig.from_dict(d)
+    assert (config.clip_sample, config.timestep_spacing, config.solver_order) == (False, "linspace", 3)
+    # get_scheduler reads a dict as its own class's settings, whichever scheduler it builds from it.
+    assert get_scheduler("ddim", d).config.clip_sample is False
+    heun = HeunConfig.from_dict({"_class_name": "HeunDiscreteScheduler", "_diffusers_version": "0.30.0"})
+    assert (heun.beta_start, heun.beta_end, heun.clip_sample) == (0.00085, 0.012, False)
+    # A dict of a class we do not know (or none) keeps DDPMScheduler's defaults, as before.
+    other = DDIMConfig.from_dict({"_class_name": "LMSDiscreteScheduler", "_diffusers_version": "0.30.0"})
+    assert (other.clip_sample, other.timestep_spacing) == (True, "leading")

@@ -7,17 +7,28 @@ The UNet config is translated by `diffusion.models.diffusers_map.unet_config_fro
 refuses what our UNet cannot express; the weights by the explicit name map; the scheduler by its
 class name. Nothing is executed: JSON, safetensors, and ``.bin`` only through
 ``torch.load(weights_only=True)``.
+
+An export adds ``_class_names`` to ``model_index.json`` for a class-conditional model: diffusers skips
+``_``-keys when it loads a pipeline (any other key would be taken for a component), and we read the
+names back. An export is written under a temporary sibling name and moved into place when complete
+(`write_folder`), so a refused or failed one leaves nothing behind.
 """
 
+import contextlib
+import dataclasses
 import logging
+import os
 import pickle
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .fileio import atomic_write, read_json, write_json
+from .fileio import read_json, save_safetensors, write_json
 from .models import UNet
 from .models.diffusers_map import (
     diffusers_defaults,
@@ -26,7 +37,7 @@ from .models.diffusers_map import (
     to_diffusers_state_dict,
     unet_config_from_diffusers,
 )
-from .schedulers import Scheduler, get_scheduler
+from .schedulers import ALIASES, Scheduler, get_scheduler, registered_name
 
 # diffusers scheduler class -> our scheduler name.
 SCHEDULER_CLASSES = {
@@ -41,6 +52,9 @@ SCHEDULER_CLASSES = {
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 logger = logging.getLogger(__name__)
+
+
+CLASS_NAMES_KEY = "_class_names"  # in an exported model_index.json; diffusers ignores "_" keys
 
 
 def is_diffusers_folder(index: dict[str, Any]) -> bool:
@@ -116,7 +130,49 @@ def load_diffusers_scheduler(path: str | Path) -> Scheduler:
 # Our schedulers that diffusers' DDPMPipeline can run as they are: it neither scales the initial noise
 # nor the model input, so the σ-space (VE) samplers are left out.
 EXPORTABLE = ("ddpm", "ddim", "dpmsolver++", "unipc")
+# The sampler a model's default is exported as when diffusers would run the default differently (export
+# with another one by name to choose). Each keeps the model's noise schedule and the settings it shares.
+NEAREST_EXPORTABLE = {
+    # diffusers' third-order SDE step weighs the history differently (see DPMSolverMultistepScheduler.
+    # third_order_weight): the same solver and the same noise per step, at second order.
+    "dpmsolver++3m-sde": "dpmsolver++2m-sde",
+    # DDIM (η = 0) is the Euler step of the same ODE written in x_t instead of x_t/√ᾱ_t (Song et al.
+    # 2021, eq. 14; Karras et al. 2022, sec. 4): the same images from the same timesteps.
+    "euler": "ddim",
+    # An ancestral Euler step in σ has the mean and variance of the DDPM posterior (eq. 7 of Ho et al.
+    # 2020; DDIM with η = 1): the same images from the same seeds.
+    "euler-ancestral": "ddpm",
+    # Heun is second order and deterministic at two model evaluations per step: DPM-Solver++ 2M is the
+    # second-order deterministic solver diffusers runs as we do, at one.
+    "heun": "dpmsolver++2m",
+}
+# DDIM and DDPM step on timesteps: a sampler with Karras σs goes to the DPM-Solver++ that keeps them.
+_KARRAS_NEAREST = {"ddim": "dpmsolver++2m", "ddpm": "dpmsolver++2m-sde"}
 _DIFFUSERS_BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2"}
+
+
+def _sampler_name(scheduler: Scheduler) -> str:
+    """The alias ``scheduler``'s settings match (``"dpmsolver++3m-sde"``), else its registered name."""
+    name = registered_name(scheduler)
+    settings = scheduler.config.to_dict()
+    return next(
+        (alias for alias, (base, fields) in ALIASES.items() if base == name and fields.items() <= settings.items()),
+        name,
+    )
+
+
+def nearest_exportable(scheduler: Scheduler) -> Scheduler:
+    """``scheduler`` itself, or the `NEAREST_EXPORTABLE` sampler for it (one with Karras σs keeps them):
+    the same noise schedule and the settings both have (a DPM-Solver++ keeps all of its own)."""
+    target = NEAREST_EXPORTABLE.get(_sampler_name(scheduler))
+    if target is None:
+        return scheduler
+    settings = scheduler.config.to_dict()
+    if settings.get("use_karras_sigmas"):
+        target = _KARRAS_NEAREST.get(target, target)
+    base, fields = ALIASES.get(target, (target, {}))
+    names = {f.name for f in dataclasses.fields(get_scheduler(base).config)}
+    return get_scheduler(target, {k: v for k, v in settings.items() if k in names} | fields)
 
 
 def diffusers_scheduler_config(name: str, scheduler: Scheduler) -> dict[str, Any]:
@@ -127,10 +183,13 @@ def diffusers_scheduler_config(name: str, scheduler: Scheduler) -> dict[str, Any
     """
     import diffusers
 
+    label = _sampler_name(scheduler)
     if name not in EXPORTABLE:
+        nearest = NEAREST_EXPORTABLE.get(label)
+        hint = f" ({nearest} is the nearest)" if nearest else ""
         raise ValueError(
-            f"the {name} sampler cannot be exported: diffusers' DDPMPipeline does not scale noise and inputs "
-            f"for it; export with one of {', '.join(EXPORTABLE)} instead"
+            f"the {label} sampler cannot be exported: diffusers' DDPMPipeline does not scale noise and inputs "
+            f"for it; export with one of {', '.join(EXPORTABLE)} instead{hint}"
         )
     class_name = next(c for c, n in SCHEDULER_CLASSES.items() if n == name)
     config = scheduler.config
@@ -139,8 +198,15 @@ def diffusers_scheduler_config(name: str, scheduler: Scheduler) -> dict[str, Any
             f"{name} with timestep_spacing={config.timestep_spacing!r} steps on other timesteps in diffusers; "
             "export it with 'trailing' spacing or Karras sigmas"
         )
+    if name == "ddim" and config.timestep_spacing == "linspace":
+        # diffusers' DDIM steps from t to t - T//n, which is the previous "linspace" timestep for no n.
+        raise ValueError("ddim with timestep_spacing='linspace' steps differently in diffusers; export it 'trailing'")
     if name == "dpmsolver++" and config.solver_order == 3 and config.algorithm_type == "sde-dpmsolver++":
-        raise ValueError("diffusers' third-order SDE DPM-Solver++ differs from ours; export dpmsolver++2m-sde or 3m")
+        raise ValueError(
+            "diffusers' third-order SDE DPM-Solver++ differs from ours; export dpmsolver++2m-sde (the nearest) or 3m"
+        )
+    if name == "unipc" and config.solver_type == "bh1":
+        raise ValueError("diffusers' UniPC with solver_type='bh1' returns NaN at its last step; export it with 'bh2'")
     theirs = diffusers_defaults(class_name)
     ours = type(config)()
     settings = config.to_dict()
@@ -152,8 +218,22 @@ def diffusers_scheduler_config(name: str, scheduler: Scheduler) -> dict[str, Any
     return {"_class_name": class_name, "_diffusers_version": diffusers.__version__, **settings}
 
 
-def save_diffusers(unet: UNet, name: str, scheduler: Scheduler, path: str | Path) -> None:
+def save_diffusers(
+    unet: UNet,
+    name: str,
+    scheduler: Scheduler,
+    path: str | Path,
+    class_names: Sequence[str] = (),
+    *,
+    nearest: bool = True,
+) -> None:
     """Write a folder that ``diffusers.DDPMPipeline.from_pretrained`` loads, and this package too.
+
+    Args:
+        name: ``scheduler``'s registered name (`SCHEDULERS`).
+        class_names: stored as ``_class_names`` in ``model_index.json`` for `read_model_folder`.
+        nearest: export a sampler diffusers would run differently as its `NEAREST_EXPORTABLE` one, with
+            a warning; if False, it is refused.
 
     Raises:
         ValueError: for a UNet ``UNet2DModel`` cannot express or a scheduler diffusers would run
@@ -161,25 +241,38 @@ def save_diffusers(unet: UNet, name: str, scheduler: Scheduler, path: str | Path
     """
     import diffusers
 
+    assert name == registered_name(scheduler), (name, scheduler)
+    if nearest and (picked := nearest_exportable(scheduler)) is not scheduler:
+        logger.warning(
+            "diffusers runs the %s sampler differently: exporting %s, the nearest one it runs as we do "
+            "(export another by name to choose)",
+            _sampler_name(scheduler),
+            _sampler_name(picked),
+        )
+        scheduler, name = picked, registered_name(picked)
     unet_settings = diffusers_unet_kwargs(unet.config)  # raises before anything is written
     scheduler_settings = diffusers_scheduler_config(name, scheduler)
     state = {k: v.contiguous() for k, v in to_diffusers_state_dict(unet.state_dict(), unet.config).items()}
-    path = Path(path)
-    (path / "unet").mkdir(parents=True, exist_ok=True)
-    (path / "scheduler").mkdir(parents=True, exist_ok=True)
     version = diffusers.__version__
-    write_json(
-        path / "unet" / "config.json", {"_class_name": "UNet2DModel", "_diffusers_version": version, **unet_settings}
-    )
-    atomic_write(path / "unet" / "diffusion_pytorch_model.safetensors", lambda f: save_file(state, f))
-    write_json(path / "scheduler" / "scheduler_config.json", scheduler_settings)
     index = {
         "_class_name": "DDPMPipeline",
         "_diffusers_version": version,
         "scheduler": ["diffusers", scheduler_settings["_class_name"]],
         "unet": ["diffusers", "UNet2DModel"],
     }
-    write_json(path / "model_index.json", index)
+    if class_names:
+        index[CLASS_NAMES_KEY] = list(class_names)
+
+    def write(folder: Path) -> None:
+        (folder / "unet").mkdir()
+        (folder / "scheduler").mkdir()
+        unet_config = {"_class_name": "UNet2DModel", "_diffusers_version": version, **unet_settings}
+        write_json(folder / "unet" / "config.json", unet_config)
+        save_safetensors(folder / "unet" / "diffusion_pytorch_model.safetensors", state)
+        write_json(folder / "scheduler" / "scheduler_config.json", scheduler_settings)
+        write_json(folder / "model_index.json", index)
+
+    write_folder(path, write)
     if unet.config.num_classes:
         logger.warning(
             "the model is class-conditional: diffusers' DDPMPipeline passes no class labels, so call the "
@@ -187,3 +280,51 @@ def save_diffusers(unet: UNet, name: str, scheduler: Scheduler, path: str | Path
             unet.config.num_classes - 1,
             unet.config.num_classes,
         )
+    if name == "unipc":
+        logger.warning(
+            "diffusers' DDPMPipeline cannot call UniPCMultistepScheduler (its step takes no generator): the "
+            "folder loads, and its unet and scheduler sample as ours in your own loop"
+        )
+
+
+def write_folder(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a temporary sibling of ``path``, then move the result into place.
+
+    A missing or empty ``path`` becomes the new folder in one rename. An existing one keeps its other
+    files (a README, a git checkout): each file and folder the new one holds replaces its namesake
+    whole. If ``write`` fails (a refused setting, a full disk, Ctrl-C), ``path`` is left as it was and
+    the temporary folder, and any parent folder made for it, are removed.
+
+    Raises:
+        NotADirectoryError: ``path`` is a file.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file; give a folder to write the model to")
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()][::-1]  # outermost first
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the folder gets the mode mkdir would give it
+    try:
+        write(tmp)
+        if not path.exists() or not any(path.iterdir()):
+            if path.exists():
+                path.rmdir()
+            os.replace(tmp, path)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):  # the index last
+            if (path / entry.name).exists():
+                os.replace(path / entry.name, old / entry.name)
+            os.replace(entry, path / entry.name)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
+                folder.rmdir()
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

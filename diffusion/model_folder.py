@@ -15,9 +15,10 @@ The JSON files are left out of the manifest on purpose: they are meant to be rea
 """
 
 from pathlib import Path
+from typing import Any
 
 from .fileio import CorruptFolderError, read_json, verify_manifest, write_json, write_manifest
-from .interop import is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
+from .interop import CLASS_NAMES_KEY, is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
 from .models import UNet
 from .models.persistence import WEIGHTS_NAME
 from .schedulers import Scheduler, get_scheduler
@@ -74,7 +75,8 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
     index = read_json(path / "model_index.json")
     if is_diffusers_folder(index):  # a diffusers DDPMPipeline / DDIMPipeline folder
         unet = load_diffusers_unet(path / "unet")
-        return unet, load_diffusers_scheduler(path / "scheduler" / "scheduler_config.json"), []
+        scheduler = load_diffusers_scheduler(path / "scheduler" / "scheduler_config.json")
+        return unet, scheduler, _class_names(index, CLASS_NAMES_KEY, path / "model_index.json")
     if index.get("format") != FORMAT_NAME:
         raise ValueError(f"{path}/model_index.json is not a {FORMAT_NAME} model index")
     if index.get("format_version") != FORMAT_VERSION:
@@ -93,7 +95,12 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
     scheduler_config = read_json(path / "scheduler" / "scheduler_config.json")
     scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     scheduler = get_scheduler(index.get("default_scheduler", "dpmsolver++"), scheduler_config)
-    class_names = index.get("class_names", [])
-    if not isinstance(class_names, list) or not all(isinstance(name, str) for name in class_names):
-        raise ValueError(f"{path}/model_index.json: class_names must be a list of names, got {class_names!r}")
-    return unet, scheduler, class_names
+    return unet, scheduler, _class_names(index, "class_names", path / "model_index.json")
+
+
+def _class_names(data: dict[str, Any], key: str, where: Path) -> list[str]:
+    """``data[key]`` (absent: none), checked to be a list of names; ``where`` is the file, for the error."""
+    names = data.get(key, [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{where}: {key} must be a list of names, got {names!r}")
+    return names

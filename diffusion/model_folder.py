@@ -8,24 +8,44 @@ It follows diffusers' pipeline layout so that it can grow into a diffusers expor
     scheduler/scheduler_config.json  the noise schedule and the default sampler's settings
     manifest.json                 size and SHA-256 of the weights, checked on every load
 
-Nothing in it is executed on load: JSON and safetensors only. A diffusers pipeline folder is read too
-(`diffusion.interop`). A folder without a manifest (written before manifests existed) loads unchecked.
-The JSON files are left out of the manifest on purpose: they are meant to be read and edited by hand
-(class names, the default sampler), and a damaged one fails to parse with a clear message anyway.
+Nothing in it is executed on load: JSON and safetensors only. A folder without a manifest (written
+before manifests existed) loads unchecked. The JSON files are left out of the manifest on purpose: they
+are meant to be read and edited by hand (class names, the default sampler), and a damaged one fails to
+parse with a clear message anyway.
+
+`read_model_folder` reads three other things as models too:
+
+- a diffusers pipeline folder (`diffusion.interop`);
+- a training checkpoint ``OUT/checkpoints/step-N`` (`diffusion.checkpoint`): its EMA weights, the run's
+  default sampler and class names, which is the model folder the run would write at that step;
+- a Hugging Face Hub id (``owner/name``) that names no local folder: downloaded into the Hugging Face
+  cache (configs and weights only), or found there when offline (``HF_HUB_OFFLINE=1``) or when the hub
+  cannot be reached.
 """
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
+
+from .checkpoint import check_checkpoint, read_state
 from .fileio import CorruptFolderError, read_json, verify_manifest, write_json, write_manifest
 from .interop import CLASS_NAMES_KEY, is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
-from .models import UNet
+from .models import UNet, UNetConfig
 from .models.persistence import WEIGHTS_NAME
 from .schedulers import Scheduler, get_scheduler
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "fashion-mnist"
 FORMAT_NAME = "pixel-diffusion"
 FORMAT_VERSION = 1
+# The default sampler of a training run, `training.config.scheduler_config`, which this layer does not
+# import; tests/test_model_folder.py checks that the two agree.
+CHECKPOINT_SAMPLER = "dpmsolver++3m-sde"
+# A Hugging Face Hub repo id: owner/name, letters, digits and - _ . (huggingface_hub's own rule).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+_HUB_FILES = ["*.json", "unet/*.safetensors"]  # a model's configs and weights; .bin only if there are none
 
 
 def write_model_folder(
@@ -53,10 +73,12 @@ def write_model_folder(
 
 
 def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[str]]:
-    """(UNet, default scheduler, class names) of a model folder; None is the shipped model.
+    """(UNet, default scheduler, class names) of a model folder, a diffusers folder, a training
+    checkpoint or a Hugging Face Hub id (see the module docstring); None is the shipped model.
 
     Raises:
-        FileNotFoundError: the folder or one of its files is missing.
+        FileNotFoundError: the folder or one of its files is missing; a hub id that is neither on the hub
+            nor in the cache.
         CorruptFolderError: a file differs from the folder's manifest (truncated, changed).
         ValueError: the folder is not a model, or its files disagree with each other.
     """
@@ -67,11 +89,18 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
                 "(pip install -e .); otherwise pass the path of a trained model"
             )
         path = SHIPPED_MODEL
+    if not os.path.exists(path) and _HUB_ID.fullmatch(str(path)) and ".." not in str(path):
+        path = hub_snapshot(str(path))
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} not found")
+    if (path / "trainer_state.json").is_file() and not (path / "model_index.json").is_file():
+        return read_checkpoint(path)
     if not (path / "model_index.json").is_file():
-        raise ValueError(f"{path} is not a model folder (no model_index.json)")
+        hint = ""
+        if (path / "model").is_dir() or (path / "checkpoints").is_dir():
+            hint = f"; a training run's model is {path / 'model'}, its checkpoints {path / 'checkpoints'}/step-N"
+        raise ValueError(f"{path} is not a model folder (no model_index.json){hint}")
     index = read_json(path / "model_index.json")
     if is_diffusers_folder(index):  # a diffusers DDPMPipeline / DDIMPipeline folder
         unet = load_diffusers_unet(path / "unet")
@@ -104,3 +133,85 @@ def _class_names(data: dict[str, Any], key: str, where: Path) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise ValueError(f"{where}: {key} must be a list of names, got {names!r}")
     return names
+
+
+def read_checkpoint(path: Path) -> tuple[UNet, Scheduler, list[str]]:
+    """(UNet, default scheduler, class names) of a training checkpoint: the model folder its run would
+    write at that step. The weights are the EMA's, copied into a fresh UNet as the trainer does.
+
+    Raises:
+        CorruptFolderError: a file differs from the checkpoint's manifest.
+        ValueError: ``trainer_state.json`` or ``ema.safetensors`` do not describe a model.
+    """
+    try:
+        check_checkpoint(path)
+    except CorruptFolderError as e:
+        raise CorruptFolderError(f"checkpoint {path} is damaged: {e}; use another checkpoint of the run") from None
+    state = read_state(path)
+    try:
+        config, run = UNetConfig.from_dict(state["unet"]), state["config"]
+        schedule = {
+            "num_train_timesteps": run["num_train_timesteps"],
+            "beta_schedule": run["beta_schedule"],
+            "rescale_betas_zero_snr": run["zero_terminal_snr"],
+            "prediction_type": run["prediction_type"],
+            "timestep_spacing": "trailing",
+        }
+    except KeyError as e:
+        raise ValueError(f"{path}/trainer_state.json has no {e} setting; it does not describe a model") from None
+    except TypeError:
+        raise ValueError(
+            f"{path}/trainer_state.json does not describe a model (config and unet are not objects)"
+        ) from None
+    weights = path / "ema.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the checkpoint has no EMA weights")
+    try:
+        ema = load_file(weights)
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{weights} is not a readable safetensors file ({e})") from None
+    ema.pop("__num_updates__", None)  # the EMA's update count (training/ema.py), not a weight
+    unet = UNet(config)
+    unet.load_weights(ema)  # EMA.copy_to: the fp32 shadow of every parameter, by name
+    scheduler = get_scheduler(CHECKPOINT_SAMPLER, schedule)
+    return unet, scheduler, _class_names(state, "class_names", path / "trainer_state.json")
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local folder of the Hugging Face Hub model ``repo_id``, downloaded into the Hugging Face cache,
+    or found there when offline (``HF_HUB_OFFLINE``) or when the hub cannot be reached.
+
+    Raises:
+        FileNotFoundError: no such model on the hub, or not cached while offline; the message says how to
+            get it.
+        ValueError: any other answer of the hub (an outage, a refused token).
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    # The environment as it is now: huggingface_hub reads it once, when it is imported.
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    home = os.environ.get("HF_HOME")
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or (home and f"{home}/hub")
+    cache = cache or constants.HF_HUB_CACHE
+    fetch = {"repo_id": repo_id, "cache_dir": cache, "local_files_only": offline}
+    try:
+        folder = Path(snapshot_download(**fetch, allow_patterns=_HUB_FILES))
+        if not offline and not any((folder / "unet").glob("*.safetensors")):
+            folder = Path(snapshot_download(**fetch, allow_patterns=["unet/*.bin"]))
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
+        raise FileNotFoundError(
+            f"model folder {repo_id} not found, and the Hub model {repo_id} is not in the Hugging Face cache "
+            f"({cache}) while {why}: get it with `hf download {repo_id} --local-dir DIR` where the hub is "
+            "reachable and pass DIR, or pass another model folder"
+        ) from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"model folder {repo_id} not found, and the Hugging Face Hub has no model {repo_id} "
+            "(a private or gated one needs `hf auth login`)"
+        ) from None
+    except HfHubHTTPError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"could not download {repo_id} from the Hugging Face Hub ({first}); try again later") from None
+    return folder

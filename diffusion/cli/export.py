@@ -16,10 +16,15 @@ def export_parser() -> argparse.ArgumentParser:
         prog="diffusion-export",
         description="Write a model folder in another format: --to diffusers writes a folder that "
         "diffusers.DDPMPipeline.from_pretrained loads (and this package too); --to pixel-diffusion writes our "
-        "own model folder. The folder appears whole or not at all.",
+        "own model folder, e.g. from a training checkpoint. The folder appears whole or not at all.",
         epilog="Example: diffusion-export --model runs/mine/model --to diffusers --out hf-model --scheduler ddim",
     )
-    parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model folder, diffusers folder, training checkpoint (OUT/checkpoints/step-N) or Hugging Face Hub "
+        "id (default: the shipped model)",
+    )
     parser.add_argument("--to", choices=("diffusers", "pixel-diffusion"), required=True, help="the target format")
     parser.add_argument("--out", required=True, help="the folder to write")
     parser.add_argument(

@@ -1,6 +1,7 @@
 """What `read_model_folder` reads besides our model folders: training checkpoints and Hugging Face Hub
 ids (the cache laid out by hand in tmp_path; nothing ever goes to the network)."""
 
+import errno
 import json
 import shutil
 import socket
@@ -235,3 +236,24 @@ def test_online_a_hub_id_is_downloaded_with_its_configs_and_weights_only(exporte
     monkeypatch.chdir(tmp_path)
     assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
     assert calls == [("someone/tiny-ddpm", False, ["*.json", "unet/*.safetensors"])]
+
+
+def test_a_hub_id_loads_from_the_cache_when_the_hub_cannot_be_reached(exported, tmp_path, monkeypatch):
+    """Online mode, but every connection fails at once (as on a machine without network): huggingface_hub
+    falls back to the cache, and a model not in it is the one-line message."""
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    for name in ("getaddrinfo", "create_connection"):
+        monkeypatch.setattr(socket, name, unreachable)
+    monkeypatch.setattr(socket.socket, "connect", unreachable)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    hub_cache(tmp_path / "cache", "someone/tiny-ddpm", exported[1])
+    assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
+    with pytest.raises(FileNotFoundError, match=r"not in the Hugging Face cache .* while the Hugging Face Hub cannot"):
+        DiffusionPipeline.from_pretrained("someone/other")

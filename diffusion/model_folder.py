@@ -37,7 +37,11 @@ from .models import UNet, UNetConfig
 from .models.persistence import WEIGHTS_NAME
 from .schedulers import Scheduler, get_scheduler
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "fashion-mnist"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+# The models shipped in assets/, by the name that `from_pretrained` and ``--model`` take (a local folder
+# of the same name comes first); the first one is the default.
+SHIPPED_MODELS = {"fashion-mnist": ASSETS / "fashion-mnist"}
+SHIPPED_MODEL = SHIPPED_MODELS["fashion-mnist"]
 FORMAT_NAME = "pixel-diffusion"
 FORMAT_VERSION = 1
 # The default sampler of a training run, `training.config.scheduler_config`, which this layer does not
@@ -74,7 +78,8 @@ def write_model_folder(
 
 def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[str]]:
     """(UNet, default scheduler, class names) of a model folder, a diffusers folder, a training
-    checkpoint or a Hugging Face Hub id (see the module docstring); None is the shipped model.
+    checkpoint, a shipped model's name (`SHIPPED_MODELS`) or a Hugging Face Hub id (see the module
+    docstring); None is the first shipped model.
 
     Raises:
         FileNotFoundError: the folder or one of its files is missing; a hub id that is neither on the hub
@@ -83,12 +88,15 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
         ValueError: the folder is not a model, or its files disagree with each other.
     """
     if path is None:
-        if not SHIPPED_MODEL.is_dir():
+        path = next(iter(SHIPPED_MODELS))
+    if str(path) in SHIPPED_MODELS and not os.path.exists(path):
+        shipped = SHIPPED_MODELS[str(path)]
+        if not shipped.is_dir():
             raise FileNotFoundError(
-                f"the shipped model is not at {SHIPPED_MODEL}; it comes with a source checkout "
-                "(pip install -e .); otherwise pass the path of a trained model"
+                f"the shipped model {path} is not at {shipped}; it comes with a source checkout "
+                "(pip install -e .); otherwise pass the path of a trained model (--model PATH)"
             )
-        path = SHIPPED_MODEL
+        path = shipped
     if not os.path.exists(path) and _HUB_ID.fullmatch(str(path)) and ".." not in str(path):
         path = hub_snapshot(str(path))
     path = Path(path)

@@ -214,7 +214,7 @@ class DiffusionPipeline(Latents):
         """
         if format == "diffusers":
             registered, _ = resolve_scheduler_name(self.scheduler_name())
-            save_diffusers(self.unet, registered, self.scheduler, path)
+            save_diffusers(self.unet, registered, self.scheduler, path, self.class_names)
             return
         if format != FORMAT_NAME:
             raise ValueError(f"unknown format {format!r}; expected {FORMAT_NAME!r} or 'diffusers'")
@@ -227,11 +227,13 @@ class DiffusionPipeline(Latents):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> "DiffusionPipeline":
-        """Load a model folder written by `save_pretrained`, or a diffusers pipeline folder (see
-        `diffusion.interop`), with no flags and no code execution.
+        """Load a model folder written by `save_pretrained`, a diffusers pipeline folder (see
+        `diffusion.interop`), a training checkpoint (``OUT/checkpoints/step-N``: its EMA weights) or a
+        Hugging Face Hub id, with no flags and no code execution (`diffusion.model_folder`).
 
         Args:
-            path: the folder; None loads the Fashion-MNIST model shipped in ``assets/``.
+            path: the folder, a shipped model's name (``"fashion-mnist"``) or a Hub id (``"owner/name"``);
+                None loads the Fashion-MNIST model shipped in ``assets/``.
             device: where to put the UNet (default: the CPU).
             dtype: the UNet's dtype (default: as stored, float32).
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion import cli
+from diffusion import cli, model_folder
 from diffusion.models import UNet, UNetConfig
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDIMScheduler
@@ -471,3 +471,24 @@ def test_a_real_sigint_keeps_the_finished_batches(model, tmp_path):
     assert process.returncode == 130
     assert 2 <= len(written) < 40 and written == list(range(len(written)))  # whole batches, in order
     assert err.splitlines()[-1] == f"diffusion-sample: interrupted: {len(written)} of 40 images written to {out}/"
+
+
+def test_shipped_models_are_listed_and_found_by_name(tmp_path, capsys, monkeypatch):
+    assert cli.sample_main(["--list-models"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed == [
+        "fashion-mnist: 10 classes (ankle-boot, bag, coat, dress, pullover, sandal, shirt, sneaker, t-shirt, "
+        f"trouser); 1x28x28; sampler dpmsolver++3m-sde; {ROOT / 'assets' / 'fashion-mnist'}, the default"
+    ]
+    assert cli.sample_main(["--list-models", "--steps", "3"]) == 2
+    args = ["--num-images", "1", "--steps", "2"]
+    assert cli.sample_main([*args, "--model", "fashion-mnist", "--out", str(tmp_path / "named")]) == 0
+    assert cli.sample_main([*args, "--out", str(tmp_path / "default")]) == 0
+    named, default = Image.open(tmp_path / "named" / "0.png"), Image.open(tmp_path / "default" / "0.png")
+    assert named.tobytes() == default.tobytes()
+    # A plain wheel install has no assets/: one line that names --model PATH.
+    monkeypatch.setitem(model_folder.SHIPPED_MODELS, "fashion-mnist", tmp_path / "not-installed")
+    monkeypatch.chdir(tmp_path)
+    assert cli.sample_main([*args, "--model", "fashion-mnist", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("otherwise pass the path of a trained model (--model PATH)")

@@ -380,9 +380,6 @@ def test_diffusers_loads_an_export_with_class_names_as_its_two_components(tmp_pa
     assert DiffusionPipeline.from_pretrained(tmp_path / "hf").class_names == ["shoe", "bag", "coat"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="DiffusionPipeline.save_pretrained does not pass class_names to interop.save_diffusers yet"
-)
 def test_save_pretrained_for_diffusers_keeps_the_class_names(tmp_path):
     pipe = tiny_conditional(DDIMScheduler())
     pipe.save_pretrained(tmp_path / "hf", format="diffusers")

@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 from ..arguments import MAX_NUM_IMAGES, MAX_SEED
 from ..data import DECODE_ERRORS, load_image
 from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH, effective_strength
-from ..fileio import check_writable
+from ..fileio import check_writable, read_json
 from ..image import make_grid, save_gif, save_png
+from ..model_folder import SHIPPED_MODELS
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 from ..schedulers import SCHEDULER_NAMES, SCHEDULERS, resolve_scheduler_name
 from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, flag_names, run_command
@@ -55,7 +56,13 @@ def sample_parser() -> argparse.ArgumentParser:
         "does not depend on --batch-size; --seeds picks exact seeds.",
         epilog=f"Samplers: {', '.join(SCHEDULER_NAMES)}. Example: python sample.py --num-images 64 --grid grid.png",
     )
-    parser.add_argument("--model", default=None, help="model folder (train.py writes OUT/model); default: shipped")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model folder (train.py writes OUT/model), a checkpoint (OUT/checkpoints/step-N), a shipped model's "
+        "name (see --list-models) or a Hugging Face Hub id (default: fashion-mnist, shipped)",
+    )
+    parser.add_argument("--list-models", action="store_true", help="list the shipped models and exit")
     parser.add_argument(
         "--num-images", type=int, default=None, help=f"images to generate (default: {DEFAULT_NUM_IMAGES})"
     )
@@ -245,8 +252,32 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
     return run_command("diffusion-sample", main)
 
 
+def list_models() -> str:
+    """One line per shipped model: its name, classes, image size and channels, default sampler, folder."""
+    lines = []
+    for i, (name, folder) in enumerate(SHIPPED_MODELS.items()):
+        if not folder.is_dir():
+            lines.append(f"{name}: not installed (it comes with a source checkout: pip install -e .)")
+            continue
+        index, unet = read_json(folder / "model_index.json"), read_json(folder / "unet" / "config.json")
+        classes = index.get("class_names") or []
+        height, width = unet["sample_size"]
+        what = f"{len(classes)} classes ({', '.join(classes)})" if classes else "unconditional"
+        default = ", the default" if i == 0 else ""
+        lines.append(
+            f"{name}: {what}; {unet['in_channels']}x{height}x{width}; sampler {index['default_scheduler']}; "
+            f"{folder}{default}"
+        )
+    return "\n".join(lines)
+
+
 def _sample(args: argparse.Namespace, given: set[str]) -> int:
     start = time.perf_counter()
+    if args.list_models:
+        if given - {"list_models"}:
+            raise ValueError("--list-models lists the shipped models and exits; give it alone")
+        print(list_models())
+        return 0
     for flag in ("model", "out", "grid", "init_image", "mask", "scheduler"):
         if getattr(args, flag) == "":
             raise ValueError(f"--{flag.replace('_', '-')} was given an empty string; give a name or leave it out")

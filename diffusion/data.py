@@ -14,7 +14,7 @@ index, so a data order and its augmentations replay exactly after a resume, with
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,28 +42,38 @@ def is_left_by_tools(name: str) -> bool:
 
 def find_image_files(root: str | Path) -> list[Path]:
     """Every file under ``root`` with an image extension, sorted by relative path; what other tools leave
-    (`is_left_by_tools`) is passed over.
+    (`is_left_by_tools`) is passed over (`walk_images`)."""
+    return walk_images(root)[0]
+
+
+def walk_images(root: str | Path) -> tuple[list[Path], list[Path]]:
+    """(the image files under ``root``, sorted by relative path; the entries passed over as left by other
+    tools, each a file or a whole folder), with one info line naming what was passed over.
 
     Symbolic links to directories are not followed, so a link loop cannot hang the search.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} not found (give --data a folder of images)")
-    found, passed_over = [], 0
+    found, passed_over = [], []
     for directory, subdirs, names in os.walk(root, onerror=lambda e: logger.warning("cannot list %s", e)):
-        kept = sorted(d for d in subdirs if not is_left_by_tools(d))
-        passed_over += len(subdirs) - len(kept) + sum(is_left_by_tools(n) for n in names)
-        subdirs[:] = kept  # os.walk descends into these only
+        passed_over += [Path(directory) / n for n in sorted(subdirs) + sorted(names) if is_left_by_tools(n)]
+        subdirs[:] = sorted(d for d in subdirs if not is_left_by_tools(d))  # os.walk descends into these only
         found += [
             Path(directory) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not is_left_by_tools(n)
         ]
     if passed_over:
+        shown = [_printable(p.relative_to(root).as_posix()) for p in passed_over[:5]]
+        more = f" and {len(passed_over) - 5} more" if len(passed_over) > 5 else ""
         logger.info(
-            "passed over %d hidden or tool-made files and folders under %s (.DS_Store, __MACOSX, ...)",
-            passed_over,
+            "passed over %d hidden or tool-made entries under %s: %s%s",
+            len(passed_over),
             _printable(str(root)),
+            ", ".join(shown),
+            more,
         )
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix().encode("utf-8", "surrogateescape"))
+    key = lambda p: p.relative_to(root).as_posix().encode("utf-8", "surrogateescape")  # noqa: E731
+    return sorted(found, key=key), passed_over
 
 
 # What `load_image` raises for a file that is not a usable image (truncated, zero bytes, not an image,
@@ -140,6 +150,7 @@ class ScanReport:
     class_names: list[str]  # sorted first-level subfolder names holding images
     skipped: list[tuple[Path, str]]  # unusable files and why
     upscaled: int  # usable images smaller than the target size
+    passed_over: list[Path] = field(default_factory=list)  # entries left by other tools (.DS_Store, __MACOSX)
 
 
 def scan(root: str | Path, size: tuple[int, int], channels: int) -> ScanReport:
@@ -150,8 +161,9 @@ def scan(root: str | Path, size: tuple[int, int], channels: int) -> ScanReport:
         ValueError: no usable image at all.
     """
     root = Path(root)
+    found, passed_over = walk_images(root)
     files, skipped, upscaled = [], [], 0
-    for path in find_image_files(root):
+    for path in found:
         try:
             image = load_image(path, channels)
         except DECODE_ERRORS as e:
@@ -172,7 +184,7 @@ def scan(root: str | Path, size: tuple[int, int], channels: int) -> ScanReport:
     if all(len(parts) > 1 for parts in tops):
         index = {name: i for i, name in enumerate(class_names)}
         labels = [index[parts[0]] for parts in tops]
-    return ScanReport(files, labels, class_names, skipped, upscaled)
+    return ScanReport(files, labels, class_names, skipped, upscaled, passed_over)
 
 
 class ImageFolder(Dataset):

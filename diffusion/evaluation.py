@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .arguments import seed_list
 from .data import DECODE_ERRORS, find_image_files, fit, load_image, to_tensor, warn_skipped
 from .guidance import RANDOM_CLASSES
 from .metrics import KID_NUM_SUBSETS, FeatureExtractor, QualityResult, compare_features, load_feature_extractor
@@ -141,6 +142,7 @@ def evaluate(
     num_reference = _check_int("num_reference", num_reference, 2, " (FD needs a covariance)")
     _check_int("batch_size", batch_size, 1)
     _check_int("kid_num_subsets", kid_num_subsets, 1)
+    seed_list(seed, num_images)  # the generated images' seeds, checked before any work
     smaller = min(num_images, num_reference)
     if kid_subset_size is not None and _check_int("kid_subset_size", kid_subset_size, 2) > smaller:
         raise ValueError(f"kid_subset_size must be at most {smaller} (the smaller image count), got {kid_subset_size}")

@@ -113,7 +113,7 @@ def check_guidance(
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
     if not 0 <= guidance_rescale <= 1:
         raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
-    if guidance_scale is not None and not conditional:
+    if (guidance_scale is not None or guidance_rescale != 0) and not conditional:
         raise ValueError("guidance needs a class-conditional model; this model is unconditional")
     if guidance_scale is not None and labels is None:
         raise ValueError("guidance_scale needs class_labels: the class to guide towards")

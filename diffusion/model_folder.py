@@ -28,13 +28,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
-
 from .checkpoint import check_checkpoint, read_state
 from .fileio import CorruptFolderError, read_json, verify_manifest, write_json, write_manifest
 from .interop import CLASS_NAMES_KEY, is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
 from .models import UNet, UNetConfig
-from .models.persistence import WEIGHTS_NAME
+from .models.persistence import WEIGHTS_NAME, read_safetensors
 from .schedulers import Scheduler, get_scheduler
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -171,13 +169,7 @@ def read_checkpoint(path: Path) -> tuple[UNet, Scheduler, list[str]]:
         raise ValueError(
             f"{path}/trainer_state.json does not describe a model (config and unet are not objects)"
         ) from None
-    weights = path / "ema.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: the checkpoint has no EMA weights")
-    try:
-        ema = load_file(weights)
-    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise ValueError(f"{weights} is not a readable safetensors file ({e})") from None
+    ema = read_safetensors(path / "ema.safetensors", ": the checkpoint has no EMA weights")
     ema.pop("__num_updates__", None)  # the EMA's update count (training/ema.py), not a weight
     unet = UNet(config)
     unet.load_weights(ema)  # EMA.copy_to: the fp32 shadow of every parameter, by name

@@ -71,6 +71,7 @@ def test_help_lists_flags_samplers_and_extractors():
         (["--num-images", "13"], r"reference folder .* has 12 image files, fewer than the 13 asked for"),
         (["--num-reference", "20"], r"has 12 image files, fewer than the 20 asked for"),
         (["--num-images", "1"], r"error: --num-images must be an integer >= 2"),
+        (["--seed", "-5"], r"error: --seed must be in \[0, 2\*\*64 - 4\] for 4 images, got -5$"),
         (
             ["--extractor", "fid"],
             "unknown extractor 'fid'; expected one of 'classifier', 'inception', 'efficientnet-lite0'",

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from diffusion import cli, model_folder
+from diffusion.cli import sample as cli_sample
 from diffusion.models import UNet, UNetConfig
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDIMScheduler
@@ -117,9 +118,12 @@ def test_seed_ranges_match_single_seeds(model, tmp_path):
         (["--batch-size", "0"], "--batch-size must be a positive integer"),
         (
             ["--scheduler", "ddim", "--eta", "-2"],
-            r"--eta must be in \[0, 1\] \(0 deterministic, 1 DDPM-like\), got -2.0",
+            r"error: --eta must be >= 0, got -2.0$",
         ),
-        (["--scheduler", "ddim", "--eta", "2"], r"--eta must be in \[0, 1\] \(0 deterministic, 1 DDPM-like\), got 2.0"),
+        (
+            ["--scheduler", "ddim", "--eta", "2"],
+            r"error: --eta must be at most 1 \(DDPM's noise; more has no meaning in eq. 12\), got 2.0$",
+        ),
         (
             ["--karras"],
             r"--karras needs a σ-space sampler \(dpmsolver\+\+, euler, euler-ancestral, heun, unipc\), but the "
@@ -135,6 +139,11 @@ def test_seed_ranges_match_single_seeds(model, tmp_path):
         (["--jump-length", "3"], "--resample and --jump-length are RePaint settings for inpainting: give --mask too"),
         (["--interpolate", "0", "1", "--grid", "g.png"], r"--interpolate A B .*; leave out --grid, --num-images$"),
         (["--frames", "4"], "--frames is the frame count of --interpolate: give --interpolate too"),
+        (["--model", "strength"], r"error: model folder strength not found$"),  # a value, not a flag name
+        (
+            ["--guidance-rescale", "0.5"],
+            r"error: guidance needs a class-conditional model; this model is unconditional$",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(model, tmp_path, capsys, args, message):
@@ -302,6 +311,7 @@ def test_interpolate_writes_a_strip_and_a_gif(conditional, tmp_path, capsys):
     "args, message",
     [
         (["--class", "wolf"], r"unknown class 'wolf'; this model knows ids 0-1: cat, dog"),
+        (["--class", "resample"], r"unknown class 'resample'; this model knows ids 0-1: cat, dog"),
         (["--class", "cat", "--guidance-scale", "-1"], r"--guidance-scale must be a finite number >= 0"),
         (["--class", "none", "--guidance-scale", "2"], r"--guidance-scale needs --class: the class to guide towards"),
         (["--init-image", "{tmp}/none.png"], r"--init-image .*none.png not found"),
@@ -492,3 +502,28 @@ def test_shipped_models_are_listed_and_found_by_name(tmp_path, capsys, monkeypat
     assert cli.sample_main([*args, "--model", "fashion-mnist", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("otherwise pass the path of a trained model (--model PATH)")
+
+
+def test_an_interrupt_while_writing_counts_the_files_on_disk(model, tmp_path, capsys, monkeypatch):
+    written = []
+    save = cli_sample.save_png
+
+    def interrupted(image, path, meta):
+        if len(written) == 5:  # the second file of the second batch
+            raise KeyboardInterrupt
+        save(image, path, meta)
+        written.append(path.name)
+
+    monkeypatch.setattr(cli_sample, "save_png", interrupted)
+    out = tmp_path / "o"
+    args = ["--model", str(model), "--num-images", "16", "--batch-size", "4", "--steps", "2", "--out", str(out)]
+    assert cli.sample_main(args) == 130
+    assert sorted(p.name for p in out.iterdir()) == sorted(written) == [f"{i}.png" for i in range(5)]
+    assert (
+        capsys.readouterr().err.splitlines()[-1] == f"diffusion-sample: interrupted: 5 of 16 images written to {out}/"
+    )
+
+
+def test_one_image_is_one_image(model, tmp_path, capsys):
+    assert cli.sample_main(["--model", str(model), "--num-images", "1", "--steps", "2", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote 1 image to {tmp_path}/ in ")

@@ -516,4 +516,10 @@ def test_what_other_tools_leave_in_a_folder_is_passed_over_quietly(tmp_path, cap
     assert [p.relative_to(tmp_path).as_posix() for p in report.files] == ["a/1.png", "a/2.png", "b/3.png"]
     assert report.class_names == ["a", "b"] and report.skipped == []
     assert [r.levelname for r in caplog.records] == ["INFO"]  # no warning about "unreadable" files
-    assert caplog.records[0].getMessage().startswith("passed over 6 hidden or tool-made files and folders under ")
+    assert caplog.records[0].getMessage() == (
+        f"passed over 6 hidden or tool-made entries under {tmp_path}: .git, @eaDir, __MACOSX, .DS_Store, a/._1.png "
+        "and 1 more"
+    )
+    assert [p.relative_to(tmp_path).as_posix() for p in report.passed_over] == [
+        ".git", "@eaDir", "__MACOSX", ".DS_Store", "a/._1.png", "b/.ipynb_checkpoints"
+    ]  # fmt: skip

@@ -470,7 +470,7 @@ def test_train_refuses_a_unet_over_the_parameter_limit(data, train_tmp):
             "at, 4096 at most); resize it",
         ),
         # a progress bar, then an error at the first step
-        (["--scheduler", "ddim", "--eta", "inf"], "--eta must be in [0, 1] (0 deterministic, 1 DDPM-like), got inf"),
+        (["--scheduler", "ddim", "--eta", "inf"], "the ddim scheduler's --eta must be a finite number, got inf"),
         (["--steps", "abc"], "argument --steps: invalid int value: 'abc' (see --help)"),
     ],
 )

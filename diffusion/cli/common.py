@@ -2,6 +2,7 @@
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import errno
 import inspect
@@ -10,7 +11,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, get_args, get_origin, get_type_hints
 
 import torch
@@ -107,9 +108,20 @@ def add_dataclass_arguments(
 
 
 def flag_names(message: str, flags: dict[str, str]) -> str:
-    """A library message with the argument names in ``flags`` (whole words) replaced by the command's flags."""
+    """A library message with the argument names in ``flags`` (whole words, not quoted values or parts of
+    paths) replaced by the command's flags."""
     names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
-    return re.sub(rf"(?<![-\w/.])({names})(?![\w/])", lambda m: flags[m.group(1)], message)
+    return re.sub(rf"(?<![-\w/.'\"])({names})(?![\w/'\"])", lambda m: flags[m.group(1)], message)
+
+
+@contextlib.contextmanager
+def named_as_flags(flags: dict[str, str]) -> Iterator[None]:
+    """Re-raise a library call's `ValueError` with its argument names as this command's flags (`flag_names`).
+    Wrap only calls whose messages quote the user's values (class names, paths are the command's own)."""
+    try:
+        yield
+    except ValueError as e:
+        raise type(e)(flag_names(str(e), flags)) from None
 
 
 def run_command(prog: str, main: Callable[[], int]) -> int:

@@ -10,7 +10,7 @@ from ..fileio import check_writable, write_json
 from ..metrics import EXTRACTORS, QualityResult
 from ..pipeline import DEFAULT_STEPS
 from ..schedulers import SCHEDULER_NAMES
-from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, flag_names, run_command
+from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, named_as_flags, run_command
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -61,6 +61,7 @@ FLAGS = {
     "num_inference_steps": "--steps",
     "batch_size": "--batch-size",
     "extractor_path": "--extractor-path",
+    "seed": "--seed",
 }
 
 
@@ -78,10 +79,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
                     f"--json {args.json} is a folder; give a file name such as {Path(args.json) / 'fd.json'}"
                 )
             check_writable(Path(args.json).parent)
-        try:
+        with named_as_flags(FLAGS):
             result = _evaluate(args)
-        except ValueError as e:
-            raise type(e)(flag_names(str(e), FLAGS)) from None
         seconds = time.perf_counter() - start
         s = result.settings
         print(f"{result.label} = {result.fd:.4f}")

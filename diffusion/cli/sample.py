@@ -6,6 +6,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -19,7 +20,7 @@ from ..image import make_grid, save_gif, save_png
 from ..model_folder import SHIPPED_MODELS
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 from ..schedulers import SCHEDULER_NAMES, SCHEDULERS, resolve_scheduler_name
-from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, flag_names, run_command
+from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, named_as_flags, run_command
 
 DEFAULT_FRAMES = 8  # of --interpolate
 DEFAULT_NUM_IMAGES = 16
@@ -228,11 +229,8 @@ def _check_sampler_flags(args: argparse.Namespace, sampler: str, default_of: str
     """--eta and --karras apply to some samplers only: name the one in use (``default_of`` whose default it
     is, unless --scheduler chose it) and how to pick another."""
     which = f"the sampler is {sampler}" + ("" if args.scheduler else f" ({default_of}'s default)")
-    if args.eta is not None:
-        if resolve_scheduler_name(sampler)[0] != "ddim":
-            raise ValueError(f"--eta is DDIM's stochasticity, but {which}; add --scheduler ddim")
-        if not 0 <= args.eta <= 1:
-            raise ValueError(f"--eta must be in [0, 1] (0 deterministic, 1 DDPM-like), got {args.eta}")
+    if args.eta is not None and resolve_scheduler_name(sampler)[0] != "ddim":
+        raise ValueError(f"--eta is DDIM's stochasticity, but {which}; add --scheduler ddim")
     if args.karras and resolve_scheduler_name(sampler)[0] not in KARRAS_SAMPLERS:
         raise ValueError(f"--karras needs a σ-space sampler ({', '.join(KARRAS_SAMPLERS)}), but {which}")
 
@@ -243,13 +241,7 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
 
-    def main() -> int:
-        try:
-            return _sample(args, given)
-        except ValueError as e:
-            raise type(e)(flag_names(str(e), FLAGS)) from None
-
-    return run_command("diffusion-sample", main)
+    return run_command("diffusion-sample", lambda: _sample(args, given))
 
 
 def list_models() -> str:
@@ -315,63 +307,35 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
     sampler = args.scheduler or pipe.scheduler_name()
     _check_sampler_flags(args, sampler, "the model")
     settings = _sampler_settings(args)
-    scheduler = pipe.make_scheduler(sampler, **settings)
     channels = pipe.unet.config.in_channels
     image = _read_image(args.init_image, channels, "--init-image") if args.init_image else None
     mask = _read_image(args.mask, 1, "--mask") if args.mask else None
-    edit = {"image": image, "strength": args.strength, "mask_image": mask, "jump_length": jump_length}
-    edit["resample"] = args.resample
-    nfe = pipe.num_model_evaluations(
-        args.steps,
-        scheduler,
-        strength=effective_strength(args.strength, inpainting=mask is not None) if image is not None else None,
-        inpainting=mask is not None,
-        jump_length=jump_length,
-        resample=args.resample,
-    )
-    model = str(args.model or "shipped: assets/fashion-mnist")
+    strength = effective_strength(args.strength, inpainting=mask is not None) if image is not None else None
+    with named_as_flags(FLAGS):
+        scheduler = pipe.make_scheduler(sampler, **settings)
+        nfe = pipe.num_model_evaluations(
+            args.steps,
+            scheduler,
+            strength=strength,
+            inpainting=mask is not None,
+            jump_length=jump_length,
+            resample=args.resample,
+        )
     scale = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
-    extra = {"guidance_scale": scale} if labels else {}
-    strength = effective_strength(args.strength, inpainting=args.mask is not None)
-    extra |= {"init_image": args.init_image, "strength": strength} if args.init_image else {}
-    extra |= {"mask": args.mask, "resample": args.resample, "jump_length": jump_length} if args.mask else {}
-    # One pipeline call per batch, each batch's files written as soon as it is done: an interrupt keeps
-    # them. Every image has its own seed, so batching does not change it.
-    images: list[Image.Image] = []
-    bar: list[tqdm] = []  # made at the first model evaluation, once the pipeline has accepted the arguments
-
-    def advance(count: int) -> None:
-        if not bar:
-            bar.append(tqdm(total=len(seeds) * nfe, unit="step", desc="sampling"))
-        bar[0].update(count)
-
-    try:
-        for first in range(0, len(seeds), args.batch_size):
-            part = slice(first, first + args.batch_size)
-            n = len(seeds[part])
-            batch = pipe(
-                num_images=n,
-                num_inference_steps=args.steps,
-                scheduler=scheduler,
-                seed=seeds[part],
-                class_labels=labels[part] if labels else None,
-                guidance_scale=args.guidance_scale,
-                guidance_rescale=args.guidance_rescale,
-                batch_size=args.batch_size,
-                callback=lambda *_, n=n: advance(n),
-                **edit,
-            )
-            for i, image in enumerate(batch, start=first):
-                meta = {"seed": seeds[i], "sampler": sampler, "steps": args.steps, "nfe": nfe, "model": model}
-                meta |= settings | extra | ({"class": labels[i]} if labels else {})
-                save_png(image, out / f"{seeds[i]}.png", meta)
-            images += batch
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"interrupted: {len(images)} of {len(seeds)} images written to {out}/") from None
-    finally:
-        for b in bar:
-            b.close()
-    where = f"{len(images)} images to {out}/"
+    meta = {
+        "sampler": sampler,
+        "steps": args.steps,
+        "nfe": nfe,
+        "model": str(args.model or "shipped: assets/fashion-mnist"),
+    }
+    meta |= settings | ({"guidance_scale": scale} if labels else {})
+    meta |= {"init_image": args.init_image, "strength": strength} if image is not None else {}
+    meta |= {"mask": args.mask, "resample": args.resample, "jump_length": jump_length} if mask is not None else {}
+    call = {"num_inference_steps": args.steps, "scheduler": scheduler, "guidance_scale": args.guidance_scale}
+    call |= {"guidance_rescale": args.guidance_rescale, "batch_size": args.batch_size, "image": image}
+    call |= {"strength": args.strength, "mask_image": mask, "jump_length": jump_length, "resample": args.resample}
+    images = _write_batches(pipe, call, seeds, labels, out, meta, nfe)
+    where = f"{len(images)} image{'s' * (len(images) != 1)} to {out}/"
     if args.grid:
         grid_meta = {"seeds": f"{seeds[0]}..{seeds[-1]}", "sampler": sampler}
         save_png(make_grid(images, nrow=columns or None), args.grid, grid_meta)
@@ -383,6 +347,50 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
         f"({sampler}{karras}, {args.steps} steps, {nfe} NFE{guided})"
     )
     return 0
+
+
+def _write_batches(
+    pipe: DiffusionPipeline,
+    call: dict[str, Any],
+    seeds: Sequence[int],
+    labels: list[str] | None,
+    out: Path,
+    meta: dict[str, object],
+    nfe: int,
+) -> list[Image.Image]:
+    """Sample ``seeds`` one batch (``call["batch_size"]``) per pipeline call, each image written as
+    OUT/<seed>.png (with ``meta``, its seed and class) as soon as its batch is done, so an interrupt keeps
+    them. Every image has its own seed, so batching does not change it."""
+    images: list[Image.Image] = []
+    bar: list[tqdm] = []  # made at the first model evaluation, once the pipeline has accepted the arguments
+
+    def advance(count: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=len(seeds) * nfe, unit="step", desc="sampling"))
+        bar[0].update(count)
+
+    try:
+        for first in range(0, len(seeds), call["batch_size"]):
+            part = slice(first, first + call["batch_size"])
+            n = len(seeds[part])
+            with named_as_flags(FLAGS):
+                batch = pipe(
+                    num_images=n,
+                    seed=seeds[part],
+                    class_labels=labels[part] if labels else None,
+                    callback=lambda *_, n=n: advance(n),
+                    **call,
+                )
+            for i, image in enumerate(batch, start=first):
+                extra = {"seed": seeds[i]} | ({"class": labels[i]} if labels else {})
+                save_png(image, out / f"{seeds[i]}.png", meta | extra)
+                images.append(image)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted: {len(images)} of {len(seeds)} images written to {out}/") from None
+    finally:
+        for b in bar:
+            b.close()
+    return images
 
 
 def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, start: float) -> int:
@@ -409,20 +417,22 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
                     "leave out --scheduler, --eta and --karras"
                 ) from None
             image = _read_image(point, pipe.unet.config.in_channels, "--interpolate")
-            inverted = pipe.invert(image, args.steps, class_labels=labels, guidance_scale=args.guidance_scale)
+            with named_as_flags(FLAGS):
+                inverted = pipe.invert(image, args.steps, class_labels=labels, guidance_scale=args.guidance_scale)
             ends.append(inverted[0])
-    frames = pipe.interpolate(
-        ends[0],
-        ends[1],
-        num_frames=num_frames,
-        num_inference_steps=args.steps,
-        scheduler=pipe.make_scheduler(args.scheduler or "ddim", **_sampler_settings(args)),
-        class_labels=labels,
-        guidance_scale=args.guidance_scale,
-        guidance_rescale=args.guidance_rescale,
-        batch_size=args.batch_size,
-        progress=True,
-    )
+    with named_as_flags(FLAGS):
+        frames = pipe.interpolate(
+            ends[0],
+            ends[1],
+            num_frames=num_frames,
+            num_inference_steps=args.steps,
+            scheduler=pipe.make_scheduler(args.scheduler or "ddim", **_sampler_settings(args)),
+            class_labels=labels,
+            guidance_scale=args.guidance_scale,
+            guidance_rescale=args.guidance_rescale,
+            batch_size=args.batch_size,
+            progress=True,
+        )
     meta = {"from": args.interpolate[0], "to": args.interpolate[1], "frames": num_frames, "steps": args.steps}
     save_png(make_grid(frames, nrow=len(frames)), out / "interpolation.png", meta)
     save_gif(frames, out / "interpolation.gif")

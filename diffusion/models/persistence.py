@@ -43,16 +43,21 @@ def read_model_config(directory: str | Path, class_name: str, what: str) -> dict
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
+def read_safetensors(path: str | Path, missing: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing (``missing`` says what that means) or unreadable file
+    is a one-line `FileNotFoundError` / `ValueError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found{missing}")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+
+
 def load_weights(module: nn.Module, directory: str | Path, what: str) -> None:
     """Load ``directory/model.safetensors`` into ``module`` after checking every name and shape."""
-    weights = Path(directory) / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found")
-    try:
-        state = load_file(weights)
-    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise ValueError(f"{weights} is not a readable safetensors file ({e})") from None
-    load_checked(module, state, what)
+    load_checked(module, read_safetensors(Path(directory) / WEIGHTS_NAME), what)
 
 
 def load_checked(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

@@ -197,12 +197,17 @@ def test_variance_is_eq_16(eta):
         assert scheduler.variance(t) == pytest.approx(expected, rel=1e-12, abs=1e-300)
 
 
-def test_too_large_eta_raises_at_step(inputs):
-    scheduler = DDIMScheduler(DDIMConfig(eta=5.0))
+def test_eta_above_one_is_refused_before_sampling():
+    """η > 1 can make σ_t² exceed 1 - ᾱ_t' (eq. 12); η = 1 is DDPM's noise and steps everywhere."""
+    with pytest.raises(
+        ValueError, match=r"^eta must be at most 1 \(DDPM's noise; more has no meaning in eq. 12\), got 5.0$"
+    ):
+        DDIMConfig(eta=5.0)
+    scheduler = DDIMScheduler(DDIMConfig(eta=1.0))
     scheduler.set_timesteps(N)
-    sample, model_output = inputs
-    with pytest.raises(ValueError, match=r"eta=5.0 is too large at timestep 999"):
-        scheduler.step(model_output, 999, sample)
+    for t in scheduler.timesteps.tolist():
+        _, alpha_prod_t_prev = scheduler._alphas_cumprod_pair(t)
+        assert 1 - alpha_prod_t_prev - scheduler.variance(t) >= -1e-12  # σ_t² <= 1 - ᾱ_t' at η = 1
 
 
 def test_negative_eta_raises():

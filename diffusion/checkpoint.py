@@ -11,9 +11,12 @@ then renames it to ``corrupt-step-N`` (kept for inspection, never deleted), warn
 the newest intact one; a checkpoint named by path is refused.
 
 Nothing a run wrote is deleted because another run starts: what a restart abandons is renamed into
-``OUT/abandoned/<UTC time>-<reason>/`` (see `abandoned_folder`, `move_aside`) and kept.
+``OUT/abandoned/<UTC time>-<reason>/`` (see `abandoned_folder`, `move_aside`) and kept, and so is a
+``step-N`` written again (`commit_checkpoint`).
 """
 
+import contextlib
+import errno
 import logging
 import os
 import pickle
@@ -68,8 +71,11 @@ def commit_checkpoint(tmp: Path, keep: int) -> Path:
         with open(file, "rb") as f:
             os.fsync(f.fileno())
     final = tmp.with_name(tmp.name.removeprefix(".tmp-"))
-    if final.exists():  # not done by the trainer, which never writes a step twice
-        _remove(final)
+    if final.exists():  # the trainer writes no step twice; should one be, the old one is kept
+        out = final.parent.parent
+        folder = abandoned_folder(out, f"replaced-{final.name}")
+        move_aside(out, [f"{CHECKPOINTS}/{final.name}"], folder)
+        logger.warning("%s is written again; the one it replaces is moved to %s", final, folder)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
     for _, old in list_checkpoints(final.parent.parent)[:-keep]:
@@ -102,12 +108,63 @@ def abandoned_folder(out: str | Path, reason: str) -> Path:
 def move_aside(out: str | Path, names: list[str], folder: Path) -> None:
     """Rename each ``OUT/<name>`` (a file or folder, relative path) to ``folder/<name>``.
 
-    ``folder`` is inside ``OUT``, so each move is one rename on the same filesystem: a crash leaves
-    every item whole, either still in place or moved.
+    One rename per item, each on the item's own filesystem, so a crash leaves every item whole, still
+    in place or moved. A top-level folder that is a symbolic link or a mount point (``OUT/checkpoints``
+    on another disk) stays, and its entries are moved instead. An entry whose folder lies outside
+    ``OUT`` (through such a link), or that cannot be renamed into ``folder`` (another filesystem), is
+    renamed into ``abandoned/<folder's name>/`` beside it, and ``folder/<name>`` links to it.
+
+    Raises:
+        OSError: an item could not be moved even beside itself; those before it are moved, it and the
+            rest are in place.
     """
+    out = Path(out)
     for name in names:
+        source = out / name
+        top = Path(name).parent == Path(".")
+        if top and source.is_dir() and (source.is_symlink() or os.path.ismount(source)):
+            move_aside(out, _entries(out, name), folder)
+            continue
+        home = source.parent.resolve()
+        if home == out.resolve() / Path(name).parent:  # no link on the way: folder is on the same disk
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(source, folder / name)
+                continue
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+            if top and source.is_dir():  # a mount point os.path.ismount misses (a bind mount)
+                move_aside(out, _entries(out, name), folder)
+                continue
+        beside = home / ABANDONED / folder.name / source.name
+        beside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, beside)
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(Path(out) / name, folder / name)
+        with contextlib.suppress(OSError):  # a filesystem without links: the log says where it went
+            (folder / name).symlink_to(beside, target_is_directory=beside.is_dir())
+        logger.info("%s stays on its own disk: moved to %s, linked from %s", source, beside, folder / name)
+
+
+def _entries(out: Path, name: str) -> list[str]:
+    """The entries of the folder ``OUT/<name>`` as names for `move_aside`, less its own ``abandoned/``."""
+    return [f"{name}/{p.name}" for p in sorted((out / name).iterdir()) if p.name != ABANDONED]
+
+
+def copy_checkpoint(source: Path, out: str | Path, step: int) -> Path:
+    """Copy the checkpoint ``source`` into `pending_checkpoint(out, step)`, checked against its manifest,
+    for `commit_checkpoint` to publish as ``OUT/checkpoints/step-N``."""
+    tmp = begin_checkpoint(out, step)
+    for file in sorted(source.iterdir()):
+        if file.is_file():
+            shutil.copyfile(file, tmp / file.name)
+    check_checkpoint(tmp)
+    return tmp
+
+
+def is_own_checkpoint(out: str | Path, path: Path, step: int) -> bool:
+    """Whether ``path`` (the checkpoint of ``step``) is ``OUT/checkpoints/step-N`` itself."""
+    return path.resolve() == (checkpoint_root(out) / f"step-{step}").resolve()
 
 
 def _remove(path: Path) -> None:

@@ -1,3 +1,4 @@
+import logging
 from datetime import datetime
 
 import pytest
@@ -12,6 +13,7 @@ from diffusion.checkpoint import (
     move_aside,
     resolve_resume,
 )
+from diffusion.fileio import verify_manifest
 
 
 def write(out, step, keep=10):
@@ -77,3 +79,17 @@ def test_move_aside_renames_files_and_folders_into_place(tmp_path):
     assert (folder / "metrics.jsonl").read_text() == "{}\n" and not (tmp_path / "metrics.jsonl").exists()
     assert [s for s, _ in list_checkpoints(tmp_path)] == [3]
     assert checkpoints_after(tmp_path, 0) == [tmp_path / "checkpoints" / "step-3"]
+
+
+def test_a_step_written_again_moves_the_one_it_replaces_aside(tmp_path, caplog):
+    for text in ("first", "second"):
+        tmp = begin_checkpoint(tmp_path, 3)
+        (tmp / "trainer_state.json").write_text(text)
+        with caplog.at_level(logging.WARNING):
+            final = commit_checkpoint(tmp, keep=10)
+    assert (final / "trainer_state.json").read_text() == "second"
+    (folder,) = (tmp_path / "abandoned").iterdir()
+    assert folder.name.endswith("-replaced-step-3")
+    kept = folder / "checkpoints" / "step-3"
+    assert (kept / "trainer_state.json").read_text() == "first" and verify_manifest(kept)
+    assert f"{final} is written again; the one it replaces is moved to {folder}" in caplog.messages

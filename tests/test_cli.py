@@ -86,19 +86,10 @@ def recorded(monkeypatch) -> list:
             "lower --sample-every, or leave it out",
         ),
         (
-            ["--warmup-steps", "3"],
-            "--warmup-steps 3 is longer than the run (2 steps), so the learning rate would never reach --lr: lower "
-            "--warmup-steps, or raise --max-steps",
-        ),
-        (
-            ["--lr-schedule", "cosine", "--warmup-steps", "2"],
-            "--lr-schedule cosine has no effect: the warmup (--warmup-steps 2) lasts the whole of the run (2 steps); "
-            "lower --warmup-steps",
-        ),
-        (
             ["--num-heads", "2"],
             "--num-heads has no effect while head_channels is 32 (from --head-channels, --model-config or --preset "
-            "tiny): heads are channels // head_channels; change --head-channels",
+            "tiny): heads are channels // head_channels. To set the number of heads, leave out --head-channels and "
+            'give --model-config FILE with {"head_channels": null} (or use --preset ddpm-cifar10, which counts heads)',
         ),
         (
             ["--attention-levels", "", "--no-mid-attention", "--head-channels", "8"],
@@ -121,9 +112,9 @@ def recorded(monkeypatch) -> list:
             "--sample-every 0 to write none",
         ),
         (
-            ["--max-steps", "3", "--epochs", "1", "--batch-size", "2", "--warmup-steps", "3"],  # 4 images: 2 steps
-            "--warmup-steps 3 is longer than the run (2 steps), so the learning rate would never reach --lr: lower "
-            "--warmup-steps, or raise --max-steps",
+            ["--max-steps", "3", "--epochs", "1", "--batch-size", "2", "--sample-every", "3"],  # 4 images: 2 steps
+            "--sample-every 3 is longer than the run (2 steps): no grid is written; lower it, or --sample-every 0 to "
+            "write none",
         ),
     ],
 )
@@ -142,6 +133,36 @@ def test_train_takes_defaults_and_flags_that_matter_without_complaint(images, tm
     (trainer,) = recorded
     assert (trainer.config.cond_drop_prob, trainer.config.snr_gamma, trainer.config.num_samples) == (0.2, 3.0, 4)
     assert (trainer.unet_config.resample, trainer.unet_config.head_channels) == ("resblock", 16)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--warmup-steps", "3"],  # longer than the 2-step run: it still sets every step's learning rate
+        ["--lr-schedule", "cosine"],  # inside the default 500-step warmup: it decays once the run is extended
+        ["--lr-schedule", "cosine", "--warmup-steps", "2"],
+        ["--max-steps", "3", "--epochs", "1", "--batch-size", "2", "--warmup-steps", "3"],  # 4 images: 2 steps
+    ],
+)
+def test_train_takes_a_warmup_longer_than_the_run(images, tmp_path, recorded, args):
+    """Warned about when the run starts (tests/training/test_report.py), not refused."""
+    assert cli.train_main(train_base(images, tmp_path / "out") + args) == 0
+    (trainer,) = recorded
+    assert (trainer.config.warmup_steps, trainer.config.lr_schedule) == (
+        int(args[args.index("--warmup-steps") + 1]) if "--warmup-steps" in args else 500,
+        "cosine" if "cosine" in args else "constant",
+    )
+
+
+def test_train_counts_heads_with_head_channels_null_in_a_model_config(images, tmp_path, recorded):
+    """What the --num-heads refusal suggests: the presets' head_channels unset by --model-config."""
+    (tmp_path / "heads.json").write_text('{"head_channels": null}')
+    argv = [*train_base(images, tmp_path / "out"), "--model-config", str(tmp_path / "heads.json"), "--num-heads", "4"]
+    assert cli.train_main(argv) == 0
+    (trainer,) = recorded
+    assert (trainer.unet_config.head_channels, trainer.unet_config.num_heads) == (None, 4)
+    assert cli.train_main([*train_base(images, tmp_path / "o2"), "--preset", "ddpm-cifar10", "--num-heads", "2"]) == 0
+    assert (recorded[-1].unet_config.head_channels, recorded[-1].unet_config.num_heads) == (None, 2)
 
 
 def test_train_image_size_help_says_n_or_hxw():

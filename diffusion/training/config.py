@@ -193,7 +193,8 @@ def unused_settings(
     """The settings that would have no effect in this run, each mapped to why, naming the setting that
     makes it so and the way out. Those that depend on the run's length are checked when ``total_steps``
     is given; with ``exact=False`` it is an upper bound (``--max-steps`` before ``--epochs`` is known).
-    ``train.py`` refuses the ones its user typed (a default is never refused).
+    ``train.py`` refuses the ones its user typed (a default is never refused). A warmup longer than the
+    run, or a cosine schedule inside it, still sets every step's learning rate: the trainer warns instead.
     """
     found = {}
     run = f"the run ({'' if exact else 'at most '}{total_steps} steps)"
@@ -218,16 +219,6 @@ def unused_settings(
         found["sample_every"] = f"{why}; lower it, or --sample-every 0 to write none"
         for name in grids:
             found[name] = f"--{name.replace('_', '-')} has no effect: {why}; lower --sample-every, or leave it out"
-    if total_steps is not None and config.warmup_steps > total_steps:
-        found["warmup_steps"] = (
-            f"--warmup-steps {config.warmup_steps} is longer than {run}, so the learning rate would never reach "
-            "--lr: lower --warmup-steps, or raise --max-steps"
-        )
-    if total_steps is not None and config.lr_schedule == "cosine" and config.warmup_steps >= total_steps:
-        found["lr_schedule"] = (
-            f"--lr-schedule cosine has no effect: the warmup (--warmup-steps {config.warmup_steps}) lasts the whole "
-            f"of {run}; lower --warmup-steps"
-        )
     if not unet.attention_levels and not unet.mid_attention:
         for name in ("num_heads", "head_channels"):
             found[name] = (
@@ -237,7 +228,9 @@ def unused_settings(
     elif unet.head_channels is not None:
         found["num_heads"] = (
             f"--num-heads has no effect while head_channels is {unet.head_channels} (from --head-channels, "
-            f"--model-config or --preset {config.preset}): heads are channels // head_channels; change --head-channels"
+            f"--model-config or --preset {config.preset}): heads are channels // head_channels. To set the number of "
+            'heads, leave out --head-channels and give --model-config FILE with {"head_channels": null} (or use '
+            "--preset ddpm-cifar10, which counts heads)"
         )
     if len(unet.channel_mult) == 1:
         for name in ("resample", "downsample_padding"):

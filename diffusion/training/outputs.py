@@ -1,18 +1,34 @@
 """What a run writes into ``OUT`` beside its checkpoints, and how a restart keeps what it abandons.
 
-A run that starts over (``--resume never``) or continues from an older checkpoint (``--resume PATH``)
-abandons a history. Nothing of it is deleted: it is renamed into ``OUT/abandoned/<UTC time>-<reason>/``
-under its own names (``checkpoints/step-N``, ``samples/step-N.png``, ``metrics.jsonl``, ``model/``,
-...), each item by one rename, and ``--resume auto`` never looks there.
+A run that starts over (``--resume never``), continues from an older checkpoint (``--resume PATH`` in
+``OUT/checkpoints``) or from one elsewhere (another run's, or one in ``OUT/abandoned/``) abandons a
+history. Nothing of it is deleted: it is renamed into ``OUT/abandoned/<UTC time>-<reason>/`` under its
+own names (``checkpoints/step-N``, ``samples/step-N.png``, ``metrics.jsonl``, ``model/``, ...), each item
+by one rename (see `move_aside` for folders on another disk), and ``--resume auto`` never looks there.
 """
 
+import contextlib
 import json
 import logging
+import os
 import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
-from ..checkpoint import CHECKPOINTS, abandoned_folder, checkpoints_after, move_aside
-from ..fileio import MANIFEST_NAME, write_text
+from ..checkpoint import (
+    ABANDONED,
+    CHECKPOINTS,
+    abandoned_folder,
+    checkpoint_root,
+    checkpoints_after,
+    commit_checkpoint,
+    copy_checkpoint,
+    move_aside,
+    pending_checkpoint,
+)
+from ..fileio import MANIFEST_NAME, CorruptFolderError, verify_manifest, write_text
+from .errors import TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +38,10 @@ MODEL = "model"
 LOSS_CURVE = "loss.png"
 TRAIN_CONFIG = "train_config.json"
 TENSORBOARD_PROJECT = "pixel-diffusion"  # accelerate's tracker writes OUT/<project>/events.out.tfevents.*
-# Everything a run leaves in OUT, metrics first: moved in this order, a crash part way never leaves
-# checkpoints in place whose metrics are gone.
+# Everything a run leaves in OUT, in the order a restart moves it aside. metrics.jsonl goes first, so a
+# crash part way can leave checkpoints in OUT whose rows are already moved (kept whole in the abandoned
+# folder), but never rows whose checkpoints are gone: a run started over them would trim those rows
+# (`trim_metrics`), and they would be lost.
 RUN_OUTPUTS = (METRICS, CHECKPOINTS, SAMPLES, MODEL, LOSS_CURVE, TRAIN_CONFIG, TENSORBOARD_PROJECT)
 _SAMPLE = re.compile(r"step-(\d+)\.png")
 
@@ -49,20 +67,25 @@ def trim_metrics(out: Path, step: int) -> None:
 
 def abandon_after(out: Path, step: int) -> Path | None:
     """A run continuing from ``step`` while ``OUT`` holds checkpoints newer than it: move that later
-    history aside (those checkpoints, grids of later steps, the final model, loss.png, and a full copy
-    of metrics.jsonl, whose rows up to ``step`` stay in use) and return where it went."""
+    history aside (those checkpoints, grids of later steps, the final model, loss.png and the TensorBoard
+    log, which the run starts afresh; copies of metrics.jsonl and train_config.json, whose rows up to
+    ``step`` stay in use) and return where it went."""
     newer = checkpoints_after(out, step)
     if not newer:
         return None
     folder = abandoned_folder(out, f"resumed-from-step-{step}")
-    if (out / METRICS).is_file():  # copied first: a crash part way leaves every row somewhere
-        write_text(folder / METRICS, (out / METRICS).read_text())
-    names = [f"{CHECKPOINTS}/{path.name}" for path in newer]
-    if (out / SAMPLES).is_dir():
-        later = [p for p in (out / SAMPLES).iterdir() if (m := _SAMPLE.fullmatch(p.name)) and int(m.group(1)) > step]
-        names += [f"{SAMPLES}/{p.name}" for p in sorted(later)]
-    names += [name for name in (MODEL, LOSS_CURVE) if (out / name).exists()]
-    move_aside(out, names, folder)
+    with _moving(out, folder):
+        for name in (METRICS, TRAIN_CONFIG):  # copied first: a crash part way leaves every row somewhere
+            if (out / name).is_file():
+                write_text(folder / name, (out / name).read_text())
+        names = [f"{CHECKPOINTS}/{path.name}" for path in newer]
+        if (out / SAMPLES).is_dir():
+            later = [
+                p for p in (out / SAMPLES).iterdir() if (m := _SAMPLE.fullmatch(p.name)) and int(m.group(1)) > step
+            ]
+            names += [f"{SAMPLES}/{p.name}" for p in sorted(later)]
+        names += [name for name in (MODEL, LOSS_CURVE, TENSORBOARD_PROJECT) if _present(out / name)]
+        move_aside(out, names, folder)
     logger.warning(
         "this run continues from step %d: the later history in %s (%s) is moved to %s, not deleted",
         step,
@@ -73,18 +96,100 @@ def abandon_after(out: Path, step: int) -> Path | None:
     return folder
 
 
-def set_old_model_aside(out: Path, new_model: Path, step: int) -> Path | None:
-    """Before ``new_model`` (a complete model folder) becomes ``OUT/model``: an old ``OUT/model`` with other
-    weights (a run extended past its first end) is moved aside and its new place returned; one with the
-    same weights (a finished run started again) is left for the caller to replace."""
-    old = out / MODEL
-    digest = _weights_digest(old)
-    if not old.is_dir() or (digest is not None and digest == _weights_digest(new_model)):
-        return None
-    folder = abandoned_folder(out, f"replaced-by-step-{step}")
-    move_aside(out, [MODEL], folder)
-    logger.warning("the model of step %d replaces %s; the old one is moved to %s", step, old, folder / MODEL)
+def abandon_all(out: Path) -> Path | None:
+    """``--resume never`` in a used ``OUT``: move the previous run aside whole and return where it went."""
+    folder = _abandon_run(out, "resume-never")
+    if folder is not None:
+        logger.warning(
+            "--resume never: the previous run in %s (%s) is moved to %s; starting over",
+            out,
+            ", ".join(sorted(p.name for p in folder.iterdir())),
+            folder,
+        )
     return folder
+
+
+def adopt_checkpoint(out: Path, source: Path, step: int, keep: int) -> Path | None:
+    """A run continuing from ``source``, the checkpoint of ``step`` outside ``OUT/checkpoints`` (another
+    run's, or one in ``OUT/abandoned/``): move the run in ``OUT`` aside whole, as ``--resume never`` does,
+    and start ``OUT``'s history afresh from a copy of ``source`` as ``checkpoints/step-N``, with the
+    metrics rows up to ``step`` of the run ``source`` belongs to (``source/../../metrics.jsonl``) when
+    there is one. Return where the previous run went."""
+    rows = read_metrics(source.parent.parent / METRICS) if source.parent.name == CHECKPOINTS else []
+    rows = [row for row in rows if row["step"] <= step]
+    try:
+        pending = copy_checkpoint(source, out, step)  # first: a failed copy leaves OUT's run in place
+    except OSError as e:
+        shutil.rmtree(pending_checkpoint(out, step), ignore_errors=True)
+        raise TrainingError(
+            f"could not copy {source} into {checkpoint_root(out)}: {e.strerror or e}; nothing was moved. Free "
+            "space (or fix permissions), then run the same command again"
+        ) from None
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(source.absolute().parts[-3:]))[-80:]
+    folder = _abandon_run(out, f"resumed-from-{slug}", spare=pending)
+    if folder is not None:
+        logger.warning(
+            "this run continues from %s, which is not in %s: the run that was there is moved to %s, not deleted",
+            source,
+            checkpoint_root(out),
+            folder,
+        )
+    try:
+        write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+        commit_checkpoint(pending, keep)
+    except OSError as e:
+        raise TrainingError(
+            f"could not write the copy of {source} into {out}: {e.strerror or e}. The run that was there is in "
+            f"{folder}; free space (or fix permissions), then run the same command again"
+        ) from None
+    logger.info("%s starts from a copy of %s, with its %d metrics rows", out, source, len(rows))
+    return folder
+
+
+def _abandon_run(out: Path, reason: str, spare: Path | None = None) -> Path | None:
+    """Move every run output of ``OUT`` into a new abandoned folder named for ``reason`` and return it; the
+    folder ``spare`` in ``OUT/checkpoints`` stays. None when there is nothing to move."""
+    names = []
+    for name in RUN_OUTPUTS:
+        if name == CHECKPOINTS and spare is not None and (out / name).is_dir():
+            names += [
+                f"{name}/{p.name}" for p in sorted((out / name).iterdir()) if p.name not in (spare.name, ABANDONED)
+            ]
+        elif _present(out / name):
+            names.append(name)
+    if not names:
+        return None
+    folder = abandoned_folder(out, reason)
+    with _moving(out, folder):
+        move_aside(out, names, folder)
+    return folder
+
+
+def install_model(out: Path, new_model: Path, step: int) -> None:
+    """Make ``new_model`` (a complete model folder beside ``OUT/model``) ``OUT/model``. One that already
+    holds these weights, intact (a finished run started again), is left as it is, with the user's edits to
+    its README.md and model_index.json, and ``new_model`` removed; any other is moved aside (a run
+    extended past its first end), never deleted."""
+    old = out / MODEL
+    if _present(old):
+        if _intact_with_weights(old, _weights_digest(new_model)):
+            shutil.rmtree(new_model)
+            logger.info("%s already holds the weights of step %d: left as it is", old, step)
+            return
+        folder = abandoned_folder(out, f"replaced-by-step-{step}")
+        move_aside(out, [MODEL], folder)
+        logger.warning("the model of step %d replaces %s; the old one is moved to %s", step, old, folder / MODEL)
+    os.replace(new_model, old)
+
+
+def _intact_with_weights(model: Path, digest: str | None) -> bool:
+    """Whether ``model`` is a model folder whose manifest lists weights of SHA-256 ``digest`` and holds."""
+    if digest is None or not model.is_dir() or _weights_digest(model) != digest:
+        return False
+    try:
+        return verify_manifest(model)
+    except CorruptFolderError:
+        return False
 
 
 def _weights_digest(model: Path) -> str | None:
@@ -95,14 +200,17 @@ def _weights_digest(model: Path) -> str | None:
         return None
 
 
-def abandon_all(out: Path) -> Path | None:
-    """``--resume never`` in a used ``OUT``: move the previous run aside whole and return where it went."""
-    present = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if not present:
-        return None
-    folder = abandoned_folder(out, "resume-never")
-    move_aside(out, present, folder)
-    logger.warning(
-        "--resume never: the previous run in %s (%s) is moved to %s; starting over", out, ", ".join(present), folder
-    )
-    return folder
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+@contextlib.contextmanager
+def _moving(out: Path, folder: Path) -> Iterator[None]:
+    """Turn a failed move aside into a one-line `TrainingError` that says where everything is."""
+    try:
+        yield
+    except OSError as e:
+        raise TrainingError(
+            f"could not move {e.filename or 'a file'} aside: {e.strerror or e}. Nothing is deleted: what was moved is "
+            f"in {folder}, the rest is still in {out}; move it by hand, or use a new --out"
+        ) from None

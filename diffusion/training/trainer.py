@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Collection
@@ -30,8 +29,8 @@ from tqdm.auto import tqdm
 from ..checkpoint import (
     begin_checkpoint,
     check_resume_path,
-    checkpoint_root,
     commit_checkpoint,
+    is_own_checkpoint,
     load_pickle_free,
     pending_checkpoint,
     read_state,
@@ -57,8 +56,9 @@ from .outputs import (
     TRAIN_CONFIG,
     abandon_after,
     abandon_all,
+    adopt_checkpoint,
+    install_model,
     read_metrics,
-    set_old_model_aside,
     trim_metrics,
 )
 from .plot import loss_curve
@@ -222,13 +222,26 @@ class Trainer:
         if state.get("class_names", self.class_names) != self.class_names:
             differ.append(f"the class subfolders ({state['class_names']} -> {self.class_names})")
         if state.get("dataset_size", len(self.dataset)) != len(self.dataset):
-            differ.append(f"the number of images ({state['dataset_size']} -> {len(self.dataset)})")
+            differ.append(f"the number of images ({state['dataset_size']} -> {len(self.dataset)}){self._passed_over()}")
         if differ:
             raise ValueError(
                 f"checkpoint {path} was written with other settings: {'; '.join(differ)}. To start a new run, use a "
                 f"new --out (or --resume never, which moves this run to {self.out / 'abandoned'}/ and starts over); "
                 "to continue this one, use the same settings"
             )
+
+    def _passed_over(self) -> str:
+        """Why the images may number fewer than an older version counted: the entries the scan passes over."""
+        passed = self.dataset.report.passed_over
+        if not passed:
+            return ""
+        names = [
+            p.relative_to(self.config.data).as_posix().encode("utf-8", "backslashreplace").decode() for p in passed
+        ]
+        return (
+            f" (this version passes over {len(passed)} hidden or tool-made entries such as {', '.join(names[:3])}; "
+            "move them out of the data folder, or use a new --out)"
+        )
 
     def _load_checkpoint(self, path: Path) -> int:
         acc = self.accelerator
@@ -330,6 +343,13 @@ class Trainer:
                 self.total_steps,
                 c.lr,
             )
+        if c.lr_schedule == "cosine" and c.warmup_steps >= self.total_steps:
+            logger.warning(
+                "--lr-schedule cosine decays the learning rate after the warmup (%d steps), which lasts this whole "
+                "run (%d steps): it decays only if the run is extended past the warmup; lower --warmup-steps",
+                c.warmup_steps,
+                self.total_steps,
+            )
 
     # ----- the loop -----
 
@@ -360,14 +380,15 @@ class Trainer:
         resume_from = choice[0]
         if resume_from is not None:
             start = self._load_checkpoint(resume_from)
-            if resume_from.parent.resolve() == checkpoint_root(self.out).resolve():
-                self.saved_step = start
+            self.saved_step = start  # OUT/checkpoints/step-N is that checkpoint, or will be a copy of it
             logger.info("resuming from %s (step %d)%s", resume_from, start, " [--resume auto]" * (c.resume == "auto"))
         if acc.is_main_process:
             # This run continues from `start`: what a previous run left beyond it is another history, moved
             # to OUT/abandoned/ (never deleted), so that --resume auto and the metrics never mix two.
             if c.resume == "never":
                 abandon_all(self.out)
+            elif resume_from is not None and not is_own_checkpoint(self.out, resume_from, start):
+                adopt_checkpoint(self.out, resume_from, start, c.keep_checkpoints)
             else:
                 abandon_after(self.out, start)
             trim_metrics(self.out, start)
@@ -481,31 +502,27 @@ class Trainer:
             return None
         model_dir = self.out / MODEL
         if acc.is_main_process:
-            self._write_model(model_dir, step)
+            self._write_model(step)
             with disk_errors(LOSS_CURVE):
                 self._write_loss_curve()
         acc.end_training()
         return model_dir
 
-    def _write_model(self, model_dir: Path, step: int) -> None:
+    def _write_model(self, step: int) -> None:
         """Write the final model and its card (``README.md``, outside the weights' manifest) whole under a
-        temporary name, then rename it: ``OUT/model`` is never half-written. An old one with other weights
-        is moved to ``OUT/abandoned/``; one with the same weights is renamed, then deleted."""
-        tmp, old = self.out / ".tmp-model", self.out / ".tmp-removing-model"
+        temporary name, then rename it: ``OUT/model`` is never half-written. One already there with the
+        same weights is left as it is (the user's edits kept); one with other weights is moved to
+        ``OUT/abandoned/`` (see `install_model`)."""
+        tmp = self.out / ".tmp-model"
         try:
             with disk_errors("the final model"):
                 shutil.rmtree(tmp, ignore_errors=True)
                 pipe = self._pipeline()
                 pipe.save_pretrained(tmp)
                 write_text(tmp / "README.md", self._model_card(pipe, step))
-                set_old_model_aside(self.out, tmp, step)
-                shutil.rmtree(old, ignore_errors=True)
-                if model_dir.exists():
-                    os.replace(model_dir, old)
-                os.replace(tmp, model_dir)
+                install_model(self.out, tmp, step)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # after a failure: give the space back
-            shutil.rmtree(old, ignore_errors=True)
 
     def _model_card(self, pipe: DiffusionPipeline, step: int) -> str:
         return model_card(

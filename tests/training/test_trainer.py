@@ -494,3 +494,17 @@ def test_fused_adamw_trains_like_the_default_optimizer(tmp_path, data):
         for o in ("plain", "fused")
     ]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_fewer_images_on_resume_names_the_entries_this_version_passes_over(tmp_path, data):
+    """A run started by a version that counted images in hidden folders (.ipynb_checkpoints) resumes with fewer."""
+    Trainer(config(tmp_path), TINY).train(stop_at_step=2)
+    hidden = data / "cats" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    (data / "cats" / "1.png").rename(hidden / "1-checkpoint.png")
+    with pytest.raises(ValueError) as refused:
+        Trainer(config(tmp_path), TINY).train()
+    assert (
+        "other settings: the number of images (8 -> 7) (this version passes over 1 hidden or tool-made entries such "
+        "as cats/.ipynb_checkpoints; move them out of the data folder, or use a new --out). To start a new run"
+    ) in str(refused.value)

@@ -87,6 +87,15 @@ def _parser_for(annotation: Any, name: str) -> dict[str, Any]:
     return {"type": base}
 
 
+def given_flags(make_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the flags that ``argv`` spells out: a second parse, by a fresh parser from
+    ``make_parser`` in which no flag has a default, so argparse sets only those given."""
+    parser = make_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def add_dataclass_arguments(
     parser: argparse.ArgumentParser | Any, cls: type, *, skip: Sequence[str] = (), from_preset: bool = False
 ) -> None:

@@ -1,7 +1,6 @@
 """``diffusion-sample`` / ``sample.py``: generate images, edit images, interpolate."""
 
 import argparse
-import copy
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from ..image import make_grid, save_gif, save_png
 from ..model_folder import SHIPPED_MODELS
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 from ..schedulers import SCHEDULER_NAMES, SCHEDULERS, resolve_scheduler_name
-from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, named_as_flags, run_command
+from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, given_flags, named_as_flags, run_command
 
 DEFAULT_FRAMES = 8  # of --interpolate
 DEFAULT_NUM_IMAGES = 16
@@ -189,14 +188,6 @@ FLAGS = {
 }
 
 
-def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
-    """The destinations of the flags that ``argv`` sets explicitly (not by default)."""
-    explicit = copy.deepcopy(parser)
-    for action in explicit._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(explicit.parse_args(argv)))
-
-
 def _check_combinations(args: argparse.Namespace, given: set[str]) -> None:
     """Refuse flags that would have no effect with the others given: every flag acts or is refused."""
     if args.interpolate is not None:
@@ -239,7 +230,7 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
     """``diffusion-sample``: generate images from a trained model."""
     parser = sample_parser()
     args = parser.parse_args(argv)
-    given = given_flags(parser, argv)
+    given = given_flags(sample_parser, argv)
 
     return run_command("diffusion-sample", lambda: _sample(args, given))
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ..models import PRESETS, UNetConfig
 from ..training import TrainConfig, Trainer
-from .common import ArgumentParser, add_dataclass_arguments, run_command
+from .common import ArgumentParser, add_dataclass_arguments, given_flags, run_command
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -25,19 +25,10 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def given_flags(argv: Sequence[str] | None) -> set[str]:
-    """The settings whose flags ``argv`` spells out, as field names: a second parse in which no flag has a
-    default, so argparse sets only those given."""
-    parser = train_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
-
-
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``diffusion-train``: train a model on a folder of images."""
     args = vars(train_parser().parse_args(argv))
-    given = given_flags(argv)
+    given = given_flags(train_parser, argv)
     unet_names = {f.name for f in dataclasses.fields(UNetConfig)}
     unet_overrides = {k: v for k, v in args.items() if k in unet_names and v is not None}
     train_args = {k: v for k, v in args.items() if k not in unet_names}

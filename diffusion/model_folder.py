@@ -85,13 +85,12 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
         CorruptFolderError: a file differs from the folder's manifest (truncated, changed).
         ValueError: the folder is not a model, or its files disagree with each other.
     """
-    if path is None:
-        path = next(iter(SHIPPED_MODELS))
-    if str(path) in SHIPPED_MODELS and not os.path.exists(path):
-        shipped = SHIPPED_MODELS[str(path)]
+    if path is None or (str(path) in SHIPPED_MODELS and not os.path.exists(path)):
+        name = next(iter(SHIPPED_MODELS)) if path is None else str(path)  # None: the default, never ./NAME
+        shipped = SHIPPED_MODELS[name]
         if not shipped.is_dir():
             raise FileNotFoundError(
-                f"the shipped model {path} is not at {shipped}; it comes with a source checkout "
+                f"the shipped model {name} is not at {shipped}; it comes with a source checkout "
                 "(pip install -e .); otherwise pass the path of a trained model (--model PATH)"
             )
         path = shipped

@@ -527,3 +527,13 @@ def test_an_interrupt_while_writing_counts_the_files_on_disk(model, tmp_path, ca
 def test_one_image_is_one_image(model, tmp_path, capsys):
     assert cli.sample_main(["--model", str(model), "--num-images", "1", "--steps", "2", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith(f"wrote 1 image to {tmp_path}/ in ")
+
+
+def test_a_local_folder_named_like_a_shipped_model_never_replaces_the_default(tmp_path, monkeypatch):
+    (tmp_path / "fashion-mnist" / "train").mkdir(parents=True)  # e.g. data prepared under data/
+    monkeypatch.chdir(tmp_path)
+    pipe = DiffusionPipeline.from_pretrained()
+    assert len(pipe.class_names) == 10 and pipe.unet.config.in_channels == 1
+    assert cli.sample_main(["--num-images", "1", "--steps", "2", "--out", str(tmp_path / "o")]) == 0
+    with pytest.raises(ValueError, match=r"^fashion-mnist is not a model folder"):  # named: the local folder wins
+        DiffusionPipeline.from_pretrained("fashion-mnist")

@@ -78,3 +78,20 @@ def test_a_failed_command_keeps_folders_that_hold_files(tmp_path):
 
     assert run_command("prog", main) == 130
     assert (tmp_path / "out" / "0.png").read_bytes() == b"done before the failure"
+
+
+def test_commands_log_this_package_at_info_and_other_libraries_only_when_they_warn(capsys, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setattr(logging.root, "level", logging.WARNING)
+    monkeypatch.setattr(logging.getLogger("diffusion"), "level", logging.NOTSET)
+
+    def main() -> int:
+        logging.getLogger("diffusion.training").info("scanning data")
+        logging.getLogger("httpx").info("HTTP Request: GET https://huggingface.co/api/models/x")
+        logging.getLogger("httpx").warning("retrying")
+        return 0
+
+    assert run_command("prog", main) == 0
+    assert capsys.readouterr().err == "scanning data\nretrying\n"

@@ -137,7 +137,9 @@ def run_command(prog: str, main: Callable[[], int]) -> int:
     """Run ``main`` as command ``prog``: user errors, the machine's errors and Ctrl-C become one line on
     stderr and an exit status (2, or 130 for an interrupt), and output folders the command created are
     removed again if it fails before writing into them."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # This package's progress at INFO; other libraries' (httpx requests, accelerate) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("diffusion").setLevel(logging.INFO)
     try:
         with undo_new_folders():
             return main()

@@ -1,7 +1,7 @@
 """`SchedulerConfig`: the settings every scheduler shares, saved as JSON beside the weights.
 
-Field names and meanings equal diffusers' where they overlap, so that a diffusers
-`scheduler_config.json` loads with `from_dict`. The mapping (defaults in parentheses):
+Field names equal diffusers' where they overlap, so that a diffusers `scheduler_config.json` loads with
+`from_dict`. The mapping (defaults in parentheses):
 
 | diffusers                           | ours                            | note                            |
 |-------------------------------------|---------------------------------|---------------------------------|
@@ -14,16 +14,27 @@ Field names and meanings equal diffusers' where they overlap, so that a diffuser
 | keys no field models                | -                               | ignored (logged)                |
 
 A key missing from a diffusers dict means the default of the dict's diffusers class (its
-``_class_name``); `_DIFFUSERS_DEFAULTS` lists, per class, where those differ from ours: DDPMScheduler
-and DDIMScheduler space "leading" and clip x̂_0 (`clip_sample=True`); DPMSolverMultistepScheduler,
-UniPCMultistepScheduler and the Euler and Heun schedulers space "linspace", and those without a
-`clip_sample` never clip (our default); HeunDiscreteScheduler's betas go from 0.00085 to 0.012. A dict
-of another or no class takes DDPMScheduler's. The other fields (`num_train_timesteps`, `beta_start`,
-`beta_end`, `rescale_betas_zero_snr`, `prediction_type`, `steps_offset`, `clip_sample_range`,
-`thresholding`, `dynamic_thresholding_ratio`, `sample_max_value`, DDIM's `set_alpha_to_one`, the
-solvers' `solver_order`, `solver_type`, `use_karras_sigmas`, ...) have the same names and meanings as in
-diffusers, and the same defaults but for those listed; `tests/schedulers/test_scheduler_config.py`
-checks the table against diffusers' classes.
+``_class_name``); `_DIFFUSERS_DEFAULTS` lists, per class, where those differ from ours:
+
+| diffusers class                                                | missing key means                     |
+|----------------------------------------------------------------|---------------------------------------|
+| DDPMScheduler, DDIMScheduler                                   | "leading", `clip_sample=True`         |
+| DPMSolverMultistepScheduler, UniPCMultistepScheduler           | "linspace", no clipping (no such key) |
+| EulerDiscreteScheduler, EulerAncestralDiscreteScheduler        | "linspace", no clipping (no such key) |
+| HeunDiscreteScheduler                                          | as Euler; betas from 0.00085 to 0.012 |
+| any other class (PNDM, LMS, DEIS, KDPM2, ...), or none         | our defaults: only what the dict says |
+
+Another class's defaults are not guessed: diffusers' classes share no default spacing, and a class
+without `clip_sample` never clips, so such a dict gets ours ("trailing", no clipping) for what it lacks.
+
+The other fields (`num_train_timesteps`, `beta_start`, `beta_end`, `rescale_betas_zero_snr`,
+`prediction_type`, `steps_offset`, `clip_sample_range`, `thresholding`, `dynamic_thresholding_ratio`,
+`sample_max_value`, DDIM's `set_alpha_to_one`, the solvers' `solver_order`, `solver_type`,
+`use_karras_sigmas`, ...) have the same names, meanings and defaults as in diffusers but for those
+listed; `tests/schedulers/test_scheduler_config.py` checks the table against diffusers' classes. One
+meaning differs: diffusers' multistep schedulers (DPM-Solver++, UniPC) space "linspace" and "leading"
+over n + 1 points and drop the last, ours over n as every other scheduler (`Scheduler.spaced_timesteps`),
+so only "trailing" (or Karras σs) gives them diffusers' timesteps; `diffusion.interop` warns on import.
 """
 
 import dataclasses
@@ -47,6 +58,7 @@ TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 _DIFFUSERS_BETA_SCHEDULE_NAMES = {"squaredcos_cap_v2": "cosine"}
 # diffusers' defaults where they differ from ours, per diffusers class: a diffusers dict of that class
 # that lacks the key meant these. Only keys the class has; a class without `clip_sample` never clips.
+# A class not listed gets none: its missing keys take ours.
 _DIFFUSERS_DEFAULTS: dict[str, dict[str, Any]] = {
     "DDPMScheduler": {"timestep_spacing": "leading", "clip_sample": True},
     "DDIMScheduler": {"timestep_spacing": "leading", "clip_sample": True},
@@ -56,7 +68,6 @@ _DIFFUSERS_DEFAULTS: dict[str, dict[str, Any]] = {
     "EulerAncestralDiscreteScheduler": {"timestep_spacing": "linspace"},
     "HeunDiscreteScheduler": {"timestep_spacing": "linspace", "beta_start": 0.00085, "beta_end": 0.012},
 }
-_FALLBACK_DIFFUSERS_CLASS = "DDPMScheduler"  # for a diffusers dict of another class, or without `_class_name`
 # diffusers keys we do not model but can honour only at one value.
 _DIFFUSERS_REQUIRED_VALUES: dict[str, Any] = {"trained_betas": None}
 
@@ -122,8 +133,8 @@ class SchedulerConfig:
 
         A dict with keys starting with ``_`` (``_class_name``, ``_diffusers_version``, ...) is taken to
         come from diffusers: its missing keys mean the defaults of its diffusers class (``_class_name``),
-        not ours, and those ``_`` keys are ignored. Keys no field models are ignored; see the module
-        docstring for the mapping.
+        not ours, for the classes the module docstring lists, and those ``_`` keys are ignored. Keys no
+        field models are ignored; see the module docstring for the mapping.
 
         Raises:
             ValueError: for a diffusers setting we cannot honour (e.g. `trained_betas` not null) or
@@ -133,8 +144,7 @@ class SchedulerConfig:
         from_diffusers = any(key.startswith("_") for key in d)
         kwargs: dict[str, Any] = {}
         if from_diffusers:
-            class_name = str(d.get("_class_name"))
-            defaults = _DIFFUSERS_DEFAULTS.get(class_name, _DIFFUSERS_DEFAULTS[_FALLBACK_DIFFUSERS_CLASS])
+            defaults = _DIFFUSERS_DEFAULTS.get(str(d.get("_class_name")), {})  # another class: none guessed
             kwargs.update({k: v for k, v in defaults.items() if k in names})
         for key, value in d.items():
             if key in names:
@@ -146,7 +156,10 @@ class SchedulerConfig:
                         f"only {key}={_DIFFUSERS_REQUIRED_VALUES[key]!r} is supported"
                     )
             elif not key.startswith("_"):
-                logger.info("%s.from_dict ignores the key %r", cls.__name__, key)
+                # A diffusers dict holds many keys we do not model; `diffusion.interop` refuses one whose value
+                # differs from what we implement, so they are not news. A key in one of ours may be a typo.
+                level = logging.DEBUG if from_diffusers else logging.INFO
+                logger.log(level, "%s.from_dict ignores the key %r", cls.__name__, key)
         if "beta_schedule" in kwargs:
             name = kwargs["beta_schedule"]
             kwargs["beta_schedule"] = _DIFFUSERS_BETA_SCHEDULE_NAMES.get(name, name)

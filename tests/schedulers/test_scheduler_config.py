@@ -228,6 +228,27 @@ def test_a_dpmsolver_dict_does_not_clip_or_space_leading():
     assert get_scheduler("ddim", d).config.clip_sample is False
     heun = HeunConfig.from_dict({"_class_name": "HeunDiscreteScheduler", "_diffusers_version": "0.30.0"})
     assert (heun.beta_start, heun.beta_end, heun.clip_sample) == (0.00085, 0.012, False)
-    # A dict of a class we do not know (or none) keeps DDPMScheduler's defaults, as before.
-    other = DDIMConfig.from_dict({"_class_name": "LMSDiscreteScheduler", "_diffusers_version": "0.30.0"})
-    assert (other.clip_sample, other.timestep_spacing) == (True, "leading")
+
+
+@pytest.mark.parametrize(
+    "class_name", ["PNDMScheduler", "LMSDiscreteScheduler", "DEISMultistepScheduler", "KDPM2DiscreteScheduler", None]
+)
+def test_a_dict_of_another_diffusers_class_gets_no_guessed_defaults(class_name, caplog):
+    """No other class's defaults are guessed (not DDPM's clipping and leading spacing): what the dict lacks
+    is ours, what it says is kept."""
+    d = {"_diffusers_version": "0.30.0"} | ({"_class_name": class_name} if class_name else {})
+    other = DDIMConfig.from_dict(d)
+    assert (other.clip_sample, other.timestep_spacing) == (False, "trailing")
+    said = DDIMConfig.from_dict(d | {"clip_sample": True, "timestep_spacing": "leading", "steps_offset": 1})
+    assert (said.clip_sample, said.timestep_spacing, said.steps_offset) == (True, "leading", 1)
+    # The keys of a diffusers dict no field models are logged at DEBUG only (interop checks their values).
+    with caplog.at_level("INFO", logger="diffusion"):
+        DDIMConfig.from_dict(d | {"skip_prk_steps": True})
+    assert caplog.records == []
+    with caplog.at_level("DEBUG", logger="diffusion"):
+        DDIMConfig.from_dict(d | {"skip_prk_steps": True})
+    assert caplog.messages == ["DDIMConfig.from_dict ignores the key 'skip_prk_steps'"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="diffusion"):  # one of our dicts: a key no field models may be a typo
+        DDIMConfig.from_dict({"clip_smaple": True})
+    assert caplog.messages == ["DDIMConfig.from_dict ignores the key 'clip_smaple'"]

@@ -10,8 +10,9 @@ class name. Nothing is executed: JSON, safetensors, and ``.bin`` only through
 
 An export adds ``_class_names`` to ``model_index.json`` for a class-conditional model: diffusers skips
 ``_``-keys when it loads a pipeline (any other key would be taken for a component), and we read the
-names back. An export is written under a temporary sibling name and moved into place when complete
-(`write_folder`), so a refused or failed one leaves nothing behind.
+names back. An export goes to a new or empty folder only, written in a temporary one and moved into
+place when complete (`write_folder`), so a refused or failed one leaves nothing behind and nothing that
+was there is overwritten.
 """
 
 import contextlib
@@ -49,6 +50,8 @@ SCHEDULER_CLASSES = {
     "HeunDiscreteScheduler": "heun",
     "UniPCMultistepScheduler": "unipc",
 }
+# diffusers' multistep schedulers, whose "linspace" and "leading" grids are not ours.
+_MULTISTEP_CLASSES = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 logger = logging.getLogger(__name__)
@@ -100,7 +103,9 @@ def load_diffusers_unet(folder: str | Path) -> UNet:
 
 
 def load_diffusers_scheduler(path: str | Path) -> Scheduler:
-    """Our scheduler for a diffusers ``scheduler_config.json`` (its ``_class_name`` picks which).
+    """Our scheduler for a diffusers ``scheduler_config.json`` (its ``_class_name`` picks which). A
+    DPM-Solver++ or UniPC one spaced other than "trailing", without Karras σs, loads with a warning: its
+    timesteps are not diffusers' (`diffusion.schedulers.config`).
 
     Raises:
         ValueError: an unsupported scheduler class or setting.
@@ -124,6 +129,17 @@ def load_diffusers_scheduler(path: str | Path) -> Scheduler:
                 f"{path}: unsupported diffusers {class_name} setting {key}={value!r} "
                 f"(we implement {key}={defaults[key]!r})"
             )
+    config = scheduler.config
+    if class_name in _MULTISTEP_CLASSES and config.timestep_spacing != "trailing" and not config.use_karras_sigmas:
+        # diffusers' multistep schedulers space n + 1 points and drop the last; ours space n (schedulers/sigmas.py).
+        logger.warning(
+            "%s: diffusers' %s spaces %r timesteps over n + 1 points and drops the last, we space n, so our %s "
+            'samples other timesteps; set "timestep_spacing": "trailing" there for the ones both take',
+            path,
+            class_name,
+            config.timestep_spacing,
+            SCHEDULER_CLASSES[class_name],
+        )
     return scheduler
 
 
@@ -161,18 +177,45 @@ def _sampler_name(scheduler: Scheduler) -> str:
     )
 
 
-def nearest_exportable(scheduler: Scheduler) -> Scheduler:
-    """``scheduler`` itself, or the `NEAREST_EXPORTABLE` sampler for it (one with Karras σs keeps them):
-    the same noise schedule and the settings both have (a DPM-Solver++ keeps all of its own)."""
-    target = NEAREST_EXPORTABLE.get(_sampler_name(scheduler))
-    if target is None:
-        return scheduler
-    settings = scheduler.config.to_dict()
-    if settings.get("use_karras_sigmas"):
-        target = _KARRAS_NEAREST.get(target, target)
+def _as_sampler(scheduler: Scheduler, target: str) -> Scheduler:
+    """Sampler ``target`` (an alias too) with ``scheduler``'s noise schedule and the settings both have."""
     base, fields = ALIASES.get(target, (target, {}))
     names = {f.name for f in dataclasses.fields(get_scheduler(base).config)}
-    return get_scheduler(target, {k: v for k, v in settings.items() if k in names} | fields)
+    return get_scheduler(target, {k: v for k, v in scheduler.config.to_dict().items() if k in names} | fields)
+
+
+def _spacing_refusal(scheduler: Scheduler) -> str | None:
+    """Why diffusers would step ``scheduler`` on other timesteps than we do, or None."""
+    name, config = registered_name(scheduler), scheduler.config
+    way_out = (
+        "export it with the ddpm sampler (diffusers runs DDPM on every spacing as we do), or set "
+        '"timestep_spacing": "trailing" in the model\'s scheduler/scheduler_config.json'
+    )
+    if name in ("dpmsolver++", "unipc") and config.timestep_spacing != "trailing" and not config.use_karras_sigmas:
+        # diffusers' multistep schedulers space n + 1 points and drop the last (see schedulers/sigmas.py).
+        return (
+            f"{name} with timestep_spacing={config.timestep_spacing!r} steps on other timesteps in diffusers; {way_out}"
+        )
+    if name == "ddim" and config.timestep_spacing == "linspace":
+        # diffusers' DDIM steps from t to t - T//n, which is the previous "linspace" timestep for no n.
+        return f"ddim with timestep_spacing='linspace' steps differently in diffusers; {way_out}"
+    return None
+
+
+def nearest_exportable(scheduler: Scheduler) -> Scheduler:
+    """``scheduler`` itself, or the sampler diffusers runs as we do that an export takes instead: the
+    `NEAREST_EXPORTABLE` one (one with Karras σs keeps them), and DDPM where diffusers would step that
+    one's timestep spacing differently (diffusers' DDPM looks each previous timestep up, as ours does, so
+    it runs every spacing as we do). The same noise schedule and the settings both have either way."""
+    target = NEAREST_EXPORTABLE.get(_sampler_name(scheduler))
+    picked = scheduler
+    if target is not None:
+        if scheduler.config.to_dict().get("use_karras_sigmas"):
+            target = _KARRAS_NEAREST.get(target, target)
+        picked = _as_sampler(scheduler, target)
+    if _spacing_refusal(picked) is not None:
+        picked = _as_sampler(scheduler, "ddpm")
+    return picked
 
 
 def diffusers_scheduler_config(name: str, scheduler: Scheduler) -> dict[str, Any]:
@@ -193,14 +236,8 @@ def diffusers_scheduler_config(name: str, scheduler: Scheduler) -> dict[str, Any
         )
     class_name = next(c for c, n in SCHEDULER_CLASSES.items() if n == name)
     config = scheduler.config
-    if name in ("dpmsolver++", "unipc") and config.timestep_spacing != "trailing" and not config.use_karras_sigmas:
-        raise ValueError(
-            f"{name} with timestep_spacing={config.timestep_spacing!r} steps on other timesteps in diffusers; "
-            "export it with 'trailing' spacing or Karras sigmas"
-        )
-    if name == "ddim" and config.timestep_spacing == "linspace":
-        # diffusers' DDIM steps from t to t - T//n, which is the previous "linspace" timestep for no n.
-        raise ValueError("ddim with timestep_spacing='linspace' steps differently in diffusers; export it 'trailing'")
+    if (why := _spacing_refusal(scheduler)) is not None:
+        raise ValueError(why)
     if name == "dpmsolver++" and config.solver_order == 3 and config.algorithm_type == "sde-dpmsolver++":
         raise ValueError(
             "diffusers' third-order SDE DPM-Solver++ differs from ours; export dpmsolver++2m-sde (the nearest) or 3m"
@@ -226,27 +263,32 @@ def save_diffusers(
     class_names: Sequence[str] = (),
     *,
     nearest: bool = True,
-) -> None:
-    """Write a folder that ``diffusers.DDPMPipeline.from_pretrained`` loads, and this package too.
+) -> str:
+    """Write a folder that ``diffusers.DDPMPipeline.from_pretrained`` loads, and this package too, at a
+    new or empty ``path`` (`write_folder`). Returns the name of the sampler exported.
 
     Args:
         name: ``scheduler``'s registered name (`SCHEDULERS`).
         class_names: stored as ``_class_names`` in ``model_index.json`` for `read_model_folder`.
-        nearest: export a sampler diffusers would run differently as its `NEAREST_EXPORTABLE` one, with
-            a warning; if False, it is refused.
+        nearest: export a sampler diffusers would run differently as the one `nearest_exportable` picks,
+            with a warning; if False, it is refused.
 
     Raises:
-        ValueError: for a UNet ``UNet2DModel`` cannot express or a scheduler diffusers would run
-            differently (see `diffusers_scheduler_config`); nothing is written then.
+        ValueError: ``path`` holds files; a UNet ``UNet2DModel`` cannot express or a scheduler diffusers
+            would run differently (see `diffusers_scheduler_config`). Nothing is written then.
     """
     import diffusers
 
     assert name == registered_name(scheduler), (name, scheduler)
+    check_new_folder(path)  # before any work
     if nearest and (picked := nearest_exportable(scheduler)) is not scheduler:
+        label = _sampler_name(scheduler)
+        if registered_name(picked) == "ddpm" and NEAREST_EXPORTABLE.get(label) != "ddpm":
+            label += f" with timestep_spacing={scheduler.config.timestep_spacing!r}"
         logger.warning(
             "diffusers runs the %s sampler differently: exporting %s, the nearest one it runs as we do "
             "(export another by name to choose)",
-            _sampler_name(scheduler),
+            label,
             _sampler_name(picked),
         )
         scheduler, name = picked, registered_name(picked)
@@ -285,46 +327,88 @@ def save_diffusers(
             "diffusers' DDPMPipeline cannot call UniPCMultistepScheduler (its step takes no generator): the "
             "folder loads, and its unet and scheduler sample as ours in your own loop"
         )
+    return _sampler_name(scheduler)
+
+
+def check_new_folder(path: str | Path, name: str | None = None) -> None:
+    """Refuse a ``path`` that `write_folder` would not write to; ``name`` stands for it in the message
+    (a command's ``--out PATH``).
+
+    Raises:
+        ValueError: ``path`` holds files.
+        NotADirectoryError: ``path`` is a file.
+        FileNotFoundError: ``path`` is a link to nothing.
+    """
+    path = Path(path)
+    name = name or str(path)
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"{name} is a link to {os.readlink(path)}, which does not exist")
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{name} is a file; give a folder to write the model to")
+    if path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"{name} already holds files; give a new or empty folder (nothing is overwritten)")
 
 
 def write_folder(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Have ``write`` fill a temporary sibling of ``path``, then move the result into place.
+    """Have ``write`` fill a temporary folder, then move what it wrote to ``path``, a new or empty folder:
+    nothing that is there is overwritten or deleted.
 
-    A missing or empty ``path`` becomes the new folder in one rename. An existing one keeps its other
-    files (a README, a git checkout): each file and folder the new one holds replaces its namesake
-    whole. If ``write`` fails (a refused setting, a full disk, Ctrl-C), ``path`` is left as it was and
-    the temporary folder, and any parent folder made for it, are removed.
+    A missing ``path`` is the temporary folder, made beside it, renamed. An empty one (a mount point, a
+    link to a folder elsewhere) gets the entries of a temporary folder made inside it, on its own file
+    system, renamed up one by one, ``model_index.json`` last. If ``write`` or a rename fails (a refused
+    setting, a full disk, Ctrl-C), the entries placed, the temporary folder and any parent folder made
+    for it are removed: ``path`` is as it was.
 
     Raises:
-        NotADirectoryError: ``path`` is a file.
+        ValueError, NotADirectoryError, FileNotFoundError: see `check_new_folder`.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path} is a file; give a folder to write the model to")
+    check_new_folder(path)
+    if path.is_dir():
+        _write_into_empty(path, write)
+        return
     made = [p for p in (path.parent, *path.parent.parents) if not p.exists()][::-1]  # outermost first
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the folder gets the mode mkdir would give it
+    tmp = _temporary_folder(path.parent, f".{path.name}.tmp-")
     try:
         write(tmp)
-        if not path.exists() or not any(path.iterdir()):
-            if path.exists():
-                path.rmdir()
-            os.replace(tmp, path)
-            return
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):  # the index last
-            if (path / entry.name).exists():
-                os.replace(path / entry.name, old / entry.name)
-            os.replace(entry, path / entry.name)
-        shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in reversed(made):
             with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
                 folder.rmdir()
         raise
-    finally:
+
+
+def _write_into_empty(path: Path, write: Callable[[Path], None]) -> None:
+    """`write_folder` into the empty folder ``path``: what it placed is removed again on any failure."""
+    tmp = _temporary_folder(path, ".tmp-")
+    placed: list[Path] = []
+    try:
+        write(tmp)
+        for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):  # the index last
+            target = path / entry.name
+            if os.path.lexists(target):  # written by someone else meanwhile: never replaced
+                raise ValueError(f"{target} appeared while the model was written to {path}; nothing was replaced")
+            os.replace(entry, target)
+            placed.append(target)
+        tmp.rmdir()
+    except BaseException:
+        for target in placed:  # only what this call put there
+            with contextlib.suppress(OSError):
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _temporary_folder(parent: Path, prefix: str) -> Path:
+    """A new folder in ``parent`` with the mode mkdir would give it (mkdtemp makes 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp

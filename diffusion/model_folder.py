@@ -18,11 +18,14 @@ parse with a clear message anyway.
 - a diffusers pipeline folder (`diffusion.interop`);
 - a training checkpoint ``OUT/checkpoints/step-N`` (`diffusion.checkpoint`): its EMA weights, the run's
   default sampler and class names, which is the model folder the run would write at that step;
-- a Hugging Face Hub id (``owner/name``) that names no local folder: downloaded into the Hugging Face
-  cache (configs and weights only), or found there when offline (``HF_HUB_OFFLINE=1``) or when the hub
-  cannot be reached.
+- a Hugging Face Hub id (``owner/name``) that names no local folder, and whose ``owner`` is no local
+  folder either (``runs/x`` beside ``runs/`` is a missing local folder): downloaded into the Hugging Face
+  cache (configs and weights only), or found there when offline (``HF_HUB_OFFLINE=1``) or when the
+  download fails (`hub_snapshot`).
 """
 
+import contextlib
+import importlib
 import os
 import re
 from pathlib import Path
@@ -47,7 +50,17 @@ FORMAT_VERSION = 1
 CHECKPOINT_SAMPLER = "dpmsolver++3m-sde"
 # A Hugging Face Hub repo id: owner/name, letters, digits and - _ . (huggingface_hub's own rule).
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
-_HUB_FILES = ["*.json", "unet/*.safetensors"]  # a model's configs and weights; .bin only if there are none
+# The files of a model on the hub, by exact name: a pattern such as unet/*.safetensors would fetch variants
+# (*.fp16.safetensors) too. Either format's weights, and diffusers' .bin ones only when there are neither.
+_HUB_FILES = [
+    "model_index.json",
+    "manifest.json",
+    "unet/config.json",
+    "scheduler/scheduler_config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    f"unet/{WEIGHTS_NAME}",
+]
+_HUB_BIN_WEIGHTS = "unet/diffusion_pytorch_model.bin"
 
 
 def write_model_folder(
@@ -94,7 +107,7 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
                 "(pip install -e .); otherwise pass the path of a trained model (--model PATH)"
             )
         path = shipped
-    if not os.path.exists(path) and _HUB_ID.fullmatch(str(path)) and ".." not in str(path):
+    if _is_hub_id(path):
         path = hub_snapshot(str(path))
     path = Path(path)
     if not path.is_dir():
@@ -176,41 +189,85 @@ def read_checkpoint(path: Path) -> tuple[UNet, Scheduler, list[str]]:
     return unet, scheduler, _class_names(state, "class_names", path / "trainer_state.json")
 
 
+def _is_hub_id(path: str | Path) -> bool:
+    """Whether ``path`` names no local folder and reads as a hub id: ``owner/name`` (huggingface_hub's
+    rule) where no folder ``owner`` exists here (``runs/x`` beside ``runs/`` is a missing local folder)."""
+    text = str(path)
+    if os.path.exists(text) or not _HUB_ID.fullmatch(text) or ".." in text or os.path.isdir(text.split("/")[0]):
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)  # e.g. no "--" (the cache's separator)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _http_errors() -> tuple[type[Exception], ...]:
+    """The transport errors (a refused connection, a timeout) of the HTTP client huggingface_hub uses:
+    httpx2 or httpx in recent releases; requests', in older ones, are OSErrors."""
+    errors = []
+    for module in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            errors.append(importlib.import_module(module).HTTPError)
+    return tuple(errors)
+
+
 def hub_snapshot(repo_id: str) -> Path:
     """The local folder of the Hugging Face Hub model ``repo_id``, downloaded into the Hugging Face cache,
-    or found there when offline (``HF_HUB_OFFLINE``) or when the hub cannot be reached.
+    or found there when offline (``HF_HUB_OFFLINE``) or when the download fails for any reason (no
+    network, a hub that does not answer, an outage, a refused token).
+
+    A hub that does not answer is waited for ``HF_HUB_ETAG_TIMEOUT`` seconds (10 by default), each
+    download ``HF_HUB_DOWNLOAD_TIMEOUT`` seconds without data; huggingface_hub sets no timeout on the
+    file listing that follows the first answer, so a hub that answers once and then stalls is waited for.
 
     Raises:
-        FileNotFoundError: no such model on the hub, or not cached while offline; the message says how to
-            get it.
-        ValueError: any other answer of the hub (an outage, a refused token).
+        FileNotFoundError: not in the cache, and the hub has no such model or cannot be reached (or
+            offline); the message says how to get it.
+        ValueError: not in the cache, and the hub answered with an error (an outage, a refused token).
     """
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     # The environment as it is now: huggingface_hub reads it once, when it is imported.
     offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
     home = os.environ.get("HF_HOME")
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or (home and f"{home}/hub")
     cache = cache or constants.HF_HUB_CACHE
-    fetch = {"repo_id": repo_id, "cache_dir": cache, "local_files_only": offline}
+    failure: Exception | None = None
+    if not offline:
+        timeout = constants.HF_HUB_ETAG_TIMEOUT
+        fetch = {"repo_id": repo_id, "cache_dir": cache, "etag_timeout": timeout}
+        try:
+            # snapshot_download's own first request has no timeout: this one, bounded, goes first.
+            HfApi().repo_info(repo_id, timeout=timeout)
+            folder = Path(snapshot_download(**fetch, allow_patterns=_HUB_FILES))
+            if not any((folder / name).is_file() for name in _HUB_FILES if name.endswith(".safetensors")):
+                folder = Path(snapshot_download(**fetch, allow_patterns=[_HUB_BIN_WEIGHTS]))
+            return folder
+        except (OSError, ValueError, HfHubHTTPError, *_http_errors()) as e:  # JSON errors are ValueErrors
+            failure = e
     try:
-        folder = Path(snapshot_download(**fetch, allow_patterns=_HUB_FILES))
-        if not offline and not any((folder / "unet").glob("*.safetensors")):
-            folder = Path(snapshot_download(**fetch, allow_patterns=["unet/*.bin"]))
-    except LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
-        raise FileNotFoundError(
-            f"model folder {repo_id} not found, and the Hub model {repo_id} is not in the Hugging Face cache "
-            f"({cache}) while {why}: get it with `hf download {repo_id} --local-dir DIR` where the hub is "
-            "reachable and pass DIR, or pass another model folder"
-        ) from None
-    except RepositoryNotFoundError:
+        return Path(snapshot_download(repo_id=repo_id, cache_dir=cache, local_files_only=True))
+    except (OSError, ValueError):
+        pass
+    if isinstance(failure, RepositoryNotFoundError):
         raise FileNotFoundError(
             f"model folder {repo_id} not found, and the Hugging Face Hub has no model {repo_id} "
             "(a private or gated one needs `hf auth login`)"
         ) from None
-    except HfHubHTTPError as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if isinstance(failure, HfHubHTTPError):
+        first = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
         raise ValueError(f"could not download {repo_id} from the Hugging Face Hub ({first}); try again later") from None
-    return folder
+    if failure is None:
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        first = (str(failure).strip().splitlines() or [""])[0]
+        why = f"the Hugging Face Hub cannot be reached ({type(failure).__name__}{': ' if first else ''}{first})"
+    raise FileNotFoundError(
+        f"model folder {repo_id} not found, and the Hub model {repo_id} is not in the Hugging Face cache "
+        f"({cache}) while {why}: get it with `hf download {repo_id} --local-dir DIR` where the hub is "
+        "reachable and pass DIR, or pass another model folder"
+    ) from None

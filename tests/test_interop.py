@@ -4,7 +4,11 @@
 import dataclasses
 import errno
 import json
+import os
+import re
+import shutil
 import warnings
+from pathlib import Path
 
 import diffusers
 import pytest
@@ -182,6 +186,55 @@ def test_bin_weights_load_with_weights_only(tmp_path):
         DiffusionPipeline.from_pretrained(folder)  # a pickled function is never unpickled
 
 
+@pytest.mark.parametrize("class_name", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
+@pytest.mark.parametrize(
+    "settings, warns",
+    [
+        ({}, True),  # diffusers' default, "linspace"
+        ({"timestep_spacing": "leading", "steps_offset": 1}, True),
+        ({"timestep_spacing": "trailing"}, False),
+        ({"use_karras_sigmas": True}, False),  # timesteps from the Karras σs, whatever the spacing
+    ],
+)
+def test_a_multistep_folder_diffusers_spaces_otherwise_loads_with_a_warning(
+    tmp_path, caplog, class_name, settings, warns
+):
+    """diffusers' multistep schedulers space "linspace" and "leading" over n + 1 points and drop the last:
+    the timesteps (diffusers' own, the oracle) differ from ours exactly where the warning says so."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = getattr(diffusers, class_name)(**settings)
+    theirs.save_config(tmp_path)
+    with caplog.at_level("WARNING"):
+        ours = interop.load_diffusers_scheduler(tmp_path / "scheduler_config.json")
+    spacing = ours.config.timestep_spacing
+    expected = (
+        f"{tmp_path / 'scheduler_config.json'}: diffusers' {class_name} spaces {spacing!r} timesteps over n + 1 points "
+        f"and drops the last, we space n, so our {interop.SCHEDULER_CLASSES[class_name]} samples other timesteps; "
+        'set "timestep_spacing": "trailing" there for the ones both take'
+    )
+    assert caplog.messages == ([expected] if warns else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # diffusers' own numpy DeprecationWarning
+        theirs.set_timesteps(10)
+    ours.set_timesteps(10)
+    assert (theirs.timesteps.tolist() != ours.timesteps.tolist()) == warns
+    if (
+        warns and spacing == "linspace"
+    ):  # the reviewer's example: ours 999, 888, 777, ...; diffusers' 999, 899, 799, ...
+        assert ours.timesteps.tolist()[:3] == [999, 888, 777] and theirs.timesteps.tolist()[:3] == [999, 899, 799]
+
+
+def test_our_own_multistep_folder_keeps_its_linspace_grid_without_a_warning(tmp_path, caplog):
+    pipe = tiny_ours(DPMSolverMultistepScheduler(DPMSolverConfig(timestep_spacing="linspace")))
+    pipe.save_pretrained(tmp_path / "model")
+    with caplog.at_level("WARNING"):
+        back = DiffusionPipeline.from_pretrained(tmp_path / "model")
+    assert caplog.messages == []
+    back.scheduler.set_timesteps(10)
+    assert back.scheduler.timesteps.tolist() == torch.linspace(0, 999, 10).round().flip(0).long().tolist()
+
+
 def tiny_ours(scheduler, resample: str = "conv") -> DiffusionPipeline:
     torch.manual_seed(0)
     config = UNetConfig(
@@ -307,7 +360,64 @@ def test_a_default_diffusers_runs_differently_is_exported_as_the_nearest(tmp_pat
         torch.testing.assert_close(images, original, rtol=0, atol=1e-4)  # float32 rounding of two formulas
 
 
-def test_export_command_writes_a_diffusers_folder_or_one_clear_line(tiny_model, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "source, settings, label",
+    [
+        # diffusers' DDPM looks the previous timestep up as ours does: every spacing runs as ours.
+        ("ours", {"timestep_spacing": "linspace"}, None),
+        ("ours", {"timestep_spacing": "leading", "steps_offset": 1}, None),
+        ("ours", {"timestep_spacing": "trailing"}, None),
+        # Folders of diffusers' defaults (linspace), imported: their samplers (euler's nearest, ddim, too)
+        # would step other timesteps in diffusers, so the export takes DDPM on the same timesteps.
+        ("DPMSolverMultistepScheduler", {}, "dpmsolver++2m with timestep_spacing='linspace'"),
+        ("UniPCMultistepScheduler", {}, "unipc with timestep_spacing='linspace'"),
+        ("EulerDiscreteScheduler", {}, "euler with timestep_spacing='linspace'"),
+    ],
+)
+def test_a_sampler_diffusers_would_space_differently_is_exported_as_ddpm(
+    tmp_path, capsys, caplog, source, settings, label
+):
+    if source == "ours":
+        pipe = tiny_ours(DDPMScheduler())
+        pipe.scheduler = pipe.make_scheduler("ddpm", **settings)
+        pipe.save_pretrained(tmp_path / "model")
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scheduler = getattr(diffusers, source)(**settings)
+        diffusers_folder(tmp_path, CIFAR10_UNET | {"sample_size": 16}, 1, scheduler)[0].rename(tmp_path / "model")
+        pipe = DiffusionPipeline.from_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        assert cli.export_main(["--model", str(tmp_path / "model"), "--to", "diffusers", "--out", str(out)]) == 0
+    assert f"wrote {out}/ for diffusers (ddpm)" in capsys.readouterr().out
+    if label is not None:
+        assert f"diffusers runs the {label} sampler differently: exporting ddpm, the nearest" in caplog.text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = diffusers.DDPMPipeline.from_pretrained(out)
+        generators = [torch.Generator().manual_seed(s) for s in (5, 6)]
+        images = theirs(batch_size=2, generator=generators, num_inference_steps=4, output_type="np").images
+    expected = pipe(2, 4, pipe.make_scheduler("ddpm"), seed=5, output_type="numpy")
+    assert abs(images - expected).max() < 2e-3  # the same images, up to float32 rounding
+
+
+def test_a_sampler_refused_for_its_spacing_names_a_way_out_that_exists(tmp_path, capsys):
+    pipe = tiny_ours(DPMSolverMultistepScheduler(DPMSolverConfig(timestep_spacing="linspace")))
+    pipe.save_pretrained(tmp_path / "model")
+    argv = ["--model", str(tmp_path / "model"), "--to", "diffusers", "--out", str(tmp_path / "hf"), "--scheduler"]
+    for name in ("dpmsolver++2m", "unipc", "ddim"):
+        assert cli.export_main([*argv, name]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].endswith(
+            "export it with --scheduler ddpm (diffusers runs DDPM on every spacing as we do), or set "
+            '"timestep_spacing": "trailing" in the model\'s scheduler/scheduler_config.json'
+        ), err
+    assert cli.export_main([*argv, "ddpm"]) == 0  # the way out
+    assert DiffusionPipeline.from_pretrained(tmp_path / "hf").scheduler.config.timestep_spacing == "linspace"
+
+
+def test_export_command_writes_a_diffusers_folder_or_one_clear_line(tiny_model, tmp_path, capsys, caplog):
     out = tmp_path / "hf"
     assert cli.export_main(["--model", str(tiny_model), "--to", "diffusers", "--out", str(out)]) == 0
     assert json.loads((out / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
@@ -315,14 +425,18 @@ def test_export_command_writes_a_diffusers_folder_or_one_clear_line(tiny_model, 
         warnings.simplefilter("ignore")
         assert isinstance(diffusers.DDPMPipeline.from_pretrained(out).unet, diffusers.UNet2DModel)
     assert f"wrote {out}/ for diffusers (ddim)" in capsys.readouterr().out
-    # The shipped model's own sampler (3M SDE) runs differently in diffusers: the nearest one, said in a line.
-    assert cli.export_main(["--to", "diffusers", "--out", str(tmp_path / "shipped")]) == 0
+    # The shipped model's own sampler (3M SDE) runs differently in diffusers: the nearest one, said in a
+    # line (save_diffusers' warning, on stderr).
+    with caplog.at_level("WARNING"):
+        assert cli.export_main(["--to", "diffusers", "--out", str(tmp_path / "shipped")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == [
-        "the model's sampler dpmsolver++3m-sde runs differently in diffusers: exporting dpmsolver++2m-sde, the "
-        "nearest one it runs as we do (choose with --scheduler)",
         f"wrote {tmp_path / 'shipped'}/ for diffusers (dpmsolver++2m-sde): load it with DDPMPipeline.from_pretrained",
     ]
+    assert (
+        "diffusers runs the dpmsolver++3m-sde sampler differently: exporting dpmsolver++2m-sde, the nearest one it "
+        "runs as we do (export another by name to choose)"
+    ) in caplog.messages
     back = DiffusionPipeline.from_pretrained(tmp_path / "shipped")
     assert back.class_names == DiffusionPipeline.from_pretrained().class_names and "sneaker" in back.class_names
     assert cli.export_main(["--to", "diffusers", "--out", str(tmp_path / "s2"), "--scheduler", "dpmsolver++2m"]) == 0
@@ -408,7 +522,7 @@ def test_unipc_exports_with_a_warning_and_samples_the_same_in_a_diffusers_loop(t
     torch.testing.assert_close((x / 2 + 0.5).clamp(0, 1), expected, rtol=1e-4, atol=1e-4)  # float32 rounding
 
 
-def test_a_failed_export_leaves_nothing_behind_and_a_new_one_replaces_the_old(tmp_path, monkeypatch, capsys):
+def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
     pipe = tiny_ours(DDIMScheduler())
     pipe.save_pretrained(tmp_path / "model")
     out = tmp_path / "hf"
@@ -424,25 +538,117 @@ def test_a_failed_export_leaves_nothing_behind_and_a_new_one_replaces_the_old(tm
         assert cli.export_main(argv) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    # Over an earlier export: the model's files are replaced whole, the folder's other files stay.
-    assert cli.export_main([*argv, "--scheduler", "ddpm"]) == 0
-    (out / "README.md").write_text("model card")
-    (out / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"stale")
-    assert cli.export_main(argv) == 0
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "README.md", "model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors",
-    ]  # fmt: skip
-    assert isinstance(DiffusionPipeline.from_pretrained(out).scheduler, DDIMScheduler)
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with monkeypatch.context() as m:  # a failed export over it leaves it as it was
+    with monkeypatch.context() as m:  # the same through the API, to a folder in a new parent
         m.setattr(interop, "save_safetensors", full_disk)
-        assert cli.export_main([*argv, "--scheduler", "ddpm"]) == 2
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "model"]
+        with pytest.raises(OSError, match="No space left"):
+            pipe.save_pretrained(tmp_path / "new" / "hf", format="diffusers")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     # --to pixel-diffusion goes the same way.
+    assert cli.export_main(argv) == 0
     assert cli.export_main(["--model", str(out), "--to", "pixel-diffusion", "--out", str(tmp_path / "ours")]) == 0
     assert DiffusionPipeline.from_pretrained(tmp_path / "ours").unet.config == pipe.unet.config
+
+
+def files_of(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("to", ["diffusers", "pixel-diffusion"])
+def test_export_refuses_a_folder_that_holds_files_and_changes_nothing(tmp_path, capsys, to):
+    """Nothing a user has is overwritten or deleted: not an earlier export with a model card, not another
+    model's weights, not the source model itself."""
+    pipe = tiny_ours(DDIMScheduler())
+    pipe.save_pretrained(tmp_path / "model")
+    other = tmp_path / "other"
+    assert cli.export_main(["--model", str(tmp_path / "model"), "--to", "diffusers", "--out", str(other)]) == 0
+    (other / "README.md").write_text("model card")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / ".keep").write_text("")  # a hidden file is a file too
+    capsys.readouterr()
+    for out in (other, tmp_path / "model", notes):
+        before = files_of(out)
+        argv = ["--model", str(tmp_path / "model"), "--to", to, "--out", str(out), "--scheduler", "ddpm"]
+        assert cli.export_main(argv) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"diffusion-export: error: --out {out} already holds files; give a new or empty folder (nothing is "
+            "overwritten)"
+        ]
+        assert files_of(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "notes", "other"]  # no temporary folder
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(other))} already holds files; give a new or empty"):
+        pipe.save_pretrained(other, format="diffusers")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="file is a file; give a folder"):
+        pipe.save_pretrained(tmp_path / "file", format="diffusers")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match=r"dangling is a link to .*gone, which does not exist"):
+        pipe.save_pretrained(tmp_path / "dangling", format="diffusers")
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_export_into_an_empty_folder_writes_in_it_on_its_own_file_system(tmp_path, monkeypatch, capsys, link):
+    """An empty --out (a mount point, a link to a folder elsewhere) is written through a temporary folder
+    inside it: no rename crosses file systems, and the folder itself is never removed or replaced."""
+    pipe = tiny_ours(DDIMScheduler())
+    pipe.save_pretrained(tmp_path / "model")
+    target = tmp_path / "mount"
+    target.mkdir()
+    out = tmp_path / "link" if link else target
+    if link:
+        out.symlink_to(target)
+    # A file system of its own at `target`: a rename into it from outside fails as across a mount point, and
+    # it cannot be removed (EBUSY).
+    replace, rmdir = os.replace, os.rmdir
+
+    def across_mounts(src, dst):
+        inside = [Path(p).resolve().is_relative_to(target) for p in (src, dst)]
+        if inside[0] != inside[1]:
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src), None, str(dst))
+        return replace(src, dst)
+
+    def busy(path, *args, **kwargs):
+        if Path(path).resolve() == target:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+        return rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", across_mounts)
+    monkeypatch.setattr(os, "rmdir", busy)
+    for to in ("diffusers", "pixel-diffusion"):
+        assert cli.export_main(["--model", str(tmp_path / "model"), "--to", to, "--out", str(out)]) == 0, to
+        assert f"wrote {out}/" in capsys.readouterr().out
+        assert out.is_symlink() == link and target.is_dir()
+        assert not [p for p in target.iterdir() if p.name.startswith(".")]  # no temporary folder left
+        assert DiffusionPipeline.from_pretrained(out).unet.config == pipe.unet.config
+        for entry in list(target.iterdir()):  # empty again for the other format
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    folders = []
+    interop.write_folder(out, lambda folder: folders.append(folder) or pipe.save_pretrained(folder))
+    assert folders[0].parent == out and folders[0].name.startswith(".tmp-")  # written on out's file system
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["link", "model", "mount"] if link else ["model", "mount"])
+
+
+def test_a_failed_move_into_an_empty_folder_leaves_it_empty(tmp_path, monkeypatch):
+    pipe = tiny_ours(DDIMScheduler())
+    out = tmp_path / "out"
+    out.mkdir()
+    replace, moves = os.replace, []
+
+    def fail_second_move(src, dst):
+        if Path(dst).parent == out:  # a move of write_folder's, not a file's atomic write
+            moves.append(Path(dst).name)
+            if len(moves) == 2:
+                raise OSError(errno.EIO, "Input/output error", str(dst))
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_second_move)
+    with pytest.raises(OSError, match="Input/output error"):
+        pipe.save_pretrained(out, format="diffusers")
+    assert len(moves) == 2 and "model_index.json" not in moves  # the index goes last
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    monkeypatch.setattr(os, "replace", replace)
+    pipe.save_pretrained(out, format="diffusers")  # and it takes the export then
+    assert isinstance(DiffusionPipeline.from_pretrained(out).scheduler, DDIMScheduler)
 
 
 def test_a_class_conditional_export_keeps_the_class_embedding_and_warns(tmp_path, caplog):

@@ -2,16 +2,19 @@
 ids (the cache laid out by hand in tmp_path; nothing ever goes to the network)."""
 
 import errno
+import importlib
 import json
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from diffusion import DiffusionPipeline, cli
 from diffusion.checkpoint import list_checkpoints
@@ -66,7 +69,7 @@ def test_a_checkpoint_samples_as_the_model_a_run_ending_there_writes(runs, run, 
     torch.testing.assert_close(images(ours), images(final), rtol=0, atol=0)  # the same weights: bit for bit
 
 
-def test_sample_and_export_take_a_checkpoint(runs, tmp_path, capsys):
+def test_sample_and_export_take_a_checkpoint(runs, tmp_path, capsys, caplog):
     checkpoint = runs / "long" / "checkpoints" / "step-4"
     out = tmp_path / "samples"
     argv = ["--model", str(checkpoint), "--num-images", "2", "--steps", "2", "--out", str(out)]
@@ -87,8 +90,10 @@ def test_sample_and_export_take_a_checkpoint(runs, tmp_path, capsys):
         assert (folder / name).read_bytes() == (final / name).read_bytes(), name
     # --to diffusers: the default sampler is exported as its nearest, and the class names come back.
     hf = tmp_path / "hf"
-    assert cli.export_main(["--model", str(checkpoint), "--to", "diffusers", "--out", str(hf)]) == 0
-    assert "exporting dpmsolver++2m-sde" in capsys.readouterr().out
+    with caplog.at_level("WARNING"):
+        assert cli.export_main(["--model", str(checkpoint), "--to", "diffusers", "--out", str(hf)]) == 0
+    assert "exporting dpmsolver++2m-sde" in caplog.text
+    assert f"wrote {hf}/ for diffusers (dpmsolver++2m-sde)" in capsys.readouterr().out
     assert DiffusionPipeline.from_pretrained(hf).class_names == ["cats", "dogs"]
 
 
@@ -219,23 +224,142 @@ def test_a_hub_id_not_in_the_cache_says_how_to_get_it(tmp_path, monkeypatch, cap
         DiffusionPipeline.from_pretrained("runs/mine/model")
 
 
-def test_online_a_hub_id_is_downloaded_with_its_configs_and_weights_only(exported, tmp_path, monkeypatch):
-    """Online, from_pretrained asks huggingface_hub for the snapshot (faked here: no network in tests)."""
+@pytest.mark.parametrize("weights", ["safetensors", "bin"])
+def test_online_a_hub_id_is_downloaded_with_its_configs_and_weights_only(exported, tmp_path, monkeypatch, weights):
+    """Online, from_pretrained asks huggingface_hub for the snapshot (faked here: no network in tests): by
+    exact names, so that a variant (unet/*.fp16.safetensors) is not fetched too, and diffusers' .bin
+    weights only for a model without safetensors ones."""
     import huggingface_hub
 
     _, folder = exported
+    if weights == "bin":
+        state = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+        torch.save(state, folder / "unet" / "diffusion_pytorch_model.bin")
+        (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     calls = []
 
-    def snapshot_download(repo_id, cache_dir, local_files_only, allow_patterns):
-        calls.append((repo_id, local_files_only, allow_patterns))
+    def snapshot_download(repo_id, cache_dir, etag_timeout, allow_patterns):
+        calls.append((repo_id, etag_timeout, allow_patterns))
         return str(folder)
 
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda self, repo_id, timeout: calls.append(timeout))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ETAG_TIMEOUT", 7)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.chdir(tmp_path)
     assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
-    assert calls == [("someone/tiny-ddpm", False, ["*.json", "unet/*.safetensors"])]
+    files = [
+        "model_index.json", "manifest.json", "unet/config.json", "scheduler/scheduler_config.json",
+        "unet/diffusion_pytorch_model.safetensors", "unet/model.safetensors",
+    ]  # fmt: skip
+    expected = [7, ("someone/tiny-ddpm", 7, files)]  # repo_info and each download bounded by the timeout
+    if weights == "bin":
+        expected.append(("someone/tiny-ddpm", 7, ["unet/diffusion_pytorch_model.bin"]))
+    assert calls == expected
+
+
+@pytest.mark.parametrize("first", ["runs", "models"])
+def test_a_missing_folder_under_a_local_folder_is_not_a_hub_id(tmp_path, monkeypatch, first):
+    """runs/x beside runs/ (models/ddpm-cifar10-32 beside models/) is a missing local folder: one line, and
+    nothing is asked of the hub (the no_network fixture fails any attempt)."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / first).mkdir()
+    name = f"{first}/ddpm-cifar10-32"
+    with pytest.raises(FileNotFoundError, match=rf"^model folder {name} not found$"):
+        DiffusionPipeline.from_pretrained(name)
+
+
+def test_a_repo_id_huggingface_hub_refuses_is_a_missing_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(__import__("huggingface_hub").constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for name in ("my--runs/x", "runs/x.", "a/b--c"):  # "--" and a trailing "." are not in repo ids
+        with pytest.raises(FileNotFoundError, match=rf"^model folder {re.escape(name)} not found$"):
+            DiffusionPipeline.from_pretrained(name)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        json.JSONDecodeError("Expecting value", "<html>", 0),  # a proxy's page instead of the hub's JSON
+        OSError(errno.ECONNRESET, "Connection reset by peer"),
+        "http",  # a transport error of huggingface_hub's HTTP client (not an OSError there)
+        "hub",  # an answer of the hub: an outage
+    ],
+)
+def test_any_failure_online_falls_back_to_the_cache(exported, tmp_path, monkeypatch, failure):
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from diffusion.model_folder import _http_errors
+
+    if failure == "http":
+        failure = _http_errors()[0]("stream broken")
+    elif failure == "hub":
+        http = importlib.import_module(HfHubHTTPError.__mro__[1].__module__)  # huggingface_hub's HTTP client
+        response = http.Response(503, request=http.Request("GET", "https://huggingface.co/api/models/someone/x"))
+        failure = HfHubHTTPError("503 Server Error: Service Unavailable", response=response)
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", fail)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    hub_cache(tmp_path / "cache", "someone/tiny-ddpm", exported[1])
+    assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
+    # Not cached: one line, the hub's own answer where it gave one.
+    if isinstance(failure, HfHubHTTPError):
+        match, kind = r"^could not download someone/other from the Hugging Face Hub \(503 Server Error", ValueError
+    else:
+        match, kind = (
+            r"not in the Hugging Face cache .* while the Hugging Face Hub cannot be reached \(",
+            FileNotFoundError,
+        )
+    with pytest.raises(kind, match=match) as raised:
+        DiffusionPipeline.from_pretrained("someone/other")
+    assert "\n" not in str(raised.value)
+
+
+def test_a_hub_that_never_answers_is_waited_for_only_the_etag_timeout(exported, tmp_path, monkeypatch):
+    """A server that accepts connections and never answers (HF_ENDPOINT pointed at a local listener): the
+    cache, or the one-line message, after HF_HUB_ETAG_TIMEOUT (1 s here), not a wait without end."""
+    import huggingface_hub
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel's backlog) and never answers
+    port = listener.getsockname()[1]
+    monkeypatch.undo()  # the no_network fixture: this test connects, to 127.0.0.1 only
+    connect = socket.socket.connect
+
+    def local_only(self, address):
+        assert address[:2] == ("127.0.0.1", port), f"a test tried to reach {address}"
+        return connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)
+    endpoint = f"http://127.0.0.1:{port}"  # what HF_ENDPOINT sets when huggingface_hub is imported
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    hub_cache(tmp_path / "cache", "someone/tiny-ddpm", exported[1])
+    with listener:
+        start = time.monotonic()
+        assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
+        with pytest.raises(FileNotFoundError, match=r"while the Hugging Face Hub cannot be reached \(ReadTimeout"):
+            DiffusionPipeline.from_pretrained("someone/other")
+        assert time.monotonic() - start < 30  # two waits of about 1 s (and huggingface_hub's setup)
 
 
 def test_a_hub_id_loads_from_the_cache_when_the_hub_cannot_be_reached(exported, tmp_path, monkeypatch):

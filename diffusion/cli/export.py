@@ -5,10 +5,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..fileio import check_writable
-from ..interop import nearest_exportable, save_diffusers, write_folder
+from ..interop import check_new_folder, save_diffusers, write_folder
 from ..pipeline import DiffusionPipeline
 from ..schedulers import registered_name
-from .common import ArgumentParser, run_command
+from .common import ArgumentParser, named_as_flags, run_command
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -16,7 +16,8 @@ def export_parser() -> argparse.ArgumentParser:
         prog="diffusion-export",
         description="Write a model folder in another format: --to diffusers writes a folder that "
         "diffusers.DDPMPipeline.from_pretrained loads (and this package too); --to pixel-diffusion writes our "
-        "own model folder, e.g. from a training checkpoint. The folder appears whole or not at all.",
+        "own model folder, e.g. from a training checkpoint. --out must be a new or empty folder (nothing is "
+        "overwritten); the folder appears whole or not at all.",
         epilog="Example: diffusion-export --model runs/mine/model --to diffusers --out hf-model --scheduler ddim",
     )
     parser.add_argument(
@@ -26,14 +27,15 @@ def export_parser() -> argparse.ArgumentParser:
         "id (default: the shipped model)",
     )
     parser.add_argument("--to", choices=("diffusers", "pixel-diffusion"), required=True, help="the target format")
-    parser.add_argument("--out", required=True, help="the folder to write")
+    parser.add_argument("--out", required=True, help="the folder to write: a new or empty one")
     parser.add_argument(
         "--scheduler",
         default=None,
         help="export with this sampler instead of the model's own (diffusers' DDPMPipeline runs ddpm, ddim, "
         "dpmsolver++ (not 3M SDE) and unipc as we do; without this flag a model's other default is exported "
         "as the nearest of those: dpmsolver++3m-sde as dpmsolver++2m-sde, euler as ddim, euler-ancestral as "
-        "ddpm, heun as dpmsolver++2m; see README, 'Models from diffusers, and back')",
+        "ddpm, heun as dpmsolver++2m, and one whose timestep_spacing diffusers would step differently as ddpm; "
+        "see README, 'Models from diffusers, and back')",
     )
     return parser
 
@@ -44,6 +46,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
 
     def main() -> int:
         out = Path(args.out)
+        check_new_folder(out, f"--out {out}")  # before the model is read (perhaps downloaded)
         check_writable(out)
         pipe = DiffusionPipeline.from_pretrained(args.model)
         if args.scheduler is not None:
@@ -52,15 +55,16 @@ def export_main(argv: Sequence[str] | None = None) -> int:
             write_folder(out, pipe.save_pretrained)
             print(f"wrote {out}/ ({pipe.scheduler_name()}): load it with DiffusionPipeline.from_pretrained")
             return 0
-        if args.scheduler is None and (picked := nearest_exportable(pipe.scheduler)) is not pipe.scheduler:
-            print(
-                f"the model's sampler {pipe.scheduler_name()} runs differently in diffusers: exporting "
-                f"{pipe.scheduler_name(picked)}, the nearest one it runs as we do (choose with --scheduler)"
+        with named_as_flags({"the ddpm sampler": "--scheduler ddpm"}):  # the way out of a spacing refusal
+            exported = save_diffusers(
+                pipe.unet,
+                registered_name(pipe.scheduler),
+                pipe.scheduler,
+                out,
+                pipe.class_names,
+                nearest=args.scheduler is None,  # the model's own sampler: the nearest one, with a warning
             )
-            pipe.scheduler = picked
-        name = registered_name(pipe.scheduler)
-        save_diffusers(pipe.unet, name, pipe.scheduler, out, pipe.class_names, nearest=False)
-        print(f"wrote {out}/ for diffusers ({pipe.scheduler_name()}): load it with DDPMPipeline.from_pretrained")
+        print(f"wrote {out}/ for diffusers ({exported}): load it with DDPMPipeline.from_pretrained")
         return 0
 
     return run_command("diffusion-export", main)

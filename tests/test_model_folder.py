@@ -165,6 +165,18 @@ def hub_cache(root: Path, repo_id: str, folder: Path) -> Path:
     return snapshot
 
 
+def online_with_a_cache(monkeypatch, tmp_path: Path, folder: Path) -> None:
+    """Online mode (whatever the environment says), run from ``tmp_path``, with ``folder`` cached as
+    someone/tiny-ddpm in ``tmp_path/cache``."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    hub_cache(tmp_path / "cache", "someone/tiny-ddpm", folder)
+
+
 @pytest.fixture
 def exported(tmp_path) -> tuple[DiffusionPipeline, Path]:
     """A class-conditional tiny model exported for diffusers."""
@@ -309,11 +321,7 @@ def test_any_failure_online_falls_back_to_the_cache(exported, tmp_path, monkeypa
         raise failure
 
     monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", fail)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    hub_cache(tmp_path / "cache", "someone/tiny-ddpm", exported[1])
+    online_with_a_cache(monkeypatch, tmp_path, exported[1])
     assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
     # Not cached: one line, the hub's own answer where it gave one.
     if isinstance(failure, HfHubHTTPError):
@@ -349,11 +357,7 @@ def test_a_hub_that_never_answers_is_waited_for_only_the_etag_timeout(exported, 
         huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
     )
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ETAG_TIMEOUT", 1)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    hub_cache(tmp_path / "cache", "someone/tiny-ddpm", exported[1])
+    online_with_a_cache(monkeypatch, tmp_path, exported[1])
     with listener:
         start = time.monotonic()
         assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
@@ -365,7 +369,6 @@ def test_a_hub_that_never_answers_is_waited_for_only_the_etag_timeout(exported, 
 def test_a_hub_id_loads_from_the_cache_when_the_hub_cannot_be_reached(exported, tmp_path, monkeypatch):
     """Online mode, but every connection fails at once (as on a machine without network): huggingface_hub
     falls back to the cache, and a model not in it is the one-line message."""
-    import huggingface_hub
 
     def unreachable(*args, **kwargs):
         raise OSError(errno.ENETUNREACH, "Network is unreachable")
@@ -373,11 +376,7 @@ def test_a_hub_id_loads_from_the_cache_when_the_hub_cannot_be_reached(exported, 
     for name in ("getaddrinfo", "create_connection"):
         monkeypatch.setattr(socket, name, unreachable)
     monkeypatch.setattr(socket.socket, "connect", unreachable)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    hub_cache(tmp_path / "cache", "someone/tiny-ddpm", exported[1])
+    online_with_a_cache(monkeypatch, tmp_path, exported[1])
     assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
     with pytest.raises(FileNotFoundError, match=r"not in the Hugging Face cache .* while the Hugging Face Hub cannot"):
         DiffusionPipeline.from_pretrained("someone/other")

@@ -466,7 +466,6 @@ def test_flags_that_would_be_ignored_are_refused(conditional, tmp_path, capsys, 
     assert re.search(message, capsys.readouterr().err.strip())
 
 
-@pytest.mark.slow  # a process of its own: seconds of start-up (the in-process test above runs by default)
 def test_a_real_sigint_keeps_the_finished_batches(model, tmp_path):
     """sample.py in its own process, interrupted by SIGINT once its first batch is on disk."""
     out = tmp_path / "o"

@@ -96,12 +96,14 @@ def abandon_after(out: Path, step: int) -> Path | None:
     return folder
 
 
-def abandon_all(out: Path) -> Path | None:
-    """``--resume never`` in a used ``OUT``: move the previous run aside whole and return where it went."""
-    folder = _abandon_run(out, "resume-never")
+def abandon_all(out: Path, reason: str = "resume-never") -> Path | None:
+    """A run starting over in a used ``OUT`` (``--resume never``, or ``--resume auto`` with no checkpoint
+    left to resume): move the previous run aside whole and return where it went."""
+    folder = _abandon_run(out, reason)
     if folder is not None:
         logger.warning(
-            "--resume never: the previous run in %s (%s) is moved to %s; starting over",
+            "%s: the previous run in %s (%s) is moved to %s; starting over",
+            "--resume never" if reason == "resume-never" else "no checkpoint to resume",
             out,
             ", ".join(sorted(p.name for p in folder.iterdir())),
             folder,
@@ -163,6 +165,18 @@ def _abandon_run(out: Path, reason: str, spare: Path | None = None) -> Path | No
     with _moving(out, folder):
         move_aside(out, names, folder)
     return folder
+
+
+def check_model_target(out: Path) -> None:
+    """Refuse, before any training, an ``OUT/model`` that is a link or a mount point: the final model is
+    put in place by renaming a complete folder onto ``OUT/model``, which cannot replace either."""
+    model = out / MODEL
+    if model.is_symlink() or os.path.ismount(model):
+        kind = "a link" if model.is_symlink() else "a mount point"
+        raise ValueError(
+            f"{model} is {kind}; the final model is renamed into place there, which {kind} cannot take. "
+            "Make it a plain folder (or remove it), or use a new --out"
+        )
 
 
 def install_model(out: Path, new_model: Path, step: int) -> None:

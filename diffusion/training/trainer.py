@@ -57,6 +57,7 @@ from .outputs import (
     abandon_after,
     abandon_all,
     adopt_checkpoint,
+    check_model_target,
     install_model,
     read_metrics,
     trim_metrics,
@@ -106,6 +107,7 @@ class Trainer:
         self.config = config
         self.unet_overrides = dict(unet_overrides or {})
         self.out = Path(config.out)
+        check_model_target(self.out)
         check_writable(self.out)
         # accelerate keeps its settings in a process-wide singleton; forget them so that a second run in
         # the same process (tests, notebooks) can choose another precision. The process group stays.
@@ -387,7 +389,9 @@ class Trainer:
             # to OUT/abandoned/ (never deleted), so that --resume auto and the metrics never mix two.
             if c.resume == "never":
                 abandon_all(self.out)
-            elif resume_from is not None and not is_own_checkpoint(self.out, resume_from, start):
+            elif resume_from is None:  # nothing to resume (checkpoints deleted, a link to an unmounted disk)
+                abandon_all(self.out, "no-checkpoint")
+            elif not is_own_checkpoint(self.out, resume_from, start):
                 adopt_checkpoint(self.out, resume_from, start, c.keep_checkpoints)
             else:
                 abandon_after(self.out, start)

@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -312,3 +313,31 @@ def test_a_finished_run_started_again_keeps_the_edits_to_its_model(tmp_path, dat
     folder = the_abandoned_folder(out, "replaced-by-step-2")
     assert (folder / "model" / "unet" / "model.safetensors").read_bytes() == bytes(damaged)
     assert verify_manifest(model) and (model / "README.md").read_text() != card
+
+
+def test_a_run_with_no_checkpoint_left_to_resume_moves_the_previous_run_aside(tmp_path, data, caplog):
+    """Checkpoints deleted to save space (or on a disk not mounted): --resume auto starts over, and the old
+    run's metrics, model, grids and logs are kept, not trimmed away or overwritten."""
+    Trainer(config(tmp_path, max_steps=2, **GRIDS), TINY).train()
+    out = tmp_path / "out"
+    for checkpoint in (out / "checkpoints").iterdir():
+        shutil.rmtree(checkpoint)
+    with caplog.at_level(logging.WARNING):
+        Trainer(config(tmp_path, max_steps=1), TINY).train()
+    folder = the_abandoned_folder(out, "no-checkpoint")
+    assert f"no checkpoint to resume: the previous run in {out} (" in caplog.text
+    assert steps_in(folder / "metrics.jsonl") == [1, 2]
+    assert sorted(p.name for p in (folder / "samples").iterdir()) == ["step-2.png"]
+    assert (folder / "model" / "unet" / "model.safetensors").is_file()
+    assert steps_in(out / "metrics.jsonl") == [1]
+
+
+def test_a_linked_model_folder_is_refused_before_training(tmp_path, data):
+    """The final model is renamed onto OUT/model, which a link cannot take: refused at once, not after training."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match=r"out/model is a link; the final model is renamed into place there"):
+        Trainer(config(tmp_path, max_steps=1), TINY)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model"]
+    assert list((tmp_path / "elsewhere").iterdir()) == []

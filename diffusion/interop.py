@@ -38,7 +38,7 @@ from .models.diffusers_map import (
     to_diffusers_state_dict,
     unet_config_from_diffusers,
 )
-from .schedulers import ALIASES, Scheduler, get_scheduler, registered_name
+from .schedulers import ALIASES, Scheduler, get_scheduler, registered_name, scheduler_name
 
 # diffusers scheduler class -> our scheduler name.
 SCHEDULER_CLASSES = {
@@ -167,16 +167,6 @@ _KARRAS_NEAREST = {"ddim": "dpmsolver++2m", "ddpm": "dpmsolver++2m-sde"}
 _DIFFUSERS_BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2"}
 
 
-def _sampler_name(scheduler: Scheduler) -> str:
-    """The alias ``scheduler``'s settings match (``"dpmsolver++3m-sde"``), else its registered name."""
-    name = registered_name(scheduler)
-    settings = scheduler.config.to_dict()
-    return next(
-        (alias for alias, (base, fields) in ALIASES.items() if base == name and fields.items() <= settings.items()),
-        name,
-    )
-
-
 def _as_sampler(scheduler: Scheduler, target: str) -> Scheduler:
     """Sampler ``target`` (an alias too) with ``scheduler``'s noise schedule and the settings both have."""
     base, fields = ALIASES.get(target, (target, {}))
@@ -207,7 +197,7 @@ def nearest_exportable(scheduler: Scheduler) -> Scheduler:
     `NEAREST_EXPORTABLE` one (one with Karras σs keeps them), and DDPM where diffusers would step that
     one's timestep spacing differently (diffusers' DDPM looks each previous timestep up, as ours does, so
     it runs every spacing as we do). The same noise schedule and the settings both have either way."""
-    target = NEAREST_EXPORTABLE.get(_sampler_name(scheduler))
+    target = NEAREST_EXPORTABLE.get(scheduler_name(scheduler))
     picked = scheduler
     if target is not None:
         if scheduler.config.to_dict().get("use_karras_sigmas"):
@@ -226,7 +216,7 @@ def diffusers_scheduler_config(name: str, scheduler: Scheduler) -> dict[str, Any
     """
     import diffusers
 
-    label = _sampler_name(scheduler)
+    label = scheduler_name(scheduler)
     if name not in EXPORTABLE:
         nearest = NEAREST_EXPORTABLE.get(label)
         hint = f" ({nearest} is the nearest)" if nearest else ""
@@ -282,14 +272,14 @@ def save_diffusers(
     assert name == registered_name(scheduler), (name, scheduler)
     check_new_folder(path)  # before any work
     if nearest and (picked := nearest_exportable(scheduler)) is not scheduler:
-        label = _sampler_name(scheduler)
+        label = scheduler_name(scheduler)
         if registered_name(picked) == "ddpm" and NEAREST_EXPORTABLE.get(label) != "ddpm":
             label += f" with timestep_spacing={scheduler.config.timestep_spacing!r}"
         logger.warning(
             "diffusers runs the %s sampler differently: exporting %s, the nearest one it runs as we do "
             "(export another by name to choose)",
             label,
-            _sampler_name(picked),
+            scheduler_name(picked),
         )
         scheduler, name = picked, registered_name(picked)
     unet_settings = diffusers_unet_kwargs(unet.config)  # raises before anything is written
@@ -327,7 +317,7 @@ def save_diffusers(
             "diffusers' DDPMPipeline cannot call UniPCMultistepScheduler (its step takes no generator): the "
             "folder loads, and its unet and scheduler sample as ours in your own loop"
         )
-    return _sampler_name(scheduler)
+    return scheduler_name(scheduler)
 
 
 def check_new_folder(path: str | Path, name: str | None = None) -> None:

@@ -44,14 +44,13 @@ from .latents import Latents
 from .model_folder import FORMAT_NAME, read_model_folder, write_model_folder
 from .models import UNet
 from .schedulers import (
-    ALIASES,
     DEFAULT_STEPS,
     SCHEDULERS,
     Scheduler,
     SchedulerConfig,
     get_scheduler,
-    registered_name,
     resolve_scheduler_name,
+    scheduler_name,
 )
 from .schedulers.base import randn_tensor
 
@@ -195,13 +194,7 @@ class DiffusionPipeline(Latents):
     def scheduler_name(self, scheduler: Scheduler | None = None) -> str:
         """The name of ``scheduler`` (default: the pipeline's own): the alias its settings match, such as
         ``"dpmsolver++2m-sde"``, else its registered name."""
-        scheduler = scheduler or self.scheduler
-        name = registered_name(scheduler)
-        settings = scheduler.config.to_dict()
-        for alias, (base, fields) in ALIASES.items():
-            if base == name and all(settings[k] == v for k, v in fields.items()):
-                return alias
-        return name
+        return scheduler_name(scheduler or self.scheduler)
 
     # ----- the model folder (diffusion.model_folder) -----
 

@@ -42,15 +42,25 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 SCHEDULER_NAMES: tuple[str, ...] = (*SCHEDULERS, *ALIASES)
 
 
-# Default sampler steps: with 20 steps, DPM-Solver++ 3M SDE (the default sampler of the models we train)
-# had the best quality of any sampler at 20 model evaluations on the model shipped before issue 7, FD@2000 0.826
-# against DDPM-1000's 0.684 and DDIM-100's 1.584 (docs/benchmarks.md, "Quality against sampling cost").
+# Default sampler steps: at 20, DPM-Solver++ 3M SDE (the default sampler of the models we train) has the
+# best quality of any sampler for its 20 model evaluations (docs/benchmarks.md, "Quality against sampling cost").
 DEFAULT_STEPS = 20
 
 
 def registered_name(scheduler: Scheduler) -> str:
     """The name `SCHEDULERS` registers ``scheduler``'s class under, or its class name if unregistered."""
     return next((name for name, cls in SCHEDULERS.items() if type(scheduler) is cls), type(scheduler).__name__)
+
+
+def scheduler_name(scheduler: Scheduler) -> str:
+    """The name of ``scheduler``: the alias its settings match, such as ``"dpmsolver++2m-sde"``, else its
+    registered name."""
+    name = registered_name(scheduler)
+    settings = scheduler.config.to_dict()
+    for alias, (base, fields) in ALIASES.items():
+        if base == name and all(settings[k] == v for k, v in fields.items()):
+            return alias
+    return name
 
 
 def resolve_scheduler_name(name: str) -> tuple[str, dict[str, Any]]:
@@ -120,4 +130,5 @@ __all__ = [
     "registered_name",
     "rescale_zero_terminal_snr",
     "resolve_scheduler_name",
+    "scheduler_name",
 ]

@@ -14,6 +14,7 @@ import torch
 
 from ..config import check_types, config_from_dict, config_to_dict, validate_literals
 from ..fileio import read_json
+from ..model_folder import run_sampler
 from ..models import UNet, UNetConfig, preset
 from ..models.unet import MAX_SIDE
 from ..schedulers import DPMSolverConfig
@@ -247,17 +248,9 @@ def unused_settings(
 
 
 def scheduler_config(config: TrainConfig) -> DPMSolverConfig:
-    """The noise schedule of the run, as the default sampler's config: DPM-Solver++ 3M SDE, trailing
-    spacing, which gave the best quality per model evaluation in docs/benchmarks.md."""
-    return DPMSolverConfig(
-        solver_order=3,
-        algorithm_type="sde-dpmsolver++",
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule=config.beta_schedule,
-        rescale_betas_zero_snr=config.zero_terminal_snr,
-        prediction_type=config.prediction_type,
-        timestep_spacing="trailing",
-    )
+    """The noise schedule of the run, as the default sampler's config (`model_folder.run_sampler`, which
+    reads checkpoints with it too)."""
+    return run_sampler(config.to_dict()).config
 
 
 def lr_factor(step: int, config: TrainConfig, total: int) -> float:

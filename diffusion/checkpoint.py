@@ -95,13 +95,17 @@ def checkpoints_after(out: str | Path, step: int) -> list[Path]:
 
 def abandoned_folder(out: str | Path, reason: str) -> Path:
     """Create and return ``OUT/abandoned/<UTC YYYYmmdd-HHMMSS>-<reason>/`` (``-2``, ``-3``, ... if taken)."""
-    root = Path(out) / ABANDONED
-    name = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{reason}"
-    target, n = root / name, 1
+    target = _unused_name(Path(out) / ABANDONED / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{reason}")
+    target.mkdir(parents=True)
+    return target
+
+
+def _unused_name(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... the first that does not exist: a name is never reused."""
+    target, n = path, 1
     while target.exists():
         n += 1
-        target = root / f"{name}-{n}"
-    target.mkdir(parents=True)
+        target = path.with_name(f"{path.name}-{n}")
     return target
 
 
@@ -256,10 +260,7 @@ def check_checkpoint(path: Path) -> None:
 
 def _quarantine(path: Path) -> Path:
     """Rename a damaged ``step-N`` to ``corrupt-step-N`` (``-2``, ``-3``, ... if taken) and return it."""
-    target, n = path.with_name(f"corrupt-{path.name}"), 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"corrupt-{path.name}-{n}")
+    target = _unused_name(path.with_name(f"corrupt-{path.name}"))
     os.replace(path, target)
     return target
 

@@ -63,12 +63,12 @@ def walk_images(root: str | Path) -> tuple[list[Path], list[Path]]:
             Path(directory) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not is_left_by_tools(n)
         ]
     if passed_over:
-        shown = [_printable(p.relative_to(root).as_posix()) for p in passed_over[:5]]
+        shown = [printable(p.relative_to(root).as_posix()) for p in passed_over[:5]]
         more = f" and {len(passed_over) - 5} more" if len(passed_over) > 5 else ""
         logger.info(
             "passed over %d hidden or tool-made entries under %s: %s%s",
             len(passed_over),
-            _printable(str(root)),
+            printable(str(root)),
             ", ".join(shown),
             more,
         )
@@ -123,7 +123,7 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` with the bytes of a non-UTF-8 file name as ``\\xNN`` escapes, so any log handler can write it.
 
     ``os.walk`` gives such a byte as a lone surrogate (PEP 383), which a UTF-8 log file cannot encode.
@@ -137,8 +137,8 @@ def _printable(text: str) -> str:
 def warn_skipped(skipped: list[tuple[Path, str]], what: str, root: str | Path) -> None:
     """One warning: how many files were skipped, then each one and why on a line of its own (however
     many: the user has to find and fix each of them)."""
-    lines = "".join(f"\n  {_printable(f'{p} ({why})')}" for p, why in skipped)
-    logger.warning("skipped %d unreadable %s under %s:%s", len(skipped), what, _printable(str(root)), lines)
+    lines = "".join(f"\n  {printable(f'{p} ({why})')}" for p, why in skipped)
+    logger.warning("skipped %d unreadable %s under %s:%s", len(skipped), what, printable(str(root)), lines)
 
 
 @dataclass(frozen=True)

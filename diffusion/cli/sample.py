@@ -265,16 +265,8 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
         if getattr(args, flag) == "":
             raise ValueError(f"--{flag.replace('_', '-')} was given an empty string; give a name or leave it out")
     _check_combinations(args, given)
-    num_images = DEFAULT_NUM_IMAGES if args.num_images is None else args.num_images
-    seed = 0 if args.seed is None else args.seed
+    seeds = _seeds(args)
     jump_length = DEFAULT_JUMP_LENGTH if args.jump_length is None else args.jump_length
-    if args.seeds is None and num_images < 1:
-        raise ValueError(f"--num-images must be a positive integer, got {num_images}")
-    if args.seeds is None and num_images > MAX_NUM_IMAGES:
-        raise ValueError(f"--num-images must be at most {MAX_NUM_IMAGES}, got {num_images}")
-    if args.seeds is None and not 0 <= seed <= MAX_SEED + 1 - num_images:
-        raise ValueError(f"--seed must be in [0, 2**64 - {num_images}] for --num-images {num_images}, got {seed}")
-    seeds = args.seeds if args.seeds is not None else range(seed, seed + num_images)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     out = Path(args.out)
@@ -294,7 +286,7 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
     class_text = "none" if args.class_labels is None and args.init_image else args.class_labels
     labels, columns = _class_labels(class_text, pipe, seeds)
     if args.class_labels == "all":
-        seeds = range(seed, seed + len(labels))
+        seeds = range(seeds[0], seeds[0] + len(labels))
     sampler = args.scheduler or pipe.scheduler_name()
     _check_sampler_flags(args, sampler, "the model")
     settings = _sampler_settings(args)
@@ -338,6 +330,21 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
         f"({sampler}{karras}, {args.steps} steps, {nfe} NFE{guided})"
     )
     return 0
+
+
+def _seeds(args: argparse.Namespace) -> Sequence[int]:
+    """The images' seeds: --seeds, else --num-images of them from --seed, checked."""
+    if args.seeds is not None:
+        return args.seeds
+    num_images = DEFAULT_NUM_IMAGES if args.num_images is None else args.num_images
+    seed = 0 if args.seed is None else args.seed
+    if num_images < 1:
+        raise ValueError(f"--num-images must be a positive integer, got {num_images}")
+    if num_images > MAX_NUM_IMAGES:
+        raise ValueError(f"--num-images must be at most {MAX_NUM_IMAGES}, got {num_images}")
+    if not 0 <= seed <= MAX_SEED + 1 - num_images:
+        raise ValueError(f"--seed must be in [0, 2**64 - {num_images}] for --num-images {num_images}, got {seed}")
+    return range(seed, seed + num_images)
 
 
 def _write_batches(

@@ -28,6 +28,7 @@ from ..checkpoint import (
     pending_checkpoint,
 )
 from ..fileio import MANIFEST_NAME, CorruptFolderError, verify_manifest, write_text
+from ..models.persistence import WEIGHTS_NAME
 from .errors import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def _intact_with_weights(model: Path, digest: str | None) -> bool:
 def _weights_digest(model: Path) -> str | None:
     """The SHA-256 of the model's weights as its manifest lists them; None without a readable manifest."""
     try:
-        return json.loads((model / MANIFEST_NAME).read_text())["files"]["unet/model.safetensors"]["sha256"]
+        return json.loads((model / MANIFEST_NAME).read_text())["files"][f"unet/{WEIGHTS_NAME}"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

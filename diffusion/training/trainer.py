@@ -36,7 +36,7 @@ from ..checkpoint import (
     read_state,
     resolve_resume,
 )
-from ..data import ImageFolder
+from ..data import ImageFolder, printable
 from ..fileio import check_writable, save_safetensors, write_json, write_text
 from ..image import make_grid, save_png
 from ..models import UNet
@@ -237,9 +237,7 @@ class Trainer:
         passed = self.dataset.report.passed_over
         if not passed:
             return ""
-        names = [
-            p.relative_to(self.config.data).as_posix().encode("utf-8", "backslashreplace").decode() for p in passed
-        ]
+        names = [printable(p.relative_to(self.config.data).as_posix()) for p in passed]
         return (
             f" (this version passes over {len(passed)} hidden or tool-made entries such as {', '.join(names[:3])}; "
             "move them out of the data folder, or use a new --out)"

@@ -25,7 +25,7 @@ import torch
 
 from diffusion.data import find_image_files, fit, load_image, to_tensor
 from diffusion.metrics import extract_features, frechet_distance, gaussian_stats, kernel_inception_distance
-from diffusion.models import Classifier
+from diffusion.metrics.classifier import Classifier
 from diffusion.pipeline import DiffusionPipeline
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ import torch
 
 from diffusion.data import ImageFolder
 from diffusion.metrics import extract_features, frechet_distance, gaussian_stats, kernel_inception_distance
-from diffusion.models import Classifier
+from diffusion.metrics.classifier import Classifier
 from diffusion.pipeline import DiffusionPipeline
 
 NOISE_STDS = (0.1, 0.3)

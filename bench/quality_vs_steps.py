@@ -23,7 +23,7 @@ import torch
 
 from diffusion.data import ImageFolder
 from diffusion.metrics import extract_features, frechet_distance, gaussian_stats, kernel_inception_distance
-from diffusion.models import Classifier
+from diffusion.metrics.classifier import Classifier
 from diffusion.pipeline import DiffusionPipeline
 
 # The rows: sampler name (as `DiffusionPipeline` takes it) and inference steps.

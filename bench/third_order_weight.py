@@ -21,7 +21,7 @@ import torch
 
 from diffusion.data import ImageFolder
 from diffusion.metrics import extract_features, frechet_distance, gaussian_stats
-from diffusion.models import Classifier
+from diffusion.metrics.classifier import Classifier
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DPMSolverMultistepScheduler
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from diffusion.data import ImageFolder
-from diffusion.models import Classifier, ClassifierConfig
+from diffusion.metrics.classifier import Classifier, ClassifierConfig
 
 
 def load_all(dataset: ImageFolder, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

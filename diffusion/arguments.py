@@ -8,7 +8,6 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, get_type_hints
 
-import numpy as np
 import torch
 
 from .config import is_positive_int, type_error, type_problem
@@ -100,33 +99,6 @@ def check_batch_size(
 
 
 MAX_RESAMPLE = 1000  # RePaint: repeats of each run of steps
-MAX_SEED = 2**64 - 1  # seeds are in [0, 2**64 - 1], the range of torch.Generator.manual_seed
-
-
-def seed_list(seed: object, num_images: int) -> Sequence[int]:
-    """The seed of each image: ``seed + i`` for an int, else the given sequence, one per image.
-
-    Raises:
-        ValueError: for seeds that are not integers in [0, `MAX_SEED`], or a count other than ``num_images``.
-    """
-    if isinstance(seed, torch.Tensor | np.ndarray):
-        seed = seed.reshape(-1).tolist() if seed.ndim else seed.item()
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        seeds: Sequence = range(int(seed), int(seed) + num_images)
-    elif isinstance(seed, Sequence) and not isinstance(seed, str | bytes):
-        seeds = list(seed)
-    else:
-        raise ValueError(f"seed must be an integer or one integer per image, got {seed!r}")
-    if len(seeds) != num_images:
-        raise ValueError(f"got {len(seeds)} seeds for {num_images} images; give one seed per image")
-    if isinstance(seeds, range):
-        if seeds.start < 0 or seeds.stop - 1 > MAX_SEED:
-            raise ValueError(f"seed must be in [0, 2**64 - {num_images}] for {num_images} images, got {seed}")
-        return seeds
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s <= MAX_SEED:
-            raise ValueError(f"seeds must be integers in [0, 2**64 - 1], got {s!r}")
-    return [int(s) for s in seeds]
 
 
 def check_device(device: object) -> torch.device | None:

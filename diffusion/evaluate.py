@@ -2,7 +2,7 @@
 
 Only the ``-m`` entry point, the in-package twin of train.py and sample.py: it sits above
 `diffusion.cli` in the layering (tests/test_layering.py) and nothing imports it. The library function
-is `diffusion.evaluation.evaluate`; ``python -m diffusion.evaluate --help`` explains the flags.
+is `diffusion.metrics.evaluation.evaluate`; ``python -m diffusion.evaluate --help`` explains the flags.
 """
 
 import sys

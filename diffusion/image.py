@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from .fileio import atomic_write
+from .io.files import atomic_write
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

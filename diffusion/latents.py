@@ -22,8 +22,8 @@ from .arguments import check_batch_size, check_num_images, check_size
 from .config import is_positive_int
 from .editing import ImageInput, images_to_tensor
 from .guidance import RANDOM_CLASSES
+from .rng import randn_tensor
 from .schedulers import DEFAULT_STEPS, DDIMScheduler, Scheduler
-from .schedulers.base import randn_tensor
 
 # Extra model evaluations per step of `Latents.invert`; a handful already converge (Pan et al. 2023).
 MAX_FIXED_POINT_ITERATIONS = 100

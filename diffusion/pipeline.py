@@ -1,5 +1,5 @@
 """`DiffusionPipeline`: a UNet and a scheduler, the one sampling loop for generation and editing (with
-classifier-free guidance), inversion and interpolation. Its folder format is `diffusion.model_folder`.
+classifier-free guidance), inversion and interpolation. Its folder format is `diffusion.io.model_folder`.
 """
 
 import dataclasses
@@ -25,7 +25,6 @@ from .arguments import (
     check_repaint,
     check_scheduler_overrides,
     check_size,
-    seed_list,
 )
 from .editing import (
     DEFAULT_JUMP_LENGTH,
@@ -39,10 +38,11 @@ from .editing import (
 )
 from .guidance import RANDOM_CLASSES, check_guidance, class_label_tensor, classifier_free_guidance
 from .image import to_pil
-from .interop import save_diffusers
+from .io.diffusers_folder import save_diffusers
+from .io.model_folder import FORMAT_NAME, read_model_folder, write_model_folder
 from .latents import Latents
-from .model_folder import FORMAT_NAME, read_model_folder, write_model_folder
 from .models import UNet
+from .rng import randn_tensor, seed_list
 from .schedulers import (
     DEFAULT_STEPS,
     SCHEDULERS,
@@ -52,7 +52,6 @@ from .schedulers import (
     resolve_scheduler_name,
     scheduler_name,
 )
-from .schedulers.base import randn_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -196,11 +195,11 @@ class DiffusionPipeline(Latents):
         ``"dpmsolver++2m-sde"``, else its registered name."""
         return scheduler_name(scheduler or self.scheduler)
 
-    # ----- the model folder (diffusion.model_folder) -----
+    # ----- the model folder (diffusion.io.model_folder) -----
 
     def save_pretrained(self, path: str | Path, format: Literal["pixel-diffusion", "diffusers"] = FORMAT_NAME) -> None:
-        """Write the model folder described in `diffusion.model_folder`, or with ``format="diffusers"`` a
-        folder that ``diffusers.DDPMPipeline.from_pretrained`` loads (see `diffusion.interop.save_diffusers`).
+        """Write the model folder described in `diffusion.io.model_folder`, or with ``format="diffusers"``
+        a folder that ``diffusers.DDPMPipeline.from_pretrained`` loads (`diffusion.io.diffusers_folder`).
 
         Raises:
             ValueError: for an unknown format, or a model or sampler diffusers cannot express.
@@ -221,8 +220,8 @@ class DiffusionPipeline(Latents):
         dtype: torch.dtype | None = None,
     ) -> "DiffusionPipeline":
         """Load a model folder written by `save_pretrained`, a diffusers pipeline folder (see
-        `diffusion.interop`), a training checkpoint (``OUT/checkpoints/step-N``: its EMA weights) or a
-        Hugging Face Hub id, with no flags and no code execution (`diffusion.model_folder`).
+        `diffusion.io.diffusers_folder`), a training checkpoint (``OUT/checkpoints/step-N``: its EMA weights) or a
+        Hugging Face Hub id, with no flags and no code execution (`diffusion.io.model_folder`).
 
         Args:
             path: the folder, a shipped model's name (``"fashion-mnist"``) or a Hub id (``"owner/name"``);

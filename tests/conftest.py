@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.models import Classifier, ClassifierConfig, UNet, UNetConfig
+from diffusion.metrics.classifier import Classifier, ClassifierConfig
+from diffusion.models import UNet, UNetConfig
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDIMScheduler
 

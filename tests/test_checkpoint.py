@@ -3,8 +3,8 @@ from datetime import datetime
 
 import pytest
 
-from diffusion import checkpoint
-from diffusion.checkpoint import (
+from diffusion.io import checkpoint
+from diffusion.io.checkpoint import (
     abandoned_folder,
     begin_checkpoint,
     checkpoints_after,
@@ -13,7 +13,7 @@ from diffusion.checkpoint import (
     move_aside,
     resolve_resume,
 )
-from diffusion.fileio import verify_manifest
+from diffusion.io.files import verify_manifest
 
 
 def write(out, step, keep=10):

@@ -6,7 +6,7 @@ import torch
 import diffusion
 from diffusion import cli
 from diffusion.cli.common import device_from_flag, run_command
-from diffusion.fileio import check_writable
+from diffusion.io.files import check_writable
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion import cli, model_folder
+from diffusion import cli
 from diffusion.cli import sample as cli_sample
+from diffusion.io import model_folder
 from diffusion.models import UNet, UNetConfig
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDIMScheduler

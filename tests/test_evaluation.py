@@ -1,4 +1,4 @@
-"""`diffusion.evaluation`: reference images, and FD@N / KID@N of a tiny model against them."""
+"""`diffusion.metrics.evaluation`: reference images, and FD@N / KID@N of a tiny model against them."""
 
 import logging
 import math
@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from diffusion.data import fit, load_image, to_tensor
-from diffusion.evaluation import evaluate, load_reference_images
 from diffusion.metrics import compare_features, load_feature_extractor
+from diffusion.metrics.evaluation import evaluate, load_reference_images
 from diffusion.models import UNet, UNetConfig
 from diffusion.pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
 from diffusion.schedulers import SCHEDULERS, DDIMScheduler
@@ -32,7 +32,7 @@ def test_unreadable_reference_files_are_skipped_with_a_warning(tmp_path, caplog)
     for i in range(3):
         Image.fromarray(np.full((4, 4), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    caplog.set_level(logging.WARNING, logger="diffusion.evaluation")
+    caplog.set_level(logging.WARNING, logger="diffusion.metrics.evaluation")
     real = load_reference_images(tmp_path, 3, channels=3, size=(4, 4))
     assert real.shape == (3, 3, 4, 4)
     assert sorted(round(v) for v in ((real[:, 0, 0, 0] + 1) * 127.5).tolist()) == [0, 40, 80]  # every good file
@@ -164,7 +164,7 @@ def test_evaluate_refuses_settings_that_would_be_ignored(tiny_model, tiny_classi
 def test_an_extractor_that_cannot_take_the_models_images_fails_before_sampling(
     tiny_model, reference_folder, tmp_path, monkeypatch
 ):
-    from diffusion.models import Classifier, ClassifierConfig
+    from diffusion.metrics.classifier import Classifier, ClassifierConfig
 
     Classifier(ClassifierConfig(in_channels=3, width=8, feature_dim=16, norm_groups=4)).save_pretrained(tmp_path / "c")
     monkeypatch.setattr(DiffusionPipeline, "__call__", lambda *a, **k: pytest.fail("sampled before checking"))

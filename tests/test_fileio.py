@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from diffusion.fileio import atomic_write, read_json, save_safetensors, write_json
+from diffusion.io.files import atomic_write, read_json, save_safetensors, write_json
 from diffusion.pipeline import DiffusionPipeline
 
 

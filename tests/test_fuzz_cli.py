@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from diffusion import cli
-from diffusion.checkpoint import resolve_resume
 from diffusion.cli.common import run_command
+from diffusion.io.checkpoint import resolve_resume
 from diffusion.models import UNet
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import NoiseSchedule

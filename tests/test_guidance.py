@@ -11,7 +11,8 @@ from torch import nn
 
 from diffusion import DiffusionPipeline
 from diffusion.guidance import classifier_free_guidance
-from diffusion.models import Classifier, UNet, UNetConfig
+from diffusion.metrics.classifier import Classifier
+from diffusion.models import UNet, UNetConfig
 from diffusion.schedulers import SCHEDULER_NAMES, NoiseSchedule, SchedulerConfig, get_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.checkpoint import list_checkpoints
 from diffusion.data import ImageFolder, load_image, scan
+from diffusion.io.checkpoint import list_checkpoints
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import TrainConfig, Trainer
 

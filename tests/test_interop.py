@@ -14,7 +14,8 @@ import diffusers
 import pytest
 import torch
 
-from diffusion import DiffusionPipeline, cli, interop
+from diffusion import DiffusionPipeline, cli
+from diffusion.io import diffusers_folder as interop
 from diffusion.models import UNet, UNetConfig
 from diffusion.models.diffusers_map import unet_config_from_diffusers
 from diffusion.schedulers import DDIMScheduler, DDPMScheduler, DPMSolverConfig, DPMSolverMultistepScheduler

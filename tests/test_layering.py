@@ -14,20 +14,31 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffusion"
 # sits beside training; `evaluate` is only the `python -m diffusion.evaluate` entry point, which
 # calls the CLI, so it sits above it, where train.py and sample.py would be if they were modules.
 LAYERS = [
-    {"diffusion.config", "diffusion.fileio", "diffusion.image", "diffusion.guidance"},
+    {
+        "diffusion.config",
+        "diffusion.io.files",
+        "diffusion.io.weights",
+        "diffusion.io",
+        "diffusion.rng",
+        "diffusion.image",
+        "diffusion.guidance",
+    },
     {"diffusion.models", "diffusion.schedulers"},
     {
         "diffusion.pipeline",
-        "diffusion.checkpoint",
+        "diffusion.io.checkpoint",
         "diffusion.data",
+        "diffusion.metrics.classifier",
+        "diffusion.metrics.distances",
+        "diffusion.metrics.features",
         "diffusion.metrics",
-        "diffusion.interop",
+        "diffusion.io.diffusers_folder",
         "diffusion.editing",
-        "diffusion.model_folder",
+        "diffusion.io.model_folder",
         "diffusion.latents",
         "diffusion.arguments",
     },
-    {"diffusion.training", "diffusion.evaluation"},
+    {"diffusion.training", "diffusion.metrics.evaluation", "diffusion.evaluation"},
     {"diffusion.cli"},
     {"diffusion.evaluate"},
 ]
@@ -56,10 +67,11 @@ def imports(path: Path, root: Path = PACKAGE.parent) -> set[str]:
 
 
 def layer_of(name: str) -> int | None:
-    for i, layer in enumerate(LAYERS):
-        if any(name == top or name.startswith(top + ".") for top in layer):
-            return i
-    return None
+    """The layer of the longest entry of `LAYERS` that is ``name`` or a package above it."""
+    matches = [
+        (len(top), i) for i, layer in enumerate(LAYERS) for top in layer if name == top or name.startswith(top + ".")
+    ]
+    return max(matches)[1] if matches else None
 
 
 def top_component(name: str) -> str:

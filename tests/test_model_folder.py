@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffusion import DiffusionPipeline, cli
-from diffusion.checkpoint import list_checkpoints
-from diffusion.model_folder import CHECKPOINT_SAMPLER, read_model_folder
+from diffusion.io.checkpoint import list_checkpoints
+from diffusion.io.model_folder import CHECKPOINT_SAMPLER, read_model_folder
 from diffusion.models import UNet, UNetConfig
 from diffusion.schedulers import DDIMScheduler
 from diffusion.training import TrainConfig, Trainer
@@ -139,7 +139,7 @@ def test_a_run_folder_points_to_its_model(runs):
 
 def test_reading_a_checkpoint_does_not_import_accelerate(runs):
     code = (
-        "import sys; from diffusion.model_folder import read_model_folder; "
+        "import sys; from diffusion.io.model_folder import read_model_folder; "
         f"read_model_folder({str(runs / 'long' / 'checkpoints' / 'step-2')!r}); "
         "print('accelerate' in sys.modules)"
     )
@@ -308,7 +308,7 @@ def test_any_failure_online_falls_back_to_the_cache(exported, tmp_path, monkeypa
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError
 
-    from diffusion.model_folder import _http_errors
+    from diffusion.io.model_folder import _http_errors
 
     if failure == "http":
         failure = _http_errors()[0]("stream broken")

@@ -7,7 +7,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffusion import DiffusionPipeline
-from diffusion.model_folder import SHIPPED_MODEL
+from diffusion.io.model_folder import SHIPPED_MODEL
 from diffusion.models import UNet, UNetConfig
 from diffusion.schedulers import (
     SCHEDULER_NAMES,

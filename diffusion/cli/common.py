@@ -18,7 +18,7 @@ import torch
 
 from .. import __version__
 from ..config import literal_choices
-from ..fileio import undo_new_folders
+from ..io.files import undo_new_folders
 from ..training.errors import TrainingError
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, TrainingError)

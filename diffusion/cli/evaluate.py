@@ -5,9 +5,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..evaluation import evaluate
-from ..fileio import check_writable, write_json
+from ..io.files import check_writable, write_json
 from ..metrics import EXTRACTORS, QualityResult
+from ..metrics.evaluation import evaluate
 from ..pipeline import DEFAULT_STEPS
 from ..schedulers import SCHEDULER_NAMES
 from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, named_as_flags, run_command

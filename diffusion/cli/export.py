@@ -4,8 +4,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..fileio import check_writable
-from ..interop import check_new_folder, save_diffusers, write_folder
+from ..io.diffusers_folder import check_new_folder, save_diffusers, write_folder
+from ..io.files import check_writable
 from ..pipeline import DiffusionPipeline
 from ..schedulers import registered_name
 from .common import ArgumentParser, named_as_flags, run_command

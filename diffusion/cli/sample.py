@@ -11,13 +11,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..arguments import MAX_NUM_IMAGES, MAX_SEED
+from ..arguments import MAX_NUM_IMAGES
 from ..data import DECODE_ERRORS, load_image
 from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH, effective_strength
-from ..fileio import check_writable, read_json
 from ..image import make_grid, save_gif, save_png
-from ..model_folder import SHIPPED_MODELS
+from ..io.files import check_writable, read_json
+from ..io.model_folder import SHIPPED_MODELS
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
+from ..rng import MAX_SEED
 from ..schedulers import SCHEDULER_NAMES, SCHEDULERS, resolve_scheduler_name
 from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, given_flags, named_as_flags, run_command
 

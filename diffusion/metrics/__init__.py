@@ -7,7 +7,7 @@
   for ``classifier`` (ours, trained on the data), ``inception`` (torchvision's, not TF-FID's) and
   ``efficientnet-lite0``; weights are local only, never downloaded.
 
-`diffusion.evaluation.evaluate` puts these together with a model and a folder of real images.
+`diffusion.metrics.evaluation.evaluate` puts these together with a model and a folder of real images.
 """
 
 from .distances import (

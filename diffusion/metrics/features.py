@@ -1,6 +1,6 @@
 """Feature extractors: the networks in whose embeddings FD and KID compare images, behind one protocol.
 
-- ``classifier``: `diffusion.models.Classifier`, trained on the data set itself by
+- ``classifier``: `diffusion.metrics.classifier.Classifier`, trained on the data set itself by
   bench/train_classifier.py; its ``feature_dim`` (128) penultimate features. Weights: a folder,
   by default the shipped ``assets/fashion-mnist-classifier`` of a source checkout.
 - ``inception``: torchvision's ImageNet Inception-v3; 2048-d pool3 features at 299x299. Weights: a
@@ -39,8 +39,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import check_choice
-from ..models import Classifier
-from ..models.persistence import load_checked
+from ..io.weights import load_checked
+from .classifier import Classifier
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class FeatureExtractor(Protocol):
 
 @torch.inference_mode()
 def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Embed images with ``model.features`` (e.g. a `diffusion.models.Classifier`), batch by batch.
+    """Embed images with ``model.features`` (e.g. a `diffusion.metrics.classifier.Classifier`), batch by batch.
 
     The model is put in eval mode for the call and restored afterwards; each batch is moved to the
     model's device and dtype.

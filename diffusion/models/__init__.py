@@ -1,6 +1,5 @@
 """The UNet noise predictor and its building blocks."""
 
-from .classifier import Classifier, ClassifierConfig
 from .diffusers_map import (
     diffusers_name_map,
     diffusers_unet_kwargs,
@@ -11,8 +10,6 @@ from .unet import PRESETS, UNet, UNetConfig, preset
 
 __all__ = [
     "PRESETS",
-    "Classifier",
-    "ClassifierConfig",
     "UNet",
     "UNetConfig",
     "diffusers_name_map",

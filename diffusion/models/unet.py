@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigTypeError, check_types, config_from_dict, config_to_dict, validate_literals
+from ..io.weights import load_checked, load_weights, read_model_config, save_model
 from .blocks import Attention, Downsample, GroupNorm, ResBlock, Upsample
 from .embeddings import TimestepMLP, timestep_embedding
-from .persistence import load_checked, load_weights, read_model_config, save_model
 
 # Limits that refuse sizes no machine could hold, before anything is allocated (docs/reliability.md).
 MAX_SIDE = 4096  # image side in pixels, trained or sampled

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from diffusion.config import check_choice
-from diffusion.schedulers.base import Scheduler, SchedulerOutput, dynamic_threshold, randn_tensor
+from diffusion.rng import randn_tensor
+from diffusion.schedulers.base import Scheduler, SchedulerOutput, dynamic_threshold
 from diffusion.schedulers.betas import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
 from diffusion.schedulers.config import PREDICTION_TYPES, TIMESTEP_SPACINGS, SchedulerConfig
 from diffusion.schedulers.ddim import DDIMConfig, DDIMScheduler

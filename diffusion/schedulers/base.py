@@ -43,16 +43,16 @@ The one sampling loop, the same for every sampler (`step` is pure; a multistep h
 import abc
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import torch
 
+from diffusion.rng import Generators
 from diffusion.schedulers.config import SchedulerConfig
 from diffusion.schedulers.schedule import NoiseSchedule, Timesteps
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
 FINAL = -1  # the previous timestep of the last inference step: "no timestep left, x_0"
 SchedulerT = TypeVar("SchedulerT", bound="Scheduler")
 
@@ -65,43 +65,6 @@ class SchedulerOutput(NamedTuple):
     # What the next `step` needs besides its arguments (multistep history, step index), or None for
     # single-step samplers. Pass it back as `step(..., state=output.state)`; `step` never mutates it.
     state: Any = None
-
-
-def randn_tensor(
-    shape: Sequence[int],
-    generator: Generators = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Standard Gaussian noise drawn from `generator`, equal bit for bit to diffusers' `randn_tensor`.
-
-    With a list of generators, item i of the batch is drawn from generator i alone (shape (1, *rest)),
-    so image i of a run does not depend on the batch size. Noise is drawn on the generator's device and
-    then moved to `device`.
-
-    Args:
-        shape: (b, ...).
-        generator: None (torch's default generator), one `torch.Generator`, or one per batch item.
-        device: device of the result; defaults to the CPU.
-        dtype: dtype of the result; defaults to torch's default dtype.
-
-    Returns:
-        noise, shape `shape`.
-
-    Raises:
-        ValueError: if a list of generators does not have one generator per batch item.
-    """
-    shape = tuple(shape)
-    device = torch.device("cpu") if device is None else torch.device(device)
-    if generator is None:
-        return torch.randn(shape, device=device, dtype=dtype)
-    if isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-    generators = list(generator)
-    if len(generators) != shape[0]:
-        raise ValueError(f"expected one generator per batch item ({shape[0]}), got {len(generators)}")
-    items = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generators]
-    return torch.cat([item.to(device) for item in items])  # (b, ...)
 
 
 def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:

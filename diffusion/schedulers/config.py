@@ -34,7 +34,7 @@ The other fields (`num_train_timesteps`, `beta_start`, `beta_end`, `rescale_beta
 listed; `tests/schedulers/test_scheduler_config.py` checks the table against diffusers' classes. One
 meaning differs: diffusers' multistep schedulers (DPM-Solver++, UniPC) space "linspace" and "leading"
 over n + 1 points and drop the last, ours over n as every other scheduler (`Scheduler.spaced_timesteps`),
-so only "trailing" (or Karras σs) gives them diffusers' timesteps; `diffusion.interop` warns on import.
+so only "trailing" (or Karras σs) gives them diffusers' timesteps; `diffusion.io.diffusers_folder` warns on import.
 """
 
 import dataclasses
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 from diffusion.config import check_choice
-from diffusion.fileio import read_json, write_json
+from diffusion.io.files import read_json, write_json
 from diffusion.schedulers.betas import BETA_SCHEDULES, BetaScheduleName
 
 logger = logging.getLogger(__name__)
@@ -156,8 +156,8 @@ class SchedulerConfig:
                         f"only {key}={_DIFFUSERS_REQUIRED_VALUES[key]!r} is supported"
                     )
             elif not key.startswith("_"):
-                # A diffusers dict holds many keys we do not model; `diffusion.interop` refuses one whose value
-                # differs from what we implement, so they are not news. A key in one of ours may be a typo.
+                # A diffusers dict holds many keys we do not model; `diffusion.io.diffusers_folder` refuses one
+                # whose value differs from what we implement, so they are not news. A key in one of ours may be a typo.
                 level = logging.DEBUG if from_diffusers else logging.INFO
                 logger.log(level, "%s.from_dict ignores the key %r", cls.__name__, key)
         if "beta_schedule" in kwargs:

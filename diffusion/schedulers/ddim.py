@@ -11,11 +11,10 @@ import dataclasses
 
 import torch
 
+from diffusion.rng import Generators, randn_tensor
 from diffusion.schedulers.base import (
-    Generators,
     Scheduler,
     SchedulerOutput,
-    randn_tensor,
     timestep_as_int,
 )
 from diffusion.schedulers.config import SchedulerConfig

@@ -13,11 +13,10 @@ from typing import Literal, get_args
 import torch
 
 from diffusion.config import check_choice
+from diffusion.rng import Generators, randn_tensor
 from diffusion.schedulers.base import (
-    Generators,
     Scheduler,
     SchedulerOutput,
-    randn_tensor,
     timestep_as_int,
 )
 from diffusion.schedulers.config import SchedulerConfig

@@ -20,7 +20,8 @@ from typing import Literal
 import torch
 
 from diffusion.config import check_choice
-from diffusion.schedulers.base import Generators, SchedulerOutput, randn_tensor
+from diffusion.rng import Generators, randn_tensor
+from diffusion.schedulers.base import SchedulerOutput
 from diffusion.schedulers.schedule import pred_original_sample
 from diffusion.schedulers.sigmas import (
     SigmaConfig,

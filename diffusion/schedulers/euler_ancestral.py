@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from diffusion.schedulers.base import Generators, SchedulerOutput, randn_tensor
+from diffusion.rng import Generators, randn_tensor
+from diffusion.schedulers.base import SchedulerOutput
 from diffusion.schedulers.sigmas import SigmaScheduler, StepState
 
 

@@ -24,7 +24,8 @@ import math
 import numpy as np
 import torch
 
-from diffusion.schedulers.base import Generators, SchedulerOutput, randn_tensor
+from diffusion.rng import Generators, randn_tensor
+from diffusion.schedulers.base import SchedulerOutput
 from diffusion.schedulers.sigmas import SigmaConfig, SigmaScheduler, StepState, sigma_to_timestep, training_sigmas
 
 MAX_GAMMA = math.sqrt(2) - 1  # γ <= √2 - 1: at most doubles the variance (Karras et al. 2022, Algorithm 2)

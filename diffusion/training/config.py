@@ -13,8 +13,8 @@ from typing import Any, Literal
 import torch
 
 from ..config import check_types, config_from_dict, config_to_dict, validate_literals
-from ..fileio import read_json
-from ..model_folder import run_sampler
+from ..io.files import read_json
+from ..io.model_folder import run_sampler
 from ..models import UNet, UNetConfig, preset
 from ..models.unet import MAX_SIDE
 from ..schedulers import DPMSolverConfig

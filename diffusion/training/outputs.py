@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..checkpoint import (
+from ..io.checkpoint import (
     ABANDONED,
     CHECKPOINTS,
     abandoned_folder,
@@ -27,8 +27,8 @@ from ..checkpoint import (
     move_aside,
     pending_checkpoint,
 )
-from ..fileio import MANIFEST_NAME, CorruptFolderError, verify_manifest, write_text
-from ..models.persistence import WEIGHTS_NAME
+from ..io.files import MANIFEST_NAME, CorruptFolderError, verify_manifest, write_text
+from ..io.weights import WEIGHTS_NAME
 from .errors import TrainingError
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,9 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..checkpoint import (
+from ..data import ImageFolder, printable
+from ..image import make_grid, save_png
+from ..io.checkpoint import (
     begin_checkpoint,
     check_resume_path,
     commit_checkpoint,
@@ -36,11 +38,9 @@ from ..checkpoint import (
     read_state,
     resolve_resume,
 )
-from ..data import ImageFolder, printable
-from ..fileio import check_writable, save_safetensors, write_json, write_text
-from ..image import make_grid, save_png
+from ..io.files import check_writable, save_safetensors, write_json, write_text
+from ..io.weights import load_weights, save_weights
 from ..models import UNet
-from ..models.persistence import load_weights, save_weights
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
 from ..schedulers import DEFAULT_STEPS, DPMSolverMultistepScheduler, NoiseSchedule
 from .config import TrainConfig, lr_factor, model_config, scheduler_config, unused_settings

@@ -15,7 +15,7 @@ from diffusion.metrics import (
     inception_cache_path,
     load_feature_extractor,
 )
-from diffusion.models import Classifier, ClassifierConfig
+from diffusion.metrics.classifier import Classifier, ClassifierConfig
 
 INCEPTION_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from diffusion.models import Classifier, ClassifierConfig
+from diffusion.metrics.classifier import Classifier, ClassifierConfig
 
 NAMES = ["cat", "dog", "émeu"]  # a non-ASCII name checks the JSON round trip
 

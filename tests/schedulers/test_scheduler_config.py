@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from diffusion.interop import SCHEDULER_CLASSES
+from diffusion.io.diffusers_folder import SCHEDULER_CLASSES
 from diffusion.models.diffusers_map import diffusers_defaults
 from diffusion.schedulers import (
     SCHEDULERS,

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from test_trainer import ROOT, make_images  # tests/training is on sys.path
 
-from diffusion.checkpoint import list_checkpoints
+from diffusion.io.checkpoint import list_checkpoints
 
 SEED = 20261129  # the kill schedule; change it to explore other moments
 KILLS = 12

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image, ImageOps
 from test_trainer import TINY, config, make_images  # tests/training is on sys.path
 
-from diffusion.checkpoint import list_checkpoints
 from diffusion.cli import train_main
-from diffusion.fileio import verify_manifest
+from diffusion.io.checkpoint import list_checkpoints
+from diffusion.io.files import verify_manifest
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import Trainer
 

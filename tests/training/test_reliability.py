@@ -12,10 +12,10 @@ import pytest
 import torch
 from test_trainer import TINY, config, final_weights, make_images  # tests/training is on sys.path
 
-from diffusion.checkpoint import check_checkpoint, list_checkpoints, load_pickle_free
 from diffusion.cli import train_main
-from diffusion.fileio import CorruptFolderError, sha256_of, verify_manifest, write_manifest
-from diffusion.model_folder import SHIPPED_MODEL
+from diffusion.io.checkpoint import check_checkpoint, list_checkpoints, load_pickle_free
+from diffusion.io.files import CorruptFolderError, sha256_of, verify_manifest, write_manifest
+from diffusion.io.model_folder import SHIPPED_MODEL
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import Trainer, TrainingError
 from diffusion.training import trainer as trainer_module
@@ -212,7 +212,7 @@ def test_a_checkpoint_that_cannot_be_pruned_is_a_warning(tmp_path, data, monkeyp
     def busy(path):
         raise OSError(errno.EBUSY, "Device or resource busy", str(path))
 
-    monkeypatch.setattr("diffusion.checkpoint._remove", busy)
+    monkeypatch.setattr("diffusion.io.checkpoint._remove", busy)
     with caplog.at_level(logging.WARNING):
         assert Trainer(config(tmp_path, keep_checkpoints=1), TINY).train() == tmp_path / "out" / "model"
     assert "could not remove the old checkpoint" in caplog.text and "Device or resource busy" in caplog.text

@@ -11,7 +11,7 @@ import torch
 from test_trainer import TINY, config, make_images  # tests/training is on sys.path
 
 from diffusion.cli import train_parser
-from diffusion.fileio import verify_manifest, write_manifest
+from diffusion.io.files import verify_manifest, write_manifest
 from diffusion.models import UNet, UNetConfig
 from diffusion.training import TrainConfig, Trainer
 from diffusion.training.report import class_list, duration, length_source, train_command

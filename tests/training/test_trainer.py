@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffusion.checkpoint import list_checkpoints
+from diffusion.io.checkpoint import list_checkpoints
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import TrainConfig, Trainer, TrainingError
 from diffusion.training import trainer as trainer_module
@@ -474,7 +474,7 @@ def test_checkpoints_from_before_a_setting_existed_resume_with_its_default(tmp_p
     (path / "trainer_state.json").write_text(json.dumps(state))
     (path / "manifest.json").unlink()
     # An unconditional run does not use --cond-drop-prob, so changing it does not make another run.
-    with caplog.at_level(logging.INFO, logger="diffusion.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="diffusion.io.checkpoint"):
         assert Trainer(config(tmp_path, cond_drop_prob=0.3), TINY).train() == tmp_path / "out" / "model"
     assert f"{path} has no manifest (written by an older version): not verified" in caplog.text
 

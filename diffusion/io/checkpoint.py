@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .fileio import CorruptFolderError, read_json, verify_manifest, write_manifest
+from .files import CorruptFolderError, read_json, verify_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 

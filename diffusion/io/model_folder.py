@@ -15,8 +15,8 @@ parse with a clear message anyway.
 
 `read_model_folder` reads three other things as models too:
 
-- a diffusers pipeline folder (`diffusion.interop`);
-- a training checkpoint ``OUT/checkpoints/step-N`` (`diffusion.checkpoint`): its EMA weights, the run's
+- a diffusers pipeline folder (`diffusion.io.diffusers_folder`);
+- a training checkpoint ``OUT/checkpoints/step-N`` (`diffusion.io.checkpoint`): its EMA weights, the run's
   default sampler and class names, which is the model folder the run would write at that step;
 - a Hugging Face Hub id (``owner/name``) that names no local folder, and whose ``owner`` is no local
   folder either (``runs/x`` beside ``runs/`` is a missing local folder): downloaded into the Hugging Face
@@ -32,14 +32,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..models import UNet, UNetConfig
+from ..schedulers import Scheduler, get_scheduler
 from .checkpoint import check_checkpoint, read_state
-from .fileio import CorruptFolderError, read_json, verify_manifest, write_json, write_manifest
-from .interop import CLASS_NAMES_KEY, is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
-from .models import UNet, UNetConfig
-from .models.persistence import WEIGHTS_NAME, read_safetensors
-from .schedulers import Scheduler, get_scheduler
+from .diffusers_folder import CLASS_NAMES_KEY, is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
+from .files import CorruptFolderError, read_json, verify_manifest, write_json, write_manifest
+from .weights import WEIGHTS_NAME, read_safetensors
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 # The models shipped in assets/, by the name that `from_pretrained` and ``--model`` take (a local folder
 # of the same name comes first); the first one is the default.
 SHIPPED_MODELS = {"fashion-mnist": ASSETS / "fashion-mnist"}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..config import config_from_dict, config_to_dict
-from .persistence import load_checked, load_weights, read_model_config, save_model
+from ..io.weights import load_checked, load_weights, read_model_config, save_model
 
 DOWNSAMPLE_FACTOR = 4  # two 2x poolings between the three stages
 

@@ -29,16 +29,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .fileio import read_json, save_safetensors, write_json
-from .models import UNet
-from .models.diffusers_map import (
+from ..models import UNet
+from ..models.diffusers_map import (
     diffusers_defaults,
     diffusers_unet_kwargs,
     from_diffusers_state_dict,
     to_diffusers_state_dict,
     unet_config_from_diffusers,
 )
-from .schedulers import ALIASES, Scheduler, get_scheduler, registered_name, scheduler_name
+from ..schedulers import ALIASES, Scheduler, get_scheduler, registered_name, scheduler_name
+from .files import read_json, save_safetensors, write_json
 
 # diffusers scheduler class -> our scheduler name.
 SCHEDULER_CLASSES = {

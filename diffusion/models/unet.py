@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigTypeError, check_types, config_from_dict, config_to_dict, validate_literals
 from ..io.weights import load_checked, load_weights, read_model_config, save_model
-from .blocks import Attention, Downsample, GroupNorm, ResBlock, Upsample
+from .blocks import Attention, Downsample, GroupNorm, Resample, ResBlock, Upsample
 from .embeddings import TimestepMLP, timestep_embedding
 
 # Limits that refuse sizes no machine could hold, before anything is allocated (docs/reliability.md).
@@ -58,6 +58,14 @@ class UNetConfig:
     def __post_init__(self) -> None:
         check_types(self)
         validate_literals(self)
+        self._check_sizes()
+        self._check_sample_size()
+        self._check_levels()
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    def _check_sizes(self) -> None:
+        """Every count positive, and no layer, level or class table past its limit."""
         for name in ("in_channels", "base_channels", "num_res_blocks", "num_heads", "norm_groups"):
             value = getattr(self, name)
             if value < 1:
@@ -84,6 +92,9 @@ class UNetConfig:
             raise ValueError(f"num_classes must be at most {MAX_CLASSES}, got {self.num_classes}")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+
+    def _check_sample_size(self) -> None:
+        """Two integer sides, each in range and divisible by the downsampling factor."""
         sizes = self.sample_size
         if not isinstance(sizes, tuple | list) or len(sizes) != 2 or any(type(s) is not int for s in sizes):
             raise ConfigTypeError(f"sample_size must be (height, width), two integers, got {sizes!r}")
@@ -94,6 +105,9 @@ class UNetConfig:
                 f"sample_size {self.sample_size!r} must be (height, width), each divisible by "
                 f"the downsampling factor {self.downsample_factor}"
             )
+
+    def _check_levels(self) -> None:
+        """Attention levels that exist; norm groups and heads that divide the channels they split."""
         if not isinstance(self.attention_levels, tuple | list) or any(
             type(level) is not int for level in self.attention_levels
         ):
@@ -115,8 +129,6 @@ class UNetConfig:
                 )
             if self.head_channels is None and channels % self.num_heads:
                 raise ValueError(f"num_heads={self.num_heads} must divide every attention block's channels {channels}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
     @property
     def downsample_factor(self) -> int:
@@ -231,6 +243,73 @@ class Middle(nn.Module):
         return self.res2(x, emb)
 
 
+@dataclass(frozen=True)
+class _Blocks:
+    """Makes the residual and attention blocks of one `UNetConfig`, conditioned on ``emb_dim`` features."""
+
+    config: UNetConfig
+    emb_dim: int
+
+    def res(self, in_channels: int, out_channels: int, resample: Resample = "none") -> ResBlock:
+        c = self.config
+        return ResBlock(
+            in_channels,
+            out_channels,
+            emb_dim=self.emb_dim,
+            dropout=c.dropout,
+            norm_groups=c.norm_groups,
+            norm_eps=c.norm_eps,
+            time_conditioning=c.time_conditioning,
+            resample=resample,
+        )
+
+    def attention(self, channels: int) -> Attention:
+        c = self.config
+        return Attention(channels, num_heads=c.heads_for(channels), norm_groups=c.norm_groups, norm_eps=c.norm_eps)
+
+
+def _encoder(c: UNetConfig, blocks: _Blocks) -> tuple[list[Level], list[int]]:
+    """The encoder's levels, finest first, and the channels of every activation the decoder concatenates."""
+    ch = c.base_channels * c.channel_mult[0]
+    skips = [ch]  # conv_in's output first, then in push order
+    levels = []
+    for level, mult in enumerate(c.channel_mult):
+        out, res, attn = c.base_channels * mult, [], []
+        for _ in range(c.num_res_blocks):
+            res.append(blocks.res(ch, out))
+            attn += [blocks.attention(out)] if level in c.attention_levels else []
+            ch = out
+            skips.append(ch)
+        resampler = None
+        if level != len(c.channel_mult) - 1:
+            resampler = (
+                blocks.res(ch, ch, resample="down")
+                if c.resample == "resblock"
+                else Downsample(ch, padding=c.downsample_padding)
+            )
+            skips.append(ch)
+        levels.append(Level(res, attn, resampler))
+    return levels, skips
+
+
+def _decoder(c: UNetConfig, blocks: _Blocks, skips: list[int]) -> list[Level]:
+    """The decoder's levels, finest first (made coarsest first); each residual block pops one of ``skips``."""
+    ch = c.base_channels * c.channel_mult[-1]
+    levels: list[Level] = []
+    for level, mult in reversed(list(enumerate(c.channel_mult))):
+        out, res, attn = c.base_channels * mult, [], []
+        for _ in range(c.num_res_blocks + 1):
+            res.append(blocks.res(ch + skips.pop(), out))
+            attn += [blocks.attention(out)] if level in c.attention_levels else []
+            ch = out
+        resampler = None
+        if level != 0:
+            resampler = blocks.res(ch, ch, resample="up") if c.resample == "resblock" else Upsample(ch)
+        levels.insert(0, Level(res, attn, resampler))
+    assert not skips, "every encoder activation must be consumed by the decoder"
+    return levels
+
+
 class UNet(nn.Module):
     """Predicts the noise (or v, or x0) in a noisy image batch.
 
@@ -244,64 +323,23 @@ class UNet(nn.Module):
         self.config = config
         c = config
         emb_dim = c.time_embed_dim or 4 * c.base_channels
-        block = dict(
-            emb_dim=emb_dim,
-            dropout=c.dropout,
-            norm_groups=c.norm_groups,
-            norm_eps=c.norm_eps,
-            time_conditioning=c.time_conditioning,
-        )
-
-        def attention(channels: int) -> Attention:
-            return Attention(channels, num_heads=c.heads_for(channels), norm_groups=c.norm_groups, norm_eps=c.norm_eps)
-
+        blocks = _Blocks(c, emb_dim)
+        finest, coarsest = c.base_channels * c.channel_mult[0], c.base_channels * c.channel_mult[-1]
+        # The order below is the order the modules draw their initial weights in, and the state dict's order.
         self.time_embed = TimestepMLP(c.base_channels, emb_dim)
         self.class_embed = nn.Embedding(c.num_classes + 1, emb_dim) if c.num_classes else None
-
-        ch = c.base_channels * c.channel_mult[0]
-        self.conv_in = nn.Conv2d(c.in_channels, ch, 3, padding=1)
-        skips = [ch]  # channels of every activation the decoder will concatenate, in push order
-        last = len(c.channel_mult) - 1
-        down = []
-        for level, mult in enumerate(c.channel_mult):
-            out, res, attn = c.base_channels * mult, [], []
-            for _ in range(c.num_res_blocks):
-                res.append(ResBlock(ch, out, **block))
-                attn += [attention(out)] if level in c.attention_levels else []
-                ch = out
-                skips.append(ch)
-            resampler = None
-            if level != last:
-                resampler = (
-                    ResBlock(ch, ch, **block, resample="down")
-                    if c.resample == "resblock"
-                    else Downsample(ch, padding=c.downsample_padding)
-                )
-                skips.append(ch)
-            down.append(Level(res, attn, resampler))
+        self.conv_in = nn.Conv2d(c.in_channels, finest, 3, padding=1)
+        down, skips = _encoder(c, blocks)
         self.down = nn.ModuleList(down)
-
         self.mid = Middle(
-            ResBlock(ch, ch, **block), attention(ch) if c.mid_attention else None, ResBlock(ch, ch, **block)
+            blocks.res(coarsest, coarsest),
+            blocks.attention(coarsest) if c.mid_attention else None,
+            blocks.res(coarsest, coarsest),
         )
-
-        up: list[Level] = []
-        for level, mult in reversed(list(enumerate(c.channel_mult))):
-            out, res, attn = c.base_channels * mult, [], []
-            for _ in range(c.num_res_blocks + 1):
-                res.append(ResBlock(ch + skips.pop(), out, **block))
-                attn += [attention(out)] if level in c.attention_levels else []
-                ch = out
-            resampler = None
-            if level != 0:
-                resampler = ResBlock(ch, ch, **block, resample="up") if c.resample == "resblock" else Upsample(ch)
-            up.insert(0, Level(res, attn, resampler))
-        assert not skips, "every encoder activation must be consumed by the decoder"
-        self.up = nn.ModuleList(up)  # indexed by level, finest first, like self.down
-
-        self.norm_out = GroupNorm(c.norm_groups, ch, eps=c.norm_eps)
+        self.up = nn.ModuleList(_decoder(c, blocks, skips))  # indexed by level, finest first, like self.down
+        self.norm_out = GroupNorm(c.norm_groups, finest, eps=c.norm_eps)
         self.gradient_checkpointing = False  # recompute block activations in backward (training memory)
-        self.conv_out = nn.Conv2d(ch, c.out_channels or c.in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(finest, c.out_channels or c.in_channels, 3, padding=1)
 
     def check_input(self, sample: torch.Tensor, timesteps: torch.Tensor) -> None:
         """Raise ``ValueError`` for an input this model cannot take, naming what was expected."""

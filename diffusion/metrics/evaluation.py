@@ -138,22 +138,8 @@ def evaluate(
         ValueError: bad counts, too few reference images, an unknown scheduler or extractor, or an
             extractor that cannot take the model's images.
     """
-    num_images = _check_int("num_images", num_images, 2, " (FD needs a covariance)")
-    num_reference = num_images if num_reference is None else num_reference
-    num_reference = _check_int("num_reference", num_reference, 2, " (FD needs a covariance)")
-    _check_int("batch_size", batch_size, 1)
-    _check_int("kid_num_subsets", kid_num_subsets, 1)
-    seed_list(seed, num_images)  # the generated images' seeds, checked before any work
-    smaller = min(num_images, num_reference)
-    if kid_subset_size is not None and _check_int("kid_subset_size", kid_subset_size, 2) > smaller:
-        raise ValueError(f"kid_subset_size must be at most {smaller} (the smaller image count), got {kid_subset_size}")
-    if isinstance(model, DiffusionPipeline):
-        if device is not None or dtype is not None:
-            raise ValueError("device and dtype apply to loading a model folder; move a loaded pipeline with .to()")
-        pipe, model_name = model, "<in-memory pipeline>"
-    else:
-        pipe = DiffusionPipeline.from_pretrained(model, device=device, dtype=dtype)
-        model_name = str(model) if model is not None else "shipped: assets/fashion-mnist"
+    num_reference = _check_counts(num_images, num_reference, batch_size, kid_subset_size, kid_num_subsets, seed)
+    pipe, model_name = _pipeline(model, device, dtype)
     if isinstance(extractor, str):
         extractor = load_feature_extractor(extractor, extractor_path, pipe.device, batch_size)
     elif extractor_path is not None:
@@ -162,32 +148,14 @@ def evaluate(
     nfe = pipe.num_model_evaluations(num_inference_steps, sampler)  # an unknown sampler or step count fails now
     channels, size = pipe.unet.config.in_channels, tuple(pipe.unet.config.sample_size)
 
-    # Every check on the user's input happens above or in the next two lines, before anything is logged,
-    # so that a mistake is one line on stderr.
-    real = load_reference_images(reference, num_reference, channels, size, seed)  # (M, c, h, w) in [-1, 1]
-    try:
-        reference_features = extractor.features(real)  # (M, d)
-    except ValueError as e:  # e.g. the shipped 1-channel Fashion-MNIST classifier and an RGB model
-        raise ValueError(
-            f"{e}: this extractor cannot measure the model's {channels}-channel {size[0]}x{size[1]} images; "
-            "pick another extractor ('inception' or 'efficientnet-lite0'), or a classifier trained on this data "
-            "(bench/train_classifier.py) as extractor_path"
-        ) from None
+    # Every check on the user's input happens above or in the next line, before anything is logged, so
+    # that a mistake is one line on stderr.
+    reference_features = _reference_features(extractor, reference, num_reference, channels, size, seed)  # (M, d)
     logger.info("embedded %d reference images from %s at %dx%d", num_reference, reference, *size)
     logger.info("generating %d images (%s, %d steps)", num_images, sampler, num_inference_steps)
-    # A class-conditional model is measured on the data's mix of classes: a class per image, guided.
-    classes = RANDOM_CLASSES if pipe.unet.config.num_classes is not None else None
-    images = pipe(
-        num_images,
-        num_inference_steps,
-        scheduler=sampler,
-        seed=seed,
-        class_labels=classes,
-        batch_size=batch_size,
-        output_type="tensor",
-        progress=progress,
-    )  # (N, c, h, w) float32 in [0, 1]
-    features = extractor.features(images * 2 - 1)  # (N, d)
+    features, classes = _sample_features(
+        pipe, extractor, num_images, num_inference_steps, sampler, seed, batch_size, progress
+    )
     settings = {
         "model": model_name,
         "reference": str(reference),
@@ -211,3 +179,78 @@ def evaluate(
         generator=torch.Generator().manual_seed(seed),
         settings=settings,
     )
+
+
+def _check_counts(
+    num_images: int,
+    num_reference: int | None,
+    batch_size: int,
+    kid_subset_size: int | None,
+    kid_num_subsets: int,
+    seed: int,
+) -> int:
+    """Refuse counts `evaluate` cannot work with, before any work; returns ``num_reference``."""
+    num_images = _check_int("num_images", num_images, 2, " (FD needs a covariance)")
+    num_reference = num_images if num_reference is None else num_reference
+    num_reference = _check_int("num_reference", num_reference, 2, " (FD needs a covariance)")
+    _check_int("batch_size", batch_size, 1)
+    _check_int("kid_num_subsets", kid_num_subsets, 1)
+    seed_list(seed, num_images)  # the generated images' seeds
+    smaller = min(num_images, num_reference)
+    if kid_subset_size is not None and _check_int("kid_subset_size", kid_subset_size, 2) > smaller:
+        raise ValueError(f"kid_subset_size must be at most {smaller} (the smaller image count), got {kid_subset_size}")
+    return num_reference
+
+
+def _pipeline(
+    model: str | Path | DiffusionPipeline | None, device: str | torch.device | None, dtype: torch.dtype | None
+) -> tuple[DiffusionPipeline, str]:
+    """The pipeline to measure, loaded unless it is one, and its name in the results."""
+    if isinstance(model, DiffusionPipeline):
+        if device is not None or dtype is not None:
+            raise ValueError("device and dtype apply to loading a model folder; move a loaded pipeline with .to()")
+        return model, "<in-memory pipeline>"
+    pipe = DiffusionPipeline.from_pretrained(model, device=device, dtype=dtype)
+    return pipe, str(model) if model is not None else "shipped: assets/fashion-mnist"
+
+
+def _reference_features(
+    extractor: FeatureExtractor, folder: str | Path, num_reference: int, channels: int, size: tuple[int, int], seed: int
+) -> torch.Tensor:
+    """The features ``(M, d)`` of the reference images, which also proves that the extractor takes the
+    model's images before any sampling."""
+    real = load_reference_images(folder, num_reference, channels, size, seed)  # (M, c, h, w) in [-1, 1]
+    try:
+        return extractor.features(real)  # (M, d)
+    except ValueError as e:  # e.g. the shipped 1-channel Fashion-MNIST classifier and an RGB model
+        raise ValueError(
+            f"{e}: this extractor cannot measure the model's {channels}-channel {size[0]}x{size[1]} images; "
+            "pick another extractor ('inception' or 'efficientnet-lite0'), or a classifier trained on this data "
+            "(bench/train_classifier.py) as extractor_path"
+        ) from None
+
+
+def _sample_features(
+    pipe: DiffusionPipeline,
+    extractor: FeatureExtractor,
+    num_images: int,
+    num_inference_steps: int,
+    sampler: str,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+) -> tuple[torch.Tensor, str | None]:
+    """The features ``(N, d)`` of ``num_images`` samples, and the class labels asked for (None: unconditional)."""
+    # A class-conditional model is measured on the data's mix of classes: a class per image, guided.
+    classes = RANDOM_CLASSES if pipe.unet.config.num_classes is not None else None
+    images = pipe(
+        num_images,
+        num_inference_steps,
+        scheduler=sampler,
+        seed=seed,
+        class_labels=classes,
+        batch_size=batch_size,
+        output_type="tensor",
+        progress=progress,
+    )  # (N, c, h, w) float32 in [0, 1]
+    return extractor.features(images * 2 - 1), classes  # (N, d)

@@ -271,17 +271,8 @@ def save_diffusers(
 
     assert name == registered_name(scheduler), (name, scheduler)
     check_new_folder(path)  # before any work
-    if nearest and (picked := nearest_exportable(scheduler)) is not scheduler:
-        label = scheduler_name(scheduler)
-        if registered_name(picked) == "ddpm" and NEAREST_EXPORTABLE.get(label) != "ddpm":
-            label += f" with timestep_spacing={scheduler.config.timestep_spacing!r}"
-        logger.warning(
-            "diffusers runs the %s sampler differently: exporting %s, the nearest one it runs as we do "
-            "(export another by name to choose)",
-            label,
-            scheduler_name(picked),
-        )
-        scheduler, name = picked, registered_name(picked)
+    if nearest:
+        scheduler, name = _nearest_with_warning(scheduler, name)
     unet_settings = diffusers_unet_kwargs(unet.config)  # raises before anything is written
     scheduler_settings = diffusers_scheduler_config(name, scheduler)
     state = {k: v.contiguous() for k, v in to_diffusers_state_dict(unet.state_dict(), unet.config).items()}
@@ -305,6 +296,29 @@ def save_diffusers(
         write_json(folder / "model_index.json", index)
 
     write_folder(path, write)
+    _warn_what_the_pipeline_cannot_run(unet, name)
+    return scheduler_name(scheduler)
+
+
+def _nearest_with_warning(scheduler: Scheduler, name: str) -> tuple[Scheduler, str]:
+    """`nearest_exportable` of ``scheduler`` and its registered name, with a warning when that is another."""
+    picked = nearest_exportable(scheduler)
+    if picked is scheduler:
+        return scheduler, name
+    label = scheduler_name(scheduler)
+    if registered_name(picked) == "ddpm" and NEAREST_EXPORTABLE.get(label) != "ddpm":
+        label += f" with timestep_spacing={scheduler.config.timestep_spacing!r}"
+    logger.warning(
+        "diffusers runs the %s sampler differently: exporting %s, the nearest one it runs as we do "
+        "(export another by name to choose)",
+        label,
+        scheduler_name(picked),
+    )
+    return picked, registered_name(picked)
+
+
+def _warn_what_the_pipeline_cannot_run(unet: UNet, name: str) -> None:
+    """Warn that an exported folder needs a loop of one's own: for class labels, or for UniPC."""
     if unet.config.num_classes:
         logger.warning(
             "the model is class-conditional: diffusers' DDPMPipeline passes no class labels, so call the "
@@ -317,7 +331,6 @@ def save_diffusers(
             "diffusers' DDPMPipeline cannot call UniPCMultistepScheduler (its step takes no generator): the "
             "folder loads, and its unet and scheduler sample as ours in your own loop"
         )
-    return scheduler_name(scheduler)
 
 
 def check_new_folder(path: str | Path, name: str | None = None) -> None:

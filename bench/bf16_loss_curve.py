@@ -1,8 +1,8 @@
 """Does bf16 training follow the fp32 loss curve? The same short run twice, differing only in precision.
 
-    PYTHONPATH=. python bench/bf16_loss_curve.py --data /work/data/fashion-mnist --out /work/runs/precision \
+    python bench/bf16_loss_curve.py --data data/fashion-mnist --out runs/precision \
         --precision no|bf16 [--steps 300] [--threads 1]     # one run per call; run both, then:
-    PYTHONPATH=. python bench/bf16_loss_curve.py --out /work/runs/precision --compare
+    python bench/bf16_loss_curve.py --out runs/precision --compare
 
 Each run trains the `tiny` preset on Fashion-MNIST (28x28, batch 64, lr 5e-4, 50 warmup steps, seed 0) with
 `train.py`'s Trainer, logging the loss every 10 steps; the data order, noise and timesteps are the same in

@@ -1,6 +1,6 @@
 """Training memory with and without gradient checkpointing, on the CPU: peak resident memory per run.
 
-    PYTHONPATH=. python bench/checkpointing_memory.py [--preset ddpm-cifar10] [--batch-size 16] [--steps 3]
+    python bench/checkpointing_memory.py [--preset ddpm-cifar10] [--batch-size 16] [--steps 3]
 
 The peak resident set size of a process only grows, so each row runs one fresh Python process that
 builds our UNet, takes ``--steps`` bf16-autocast training steps (fp32 weights, AdamW) with

@@ -1,6 +1,6 @@
 """Class-conditional sampling against guidance scale: does a classifier name the requested class, and at what FD?
 
-    PYTHONPATH=. python bench/class_conditional.py --data /work/data/fashion-mnist --cache /work/runs/cfg \
+    python bench/class_conditional.py --data data/fashion-mnist --cache runs/cfg \
         [--per-class 100] [--scales 0 1 1.5 2 3 4 6] [--dtype bf16] [--write-docs docs/benchmarks.md]
 
 The model is the shipped class-conditional Fashion-MNIST model (or --model); the judge is the shipped

@@ -1,28 +1,24 @@
 """Sampling speed of a google/ddpm-cifar10-32-sized model imported from a diffusers folder, against diffusers.
 
-    PYTHONPATH=. python bench/diffusers_model_speed.py [--num-images 8] [--threads 2]
+    python bench/diffusers_model_speed.py [--num-images 8] [--threads 2]
 
-Builds a diffusers DDPMPipeline from google/ddpm-cifar10-32's published config with random weights
-(speed does not depend on the weights, and nothing is downloaded), saves it, loads the folder with
-`DiffusionPipeline.from_pretrained`, and times N images per row: diffusers' DDPMPipeline with DDIM 50
-steps, and ours with DDIM 50 and with DPM-Solver++ 3M SDE 20 steps, in fp32 and bf16 (autocast-free:
-the UNet cast to bf16). One warm-up image per row is not timed.
+Builds a diffusers DDPMPipeline from google/ddpm-cifar10-32's published config (our ``ddpm-cifar10``
+preset) with random weights (speed does not depend on the weights, and nothing is downloaded), saves
+it, loads the folder with `DiffusionPipeline.from_pretrained`, and times N images per row: diffusers'
+DDPMPipeline with DDIM 50 steps, and ours with DDIM 50 and with DPM-Solver++ 3M SDE 20 steps, in fp32
+and bf16 (autocast-free: the UNet cast to bf16). One warm-up image per row is not timed.
 """
 
 import argparse
-import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import diffusers
 import torch
 
 from diffusion import DiffusionPipeline
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_interop import CIFAR10_UNET  # the published config, kept once, in the test
+from diffusion.models import diffusers_unet_kwargs, preset
 
 
 def timed(run, n: int) -> float:
@@ -43,7 +39,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        settings = {k: v for k, v in CIFAR10_UNET.items() if not k.startswith("_")}
+        # The published config has no dropout; it is the preset's otherwise (tests/io/test_diffusers_folder.py).
+        settings = diffusers_unet_kwargs(preset("ddpm-cifar10", dropout=0.0))
         theirs = diffusers.DDPMPipeline(
             unet=diffusers.UNet2DModel(**settings).eval(),
             scheduler=diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing", clip_sample=False),

@@ -1,11 +1,11 @@
 """End to end: `sample.py` against diffusers' `DDIMPipeline` (50 steps) on the same weights, from process
 start to the last PNG written.
 
-    PYTHONPATH=. python bench/end_to_end.py --model /work/runs/uncond-model [--num-images 64] [--repeats 2]
+    python bench/end_to_end.py --model runs/uncond-model [--num-images 64] [--repeats 2]
 
 The model must be unconditional (diffusers' DDIMPipeline passes no class labels); the figures in
-docs/benchmarks.md use the unconditional Fashion-MNIST model shipped before issue 7
-(`git show 74f0e17:assets/fashion-mnist/...`). It is exported with `diffusion-export --to diffusers
+docs/benchmarks.md use the unconditional Fashion-MNIST model of commit 74f0e17, which the commands of its
+section "End to end" write to runs/uncond-model. It is exported with `diffusion-export --to diffusers
 --scheduler ddim` into a temporary folder. Each row runs one fresh Python process and reports its wall
 time (the best of --repeats) and the images it wrote:
 

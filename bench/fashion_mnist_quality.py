@@ -1,6 +1,6 @@
 """Sample quality on Fashion-MNIST: Fréchet distance and KID in a trained classifier's feature space.
 
-    PYTHONPATH=. python bench/fashion_mnist_quality.py --data data/fashion-mnist \
+    python bench/fashion_mnist_quality.py --data data/fashion-mnist \
         [--classifier assets/fashion-mnist-classifier] [--model PATH] [--num-images 1000] \
         [--sampler ddim:50 --sampler ddpm:1000] [--batch-size 250] [--dtype fp32|bf16] [--seed 0]
 

@@ -1,6 +1,6 @@
 """Where bf16 sampling time goes on the CPU: GroupNorm in channels_last against NCHW.
 
-    PYTHONPATH=. python bench/group_norm_layout.py [--model assets/fashion-mnist]
+    python bench/group_norm_layout.py [--model assets/fashion-mnist]
 
 Two tables. First, GroupNorm + SiLU alone on activations of the shapes the UNets use, in each dtype and
 memory format (ms per call). Second, a whole bf16 UNet forward: NCHW, channels_last, channels_last with

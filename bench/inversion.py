@@ -1,6 +1,6 @@
 """DDIM inversion: reconstruction error and cost against steps and fixed-point iterations.
 
-    PYTHONPATH=. python bench/inversion.py [--model M] [--num-images 8] [--steps 20 50 100] [--iterations 0 1 2]
+    python bench/inversion.py [--model M] [--num-images 8] [--steps 20 50 100] [--iterations 0 1 2]
 
 The images to invert are the model's own samples (seeds 0..N-1, DPM-Solver++ 3M SDE, 20 steps), so a perfect
 inversion exists. Each row inverts them (`DiffusionPipeline.invert`), regenerates with DDIM at η = 0

@@ -1,6 +1,6 @@
 """Sample quality against sampling cost for every sampler: FD, KID, NFE and wall time per row.
 
-    PYTHONPATH=. python bench/quality_vs_steps.py --data /work/data/fashion-mnist --cache /work/runs/quality \
+    python bench/quality_vs_steps.py --data data/fashion-mnist --cache runs/quality \
         [--num-images 2000] [--rows ddpm:1000 ddim:10 ...] [--dtype bf16] [--write-docs docs/benchmarks.md]
 
 The model is the shipped Fashion-MNIST model; features come from the shipped Fashion-MNIST classifier
@@ -26,7 +26,8 @@ from diffusion.metrics import extract_features, frechet_distance, gaussian_stats
 from diffusion.metrics.classifier import Classifier
 from diffusion.pipeline import DiffusionPipeline
 
-# The issue's rows: sampler name (as `DiffusionPipeline` takes it) and inference steps.
+# The rows of docs/benchmarks.md, "Quality against sampling cost": sampler name (as `DiffusionPipeline`
+# takes it) and inference steps.
 DEFAULT_ROWS = (
     "ddpm:1000",
     "ddim:10",

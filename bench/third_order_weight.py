@@ -1,6 +1,6 @@
 """DPM-Solver++ 3M: which weight of the third-order term D_2 samples best on the shipped model.
 
-    PYTHONPATH=. python bench/third_order_weight.py --data /work/data/fashion-mnist [--num-images 400]
+    python bench/third_order_weight.py --data data/fashion-mnist [--num-images 400]
 
 `diffusion.schedulers.dpmsolver` uses the reference weights (the authors' code for the ODE,
 k-diffusion's sample_dpmpp_3m_sde for the SDE), which are half the Taylor-exact ones. This script

@@ -1,6 +1,6 @@
 """Train the feature-space `Classifier` used by bench/fashion_mnist_quality.py on a folder of class subfolders.
 
-    PYTHONPATH=. python bench/train_classifier.py --data data/fashion-mnist \
+    python bench/train_classifier.py --data data/fashion-mnist \
         [--out assets/fashion-mnist-classifier] [--epochs 2] [--limit N] [--threads 1]
 
 Every ``--holdout-every``-th image (in the folder's sorted order) is held out and never trained on; the

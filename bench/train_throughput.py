@@ -13,15 +13,19 @@ reported on CUDA only. Prints a table; record figures in docs/benchmarks.md with
 import argparse
 import logging
 import platform
+import sys
+from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler as DiffusersDDPM
 from diffusers import UNet2DModel
-from sample_throughput import matmul_peak, timed  # bench/ is the script's folder, on sys.path
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion.models import UNet, diffusers_unet_kwargs, preset, to_diffusers_state_dict
 from diffusion.schedulers import DDPMScheduler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script, however this one is started
+from sample_throughput import matmul_peak, timed
 
 
 def step_fn(model, forward, add_noise, optimizer, x0, device, autocast_dtype):

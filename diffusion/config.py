@@ -77,8 +77,7 @@ def check_types(config: Any, flags: bool = False) -> None:
 
 
 def type_error(value: Any) -> type[ValueError]:
-    """The exception for a value `type_problem` refuses: ValueError for a number (not finite), else
-    `ConfigTypeError`."""
+    """The exception for a value `type_problem` refuses: ValueError for a non-finite number, else `ConfigTypeError`."""
     return ValueError if isinstance(value, int | float) and not isinstance(value, bool) else ConfigTypeError
 
 

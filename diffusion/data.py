@@ -41,8 +41,7 @@ def is_left_by_tools(name: str) -> bool:
 
 
 def find_image_files(root: str | Path) -> list[Path]:
-    """Every file under ``root`` with an image extension, sorted by relative path; what other tools leave
-    (`is_left_by_tools`) is passed over (`walk_images`)."""
+    """Every image file under ``root``, sorted by relative path, less what other tools leave (`walk_images`)."""
     return walk_images(root)[0]
 
 

@@ -1,5 +1,5 @@
-"""The import path of `evaluate` before it moved to `diffusion.metrics.evaluation`; code that imports
-``diffusion.evaluation.evaluate`` keeps working."""
+"""An alias module: ``from diffusion.evaluation import evaluate`` imports
+`diffusion.metrics.evaluation.evaluate`."""
 
 from .metrics.evaluation import evaluate
 

@@ -230,18 +230,15 @@ def resolve_resume(out: str | Path, resume: str) -> Path | None:
 
 
 def check_resume_path(resume: str) -> None:
-    """Refuse a ``--resume`` that is neither ``auto``, ``never`` nor a checkpoint folder (a quick look: the
-    files are checked against the manifest when the run resumes).
-
-    Raises:
-        FileNotFoundError: ``resume`` names no folder with a ``trainer_state.json``.
-    """
+    """``FileNotFoundError`` for a ``--resume`` that is neither ``auto``, ``never`` nor a folder with a
+    ``trainer_state.json`` (a quick look: the manifest is checked when the run resumes)."""
     if resume not in ("auto", "never") and not (Path(resume) / "trainer_state.json").is_file():
         raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no trainer_state.json)")
 
 
 def check_checkpoint(path: Path) -> None:
-    """Check ``path`` against its manifest (one written before manifests existed is taken as it is).
+    """Check ``path`` against its manifest; one without a manifest, whose state does not say it had one, is
+    taken as it is.
 
     Raises:
         CorruptFolderError: a file is missing, truncated or changed.

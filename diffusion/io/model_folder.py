@@ -8,10 +8,9 @@ It follows diffusers' pipeline layout so that it can grow into a diffusers expor
     scheduler/scheduler_config.json  the noise schedule and the default sampler's settings
     manifest.json                 size and SHA-256 of the weights, checked on every load
 
-Nothing in it is executed on load: JSON and safetensors only. A folder without a manifest (written
-before manifests existed) loads unchecked. The JSON files are left out of the manifest on purpose: they
-are meant to be read and edited by hand (class names, the default sampler), and a damaged one fails to
-parse with a clear message anyway.
+Nothing in it is executed on load: JSON and safetensors only. A folder without a manifest loads
+unchecked. The JSON files are left out of the manifest on purpose: they are meant to be read and edited
+by hand (class names, the default sampler), and a damaged one fails to parse with a clear message anyway.
 
 `read_model_folder` reads three other things as models too:
 

@@ -1,4 +1,4 @@
-"""How a model folder is written and read: ``config.json`` + ``model.safetensors``, never pickle.
+"""How one network's folder is written and read: ``config.json`` + ``model.safetensors``, never pickle.
 
 ``config.json`` holds the model's config fields plus ``_class_name`` (as diffusers' configs do), so a
 folder says what it contains. Weights are checked by name and shape before loading, and every

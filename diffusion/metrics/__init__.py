@@ -6,6 +6,7 @@
 - `diffusion.metrics.features`: the `FeatureExtractor` protocol and `load_feature_extractor(name)`
   for ``classifier`` (ours, trained on the data), ``inception`` (torchvision's, not TF-FID's) and
   ``efficientnet-lite0``; weights are local only, never downloaded.
+- `diffusion.metrics.classifier`: the small CNN `Classifier` behind the ``classifier`` extractor.
 
 `diffusion.metrics.evaluation.evaluate` puts these together with a model and a folder of real images.
 """

@@ -109,14 +109,8 @@ class Classifier(nn.Module):
             )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate embedding.
-
-        Args:
-            x: images ``(b, in_channels, h, w)`` in [-1, 1], h and w divisible by 4.
-
-        Returns:
-            ``(b, feature_dim)`` in the model's dtype.
-        """
+        """The penultimate embedding ``(b, feature_dim)``, in the model's dtype, of images
+        ``(b, in_channels, h, w)`` in [-1, 1] with h and w divisible by 4."""
         self.check_input(x)
         h = x
         for i, stage in enumerate(self.stages):

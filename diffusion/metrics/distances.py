@@ -58,14 +58,10 @@ def gaussian_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _sqrt_eigenvalues(eigenvalues: np.ndarray) -> np.ndarray:
-    """√λ of a symmetric PSD matrix's eigenvalues, with the rounding-level ones taken as exactly 0.
-
-    ``eigh`` returns eigenvalues with absolute errors of about ``d · eps · max|λ|``, so a zero
-    eigenvalue (a singular covariance: fewer samples than dimensions, or a rank-deficient feature set)
-    comes back as ±1e-16-ish. The square root magnifies that: √1e-16 = 1e-8 per eigenvalue, summed
-    over d of them. Below the rank tolerance of ``numpy.linalg.matrix_rank`` (``d · eps · max λ``) an
-    eigenvalue cannot be told from zero, so it counts as zero; negative ones are rounding too.
-    """
+    """√λ of a symmetric PSD matrix's eigenvalues; those below the rounding level count as exactly 0."""
+    # eigh's absolute error is about d · eps · max|λ|, so a zero eigenvalue (a singular covariance) comes
+    # back as a tiny ±value whose square root is far larger. Below numpy.linalg.matrix_rank's tolerance
+    # (d · eps · max λ) an eigenvalue cannot be told from zero; negative ones are rounding too.
     tolerance = len(eigenvalues) * np.finfo(np.float64).eps * max(float(eigenvalues.max(initial=0.0)), 0.0)
     return np.sqrt(np.where(eigenvalues > tolerance, eigenvalues, 0.0))
 

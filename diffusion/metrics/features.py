@@ -162,10 +162,9 @@ class EfficientNetLite0Features(nn.Module):
         x = _rgb_resized(x, EFFICIENTNET_SIZE)  # (b, 3, 224, 224) in [0, 1]
         # The weights were converted from the TensorFlow Lite models, which normalise with mean 127 and
         # std 128 on the 0..255 scale (efficientnet_lite_builder.py; timm uses 0.5 / 0.5 for them too),
-        # not with ImageNet statistics. Checked on the weights: a least-squares fit of the stem
-        # BatchNorm's running means to the stem kernels' per-input-channel sums (0.5% residual) gives
-        # input means of (-0.05, -0.07, -0.12) per channel, close to ImageNet's under this scaling
-        # (-0.03, -0.08, -0.18) and far from the 0 that ImageNet normalisation would give.
+        # not with ImageNet statistics. The stem BatchNorm's running means agree: they imply input means
+        # close to ImageNet's under this scaling, not the 0 that ImageNet normalisation would give
+        # (docs/benchmarks.md, "EfficientNet-Lite0 input scaling").
         x = (x * 255 - 127) / 128
         return self.network.extract_features(x).mean(dim=(2, 3))  # (b, 1280, 7, 7) -> (b, 1280)
 

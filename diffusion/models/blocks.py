@@ -14,9 +14,10 @@ from torch import nn
 TimeConditioning = Literal["additive", "scale_shift"]
 Resample = Literal["none", "down", "up"]
 
-# PyTorch's CPU GroupNorm kernel for half-precision channels_last input is up to 7x slower than for
-# NCHW when an activation has few channels (bench/group_norm_layout.py): below this many channels it
-# is cheaper to normalise an NCHW copy and convert back. From 128 channels on, the two kernels are even.
+# PyTorch's CPU GroupNorm kernel for half-precision channels_last input is much slower than for NCHW when an
+# activation has few channels: below this many channels it is cheaper to normalise an NCHW copy and convert
+# back; from here on the two kernels are even (docs/benchmarks.md, "Where bf16 time goes: GroupNorm in
+# channels_last").
 NCHW_GROUP_NORM_BELOW_CHANNELS = 128
 
 

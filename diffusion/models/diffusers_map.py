@@ -137,7 +137,7 @@ def diffusers_defaults(class_name: str) -> dict[str, Any]:
     with their defaults: the settings a diffusers ``config.json`` may hold, and what a missing one means."""
     import inspect
 
-    import diffusers  # only here: importing diffusers takes a second
+    import diffusers  # only here: importing diffusers is slow
 
     parameters = inspect.signature(getattr(diffusers, class_name).__init__).parameters
     return {k: p.default for k, p in parameters.items() if k != "self"}

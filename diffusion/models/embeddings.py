@@ -13,22 +13,12 @@ def timestep_embedding(
     freq_shift: float = 0.0,
     max_period: float = 10_000.0,
 ) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, Vaswani et al. 2017 sec. 3.5.
+    """Sinusoidal embedding ``(b, dim)`` float32 of timesteps ``(b,)``, Vaswani et al. 2017 sec. 3.5.
 
-    Frequencies are ``max_period ** (-i / (dim / 2 - freq_shift))`` for ``i`` in ``[0, dim / 2)``.
-    The original DDPM code uses ``freq_shift=1`` and ``[sin, cos]`` order; diffusers' default is
-    ``freq_shift=0`` and ``[cos, sin]`` (``flip_sin_to_cos=True``). Both are supported so that either
-    family of weights loads.
-
-    Args:
-        timesteps: shape ``(b,)``, integer or float.
-        dim: embedding width; an odd width is zero-padded by one column.
-        flip_sin_to_cos: put the cosine half first.
-        freq_shift: subtracted from the half width in the frequency exponent's denominator.
-        max_period: the longest wavelength.
-
-    Returns:
-        Float32 tensor of shape ``(b, dim)``.
+    Frequencies are ``max_period ** (-i / (dim / 2 - freq_shift))`` for ``i`` in ``[0, dim / 2)``; an odd
+    ``dim`` is zero-padded by one column. The original DDPM code uses ``freq_shift=1`` and ``[sin, cos]``
+    order; diffusers' default is ``freq_shift=0`` and ``[cos, sin]`` (``flip_sin_to_cos=True``). Both are
+    supported so that either family of weights loads.
     """
     assert timesteps.ndim == 1, f"timesteps must be 1-D, got shape {tuple(timesteps.shape)}"
     half = dim // 2

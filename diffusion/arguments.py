@@ -170,19 +170,33 @@ def check_eta(eta: object) -> None:
         raise ValueError(f"eta must be at most 1 (1 is DDPM's noise), got {eta!r}")
 
 
-def check_call_options(
-    output_type: object, batch_size: object, callback: object, progress: object, jump_length: object, resample: object
-) -> None:
+def check_batching(batch_size: object, progress: object) -> None:
+    """``batch_size``: None or a positive int; ``progress``: a bool."""
+    if batch_size is not None and not is_positive_int(batch_size):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(progress, bool):
+        raise ValueError(f"progress must be True or False, got {progress!r}")
+
+
+def check_call_options(output_type: object, batch_size: object, callback: object, progress: object) -> None:
     """The options of a sampling call that need no model: their types and ranges."""
     if output_type not in ("pil", "tensor", "numpy"):
         raise ValueError(f"unknown output_type {output_type!r}; expected one of 'pil', 'tensor', 'numpy'")
-    if batch_size is not None and not is_positive_int(batch_size):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batching(batch_size, progress)
     if callback is not None and not isinstance(callback, Callable):
         raise ValueError(f"callback must be callable, got {callback!r}")
-    if not isinstance(progress, bool):
-        raise ValueError(f"progress must be True or False, got {progress!r}")
-    check_repaint(jump_length, resample)
+
+
+def check_latents(latents: object, shape: tuple[int, ...]) -> None:
+    """``latents``: None, or a finite tensor of ``shape``."""
+    if latents is None:
+        return
+    if not isinstance(latents, torch.Tensor):
+        raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+    if tuple(latents.shape) != shape:
+        raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+    if not torch.isfinite(latents).all():
+        raise ValueError("latents must be finite; they hold NaN or infinite values")
 
 
 def check_repaint(jump_length: object, resample: object) -> None:

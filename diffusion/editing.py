@@ -13,7 +13,7 @@ A sample here is whatever the sampler walks: x = α·x_0 + σ·ε, with (α, σ)
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from PIL import Image
 from .arguments import check_size
 from .image import to_mode
 from .models import UNetConfig
+from .rng import Generators, randn_tensor
 from .schedulers import Scheduler, registered_name
 
 ImageInput = Image.Image | Sequence[Image.Image] | torch.Tensor
@@ -115,6 +116,16 @@ def visit_order(start: int, end: int, jump_length: int, resample: int) -> list[i
     return order
 
 
+def edit_visit_order(
+    num_entries: int, strength: float | None, inpainting: bool, jump_length: int, resample: int
+) -> list[int]:
+    """The grid entries a call steps, in order: all ``num_entries`` of them, the last ones of an img2img
+    edit (``strength`` given), or RePaint's runs when ``inpainting``; one UNet evaluation each."""
+    editing = strength is not None or inpainting
+    start = start_index(num_entries, effective_strength(strength, inpainting)) if editing else 0
+    return visit_order(start, num_entries, jump_length, resample if inpainting else 1)
+
+
 def renoise(
     sample: torch.Tensor, level_from: tuple[float, float], level_to: tuple[float, float], noise: torch.Tensor
 ) -> torch.Tensor:
@@ -140,11 +151,36 @@ def paste_known(
 
 @dataclass(frozen=True)
 class Edit:
-    """What an editing call starts from."""
+    """What an editing call starts from, and its hooks into the sampling loop (`diffusion.sampling`)."""
 
     image: torch.Tensor  # x_0, (num_images, c, h, w) in [-1, 1]
     mask: torch.Tensor | None  # (num_images, 1, h, w), 1 = regenerate; None for img2img
     start: int  # the first grid entry to run (`start_index`)
+
+    def part(self, rows: slice, device: torch.device | None) -> "Edit":
+        """The edit of images ``rows``, on ``device``."""
+        mask = self.mask[rows].to(device) if self.mask is not None else None
+        return Edit(self.image[rows].to(device), mask, self.start)
+
+    def start_sample(self, noise: torch.Tensor, sampler: Scheduler) -> torch.Tensor:
+        """The sample at grid entry `start`: x_0 noised to that level (SDEdit), its known pixels pasted."""
+        if self.start == 0:
+            x = noise * sampler.init_noise_sigma
+        else:
+            alpha, sigma = sampler.noise_level(self.start)
+            x = alpha * self.image + sigma * noise
+        if self.mask is not None:
+            x = paste_known(x, self.image, self.mask, sampler.noise_level(self.start), noise)
+        return x
+
+    def after_step(self, sampler: Scheduler, generator: Generators) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """Inpainting's hook: after each step, the known pixels noised to the sample's new level (eq. 8)."""
+
+        def paste(x: torch.Tensor, level: int) -> torch.Tensor:
+            z = randn_tensor(x.shape, generator, device=x.device, dtype=torch.float32)
+            return paste_known(x, self.image, self.mask, sampler.noise_level(level), z)
+
+        return paste
 
 
 def prepare_edit(

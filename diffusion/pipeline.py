@@ -1,5 +1,9 @@
-"""`DiffusionPipeline`: a UNet and a scheduler, the one sampling loop for generation and editing (with
-classifier-free guidance), inversion and interpolation. Its folder format is `diffusion.io.model_folder`.
+"""`DiffusionPipeline`: a UNet and a scheduler behind one call.
+
+`__call__` checks its arguments once (`diffusion.request`), then, batch by batch, runs the one sampling
+loop (`diffusion.sampling`) with the UNet as a `diffusion.denoiser.Denoiser` (dtype, memory format,
+classifier-free guidance). Editing hooks into that loop (`diffusion.editing`); `invert` and `interpolate`
+check their arguments and call `diffusion.latents`. The folder format is `diffusion.io.model_folder`.
 """
 
 import dataclasses
@@ -16,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .arguments import (
     check_batch_size,
-    check_call_options,
+    check_batching,
     check_device,
     check_eta,
     check_generator,
@@ -26,23 +30,23 @@ from .arguments import (
     check_scheduler_overrides,
     check_size,
 )
+from .config import is_positive_int
+from .denoiser import Denoiser
 from .editing import (
     DEFAULT_JUMP_LENGTH,
     ImageInput,
-    effective_strength,
-    paste_known,
-    prepare_edit,
-    renoise,
-    start_index,
-    visit_order,
+    edit_visit_order,
+    images_to_tensor,
 )
-from .guidance import RANDOM_CLASSES, check_guidance, class_label_tensor, classifier_free_guidance
+from .guidance import RANDOM_CLASSES, check_guidance, class_label_tensor
 from .image import to_pil
 from .io.diffusers_folder import save_diffusers
 from .io.model_folder import FORMAT_NAME, read_model_folder, write_model_folder
-from .latents import Latents
+from .latents import check_fixed_point_iterations, interpolation_end, interpolation_latents, invert_batches
 from .models import UNet
-from .rng import randn_tensor, seed_list
+from .request import build_request
+from .rng import generators, randn_tensor, seed_list
+from .sampling import sample
 from .schedulers import (
     DEFAULT_STEPS,
     SCHEDULERS,
@@ -56,14 +60,13 @@ from .schedulers import (
 logger = logging.getLogger(__name__)
 
 OutputType = Literal["pil", "tensor", "numpy"]
-# Classifier-free guidance scale when class labels are given. On the shipped model (docs/benchmarks.md,
-# "Class-conditional model"), w = 1.5 drew the requested class 93.7% of the time at FD@1000 0.411; w = 1
-# had the best FD (0.284) but 86.2%, under the real images' 88.9%; w = 2 and 3 gave 96.7% and 99.0% at
-# FD 0.893 and 1.816, less diverse.
+# Classifier-free guidance scale when class labels are given: on the shipped model it follows the requested
+# class more often than the real images' own classifier rate, at a small cost in FD; larger scales are less
+# diverse (docs/benchmarks.md, "Class-conditional model").
 DEFAULT_GUIDANCE_SCALE = 1.5
 
 
-class DiffusionPipeline(Latents):
+class DiffusionPipeline:
     """Turns Gaussian noise into images with ``unet`` and ``scheduler``.
 
     Attributes:
@@ -117,14 +120,6 @@ class DiffusionPipeline(Latents):
         self._compiled = (self.unet, torch.compile(self.unet, **options))
         return self
 
-    @property
-    def _forward(self) -> Callable[..., torch.Tensor]:
-        """The compiled UNet if `compile` compiled the current one, else the UNet itself (a UNet assigned
-        to ``pipe.unet`` later is used as it is)."""
-        if self._compiled is not None and self._compiled[0] is self.unet:
-            return self._compiled[1]
-        return self.unet
-
     def make_scheduler(self, name: str, **overrides: Any) -> Scheduler:
         """A fresh scheduler ``name`` with this model's noise schedule and prediction type.
 
@@ -166,17 +161,7 @@ class DiffusionPipeline(Latents):
         check_repaint(jump_length, resample)
         sampler = self._sampler(scheduler, None)
         sampler.set_timesteps(num_inference_steps)
-        return len(self._visit_order(len(sampler.timesteps), strength, inpainting, jump_length, resample))
-
-    @staticmethod
-    def _visit_order(
-        num_entries: int, strength: float | None, inpainting: bool, jump_length: int, resample: int
-    ) -> list[int]:
-        """The grid entries a call steps, in order: all of them, the last ones of an img2img edit, or
-        RePaint's runs when inpainting; one UNet evaluation each."""
-        editing = strength is not None or inpainting
-        start = start_index(num_entries, effective_strength(strength, inpainting)) if editing else 0
-        return visit_order(start, num_entries, jump_length, resample if inpainting else 1)
+        return len(edit_visit_order(len(sampler.timesteps), strength, inpainting, jump_length, resample))
 
     def _sampler(self, scheduler: str | Scheduler | None, eta: float | None) -> Scheduler:
         """The scheduler a call samples with: an object as given, or a fresh one by name (default: ours)."""
@@ -242,7 +227,7 @@ class DiffusionPipeline(Latents):
 
     def generators(self, num_images: int, seed: int | Sequence[int]) -> list[torch.Generator]:
         """One generator per image: image i of a call with seed ``s`` uses seed ``s + i`` (see `seed_list`)."""
-        return [torch.Generator().manual_seed(s) for s in seed_list(seed, check_num_images(num_images))]
+        return generators(seed_list(seed, check_num_images(num_images)))
 
     # ----- conditioning -----
 
@@ -278,22 +263,11 @@ class DiffusionPipeline(Latents):
         conditional = self.unet.config.num_classes is not None
         return check_guidance(labels, guidance_scale, guidance_rescale, conditional, DEFAULT_GUIDANCE_SCALE)
 
-    def _predict(
-        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, scale: float | None, rescale: float
-    ) -> torch.Tensor:
-        """The model output (float32) for ``x`` at ``t``: unconditional (no labels), conditional (scale 1),
-        the null class (scale 0), else classifier-free guidance from one batched forward of both branches."""
-        n = x.shape[0]
-        x = x.to(self.dtype, memory_format=self.memory_format)
-        if labels is None or scale == 1:
-            return self._forward(x, t.expand(n), labels).float()
-        if scale == 0 and rescale == 0:
-            return self._forward(x, t.expand(n)).float()  # the null class
-        null = torch.full_like(labels, self.unet.config.num_classes)
-        x2 = torch.cat([x, x]).contiguous(memory_format=self.memory_format)  # (2n, c, h, w)
-        both = self._forward(x2, t.expand(2 * n), torch.cat([null, labels])).float()  # (2n, c, h, w)
-        uncond, cond = both.chunk(2)
-        return classifier_free_guidance(uncond, cond, scale, rescale)
+    def denoiser(self, guidance_scale: float | None = None, guidance_rescale: float = 0.0) -> Denoiser:
+        """The UNet as the sampling loop calls it, with this guidance (see `diffusion.denoiser`)."""
+        forward = self._compiled[1] if self._compiled and self._compiled[0] is self.unet else self.unet
+        null = self.unet.config.num_classes
+        return Denoiser(forward, null, self.device, self.dtype, self.memory_format, guidance_scale, guidance_rescale)
 
     # ----- sampling and editing -----
 
@@ -368,92 +342,130 @@ class DiffusionPipeline(Latents):
             ValueError: for an argument out of range, a class the model does not know, guidance for an
                 unconditional model, a mask of another size than the image, or a sampler that cannot edit.
         """
-        check_num_images(num_images)
-        if seed is not None and generator is not None:
-            raise ValueError("give seed or generator, not both")
-        generator = check_generator(generator)
-        seeds = seed_list(seed if seed is not None else 0, num_images) if generator is None else None
-        check_call_options(output_type, batch_size, callback, progress, jump_length, resample)
-        if size is not None:
-            size = check_size(size, self.unet.config)
-        sampler = self._sampler(scheduler, eta)
-        sampler.set_timesteps(num_inference_steps, device=self.device)
-        channels = self.unet.config.in_channels
-        if image is None and (mask_image is not None or strength is not None):
-            raise ValueError("mask_image and strength need an image to edit (image=...)")
-        known, mask, start = None, None, 0
-        if image is not None:
-            strength = effective_strength(strength, inpainting=mask_image is not None)
-            edit = prepare_edit(image, mask_image, strength, num_images, size, self.unet.config, sampler)
-            known, mask, start = edit.image, edit.mask, edit.start
-        if known is not None:
-            size = tuple(known.shape[-2:])
-        if mask is None and (resample != 1 or jump_length != DEFAULT_JUMP_LENGTH):
-            raise ValueError("resample and jump_length are RePaint settings for inpainting: give mask_image too")
-        order = self._visit_order(len(sampler.timesteps), strength, mask is not None, jump_length, resample)
-        assert not order or order[0] == start
-        height, width = size or self.unet.config.sample_size
-        shape = (channels, height, width)
-        check_num_images(num_images, shape)
-        if latents is not None and not isinstance(latents, torch.Tensor):
-            raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
-        if latents is not None and tuple(latents.shape) != (num_images, *shape):
-            raise ValueError(f"latents must have shape {(num_images, *shape)}, got {tuple(latents.shape)}")
-        if latents is not None and not torch.isfinite(latents).all():
-            raise ValueError("latents must be finite; they hold NaN or infinite values")
-        if isinstance(class_labels, str) and class_labels == RANDOM_CLASSES:
-            class_labels = self.random_class_labels(num_images, seeds, generator)
-        labels = self.class_label_tensor(class_labels, num_images)
-        scale = self._guidance(labels, guidance_scale, guidance_rescale)
-        batch_size = check_batch_size(self.unet.config, batch_size, num_images, labels is not None, (height, width))
-        # The samplers look timesteps up on the host copy, so the loop never waits for the device.
-        host_timesteps = sampler.timesteps.tolist()
+        request = build_request(self, locals())  # every argument checked, once, before any work
+        denoiser = self.denoiser(request.guidance_scale, guidance_rescale)
+        bar = tqdm(total=request.num_batches * len(request.order), disable=not progress, unit="step", desc="sampling")
+        on_step = request.on_step(bar)
         outputs = []
-        batches = -(-num_images // batch_size)
-        bar = tqdm(total=batches * len(order), disable=not progress, unit="step", desc="sampling")
-        for first in range(0, num_images, batch_size):
-            n = min(batch_size, num_images - first)
-            part = slice(first, first + n)
-            gens = self.generators(n, seeds[part]) if seeds is not None else generator
-            batch_labels = labels[part].to(self.device) if labels is not None else None
-            if latents is not None:
-                noise = latents[part].to(device=self.device, dtype=torch.float32)
-            else:
-                noise = randn_tensor((n, *shape), gens, device=self.device, dtype=torch.float32)
-            x0 = known[part].to(self.device) if known is not None else None
-            m = mask[part].to(self.device) if mask is not None else None
-            # The one loop for every sampler (see diffusion.schedulers.base): σ-space samplers start from
-            # noise of std init_noise_sigma and see their sample rescaled; multistep ones carry a state.
-            # Editing starts at grid entry `start` from the image noised to that level (editing.py).
-            if x0 is None or start == 0:
-                sample = noise * sampler.init_noise_sigma
-            else:
-                alpha, sigma = sampler.noise_level(start)
-                sample = alpha * x0 + sigma * noise  # x_0 noised to the first step's level (SDEdit)
-            if m is not None:
-                sample = paste_known(sample, x0, m, sampler.noise_level(start), noise)
-            state, level = (None if start == 0 else sampler.initial_state(start)), start
-            for i in order:
-                if i != level:  # RePaint: diffuse back up the grid from `level` to `i`, then redo
-                    z = randn_tensor(sample.shape, gens, device=self.device, dtype=torch.float32)
-                    sample = renoise(sample, sampler.noise_level(level), sampler.noise_level(i), z)
-                    state = sampler.initial_state(i)
-                t, t_host = sampler.timesteps[i], host_timesteps[i]
-                model_input = sampler.scale_model_input(sample, t_host)
-                model_output = self._predict(model_input, t, batch_labels, scale, guidance_rescale)
-                sample, _, state = sampler.step(model_output, t_host, sample, generator=gens, state=state)
-                level = i + 1
-                if m is not None:
-                    z = randn_tensor(sample.shape, gens, device=self.device, dtype=torch.float32)
-                    sample = paste_known(sample, x0, m, sampler.noise_level(level), z)
-                bar.update(1)
-                if callback is not None:
-                    callback(i, t_host, sample)
-            if x0 is not None and start == len(sampler.timesteps):
-                sample = x0  # strength 0: nothing to redo
-            outputs.append((sample / 2 + 0.5).clamp(0, 1).cpu())
+        for rows in request.batches():
+            generators, labels, x, edit = request.start(rows, self.device)
+            after_step = edit.after_step(request.sampler, generators) if edit and edit.mask is not None else None
+            x = sample(denoiser, request.sampler, x, labels, generators, request.order, after_step, on_step)
+            if edit is not None and edit.start == len(request.sampler.timesteps):
+                x = edit.image  # strength 0: nothing to redo
+            outputs.append((x / 2 + 0.5).clamp(0, 1).cpu())
         bar.close()
         return self._output(torch.cat(outputs), output_type)  # (num_images, c, h, w) in [0, 1]
+
+    # ----- the initial noise: inversion and interpolation (`diffusion.latents`) -----
+
+    @torch.inference_mode()
+    def invert(
+        self,
+        images: ImageInput,
+        num_inference_steps: int = 50,
+        *,
+        class_labels: int | str | Sequence[int | str] | torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        fixed_point_iterations: int = 1,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """DDIM inversion (Song et al. 2021, sec. 4.3; Dhariwal & Nichol 2021, appendix F): the latent
+        noise from which deterministic DDIM regenerates ``images``.
+
+        It runs the DDIM update of eq. 12 (η = 0) up the same grid that sampling walks down: from
+        ᾱ_{t_{i+1}} to ᾱ_{t_i} with ε̂(x, t_i). Sampling evaluates ε̂ on x_{t_i}, which inversion does not
+        know yet; plain DDIM inversion (``fixed_point_iterations=0``) uses the current sample instead,
+        an O(step) error. Each fixed-point iteration re-evaluates ε̂ on the new estimate of x_{t_i}
+        (Pan et al. 2023, "Effective Real Image Editing with Accelerated Iterative Diffusion
+        Inversion"), at one more model evaluation per step. Regenerate with
+        ``pipe(latents=z, scheduler="ddim", eta=0, num_inference_steps=n)`` and the same ``n``.
+        Measured on the shipped model (docs/benchmarks.md): 50 steps and 1 iteration reconstruct better
+        than 100 plain steps, at less cost.
+
+        Args:
+            images: PIL image(s) or a ``(n, c, h, w)`` tensor in [0, 1].
+            num_inference_steps: n, the DDIM steps.
+            class_labels, guidance_scale: as in `__call__`, for a class-conditional model.
+            fixed_point_iterations: extra model evaluations per step that refine ε̂; 0 is plain DDIM inversion.
+            batch_size: images per forward pass; None means all at once.
+            progress: show a tqdm bar.
+
+        Returns:
+            float32 ``(n, c, h, w)`` latents on the CPU, of unit variance like sampling's initial noise.
+        """
+        x0 = images_to_tensor(images, self.unet.config.in_channels)
+        check_size(tuple(x0.shape[-2:]), self.unet.config, "the image")
+        labels = self.class_label_tensor(class_labels, len(x0))
+        scale = self._guidance(labels, guidance_scale, 0.0)
+        check_batching(batch_size, progress)
+        check_fixed_point_iterations(fixed_point_iterations)
+        sampler = self.make_scheduler("ddim", eta=0.0)
+        sampler.set_timesteps(num_inference_steps)
+        batch_size = check_batch_size(self.unet.config, batch_size, len(x0), labels is not None, x0.shape[-2:])
+        return invert_batches(self.denoiser(scale), sampler, x0, labels, fixed_point_iterations, batch_size, progress)
+
+    def noise_for_seed(self, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The initial noise ``(c, h, w)`` that sampling with ``seed`` starts from (per-image generators)."""
+        height, width = check_size(size, self.unet.config) if size is not None else self.unet.config.sample_size
+        shape = (1, self.unet.config.in_channels, height, width)
+        return randn_tensor(shape, self.generators(1, [seed]), dtype=torch.float32)[0]
+
+    def interpolate(
+        self,
+        start: int | torch.Tensor,
+        end: int | torch.Tensor,
+        num_frames: int = 8,
+        num_inference_steps: int = DEFAULT_STEPS,
+        scheduler: str | Scheduler = "ddim",
+        **kwargs: Any,
+    ) -> list[Image.Image] | torch.Tensor | np.ndarray:
+        """Images along the spherical path between two initial noises (see `slerp`).
+
+        Args:
+            start, end: a seed (its noise, as in `noise_for_seed`) or a ``(c, h, w)`` latent, e.g. from
+                `invert`; frame 0 is the image of ``start`` and the last frame that of ``end``.
+            num_frames: frames, at least 2, at evenly spaced angles.
+            num_inference_steps: sampler steps.
+            scheduler: a deterministic sampler (default DDIM at η = 0, which regenerates `invert`'s
+                latents); a stochastic one would add different noise to each frame.
+            kwargs: the other arguments of `__call__` (``class_labels``, ``guidance_scale``,
+                ``output_type``, ``batch_size``, ``progress``, ...), except seeds and latents.
+
+        Raises:
+            ValueError: for fewer than 2 frames, a stochastic sampler, or latents of the wrong shape.
+        """
+        if not is_positive_int(num_frames) or num_frames < 2:
+            raise ValueError(f"num_frames must be an integer >= 2, got {num_frames!r}")
+        check_num_images(num_frames, name="num_frames")
+        for name in ("seed", "generator", "latents", "num_images"):
+            if name in kwargs:
+                raise ValueError(f"interpolate takes no {name}: the frames come from start and end")
+        if isinstance(kwargs.get("class_labels"), str) and kwargs["class_labels"] == RANDOM_CLASSES:
+            if not isinstance(start, int) or isinstance(start, bool):
+                raise ValueError("class_labels='random' in interpolate draws the start seed's class; start is a latent")
+            kwargs["class_labels"] = int(self.random_class_labels(1, [start])[0])  # one class for every frame
+        sampler = self._sampler(scheduler, kwargs.pop("eta", None))
+        if sampler.stochastic:
+            raise ValueError(
+                f"interpolation needs a deterministic sampler, and {self.scheduler_name(sampler)} adds fresh noise at "
+                "every step; use ddim (eta 0), dpmsolver++2m, dpmsolver++3m, unipc or euler"
+            )
+        size = kwargs.get("size")
+        ends = [
+            interpolation_end(name, point, size, self.noise_for_seed)
+            for name, point in (("start", start), ("end", end))
+        ]
+        if ends[0].shape != ends[1].shape or ends[0].ndim != 3:
+            shapes = [tuple(e.shape) for e in ends]
+            raise ValueError(f"start and end must be latents of one (c, h, w) shape, got {shapes}")
+        if not all(torch.isfinite(e).all() for e in ends):
+            raise ValueError("start and end latents must be finite; they hold NaN or infinite values")
+        check_num_images(num_frames, tuple(ends[0].shape), name="num_frames")
+        latents = interpolation_latents(ends[0], ends[1], num_frames)
+        kwargs.setdefault("size", tuple(latents.shape[-2:]))  # inverted images may have their own size
+        return self(num_frames, num_inference_steps, sampler, latents=latents, **kwargs)
 
     @staticmethod
     def _output(images: torch.Tensor, output_type: OutputType) -> list[Image.Image] | torch.Tensor | np.ndarray:

@@ -26,6 +26,9 @@ LAYERS = [
     {"diffusion.models", "diffusion.schedulers"},
     {
         "diffusion.pipeline",
+        "diffusion.denoiser",
+        "diffusion.sampling",
+        "diffusion.request",
         "diffusion.io.checkpoint",
         "diffusion.data",
         "diffusion.metrics.classifier",

@@ -1,0 +1,124 @@
+"""`Request`: one `DiffusionPipeline.__call__`, its arguments checked and resolved, cut into batches.
+
+Everything the call decided before any work (the sampler with its timesteps set, the image shape, each
+image's seed and class, the edit, the grid entries to visit) is here; what each batch starts from is
+`Request.start`.
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .arguments import (
+    check_batch_size,
+    check_call_options,
+    check_generator,
+    check_latents,
+    check_num_images,
+    check_repaint,
+    check_size,
+)
+from .editing import DEFAULT_JUMP_LENGTH, Edit, edit_visit_order, effective_strength, prepare_edit
+from .guidance import RANDOM_CLASSES
+from .rng import Generators, generators, randn_tensor, seed_list
+from .schedulers import Scheduler
+
+if TYPE_CHECKING:
+    from .pipeline import DiffusionPipeline
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked sampling call."""
+
+    sampler: Scheduler  # with its timesteps set, on the pipeline's device
+    shape: tuple[int, int, int]  # (c, h, w) of each image
+    num_images: int
+    batch_size: int  # images per forward pass
+    seeds: Sequence[int] | None  # one per image; None when one generator serves the call
+    generator: torch.Generator | None
+    labels: torch.Tensor | None  # (num_images,) class ids, on the CPU
+    guidance_scale: float | None  # w; None without labels
+    latents: torch.Tensor | None  # (num_images, c, h, w) initial noise given instead of the seeds'
+    edit: Edit | None  # img2img or inpainting; None for plain generation
+    order: list[int]  # the grid entries each batch steps (`diffusion.editing.visit_order`)
+    callback: Callable[[int, int, torch.Tensor], None] | None
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.num_images // self.batch_size)
+
+    def batches(self) -> Iterator[slice]:
+        """The rows of each batch."""
+        for first in range(0, self.num_images, self.batch_size):
+            yield slice(first, min(first + self.batch_size, self.num_images))
+
+    def start(
+        self, rows: slice, device: torch.device
+    ) -> tuple[Generators, torch.Tensor | None, torch.Tensor, Edit | None]:
+        """(generators, labels, first sample, edit) of the batch ``rows``: the first sample is the seeds'
+        noise (or the given latents) times `init_noise_sigma`, or the edited image noised to its start."""
+        gens = generators(self.seeds[rows]) if self.seeds is not None else self.generator
+        labels = self.labels[rows].to(device) if self.labels is not None else None
+        if self.latents is not None:
+            noise = self.latents[rows].to(device=device, dtype=torch.float32)
+        else:
+            noise = randn_tensor((rows.stop - rows.start, *self.shape), gens, device=device, dtype=torch.float32)
+        if self.edit is None:
+            return gens, labels, noise * self.sampler.init_noise_sigma, None
+        edit = self.edit.part(rows, device)
+        return gens, labels, edit.start_sample(noise, self.sampler), edit
+
+    def on_step(self, bar: tqdm) -> Callable[[int, int, torch.Tensor], None]:
+        """The loop's callback: advance the progress bar, then call the user's callback."""
+
+        def on_step(i: int, t: int, x: torch.Tensor) -> None:
+            bar.update(1)
+            if self.callback is not None:
+                self.callback(i, t, x)
+
+        return on_step
+
+
+def build_request(pipe: "DiffusionPipeline", call: dict[str, Any]) -> Request:
+    """`DiffusionPipeline.__call__`'s arguments (``call``, by name) checked and resolved, each once, before
+    any work, in the order of their documented messages."""
+    args = SimpleNamespace(**call)
+    num_images = check_num_images(args.num_images)
+    if args.seed is not None and args.generator is not None:
+        raise ValueError("give seed or generator, not both")
+    generator = check_generator(args.generator)
+    seeds = seed_list(args.seed if args.seed is not None else 0, num_images) if generator is None else None
+    check_call_options(args.output_type, args.batch_size, args.callback, args.progress)
+    check_repaint(args.jump_length, args.resample)
+    size = check_size(args.size, pipe.unet.config) if args.size is not None else None
+    sampler = pipe._sampler(args.scheduler, args.eta)
+    sampler.set_timesteps(args.num_inference_steps, device=pipe.device)
+    if args.image is None and (args.mask_image is not None or args.strength is not None):
+        raise ValueError("mask_image and strength need an image to edit (image=...)")
+    edit, strength = None, args.strength
+    if args.image is not None:
+        strength = effective_strength(strength, inpainting=args.mask_image is not None)
+        edit = prepare_edit(args.image, args.mask_image, strength, num_images, size, pipe.unet.config, sampler)
+        size = tuple(edit.image.shape[-2:])
+    inpainting = edit is not None and edit.mask is not None
+    if not inpainting and (args.resample != 1 or args.jump_length != DEFAULT_JUMP_LENGTH):
+        raise ValueError("resample and jump_length are RePaint settings for inpainting: give mask_image too")
+    order = edit_visit_order(len(sampler.timesteps), strength, inpainting, args.jump_length, args.resample)
+    shape = (pipe.unet.config.in_channels, *(size or pipe.unet.config.sample_size))
+    check_num_images(num_images, shape)
+    check_latents(args.latents, (num_images, *shape))
+    class_labels = args.class_labels
+    if isinstance(class_labels, str) and class_labels == RANDOM_CLASSES:
+        class_labels = pipe.random_class_labels(num_images, seeds, generator)
+    labels = pipe.class_label_tensor(class_labels, num_images)
+    scale = pipe._guidance(labels, args.guidance_scale, args.guidance_rescale)
+    batch_size = check_batch_size(pipe.unet.config, args.batch_size, num_images, labels is not None, shape[1:])
+    edits = (edit, order)
+    return Request(
+        sampler, shape, num_images, batch_size, seeds, generator, labels, scale, args.latents, *edits, args.callback
+    )

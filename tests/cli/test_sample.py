@@ -14,36 +14,18 @@ from PIL import Image
 from diffusion import cli
 from diffusion.cli import sample as cli_sample
 from diffusion.io import model_folder
-from diffusion.models import UNet, UNetConfig
+from diffusion.models import UNet
 from diffusion.pipeline import DiffusionPipeline
-from diffusion.schedulers import DDIMScheduler
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.manual_seed(0)
-    config = UNetConfig(
-        in_channels=3,
-        sample_size=(8, 16),
-        base_channels=16,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_levels=(),
-        norm_groups=8,
-    )
-    path = tmp_path_factory.mktemp("model") / "m"
-    DiffusionPipeline(UNet(config), DDIMScheduler()).save_pretrained(path)
-    return path
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_writes_one_png_per_seed_with_metadata_and_a_grid(model, tmp_path, capsys):
+def test_writes_one_png_per_seed_with_metadata_and_a_grid(tiny_rgb_model, tmp_path, capsys):
     out, grid = tmp_path / "out", tmp_path / "grids" / "g.png"
     code = cli.sample_main(
         [
             "--model",
-            str(model),
+            str(tiny_rgb_model),
             "--num-images",
             "5",
             "--steps",
@@ -72,10 +54,12 @@ def test_writes_one_png_per_seed_with_metadata_and_a_grid(model, tmp_path, capsy
 
 
 @pytest.mark.parametrize("scheduler, karras, nfe", [("heun", True, 5), ("dpmsolver++3m", False, 3), ("unipc", True, 3)])
-def test_fast_samplers_and_karras_sigmas_from_the_command_line(model, tmp_path, capsys, scheduler, karras, nfe):
+def test_fast_samplers_and_karras_sigmas_from_the_command_line(
+    tiny_rgb_model, tmp_path, capsys, scheduler, karras, nfe
+):
     args = [
         "--model",
-        str(model),
+        str(tiny_rgb_model),
         "--num-images",
         "2",
         "--steps",
@@ -97,10 +81,21 @@ def test_fast_samplers_and_karras_sigmas_from_the_command_line(model, tmp_path, 
     assert f"({scheduler}{karras_text}, 3 steps, {nfe} NFE)" in capsys.readouterr().out
 
 
-def test_seed_ranges_match_single_seeds(model, tmp_path):
-    cli.sample_main(["--model", str(model), "--seeds", "3-4,9", "--steps", "2", "--out", str(tmp_path / "a")])
+def test_seed_ranges_match_single_seeds(tiny_rgb_model, tmp_path):
+    cli.sample_main(["--model", str(tiny_rgb_model), "--seeds", "3-4,9", "--steps", "2", "--out", str(tmp_path / "a")])
     cli.sample_main(
-        ["--model", str(model), "--seed", "9", "--num-images", "1", "--steps", "2", "--out", str(tmp_path / "b")]
+        [
+            "--model",
+            str(tiny_rgb_model),
+            "--seed",
+            "9",
+            "--num-images",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "b"),
+        ]
     )
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["3.png", "4.png", "9.png"]
     assert (tmp_path / "a" / "9.png").read_bytes() == (tmp_path / "b" / "9.png").read_bytes()
@@ -147,10 +142,10 @@ def test_seed_ranges_match_single_seeds(model, tmp_path):
         ),
     ],
 )
-def test_bad_input_is_one_line_and_status_2(model, tmp_path, capsys, args, message):
+def test_bad_input_is_one_line_and_status_2(tiny_rgb_model, tmp_path, capsys, args, message):
     (tmp_path / "file").write_text("")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    base = ["--model", str(model), "--out", str(tmp_path / "o"), "--steps", "2", "--num-images", "1"]
+    base = ["--model", str(tiny_rgb_model), "--out", str(tmp_path / "o"), "--steps", "2", "--num-images", "1"]
     assert cli.sample_main(base + args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("diffusion-sample: error: ")
@@ -158,13 +153,16 @@ def test_bad_input_is_one_line_and_status_2(model, tmp_path, capsys, args, messa
     assert not (tmp_path / "o").exists()  # a failed command leaves no empty output folder behind
 
 
-def test_a_full_disk_while_writing_images_is_one_line(model, tmp_path, capsys, monkeypatch):
+def test_a_full_disk_while_writing_images_is_one_line(tiny_rgb_model, tmp_path, capsys, monkeypatch):
     def full(image, path, *args, **kwargs):
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr("diffusion.cli.sample.save_png", full)
     assert (
-        cli.sample_main(["--model", str(model), "--out", str(tmp_path / "o"), "--steps", "2", "--num-images", "1"]) == 2
+        cli.sample_main(
+            ["--model", str(tiny_rgb_model), "--out", str(tmp_path / "o"), "--steps", "2", "--num-images", "1"]
+        )
+        == 2
     )
     err = capsys.readouterr().err.strip().splitlines()  # after the progress bar
     assert "Traceback" not in "\n".join(err) and err[-1:] == [
@@ -174,15 +172,15 @@ def test_a_full_disk_while_writing_images_is_one_line(model, tmp_path, capsys, m
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
-def test_cuda_without_cuda_is_refused(model, tmp_path, capsys):
-    assert cli.sample_main(["--model", str(model), "--device", "cuda", "--out", str(tmp_path)]) == 2
+def test_cuda_without_cuda_is_refused(tiny_rgb_model, tmp_path, capsys):
+    assert cli.sample_main(["--model", str(tiny_rgb_model), "--device", "cuda", "--out", str(tmp_path)]) == 2
     message = "--device cuda was asked for but this machine has no CUDA device; use --device cpu"
     assert message in capsys.readouterr().err
 
 
-def test_truncated_weights_through_the_script_give_no_traceback(model, tmp_path):
+def test_truncated_weights_through_the_script_give_no_traceback(tiny_rgb_model, tmp_path):
     broken = tmp_path / "broken"
-    DiffusionPipeline.from_pretrained(model).save_pretrained(broken)
+    DiffusionPipeline.from_pretrained(tiny_rgb_model).save_pretrained(broken)
     weights = broken / "unet" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     done = subprocess.run(
@@ -212,8 +210,8 @@ def test_truncated_weights_through_the_script_give_no_traceback(model, tmp_path)
         assert flag in helped.stdout
 
 
-def test_grid_path_that_is_a_folder_is_refused_before_sampling(model, tmp_path, capsys):
-    assert cli.sample_main(["--model", str(model), "--out", str(tmp_path / "o"), "--grid", str(tmp_path)]) == 2
+def test_grid_path_that_is_a_folder_is_refused_before_sampling(tiny_rgb_model, tmp_path, capsys):
+    assert cli.sample_main(["--model", str(tiny_rgb_model), "--out", str(tmp_path / "o"), "--grid", str(tmp_path)]) == 2
     assert "is a folder; give a file name such as" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
@@ -228,21 +226,20 @@ def test_without_model_flag_the_shipped_model_is_used(tmp_path, capsys):
 # ----- class conditioning and editing from the command line -----
 
 
-@pytest.fixture(scope="module")
-def conditional(tmp_path_factory):
-    torch.manual_seed(0)
-    config = UNetConfig(
-        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-        attention_levels=(), norm_groups=8, num_classes=2,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("conditional") / "m"
-    DiffusionPipeline(UNet(config), DDIMScheduler(), ["cat", "dog"]).save_pretrained(path)
-    return path
-
-
-def test_class_all_writes_one_grid_row_per_class(conditional, tmp_path):
+def test_class_all_writes_one_grid_row_per_class(tiny_conditional_model, tmp_path):
     out = tmp_path / "o"
-    args = ["--model", str(conditional), "--steps", "2", "--out", str(out), "--class", "all", "--num-images", "3"]
+    args = [
+        "--model",
+        str(tiny_conditional_model),
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--class",
+        "all",
+        "--num-images",
+        "3",
+    ]
     assert cli.sample_main([*args, "--grid", str(tmp_path / "grid.png"), "--seed", "10"]) == 0
     assert sorted(int(p.stem) for p in out.glob("*.png")) == list(range(10, 16))  # 3 per class
     classes = [Image.open(out / f"{seed}.png").text["class"] for seed in range(10, 16)]
@@ -251,9 +248,9 @@ def test_class_all_writes_one_grid_row_per_class(conditional, tmp_path):
     assert Image.open(tmp_path / "grid.png").size == (3 * 10 + 2, 2 * 10 + 2)  # 3 columns, 2 rows
 
 
-def test_class_per_image_and_guidance_scale(conditional, tmp_path):
+def test_class_per_image_and_guidance_scale(tiny_conditional_model, tmp_path):
     out = tmp_path / "o"
-    base = ["--model", str(conditional), "--steps", "2", "--num-images", "3", "--out", str(out)]
+    base = ["--model", str(tiny_conditional_model), "--steps", "2", "--num-images", "3", "--out", str(out)]
     assert cli.sample_main([*base, "--class", "dog,0,cat", "--guidance-scale", "0"]) == 0
     assert [Image.open(out / f"{i}.png").text["class"] for i in range(3)] == ["dog", "0", "cat"]
     assert Image.open(out / "0.png").text["guidance_scale"] == "0.0"
@@ -263,14 +260,23 @@ def test_class_per_image_and_guidance_scale(conditional, tmp_path):
         assert Image.open(out / f"{i}.png").tobytes() == Image.open(unconditional / f"{i}.png").tobytes()
 
 
-def test_init_image_mask_and_strength(conditional, tmp_path):
+def test_init_image_mask_and_strength(tiny_conditional_model, tmp_path):
     rng = torch.Generator().manual_seed(0)
     picture = Image.fromarray((torch.rand(8, 8, generator=rng) * 255).byte().numpy(), mode="L")
     picture.save(tmp_path / "in.png")
     mask = Image.new("L", (8, 8))
     mask.paste(255, (0, 0, 4, 8))  # regenerate the left half
     mask.save(tmp_path / "mask.png")
-    base = ["--model", str(conditional), "--steps", "4", "--num-images", "1", "--init-image", str(tmp_path / "in.png")]
+    base = [
+        "--model",
+        str(tiny_conditional_model),
+        "--steps",
+        "4",
+        "--num-images",
+        "1",
+        "--init-image",
+        str(tmp_path / "in.png"),
+    ]
     assert cli.sample_main([*base, "--strength", "0", "--out", str(tmp_path / "a")]) == 0
     assert Image.open(tmp_path / "a" / "0.png").tobytes() == picture.tobytes()
     assert cli.sample_main([*base, "--out", str(tmp_path / "c")]) == 0
@@ -284,15 +290,15 @@ def test_init_image_mask_and_strength(conditional, tmp_path):
     assert "class" not in inpainted.text  # editing without --class keeps to the null class, not a random one
 
 
-def test_interpolate_writes_a_strip_and_a_gif(conditional, tmp_path, capsys):
+def test_interpolate_writes_a_strip_and_a_gif(tiny_conditional_model, tiny_conditional_pipeline, tmp_path, capsys):
     out = tmp_path / "o"
-    args = ["--model", str(conditional), "--steps", "3", "--out", str(out), "--frames", "4"]
+    args = ["--model", str(tiny_conditional_model), "--steps", "3", "--out", str(out), "--frames", "4"]
     assert cli.sample_main([*args, "--interpolate", "0", "5"]) == 0
     strip, gif = Image.open(out / "interpolation.png"), Image.open(out / "interpolation.gif")
     assert strip.size == (4 * 10 + 2, 12) and gif.n_frames == 4 and gif.size == (8, 8)
     assert "wrote" in capsys.readouterr().out
     # The first frame is seed 0's image with the same deterministic sampler.
-    assert cli.sample_main(["--model", str(conditional), "--steps", "3", "--out", str(tmp_path / "s"),
+    assert cli.sample_main(["--model", str(tiny_conditional_model), "--steps", "3", "--out", str(tmp_path / "s"),
                             "--num-images", "1", "--scheduler", "ddim", "--eta", "0"]) == 0  # fmt: skip
     assert strip.crop((2, 2, 10, 10)).tobytes() == Image.open(tmp_path / "s" / "0.png").tobytes()
     Image.new("L", (8, 8), 40).save(tmp_path / "a.png")
@@ -301,7 +307,7 @@ def test_interpolate_writes_a_strip_and_a_gif(conditional, tmp_path, capsys):
     assert cli.sample_main([*args[:-4], *two, "--frames", "3", "--class", "dog"]) == 0
     assert Image.open(tmp_path / "i" / "interpolation.gif").n_frames == 3
     # The end frames regenerate the inverted images, inverted and regenerated with the same class.
-    pipe = DiffusionPipeline.from_pretrained(conditional)
+    pipe = tiny_conditional_pipeline
     latents = pipe.invert(Image.open(tmp_path / "a.png"), 3, class_labels="dog")
     first = pipe(1, 3, "ddim", eta=0.0, latents=latents, class_labels="dog")[0]
     strip = Image.open(tmp_path / "i" / "interpolation.png")
@@ -329,28 +335,30 @@ def test_interpolate_writes_a_strip_and_a_gif(conditional, tmp_path, capsys):
         (["--resample", "3"], r"--resample and --jump-length are RePaint settings for inpainting: give --mask"),
     ],
 )
-def test_bad_conditioning_and_editing_input_is_one_line(conditional, tmp_path, capsys, args, message):
+def test_bad_conditioning_and_editing_input_is_one_line(tiny_conditional_model, tmp_path, capsys, args, message):
     (tmp_path / "text.png").write_text("not a png")
     Image.new("L", (8, 8)).save(tmp_path / "ok.png")
     Image.new("L", (12, 8)).save(tmp_path / "wide.png")
     Image.new("L", (9, 9)).save(tmp_path / "odd.png")
     args = [a.format(tmp=tmp_path) for a in args]
-    base = ["--model", str(conditional), "--out", str(tmp_path / "o"), "--steps", "2"]
+    base = ["--model", str(tiny_conditional_model), "--out", str(tmp_path / "o"), "--steps", "2"]
     assert cli.sample_main(base + args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert re.search(message, err), err
 
 
-def test_class_all_on_an_unconditional_model_is_refused(model, tmp_path, capsys):
-    assert cli.sample_main(["--model", str(model), "--class", "all", "--out", str(tmp_path)]) == 2
+def test_class_all_on_an_unconditional_model_is_refused(tiny_rgb_model, tmp_path, capsys):
+    assert cli.sample_main(["--model", str(tiny_rgb_model), "--class", "all", "--out", str(tmp_path)]) == 2
     assert "--class all needs a class-conditional model; this model is unconditional" in capsys.readouterr().err
 
 
-def test_a_class_conditional_model_draws_a_class_per_seed_unless_told(conditional, tmp_path):
-    base = ["--model", str(conditional), "--steps", "2", "--num-images", "4"]
+def test_a_class_conditional_model_draws_a_class_per_seed_unless_told(
+    tiny_conditional_model, tiny_conditional_pipeline, tmp_path
+):
+    base = ["--model", str(tiny_conditional_model), "--steps", "2", "--num-images", "4"]
     assert cli.sample_main([*base, "--out", str(tmp_path / "r"), "--seed", "20"]) == 0
-    pipe = DiffusionPipeline.from_pretrained(conditional)
+    pipe = tiny_conditional_pipeline
     expected = [pipe.class_names[i] for i in pipe.random_class_labels(4, 20).tolist()]
     assert [Image.open(tmp_path / "r" / f"{s}.png").text["class"] for s in range(20, 24)] == expected
     assert cli.sample_main([*base, "--out", str(tmp_path / "n"), "--class", "none"]) == 0
@@ -363,7 +371,7 @@ def test_a_class_conditional_model_draws_a_class_per_seed_unless_told(conditiona
 # ----- what the command says is what it did -----
 
 
-def test_ctrl_c_keeps_every_finished_batch_and_says_how_many(model, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_keeps_every_finished_batch_and_says_how_many(tiny_rgb_model, tmp_path, capsys, monkeypatch):
     calls = {"n": 0}
     predict = DiffusionPipeline._predict
 
@@ -375,7 +383,18 @@ def test_ctrl_c_keeps_every_finished_batch_and_says_how_many(model, tmp_path, ca
 
     monkeypatch.setattr(DiffusionPipeline, "_predict", interrupted)
     out = tmp_path / "o"
-    args = ["--model", str(model), "--num-images", "16", "--batch-size", "4", "--steps", "3", "--out", str(out)]
+    args = [
+        "--model",
+        str(tiny_rgb_model),
+        "--num-images",
+        "16",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+    ]
     assert cli.sample_main([*args, "--grid", str(tmp_path / "g.png")]) == 130
     assert sorted(int(p.stem) for p in out.glob("*.png")) == list(range(8))  # batches 1 and 2, nothing after
     assert Image.open(out / "7.png").text["seed"] == "7"
@@ -385,12 +404,14 @@ def test_ctrl_c_keeps_every_finished_batch_and_says_how_many(model, tmp_path, ca
     assert not (tmp_path / "g.png").exists()
 
 
-def test_an_interrupt_before_any_image_leaves_no_output_folder(model, tmp_path, monkeypatch, capsys):
+def test_an_interrupt_before_any_image_leaves_no_output_folder(tiny_rgb_model, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(DiffusionPipeline, "_predict", interrupted)
-    assert cli.sample_main(["--model", str(model), "--steps", "2", "--out", str(tmp_path / "new" / "o")]) == 130
+    assert (
+        cli.sample_main(["--model", str(tiny_rgb_model), "--steps", "2", "--out", str(tmp_path / "new" / "o")]) == 130
+    )
     assert (
         capsys.readouterr().err.strip() == f"diffusion-sample: interrupted: 0 of 16 images written to {tmp_path}/new/o/"
     )
@@ -410,7 +431,7 @@ def test_an_interrupt_before_any_image_leaves_no_output_folder(model, tmp_path, 
         (["--init-image", "{tmp}/in.png", "--mask", "{tmp}/mask.png", "--strength", "0.5", "--resample", "2"], 10),
     ],
 )
-def test_reported_nfe_is_the_model_calls_made(model, tmp_path, capsys, monkeypatch, edit, nfe):
+def test_reported_nfe_is_the_model_calls_made(tiny_rgb_model, tmp_path, capsys, monkeypatch, edit, nfe):
     Image.new("RGB", (16, 8), (200, 30, 90)).save(tmp_path / "in.png")
     Image.new("L", (16, 8), 255).save(tmp_path / "mask.png")
     calls = []
@@ -418,7 +439,7 @@ def test_reported_nfe_is_the_model_calls_made(model, tmp_path, capsys, monkeypat
     monkeypatch.setattr(UNet, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
     args = [
         "--model",
-        str(model),
+        str(tiny_rgb_model),
         "--num-images",
         "2",
         "--batch-size",
@@ -455,9 +476,9 @@ def test_sampler_flags_name_the_models_default_sampler(tmp_path, capsys):
         (["--interpolate", "0", "1", "--init-image", "{tmp}/in.png"], r"leave out --init-image$"),
     ],
 )
-def test_flags_that_would_be_ignored_are_refused(conditional, tmp_path, capsys, args, message):
+def test_flags_that_would_be_ignored_are_refused(tiny_conditional_model, tmp_path, capsys, args, message):
     Image.new("L", (8, 8)).save(tmp_path / "in.png")
-    base = ["--model", str(conditional), "--out", str(tmp_path / "o"), "--steps", "2"]
+    base = ["--model", str(tiny_conditional_model), "--out", str(tmp_path / "o"), "--steps", "2"]
     edit = (
         ["--init-image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "in.png")]
         if args[0] == "--jump-length"
@@ -467,10 +488,21 @@ def test_flags_that_would_be_ignored_are_refused(conditional, tmp_path, capsys, 
     assert re.search(message, capsys.readouterr().err.strip())
 
 
-def test_a_real_sigint_keeps_the_finished_batches(model, tmp_path):
+def test_a_real_sigint_keeps_the_finished_batches(tiny_rgb_model, tmp_path):
     """sample.py in its own process, interrupted by SIGINT once its first batch is on disk."""
     out = tmp_path / "o"
-    args = ["--model", str(model), "--num-images", "40", "--batch-size", "2", "--steps", "100", "--out", str(out)]
+    args = [
+        "--model",
+        str(tiny_rgb_model),
+        "--num-images",
+        "40",
+        "--batch-size",
+        "2",
+        "--steps",
+        "100",
+        "--out",
+        str(out),
+    ]
     process = subprocess.Popen([sys.executable, str(ROOT / "sample.py"), *args], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (out / "1.png").exists() and process.poll() is None and time.monotonic() < deadline:
@@ -504,7 +536,7 @@ def test_shipped_models_are_listed_and_found_by_name(tmp_path, capsys, monkeypat
     assert err.endswith("otherwise pass the path of a trained model (--model PATH)")
 
 
-def test_an_interrupt_while_writing_counts_the_files_on_disk(model, tmp_path, capsys, monkeypatch):
+def test_an_interrupt_while_writing_counts_the_files_on_disk(tiny_rgb_model, tmp_path, capsys, monkeypatch):
     written = []
     save = cli_sample.save_png
 
@@ -516,7 +548,18 @@ def test_an_interrupt_while_writing_counts_the_files_on_disk(model, tmp_path, ca
 
     monkeypatch.setattr(cli_sample, "save_png", interrupted)
     out = tmp_path / "o"
-    args = ["--model", str(model), "--num-images", "16", "--batch-size", "4", "--steps", "2", "--out", str(out)]
+    args = [
+        "--model",
+        str(tiny_rgb_model),
+        "--num-images",
+        "16",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert cli.sample_main(args) == 130
     assert sorted(p.name for p in out.iterdir()) == sorted(written) == [f"{i}.png" for i in range(5)]
     assert (
@@ -524,8 +567,11 @@ def test_an_interrupt_while_writing_counts_the_files_on_disk(model, tmp_path, ca
     )
 
 
-def test_one_image_is_one_image(model, tmp_path, capsys):
-    assert cli.sample_main(["--model", str(model), "--num-images", "1", "--steps", "2", "--out", str(tmp_path)]) == 0
+def test_one_image_is_one_image(tiny_rgb_model, tmp_path, capsys):
+    assert (
+        cli.sample_main(["--model", str(tiny_rgb_model), "--num-images", "1", "--steps", "2", "--out", str(tmp_path)])
+        == 0
+    )
     assert capsys.readouterr().out.startswith(f"wrote 1 image to {tmp_path}/ in ")
 
 

@@ -19,12 +19,10 @@ from safetensors.torch import load_file, save_file
 from diffusion import DiffusionPipeline, cli
 from diffusion.io.checkpoint import list_checkpoints
 from diffusion.io.model_folder import CHECKPOINT_SAMPLER, read_model_folder
-from diffusion.models import UNet, UNetConfig
-from diffusion.schedulers import DDIMScheduler
 from diffusion.training import TrainConfig, Trainer
 from diffusion.training.config import scheduler_config
 
-sys.path.insert(0, str(Path(__file__).parent / "training"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
 from test_trainer import TINY, make_images  # the trainer tests' tiny run, kept once
 from test_trainer import config as train_config
 
@@ -97,14 +95,14 @@ def test_sample_and_export_take_a_checkpoint(runs, tmp_path, capsys, caplog):
     assert DiffusionPipeline.from_pretrained(hf).class_names == ["cats", "dogs"]
 
 
-def test_the_checkpoint_sampler_is_the_trainers(tmp_path):
+def test_the_checkpoint_sampler_is_the_trainers(tiny_pipeline, tmp_path):
     """model_folder cannot import training (a higher layer), so it builds the trainer's default sampler
     itself: the two must agree for every schedule setting a run can change."""
     run = TrainConfig(
         data="d", out="o", num_train_timesteps=500, beta_schedule="cosine", zero_terminal_snr=True,
         prediction_type="v_prediction",
     )  # fmt: skip
-    unet = UNet(UNetConfig(in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), norm_groups=8))
+    unet = tiny_pipeline.unet
     ema = {n: p.detach().clone() for n, p in unet.named_parameters()} | {"__num_updates__": torch.tensor(3)}
     save_file(ema, tmp_path / "ema.safetensors")
     state = {"step": 3, "config": run.to_dict(), "unet": unet.config.to_dict(), "class_names": []}
@@ -178,17 +176,11 @@ def online_with_a_cache(monkeypatch, tmp_path: Path, folder: Path) -> None:
 
 
 @pytest.fixture
-def exported(tmp_path) -> tuple[DiffusionPipeline, Path]:
-    """A class-conditional tiny model exported for diffusers."""
-    torch.manual_seed(0)
-    config = UNetConfig(
-        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-        attention_levels=(), norm_groups=8, num_classes=2,
-    )  # fmt: skip
-    pipe = DiffusionPipeline(UNet(config), DDIMScheduler(), ["shoe", "bag"])
-    pipe.save_pretrained(tmp_path / "ours")
+def exported(tiny_conditional_pipeline, tmp_path) -> tuple[DiffusionPipeline, Path]:
+    """The tiny class-conditional pipeline, and its export for diffusers."""
+    tiny_conditional_pipeline.save_pretrained(tmp_path / "ours")
     assert cli.export_main(["--model", str(tmp_path / "ours"), "--to", "diffusers", "--out", str(tmp_path / "hf")]) == 0
-    return pipe, tmp_path / "hf"
+    return tiny_conditional_pipeline, tmp_path / "hf"
 
 
 @pytest.mark.parametrize("variable", ["HF_HUB_CACHE", "HF_HOME"])
@@ -201,10 +193,10 @@ def test_a_hub_id_loads_from_the_cache_offline(exported, tmp_path, monkeypatch, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)  # no local folder someone/tiny-ddpm
     back = DiffusionPipeline.from_pretrained("someone/tiny-ddpm")
-    assert back.class_names == ["shoe", "bag"]
+    assert back.class_names == ["cat", "dog"]
     torch.testing.assert_close(
-        back(2, 3, seed=1, class_labels=["bag", "shoe"], output_type="tensor"),
-        pipe(2, 3, seed=1, class_labels=["bag", "shoe"], output_type="tensor"),
+        back(2, 3, seed=1, class_labels=["dog", "cat"], output_type="tensor"),
+        pipe(2, 3, seed=1, class_labels=["dog", "cat"], output_type="tensor"),
         rtol=0,
         atol=0,
     )
@@ -260,7 +252,7 @@ def test_online_a_hub_id_is_downloaded_with_its_configs_and_weights_only(exporte
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ETAG_TIMEOUT", 7)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
+    assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["cat", "dog"]
     files = [
         "model_index.json", "manifest.json", "unet/config.json", "scheduler/scheduler_config.json",
         "unet/diffusion_pytorch_model.safetensors", "unet/model.safetensors",
@@ -322,7 +314,7 @@ def test_any_failure_online_falls_back_to_the_cache(exported, tmp_path, monkeypa
 
     monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", fail)
     online_with_a_cache(monkeypatch, tmp_path, exported[1])
-    assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
+    assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["cat", "dog"]
     # Not cached: one line, the hub's own answer where it gave one.
     if isinstance(failure, HfHubHTTPError):
         match, kind = r"^could not download someone/other from the Hugging Face Hub \(503 Server Error", ValueError
@@ -360,7 +352,7 @@ def test_a_hub_that_never_answers_is_waited_for_only_the_etag_timeout(exported, 
     online_with_a_cache(monkeypatch, tmp_path, exported[1])
     with listener:
         start = time.monotonic()
-        assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
+        assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["cat", "dog"]
         with pytest.raises(FileNotFoundError, match=r"while the Hugging Face Hub cannot be reached \(ReadTimeout"):
             DiffusionPipeline.from_pretrained("someone/other")
         assert time.monotonic() - start < 30  # two waits of about 1 s (and huggingface_hub's setup)
@@ -377,6 +369,6 @@ def test_a_hub_id_loads_from_the_cache_when_the_hub_cannot_be_reached(exported, 
         monkeypatch.setattr(socket, name, unreachable)
     monkeypatch.setattr(socket.socket, "connect", unreachable)
     online_with_a_cache(monkeypatch, tmp_path, exported[1])
-    assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["shoe", "bag"]
+    assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["cat", "dog"]
     with pytest.raises(FileNotFoundError, match=r"not in the Hugging Face cache .* while the Hugging Face Hub cannot"):
         DiffusionPipeline.from_pretrained("someone/other")

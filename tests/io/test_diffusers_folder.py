@@ -16,7 +16,7 @@ import torch
 
 from diffusion import DiffusionPipeline, cli
 from diffusion.io import diffusers_folder as interop
-from diffusion.models import UNet, UNetConfig
+from diffusion.models import UNet
 from diffusion.models.diffusers_map import unet_config_from_diffusers
 from diffusion.schedulers import DDIMScheduler, DDPMScheduler, DPMSolverConfig, DPMSolverMultistepScheduler
 
@@ -226,8 +226,10 @@ def test_a_multistep_folder_diffusers_spaces_otherwise_loads_with_a_warning(
         assert ours.timesteps.tolist()[:3] == [999, 888, 777] and theirs.timesteps.tolist()[:3] == [999, 899, 799]
 
 
-def test_our_own_multistep_folder_keeps_its_linspace_grid_without_a_warning(tmp_path, caplog):
-    pipe = tiny_ours(DPMSolverMultistepScheduler(DPMSolverConfig(timestep_spacing="linspace")))
+def test_our_own_multistep_folder_keeps_its_linspace_grid_without_a_warning(make_tiny_pipeline, tmp_path, caplog):
+    pipe = make_tiny_pipeline(
+        scheduler=DPMSolverMultistepScheduler(DPMSolverConfig(timestep_spacing="linspace")), **ADM_LIKE
+    )
     pipe.save_pretrained(tmp_path / "model")
     with caplog.at_level("WARNING"):
         back = DiffusionPipeline.from_pretrained(tmp_path / "model")
@@ -236,29 +238,9 @@ def test_our_own_multistep_folder_keeps_its_linspace_grid_without_a_warning(tmp_
     assert back.scheduler.timesteps.tolist() == torch.linspace(0, 999, 10).round().flip(0).long().tolist()
 
 
-def tiny_ours(scheduler, resample: str = "conv") -> DiffusionPipeline:
-    torch.manual_seed(0)
-    config = UNetConfig(
-        resample=resample,
-        in_channels=3,
-        sample_size=(16, 16),
-        base_channels=16,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_levels=(1,),
-        norm_groups=8,
-        time_conditioning="scale_shift",
-    )
-    return DiffusionPipeline(UNet(config), scheduler)
-
-
-def tiny_conditional(scheduler, class_names=("shoe", "bag", "coat")) -> DiffusionPipeline:
-    torch.manual_seed(0)
-    config = UNetConfig(
-        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-        attention_levels=(1,), norm_groups=8, num_classes=3,
-    )  # fmt: skip
-    return DiffusionPipeline(UNet(config), scheduler, list(class_names))
+# The tiny UNet (tests/conftest.py) made ADM-like: RGB 16x16, attention at 8x8, scale-shift time conditioning.
+ADM_LIKE = {"in_channels": 3, "sample_size": (16, 16), "attention_levels": (1,), "time_conditioning": "scale_shift"}
+CLASSES = ("shoe", "bag", "coat")  # of the class-conditional variant, with attention at 8x8 too
 
 
 # The default sampler train.py writes (DPM-Solver++ 3M SDE); TRAINED with a non-default noise schedule too,
@@ -278,9 +260,9 @@ TRAINED = dataclasses.replace(TRAINED_DEFAULT, beta_schedule="cosine", predictio
         (DDIMScheduler(), "resblock", None),
     ],
 )
-def test_export_loads_in_diffusers_and_samples_the_same(tmp_path, scheduler, resample, exported_as):
+def test_export_loads_in_diffusers_and_samples_the_same(make_tiny_pipeline, tmp_path, scheduler, resample, exported_as):
     """ADM-like UNets (scale-shift conditioning, and resblock up/down for "resblock") go both ways."""
-    ours = tiny_ours(scheduler, resample)
+    ours = make_tiny_pipeline(scheduler=scheduler, resample=resample, **ADM_LIKE)
     ours.save_pretrained(tmp_path / "hf", format="diffusers")
     if exported_as is not None:
         ours.scheduler = ours.make_scheduler(exported_as)
@@ -312,9 +294,11 @@ def test_export_loads_in_diffusers_and_samples_the_same(tmp_path, scheduler, res
         ("unipc", {"solver_type": "bh1"}, r"UniPC with solver_type='bh1' returns NaN at its last step"),
     ],
 )
-def test_export_by_name_refuses_what_diffusers_would_run_differently(tmp_path, capsys, scheduler, overrides, message):
+def test_export_by_name_refuses_what_diffusers_would_run_differently(
+    make_tiny_pipeline, tmp_path, capsys, scheduler, overrides, message
+):
     """A sampler chosen by name is exported as it is or refused, with one line, and nothing is written."""
-    pipe = tiny_ours(DDIMScheduler())
+    pipe = make_tiny_pipeline(scheduler=DDIMScheduler(), **ADM_LIKE)
     pipe.scheduler = pipe.make_scheduler(scheduler, **overrides)
     pipe.save_pretrained(tmp_path / "model")
     out = tmp_path / "deep" / "hf"
@@ -326,7 +310,7 @@ def test_export_by_name_refuses_what_diffusers_would_run_differently(tmp_path, c
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("diffusion-export: error: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no out, no parent, no temporary folder
-    heads = tiny_ours(DDIMScheduler())
+    heads = make_tiny_pipeline(scheduler=DDIMScheduler(), **ADM_LIKE)
     heads.unet = UNet(dataclasses.replace(heads.unet.config, num_heads=2, attention_levels=(0, 1)))
     with pytest.raises(ValueError, match=r"num_heads=2 at attention widths .* cannot be expressed by UNet2DModel"):
         heads.save_pretrained(tmp_path / "hf2", format="diffusers")
@@ -345,8 +329,10 @@ def test_export_by_name_refuses_what_diffusers_would_run_differently(tmp_path, c
         ("heun", True, "dpmsolver++2m"),
     ],
 )
-def test_a_default_diffusers_runs_differently_is_exported_as_the_nearest(tmp_path, caplog, default, karras, nearest):
-    pipe = tiny_conditional(DDIMScheduler())
+def test_a_default_diffusers_runs_differently_is_exported_as_the_nearest(
+    make_tiny_pipeline, tmp_path, caplog, default, karras, nearest
+):
+    pipe = make_tiny_pipeline(CLASSES, DDIMScheduler(), attention_levels=(1,))
     pipe.scheduler = pipe.make_scheduler(default, **({"use_karras_sigmas": True} if karras else {}))
     with caplog.at_level("WARNING"):
         pipe.save_pretrained(tmp_path / "hf", format="diffusers")
@@ -376,10 +362,10 @@ def test_a_default_diffusers_runs_differently_is_exported_as_the_nearest(tmp_pat
     ],
 )
 def test_a_sampler_diffusers_would_space_differently_is_exported_as_ddpm(
-    tmp_path, capsys, caplog, source, settings, label
+    make_tiny_pipeline, tmp_path, capsys, caplog, source, settings, label
 ):
     if source == "ours":
-        pipe = tiny_ours(DDPMScheduler())
+        pipe = make_tiny_pipeline(scheduler=DDPMScheduler(), **ADM_LIKE)
         pipe.scheduler = pipe.make_scheduler("ddpm", **settings)
         pipe.save_pretrained(tmp_path / "model")
     else:
@@ -403,8 +389,10 @@ def test_a_sampler_diffusers_would_space_differently_is_exported_as_ddpm(
     assert abs(images - expected).max() < 2e-3  # the same images, up to float32 rounding
 
 
-def test_a_sampler_refused_for_its_spacing_names_a_way_out_that_exists(tmp_path, capsys):
-    pipe = tiny_ours(DPMSolverMultistepScheduler(DPMSolverConfig(timestep_spacing="linspace")))
+def test_a_sampler_refused_for_its_spacing_names_a_way_out_that_exists(make_tiny_pipeline, tmp_path, capsys):
+    pipe = make_tiny_pipeline(
+        scheduler=DPMSolverMultistepScheduler(DPMSolverConfig(timestep_spacing="linspace")), **ADM_LIKE
+    )
     pipe.save_pretrained(tmp_path / "model")
     argv = ["--model", str(tmp_path / "model"), "--to", "diffusers", "--out", str(tmp_path / "hf"), "--scheduler"]
     for name in ("dpmsolver++2m", "unipc", "ddim"):
@@ -459,10 +447,12 @@ def test_export_command_writes_a_diffusers_folder_or_one_clear_line(tiny_model, 
         ("unipc", {"solver_order": 3}),
     ],
 )
-def test_ours_to_diffusers_and_back_gives_the_same_images_and_class_names(tmp_path, sampler, overrides):
+def test_ours_to_diffusers_and_back_gives_the_same_images_and_class_names(
+    make_tiny_pipeline, tmp_path, sampler, overrides
+):
     """ours -> diffusers folder (diffusion-export) -> ours: the same settings, class names and images from
     the same seeds, with the exported sampler and with any other one chosen by name afterwards."""
-    pipe = tiny_conditional(DPMSolverMultistepScheduler(TRAINED))
+    pipe = make_tiny_pipeline(CLASSES, DPMSolverMultistepScheduler(TRAINED), attention_levels=(1,))
     if overrides:
         pipe.scheduler = pipe.make_scheduler(sampler, **overrides)  # the model's own default then
     pipe.save_pretrained(tmp_path / "model")
@@ -483,9 +473,9 @@ def test_ours_to_diffusers_and_back_gives_the_same_images_and_class_names(tmp_pa
         )  # the same weights and settings: bit for bit
 
 
-def test_diffusers_loads_an_export_with_class_names_as_its_two_components(tmp_path):
+def test_diffusers_loads_an_export_with_class_names_as_its_two_components(make_tiny_pipeline, tmp_path):
     """diffusers takes a non-"_" key of model_index.json for a component; _class_names it ignores."""
-    pipe = tiny_conditional(DDIMScheduler())
+    pipe = make_tiny_pipeline(CLASSES, DDIMScheduler(), attention_levels=(1,))
     interop.save_diffusers(pipe.unet, "ddim", pipe.scheduler, tmp_path / "hf", pipe.class_names)
     assert json.loads((tmp_path / "hf" / "model_index.json").read_text())["_class_names"] == ["shoe", "bag", "coat"]
     with warnings.catch_warnings():
@@ -495,16 +485,16 @@ def test_diffusers_loads_an_export_with_class_names_as_its_two_components(tmp_pa
     assert DiffusionPipeline.from_pretrained(tmp_path / "hf").class_names == ["shoe", "bag", "coat"]
 
 
-def test_save_pretrained_for_diffusers_keeps_the_class_names(tmp_path):
-    pipe = tiny_conditional(DDIMScheduler())
+def test_save_pretrained_for_diffusers_keeps_the_class_names(make_tiny_pipeline, tmp_path):
+    pipe = make_tiny_pipeline(CLASSES, DDIMScheduler(), attention_levels=(1,))
     pipe.save_pretrained(tmp_path / "hf", format="diffusers")
     assert DiffusionPipeline.from_pretrained(tmp_path / "hf").class_names == ["shoe", "bag", "coat"]
 
 
-def test_unipc_exports_with_a_warning_and_samples_the_same_in_a_diffusers_loop(tmp_path, caplog):
+def test_unipc_exports_with_a_warning_and_samples_the_same_in_a_diffusers_loop(make_tiny_pipeline, tmp_path, caplog):
     """diffusers' DDPMPipeline passes generator= to step, which UniPC's does not take; its UNet and
     scheduler in a plain loop give our images."""
-    pipe = tiny_ours(DDIMScheduler())
+    pipe = make_tiny_pipeline(scheduler=DDIMScheduler(), **ADM_LIKE)
     pipe.scheduler = pipe.make_scheduler("unipc")
     with caplog.at_level("WARNING"):
         pipe.save_pretrained(tmp_path / "hf", format="diffusers")
@@ -523,8 +513,8 @@ def test_unipc_exports_with_a_warning_and_samples_the_same_in_a_diffusers_loop(t
     torch.testing.assert_close((x / 2 + 0.5).clamp(0, 1), expected, rtol=1e-4, atol=1e-4)  # float32 rounding
 
 
-def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
-    pipe = tiny_ours(DDIMScheduler())
+def test_a_failed_export_leaves_nothing_behind(make_tiny_pipeline, tmp_path, monkeypatch, capsys):
+    pipe = make_tiny_pipeline(scheduler=DDIMScheduler(), **ADM_LIKE)
     pipe.save_pretrained(tmp_path / "model")
     out = tmp_path / "hf"
     argv = ["--model", str(tmp_path / "model"), "--to", "diffusers", "--out", str(out)]
@@ -555,10 +545,10 @@ def files_of(folder) -> dict:
 
 
 @pytest.mark.parametrize("to", ["diffusers", "pixel-diffusion"])
-def test_export_refuses_a_folder_that_holds_files_and_changes_nothing(tmp_path, capsys, to):
+def test_export_refuses_a_folder_that_holds_files_and_changes_nothing(make_tiny_pipeline, tmp_path, capsys, to):
     """Nothing a user has is overwritten or deleted: not an earlier export with a model card, not another
     model's weights, not the source model itself."""
-    pipe = tiny_ours(DDIMScheduler())
+    pipe = make_tiny_pipeline(scheduler=DDIMScheduler(), **ADM_LIKE)
     pipe.save_pretrained(tmp_path / "model")
     other = tmp_path / "other"
     assert cli.export_main(["--model", str(tmp_path / "model"), "--to", "diffusers", "--out", str(other)]) == 0
@@ -588,10 +578,12 @@ def test_export_refuses_a_folder_that_holds_files_and_changes_nothing(tmp_path, 
 
 
 @pytest.mark.parametrize("link", [False, True])
-def test_export_into_an_empty_folder_writes_in_it_on_its_own_file_system(tmp_path, monkeypatch, capsys, link):
+def test_export_into_an_empty_folder_writes_in_it_on_its_own_file_system(
+    make_tiny_pipeline, tmp_path, monkeypatch, capsys, link
+):
     """An empty --out (a mount point, a link to a folder elsewhere) is written through a temporary folder
     inside it: no rename crosses file systems, and the folder itself is never removed or replaced."""
-    pipe = tiny_ours(DDIMScheduler())
+    pipe = make_tiny_pipeline(scheduler=DDIMScheduler(), **ADM_LIKE)
     pipe.save_pretrained(tmp_path / "model")
     target = tmp_path / "mount"
     target.mkdir()
@@ -629,8 +621,8 @@ def test_export_into_an_empty_folder_writes_in_it_on_its_own_file_system(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == (["link", "model", "mount"] if link else ["model", "mount"])
 
 
-def test_a_failed_move_into_an_empty_folder_leaves_it_empty(tmp_path, monkeypatch):
-    pipe = tiny_ours(DDIMScheduler())
+def test_a_failed_move_into_an_empty_folder_leaves_it_empty(make_tiny_pipeline, tmp_path, monkeypatch):
+    pipe = make_tiny_pipeline(scheduler=DDIMScheduler(), **ADM_LIKE)
     out = tmp_path / "out"
     out.mkdir()
     replace, moves = os.replace, []
@@ -652,14 +644,9 @@ def test_a_failed_move_into_an_empty_folder_leaves_it_empty(tmp_path, monkeypatc
     assert isinstance(DiffusionPipeline.from_pretrained(out).scheduler, DDIMScheduler)
 
 
-def test_a_class_conditional_export_keeps_the_class_embedding_and_warns(tmp_path, caplog):
+def test_a_class_conditional_export_keeps_the_class_embedding_and_warns(make_tiny_pipeline, tmp_path, caplog):
     """diffusers' UNet2DModel takes the classes (num_class_embeds = classes + null); its outputs equal ours."""
-    torch.manual_seed(0)
-    config = UNetConfig(
-        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-        attention_levels=(), norm_groups=8, num_classes=3,
-    )  # fmt: skip
-    pipe = DiffusionPipeline(UNet(config), DDIMScheduler(), ["a", "b", "c"])
+    pipe = make_tiny_pipeline(["a", "b", "c"])
     with caplog.at_level("WARNING"):
         pipe.save_pretrained(tmp_path / "hf", format="diffusers")
     assert "DDPMPipeline passes no class labels" in caplog.text and "3 for the unconditional null class" in caplog.text

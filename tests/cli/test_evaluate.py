@@ -8,16 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from diffusion import cli
 from diffusion.metrics import EXTRACTORS
-from diffusion.models import UNet, UNetConfig
-from diffusion.pipeline import DiffusionPipeline
-from diffusion.schedulers import SCHEDULERS, DDIMScheduler
+from diffusion.schedulers import SCHEDULERS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_module_entry_prints_labelled_numbers_and_writes_the_json(
@@ -110,19 +107,13 @@ def test_too_few_reference_images_through_the_module_is_one_line(tiny_model, ref
     ]
 
 
-def test_an_rgb_model_with_the_grayscale_classifier_names_the_flags_to_change(tmp_path, capsys):
-    torch.manual_seed(0)
-    config = UNetConfig(
-        in_channels=3, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-        attention_levels=(), norm_groups=8,
-    )  # fmt: skip
-    DiffusionPipeline(UNet(config), DDIMScheduler()).save_pretrained(tmp_path / "m")
+def test_an_rgb_model_with_the_grayscale_classifier_names_the_flags_to_change(tiny_rgb_model, tmp_path, capsys):
     for i in range(4):
         Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / f"{i}.png")
-    args = ["--model", str(tmp_path / "m"), "--reference", str(tmp_path), "--num-images", "4", "--steps", "2"]
+    args = ["--model", str(tiny_rgb_model), "--reference", str(tmp_path), "--num-images", "4", "--steps", "2"]
     assert cli.evaluate_main(args) == 2
     assert capsys.readouterr().err == (
         "diffusion-evaluate: error: images have 3 channels but the classifier expects 1: this extractor cannot measure "
-        "the model's 3-channel 8x8 images; pick another extractor ('inception' or 'efficientnet-lite0'), or a "
+        "the model's 3-channel 8x16 images; pick another extractor ('inception' or 'efficientnet-lite0'), or a "
         "classifier trained on this data (bench/train_classifier.py) as --extractor-path\n"
     )

@@ -1,4 +1,4 @@
-"""Issue 9, hostile data folders: one folder holding every kind of bad and odd file we know of.
+"""`diffusion.data` on a hostile folder: one folder holding every kind of bad and odd file we know of.
 
 `scan` / `ImageFolder` must skip exactly the bad files, name each of them in the log with its reason,
 decode every good one to the right pixels, and training must start on what is left.

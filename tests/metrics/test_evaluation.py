@@ -11,9 +11,8 @@ from PIL import Image
 from diffusion.data import fit, load_image, to_tensor
 from diffusion.metrics import compare_features, load_feature_extractor
 from diffusion.metrics.evaluation import evaluate, load_reference_images
-from diffusion.models import UNet, UNetConfig
 from diffusion.pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
-from diffusion.schedulers import SCHEDULERS, DDIMScheduler
+from diffusion.schedulers import SCHEDULERS
 
 
 def test_reference_images_are_a_seeded_draw_converted_like_training_data(reference_folder):
@@ -176,14 +175,9 @@ def test_an_extractor_that_cannot_take_the_models_images_fails_before_sampling(
     )
 
 
-def test_a_class_conditional_model_is_measured_on_random_classes(tmp_path, reference_folder):
+def test_a_class_conditional_model_is_measured_on_random_classes(tiny_conditional_pipeline, reference_folder):
     """Its images are those of class_labels="random" at the default guidance, and the settings say so."""
-    torch.manual_seed(0)
-    config = UNetConfig(
-        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-        attention_levels=(), norm_groups=8, num_classes=2,
-    )  # fmt: skip
-    pipe = DiffusionPipeline(UNet(config), DDIMScheduler(), ["a", "b"])
+    pipe = tiny_conditional_pipeline
 
     class Pixels:
         name, description, feature_dim = "pixels", "raw pixels", 64

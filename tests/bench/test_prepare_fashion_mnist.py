@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "prepare_fashion_mnist.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "prepare_fashion_mnist.py"
 spec = importlib.util.spec_from_file_location("prepare_fashion_mnist", SCRIPT)
 prep = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(prep)

@@ -95,3 +95,36 @@ def test_commands_log_this_package_at_info_and_other_libraries_only_when_they_wa
 
     assert run_command("prog", main) == 0
     assert capsys.readouterr().err == "scanning data\nretrying\n"
+
+
+@pytest.mark.parametrize(
+    "error, detail",
+    [
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                "to allocate 8000000000000 bytes. Error code 12 (Cannot allocate memory)"
+            ),
+            "tried to allocate 7450.6 GiB",
+        ),
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity"),
+            "tried to allocate 2.00 GiB",
+        ),
+        (MemoryError(), "MemoryError"),
+    ],
+)
+def test_allocation_failures_are_one_line(error, detail, capsys):
+    def main() -> int:
+        raise error
+
+    assert run_command("diffusion-sample", main) == 2
+    assert capsys.readouterr().err == f"diffusion-sample: error: out of memory ({detail}); use a smaller --batch-size\n"
+
+
+def test_other_runtime_errors_still_show_their_traceback():
+    def main() -> int:
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_command("diffusion-sample", main)

@@ -20,7 +20,7 @@ from diffusion.models import UNet, UNetConfig
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDIMScheduler, Scheduler
 
-# The tiny UNet: 1-channel 8x8, two levels of 16 and 32 channels, no attention; about 100k parameters.
+# The tiny UNet: 1-channel 8x8, two levels of 16 and 32 channels with one residual block each, no attention.
 TINY_UNET = {
     "in_channels": 1,
     "sample_size": (8, 8),

@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 from ..arguments import MAX_NUM_IMAGES
 from ..data import DECODE_ERRORS, load_image
 from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH, effective_strength
+from ..guidance import RANDOM_CLASSES
 from ..image import make_grid, save_gif, save_png
 from ..io.files import check_writable, read_json
 from ..io.model_folder import SHIPPED_MODELS
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
-from ..rng import MAX_SEED
+from ..rng import seed_list
 from ..schedulers import SCHEDULER_NAMES, SCHEDULERS, resolve_scheduler_name
 from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, given_flags, named_as_flags, run_command
 
@@ -57,6 +58,15 @@ def sample_parser() -> argparse.ArgumentParser:
         "does not depend on --batch-size; --seeds picks exact seeds.",
         epilog=f"Samplers: {', '.join(SCHEDULER_NAMES)}. Example: python sample.py --num-images 64 --grid grid.png",
     )
+    _add_sampling_arguments(parser)
+    _add_run_arguments(parser)
+    _add_class_arguments(parser)
+    _add_editing_arguments(parser)
+    return parser
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, the sampler and the seeds."""
     parser.add_argument(
         "--model",
         default=None,
@@ -80,6 +90,10 @@ def sample_parser() -> argparse.ArgumentParser:
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None, help="first seed; image i uses seed+i (default: 0)")
     seeds.add_argument("--seeds", type=parse_seeds, default=None, help="exact seeds, e.g. 0-63 or 1,5,9")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the images go, and how the model runs."""
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     parser.add_argument("--out", default="samples", help="folder for <seed>.png files (default: samples)")
     parser.add_argument("--grid", default=None, help="also write all images as one grid PNG here")
@@ -93,6 +107,9 @@ def sample_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the UNet: faster steps after a first slow compile"
     )
+
+
+def _add_class_arguments(parser: argparse.ArgumentParser) -> None:
     cond = parser.add_argument_group("class-conditional models (trained with --class-cond)")
     cond.add_argument(
         "--class",
@@ -110,6 +127,9 @@ def sample_parser() -> argparse.ArgumentParser:
         f"(default for a class-conditional model: {DEFAULT_GUIDANCE_SCALE})",
     )
     cond.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ in [0, 1] (default: 0)")
+
+
+def _add_editing_arguments(parser: argparse.ArgumentParser) -> None:
     edit = parser.add_argument_group("editing")
     edit.add_argument("--init-image", default=None, help="edit this image: img2img (SDEdit), or inpaint with --mask")
     edit.add_argument(
@@ -136,7 +156,6 @@ def sample_parser() -> argparse.ArgumentParser:
         "--steps steps); the sampler defaults to ddim",
     )
     edit.add_argument("--frames", type=int, default=None, help=f"frames of --interpolate (default: {DEFAULT_FRAMES})")
-    return parser
 
 
 def _read_image(path: str, channels: int, flag: str) -> Image.Image:
@@ -211,9 +230,8 @@ def _check_combinations(args: argparse.Namespace, given: set[str]) -> None:
         for flag in ("mask", "strength"):
             if flag in given:
                 raise ValueError(f"--{flag} edits an image: give --init-image too")
-    if args.mask is None and ("resample" in given or "jump_length" in given):
-        raise ValueError("--resample and --jump-length are RePaint settings for inpainting: give --mask too")
-    if "jump_length" in given and args.resample == 1:
+    # Without --mask the pipeline refuses --resample and --jump-length itself.
+    if args.mask is not None and "jump_length" in given and args.resample == 1:
         raise ValueError("--jump-length sets the runs that RePaint redoes: give --resample 2 or more too")
 
 
@@ -267,20 +285,10 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
             raise ValueError(f"--{flag.replace('_', '-')} was given an empty string; give a name or leave it out")
     _check_combinations(args, given)
     seeds = _seeds(args)
-    jump_length = DEFAULT_JUMP_LENGTH if args.jump_length is None else args.jump_length
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    out = Path(args.out)
-    check_writable(out)
-    if args.grid:
-        if Path(args.grid).is_dir():
-            raise ValueError(f"--grid {args.grid} is a folder; give a file name such as {Path(args.grid) / 'grid.png'}")
-        check_writable(Path(args.grid).parent)
-    pipe = DiffusionPipeline.from_pretrained(args.model, device=device_from_flag(args.device), dtype=DTYPES[args.dtype])
-    if args.channels_last:
-        pipe.to(memory_format=torch.channels_last)
-    if args.compile:
-        pipe.compile()
+    out = _output_folder(args)
+    pipe = _load_pipeline(args)
     if args.interpolate:
         return _interpolate(args, pipe, out, start)
     # Editing keeps the image's content: no random class unless asked (the null class instead).
@@ -290,7 +298,63 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
         seeds = range(seeds[0], seeds[0] + len(labels))
     sampler = args.scheduler or pipe.scheduler_name()
     _check_sampler_flags(args, sampler, "the model")
+    call, meta = _sampling_call(args, pipe, sampler, guided=labels is not None)
+    images = _write_batches(pipe, call, seeds, labels, out, meta)
+    where = f"{len(images)} image{'s' * (len(images) != 1)} to {out}/"
+    if args.grid:
+        grid_meta = {"seeds": f"{seeds[0]}..{seeds[-1]}", "sampler": sampler}
+        save_png(make_grid(images, nrow=columns or None), args.grid, grid_meta)
+        where += f" and a grid to {args.grid}"
+    karras = ", Karras σ" if args.karras else ""
+    scale = meta.get("guidance_scale")
+    guided = f", guidance {scale:g}: both branches in each evaluation" if scale not in (None, 0, 1) else ""
+    print(
+        f"wrote {where} in {time.perf_counter() - start:.1f} s "
+        f"({sampler}{karras}, {args.steps} steps, {meta['nfe']} NFE{guided})"
+    )
+    return 0
+
+
+def _seeds(args: argparse.Namespace) -> Sequence[int]:
+    """The images' seeds: --seeds, else --num-images of them from --seed."""
+    if args.seeds is not None:
+        return args.seeds
+    num_images = DEFAULT_NUM_IMAGES if args.num_images is None else args.num_images
+    if num_images < 1:
+        raise ValueError(f"--num-images must be a positive integer, got {num_images}")
+    if num_images > MAX_NUM_IMAGES:
+        raise ValueError(f"--num-images must be at most {MAX_NUM_IMAGES}, got {num_images}")
+    # The library counts images; this command's count is --num-images.
+    with named_as_flags({"seed": "--seed", f"{num_images} images": f"--num-images {num_images}"}):
+        return seed_list(0 if args.seed is None else args.seed, num_images)
+
+
+def _output_folder(args: argparse.Namespace) -> Path:
+    """--out, and the folder of --grid, checked writable before the model loads."""
+    out = Path(args.out)
+    check_writable(out)
+    if args.grid:
+        if Path(args.grid).is_dir():
+            raise ValueError(f"--grid {args.grid} is a folder; give a file name such as {Path(args.grid) / 'grid.png'}")
+        check_writable(Path(args.grid).parent)
+    return out
+
+
+def _load_pipeline(args: argparse.Namespace) -> DiffusionPipeline:
+    pipe = DiffusionPipeline.from_pretrained(args.model, device=device_from_flag(args.device), dtype=DTYPES[args.dtype])
+    if args.channels_last:
+        pipe.to(memory_format=torch.channels_last)
+    if args.compile:
+        pipe.compile()
+    return pipe
+
+
+def _sampling_call(
+    args: argparse.Namespace, pipe: DiffusionPipeline, sampler: str, guided: bool
+) -> tuple[dict[str, Any], dict[str, object]]:
+    """The pipeline arguments every batch shares, and the metadata every image carries (``nfe``: per image)."""
     settings = _sampler_settings(args)
+    jump_length = DEFAULT_JUMP_LENGTH if args.jump_length is None else args.jump_length
     channels = pipe.unet.config.in_channels
     image = _read_image(args.init_image, channels, "--init-image") if args.init_image else None
     mask = _read_image(args.mask, 1, "--mask") if args.mask else None
@@ -312,40 +376,13 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
         "nfe": nfe,
         "model": str(args.model or "shipped: assets/fashion-mnist"),
     }
-    meta |= settings | ({"guidance_scale": scale} if labels else {})
+    meta |= settings | ({"guidance_scale": scale} if guided else {})
     meta |= {"init_image": args.init_image, "strength": strength} if image is not None else {}
     meta |= {"mask": args.mask, "resample": args.resample, "jump_length": jump_length} if mask is not None else {}
     call = {"num_inference_steps": args.steps, "scheduler": scheduler, "guidance_scale": args.guidance_scale}
     call |= {"guidance_rescale": args.guidance_rescale, "batch_size": args.batch_size, "image": image}
     call |= {"strength": args.strength, "mask_image": mask, "jump_length": jump_length, "resample": args.resample}
-    images = _write_batches(pipe, call, seeds, labels, out, meta, nfe)
-    where = f"{len(images)} image{'s' * (len(images) != 1)} to {out}/"
-    if args.grid:
-        grid_meta = {"seeds": f"{seeds[0]}..{seeds[-1]}", "sampler": sampler}
-        save_png(make_grid(images, nrow=columns or None), args.grid, grid_meta)
-        where += f" and a grid to {args.grid}"
-    karras = ", Karras σ" if args.karras else ""
-    guided = f", guidance {scale:g}: both branches in each evaluation" if labels and scale not in (0, 1) else ""
-    print(
-        f"wrote {where} in {time.perf_counter() - start:.1f} s "
-        f"({sampler}{karras}, {args.steps} steps, {nfe} NFE{guided})"
-    )
-    return 0
-
-
-def _seeds(args: argparse.Namespace) -> Sequence[int]:
-    """The images' seeds: --seeds, else --num-images of them from --seed, checked."""
-    if args.seeds is not None:
-        return args.seeds
-    num_images = DEFAULT_NUM_IMAGES if args.num_images is None else args.num_images
-    seed = 0 if args.seed is None else args.seed
-    if num_images < 1:
-        raise ValueError(f"--num-images must be a positive integer, got {num_images}")
-    if num_images > MAX_NUM_IMAGES:
-        raise ValueError(f"--num-images must be at most {MAX_NUM_IMAGES}, got {num_images}")
-    if not 0 <= seed <= MAX_SEED + 1 - num_images:
-        raise ValueError(f"--seed must be in [0, 2**64 - {num_images}] for --num-images {num_images}, got {seed}")
-    return range(seed, seed + num_images)
+    return call, meta
 
 
 def _write_batches(
@@ -354,8 +391,7 @@ def _write_batches(
     seeds: Sequence[int],
     labels: list[str] | None,
     out: Path,
-    meta: dict[str, object],
-    nfe: int,
+    meta: dict[str, Any],
 ) -> list[Image.Image]:
     """Sample ``seeds`` one batch (``call["batch_size"]``) per pipeline call, each image written as
     OUT/<seed>.png (with ``meta``, its seed and class) as soon as its batch is done, so an interrupt keeps
@@ -365,7 +401,7 @@ def _write_batches(
 
     def advance(count: int) -> None:
         if not bar:
-            bar.append(tqdm(total=len(seeds) * nfe, unit="step", desc="sampling"))
+            bar.append(tqdm(total=len(seeds) * meta["nfe"], unit="step", desc="sampling"))
         bar[0].update(count)
 
     try:
@@ -396,29 +432,19 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
     """``sample.py --interpolate A B``: a strip PNG and an animated GIF of --frames frames."""
     _check_sampler_flags(args, args.scheduler or "ddim", "--interpolate")
     num_frames = DEFAULT_FRAMES if args.frames is None else args.frames
-    labels = None if args.class_labels in (None, "none") else args.class_labels
-    if labels is not None and ("," in labels or labels == "all"):
-        raise ValueError("--interpolate takes one --class for all frames")
     seeds = [_int_or_none(point) for point in args.interpolate]  # None: an image
-    if any(seed is not None and not 0 <= seed <= MAX_SEED for seed in seeds):
-        raise ValueError(f"--interpolate seeds must be in [0, 2**64 - 1], got {' '.join(args.interpolate)}")
-    first_seed = seeds[0]
-    if args.class_labels is None and first_seed is not None and pipe.unet.config.num_classes is not None:
-        labels = int(pipe.random_class_labels(1, [first_seed])[0])  # the class sample.py draws for that seed
-    ends: list[int | torch.Tensor] = []
-    for point in args.interpolate:
-        try:
-            ends.append(int(point))
-        except ValueError:
-            if args.scheduler not in (None, "ddim") or args.karras or args.eta:
-                raise ValueError(
-                    "--interpolate between images regenerates DDIM-inverted latents with ddim at eta 0; "
-                    "leave out --scheduler, --eta and --karras"
-                ) from None
-            image = _read_image(point, pipe.unet.config.in_channels, "--interpolate")
-            with named_as_flags(FLAGS):
-                inverted = pipe.invert(image, args.steps, class_labels=labels, guidance_scale=args.guidance_scale)
-            ends.append(inverted[0])
+    labels = _interpolation_class(args, pipe, seeds[0])
+    given_seeds = [seed for seed in seeds if seed is not None]
+    with named_as_flags({"seeds": "--interpolate seeds"}):
+        seed_list(given_seeds, len(given_seeds))
+    if labels == RANDOM_CLASSES and None in seeds:
+        # An image is inverted with the class its frame is drawn with, which the pipeline picks only once it
+        # interpolates: the class the start seed draws.
+        labels = int(pipe.random_class_labels(1, [seeds[0]])[0])
+    ends = [
+        _interpolation_end(args, pipe, point, labels) if seed is None else seed
+        for seed, point in zip(seeds, args.interpolate, strict=True)
+    ]
     with named_as_flags(FLAGS):
         frames = pipe.interpolate(
             ends[0],
@@ -440,6 +466,31 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
         f"in {time.perf_counter() - start:.1f} s"
     )
     return 0
+
+
+def _interpolation_class(args: argparse.Namespace, pipe: DiffusionPipeline, start: int | None) -> str | None:
+    """The one class of every frame: --class, else for a class-conditional model the class the start seed
+    draws (``"random"``), or none when A is an image."""
+    if args.class_labels is None:
+        conditional = pipe.unet.config.num_classes is not None
+        return RANDOM_CLASSES if conditional and start is not None else None
+    if "," in args.class_labels or args.class_labels == "all":
+        raise ValueError("--interpolate takes one --class for all frames")
+    return None if args.class_labels == "none" else args.class_labels
+
+
+def _interpolation_end(
+    args: argparse.Namespace, pipe: DiffusionPipeline, path: str, labels: str | int | None
+) -> torch.Tensor:
+    """The latent that DDIM regenerates the image at ``path`` from, inverted with the frames' class."""
+    if args.scheduler not in (None, "ddim") or args.karras or args.eta:
+        raise ValueError(
+            "--interpolate between images regenerates DDIM-inverted latents with ddim at eta 0; "
+            "leave out --scheduler, --eta and --karras"
+        )
+    image = _read_image(path, pipe.unet.config.in_channels, "--interpolate")
+    with named_as_flags(FLAGS):
+        return pipe.invert(image, args.steps, class_labels=labels, guidance_scale=args.guidance_scale)[0]
 
 
 def _int_or_none(text: str) -> int | None:

@@ -102,7 +102,7 @@ def test_sample_refuses_every_example_with_a_bad_value(sample_tmp, argv):
         (["--seed", str(2**64)], "--seed must be in [0, 2**64 - 1] for --num-images 1, got 18446744073709551616"),
         (["--seed", "-1"], "--seed must be in [0, 2**64 - 1] for --num-images 1, got -1"),
         (["--seeds", str(2**64)], "seeds must be integers in [0, 2**64 - 1], got 18446744073709551616"),
-        (["--interpolate", "-1", "1"], "--interpolate seeds must be in [0, 2**64 - 1], got -1 1"),
+        (["--interpolate", "-1", "1"], "--interpolate seeds must be integers in [0, 2**64 - 1], got -1"),
         # silently ignored without --interpolate; a hang with it
         (["--frames", "-1"], "--frames is the frame count of --interpolate: give --interpolate too"),
         (

@@ -104,12 +104,8 @@ def start_index(num_steps: int, strength: float) -> int:
 
 
 def visit_order(start: int, end: int, jump_length: int, resample: int) -> list[int]:
-    """The grid entries to step, in order, from ``start`` to ``end`` (exclusive), RePaint style.
-
-    The grid is cut into runs of ``jump_length`` steps; each run is done ``resample`` times, noising
-    the sample back to the run's start in between (Lugmayr et al. 2022, sec. 4.2). ``resample = 1`` is
-    plain sequential sampling. Wherever an entry is not the previous one plus one, the loop jumps back.
-    """
+    """Entries ``start`` to ``end`` (exclusive) in runs of ``jump_length``, each run ``resample`` times
+    (Lugmayr et al. 2022, sec. 4.2); 1 is plain sequential sampling."""
     order: list[int] = []
     for first in range(start, end, jump_length):
         order += list(range(first, min(first + jump_length, end))) * resample
@@ -129,13 +125,11 @@ def edit_visit_order(
 def renoise(
     sample: torch.Tensor, level_from: tuple[float, float], level_to: tuple[float, float], noise: torch.Tensor
 ) -> torch.Tensor:
-    """Diffuse a sample from a lower noise level to a higher one: q(x_to ∣ x_from).
-
-    With x = α·x_0 + σ·ε at both levels, x_to = (α_to/α_from)·x_from + √(σ_to² - (α_to/α_from)²·σ_from²)·z:
-    for VP levels the forward process between two timesteps (Ho et al. 2020, eq. 2 composed), for VE
-    ones x_from + √(σ_to² - σ_from²)·z.
-    """
+    """q(x_to ∣ x_from): diffuse a sample from a lower (α, σ) level to a higher one."""
     (alpha_from, sigma_from), (alpha_to, sigma_to) = level_from, level_to
+    # With x = α·x_0 + σ·ε at both levels: x_to = (α_to/α_from)·x_from + √(σ_to² - (α_to/α_from)²·σ_from²)·z,
+    # the forward process between two timesteps for VP levels (Ho et al. 2020, eq. 2 composed), and
+    # x_from + √(σ_to² - σ_from²)·z for VE ones (α = 1).
     ratio = alpha_to / alpha_from
     std = math.sqrt(max(sigma_to**2 - (ratio * sigma_from) ** 2, 0.0))
     return ratio * sample + std * noise

@@ -19,26 +19,14 @@ import torch
 def classifier_free_guidance(
     uncond: torch.Tensor, cond: torch.Tensor, scale: float, rescale: float = 0.0
 ) -> torch.Tensor:
-    """The guided prediction from the two branches, optionally rescaled.
-
-    ``rescale`` = φ is Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are
-    Flawed"), sec. 3.4, eqs. 15-16: a large w inflates the prediction's standard deviation, so the
-    guided prediction is scaled back to the conditional one's standard deviation (per image) and
-    mixed with the unscaled one by φ; φ = 0 turns it off. Computed in float32 at least.
-
-    Args:
-        uncond: the null-class prediction ``(b, c, h, w)``.
-        cond: the class-conditional prediction, same shape.
-        scale: w.
-        rescale: φ in [0, 1].
-
-    Returns:
-        The guided prediction, same shape, float32 (or wider).
-    """
+    """uncond + w·(cond - uncond) for ``(b, c, h, w)`` branches, rescaled by φ = ``rescale``; float32."""
     uncond, cond = uncond.float(), cond.float()
     guided = uncond + scale * (cond - uncond)
     if rescale == 0:
         return guided
+    # Guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+    # sec. 3.4): a large w inflates the prediction's standard deviation, so it is scaled back to the
+    # conditional one's, per image, and mixed with the unscaled prediction by φ.
     dims = tuple(range(1, cond.ndim))
     std_cond = cond.std(dim=dims, keepdim=True)  # (b, 1, 1, 1)
     std_guided = guided.std(dim=dims, keepdim=True)  # (b, 1, 1, 1)

@@ -53,32 +53,16 @@ def randn_tensor(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Standard Gaussian noise drawn from `generator`, equal bit for bit to diffusers' `randn_tensor`.
-
-    With a list of generators, item i of the batch is drawn from generator i alone (shape (1, *rest)),
-    so image i of a run does not depend on the batch size. Noise is drawn on the generator's device and
-    then moved to `device`.
-
-    Args:
-        shape: (b, ...).
-        generator: None (torch's default generator), one `torch.Generator`, or one per batch item.
-        device: device of the result; defaults to the CPU.
-        dtype: dtype of the result; defaults to torch's default dtype.
-
-    Returns:
-        noise, shape `shape`.
-
-    Raises:
-        ValueError: if a list of generators does not have one generator per batch item.
-    """
+    """Gaussian noise of ``shape`` (b, ...) on ``device`` (default CPU), equal bit for bit to diffusers'
+    `randn_tensor`: item i drawn from generator i alone when given one generator per item."""
     shape = tuple(shape)
     device = torch.device("cpu") if device is None else torch.device(device)
     if generator is None:
         return torch.randn(shape, device=device, dtype=dtype)
     if isinstance(generator, torch.Generator):
         return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-    generators = list(generator)
-    if len(generators) != shape[0]:
-        raise ValueError(f"expected one generator per batch item ({shape[0]}), got {len(generators)}")
-    items = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generators]
+    per_item = list(generator)
+    if len(per_item) != shape[0]:
+        raise ValueError(f"expected one generator per batch item ({shape[0]}), got {len(per_item)}")
+    items = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in per_item]
     return torch.cat([item.to(device) for item in items])  # (b, ...)

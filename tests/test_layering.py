@@ -1,4 +1,4 @@
-"""The import rules of shared/STYLE.md, read from the source with `ast`."""
+"""The import rules the README's Layout states, read from the source with `ast`."""
 
 import ast
 import subprocess

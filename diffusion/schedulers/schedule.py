@@ -1,7 +1,10 @@
 """`NoiseSchedule`: the forward process q(x_t | x_0) and the conversions between model outputs.
 
 A plain class (no module, no buffers): its tables are float64 CPU tensors of shape (T,), cast to the
-sample's dtype and device at each use. Notation: see the table in `diffusion.schedulers.base`.
+sample's dtype and device at each use, and its methods check their timesteps, for training and other
+callers. Samplers' steps instead read the coefficients `set_timesteps` takes from these tables once,
+and call the module-level `pred_original_sample` and `pred_epsilon`. Notation: see the table in
+`diffusion.schedulers.base`.
 """
 
 import torch
@@ -37,6 +40,29 @@ def pred_original_sample(
         return alpha_t * sample - sigma_t * model_output
     assert prediction_type == "sample", prediction_type
     return model_output
+
+
+def pred_epsilon(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    alpha_t: float | torch.Tensor,
+    sigma_t: float | torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
+    """ε̂ from the model output at the VP noise level α_t = √ᾱ_t, σ_t = √(1-ᾱ_t) of the sample x_t.
+
+    epsilon: ε̂ = model output.
+    v_prediction: ε̂ = α_t·v̂ + σ_t·x_t (Salimans & Ho 2022, sec. 4).
+    sample: ε̂ = (x_t - α_t·x̂_0) / σ_t (Ho et al. 2020, eq. 4 solved for ε).
+
+    Args: as `pred_original_sample`.
+    """
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "v_prediction":
+        return alpha_t * model_output + sigma_t * sample
+    assert prediction_type == "sample", prediction_type
+    return (sample - alpha_t * model_output) / sigma_t
 
 
 class NoiseSchedule:
@@ -90,15 +116,8 @@ class NoiseSchedule:
         return timesteps.to(device)
 
     def _gather(self, table: torch.Tensor, timesteps: Timesteps, like: torch.Tensor) -> torch.Tensor:
-        """`table[timesteps]` cast to `like`'s dtype and device, shaped to broadcast against `like`.
-
-        Args:
-            table: float64, shape (T,).
-            timesteps: int, or integer tensor of shape () or (b,).
-            like: the tensor the coefficient will multiply, shape (b, ...).
-
-        Returns:
-            shape () for a scalar timestep, else (b, 1, ..., 1) with `like.ndim` dims.
+        """`table[timesteps]` in `like`'s dtype, on its device, of shape () for a scalar timestep, else
+        (b, 1, ..., 1) to broadcast against `like` (b, ...).
 
         Raises:
             ValueError: for a non-float `like`, or timesteps of the wrong dtype, shape or range.
@@ -198,13 +217,9 @@ class NoiseSchedule:
         """
         sqrt_alpha_prod = self._gather(self._sqrt_alphas_cumprod, timesteps, sample)
         sqrt_one_minus_alpha_prod = self._gather(self._sqrt_one_minus_alphas_cumprod, timesteps, sample)
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":
-            return model_output
-        if prediction_type == "v_prediction":
-            return sqrt_alpha_prod * model_output + sqrt_one_minus_alpha_prod * sample
-        assert prediction_type == "sample", prediction_type
-        return (sample - sqrt_alpha_prod * model_output) / sqrt_one_minus_alpha_prod
+        return pred_epsilon(
+            model_output, sample, sqrt_alpha_prod, sqrt_one_minus_alpha_prod, self.config.prediction_type
+        )
 
     def training_target(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Timesteps

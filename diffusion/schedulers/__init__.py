@@ -11,7 +11,7 @@ from typing import Any
 
 from diffusion.config import check_choice
 from diffusion.rng import randn_tensor
-from diffusion.schedulers.base import Scheduler, SchedulerOutput, dynamic_threshold
+from diffusion.schedulers.base import Scheduler, SchedulerOutput, StepState, dynamic_threshold
 from diffusion.schedulers.betas import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
 from diffusion.schedulers.config import PREDICTION_TYPES, TIMESTEP_SPACINGS, SchedulerConfig
 from diffusion.schedulers.ddim import DDIMConfig, DDIMScheduler
@@ -21,7 +21,7 @@ from diffusion.schedulers.euler import EulerDiscreteScheduler
 from diffusion.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
 from diffusion.schedulers.heun import HeunConfig, HeunDiscreteScheduler
 from diffusion.schedulers.schedule import NoiseSchedule
-from diffusion.schedulers.sigmas import SigmaConfig, SigmaScheduler, StepState
+from diffusion.schedulers.sigmas import SigmaConfig, SigmaScheduler
 from diffusion.schedulers.unipc import UniPCConfig, UniPCMultistepScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {

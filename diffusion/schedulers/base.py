@@ -30,6 +30,10 @@ single-step quantities are the strided ones: α_t = ᾱ_t / ᾱ_{t'} and β_t = 
 (Karras et al. 2022): σ = √((1-ᾱ)/ᾱ), the sample x_t/√ᾱ_t = x_0 + σ·ε, and λ = -log σ (half the
 log-SNR, Lu et al. 2022).
 
+`set_timesteps` builds the grid once: `timesteps`, and for each entry i its coefficients
+`coefficients[i]`, computed in float64 (as improved-diffusion computes its tables once). `step` finds
+i with `step_index` (the one timestep check) and writes its update with them, citing the equation.
+
 The one sampling loop, the same for every sampler (`step` is pure; a multistep history travels in
 `state`, and `len(timesteps)` is the number of model evaluations, NFE)::
 
@@ -41,6 +45,8 @@ The one sampling loop, the same for every sampler (`step` is pure; a multistep h
 """
 
 import abc
+import dataclasses
+import itertools
 import math
 import operator
 from collections.abc import Mapping
@@ -55,6 +61,7 @@ from diffusion.schedulers.schedule import NoiseSchedule, Timesteps
 
 FINAL = -1  # the previous timestep of the last inference step: "no timestep left, x_0"
 SchedulerT = TypeVar("SchedulerT", bound="Scheduler")
+_GRIDS = itertools.count()  # a fresh token per set_timesteps call, so that a state names its grid
 
 
 class SchedulerOutput(NamedTuple):
@@ -65,6 +72,40 @@ class SchedulerOutput(NamedTuple):
     # What the next `step` needs besides its arguments (multistep history, step index), or None for
     # single-step samplers. Pass it back as `step(..., state=output.state)`; `step` never mutates it.
     state: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepState:
+    """The state a sampler that walks its grid by index passes from one `step` to the next.
+
+    Attributes:
+        grid: the token of the `set_timesteps` call that made the grid; a state is valid only there.
+        step_index: index into `timesteps` of the step that *receives* this state.
+        history: what earlier steps left, most recent last (x̂_0 predictions of multistep solvers, ...).
+        extra: sampler-specific values (e.g. Heun's pending derivative), keyed by name.
+    """
+
+    grid: int
+    step_index: int
+    history: tuple[torch.Tensor, ...] = ()
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def get(self, name: str) -> Any:
+        """The `extra` value called `name`, or None."""
+        return dict(self.extra).get(name)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VPStep:
+    """One step of a sampler on integer timesteps, from t to the previous inference timestep t' (float64).
+
+    DDIM and DDPM extend it with the weights of their updates.
+    """
+
+    timestep: int  # t
+    prev_timestep: int  # t', FINAL after the last step
+    alpha_prod_t: float  # ᾱ_t
+    alpha_prod_t_prev: float  # ᾱ_{t'}; `final_alpha_cumprod()` at t' = FINAL
 
 
 def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
@@ -88,27 +129,12 @@ def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> t
     return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(sample.dtype)
 
 
-def timestep_as_int(timestep: int | torch.Tensor) -> int:
-    """A step's timestep as a Python int; it may be an int or a 0-d / 1-element integer tensor."""
-    if isinstance(timestep, torch.Tensor):
-        if timestep.numel() != 1 or timestep.is_floating_point() or timestep.dtype == torch.bool:
-            raise ValueError(
-                f"timestep must be an int or a 1-element integer tensor, "
-                f"got shape {tuple(timestep.shape)} dtype {timestep.dtype}"
-            )
-        return int(timestep.item())
-    try:
-        return operator.index(timestep)
-    except TypeError:
-        raise ValueError(f"timestep must be an int, got {timestep!r}") from None
-
-
 class Scheduler(abc.ABC):
     """A sampler: `set_timesteps(n)`, then `step` once per entry of `timesteps`; `add_noise` for training.
 
-    Subclasses set `config_class` and implement `step`. `step` and `add_noise` are pure;
-    `set_timesteps` is the only method that changes state, and it builds both the timesteps and the
-    previous-timestep lookup that `step` uses.
+    Subclasses set `config_class` and implement `step`, and `_step_coefficients` where their update has
+    coefficients. `step` and `add_noise` are pure; `set_timesteps` is the only method that changes state,
+    and it builds the timesteps, their index and the per-step coefficients that `step` reads.
 
     Attributes:
         config: the settings; a `config_class` instance.
@@ -126,9 +152,14 @@ class Scheduler(abc.ABC):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config)}")
         self.config = config
         self.schedule = NoiseSchedule(config)
-        self._timesteps: torch.Tensor | None = None
-        self._previous: dict[int, int] = {}  # timestep -> previous inference timestep (FINAL for the last)
         self._num_inference_steps: int | None = None
+        self._timesteps: torch.Tensor | None = None
+        self._timestep_list: list[int | float] = []  # `timesteps` on the host: no device sync per step
+        self._step_of: dict[int | float, int] = {}  # timestep -> index of its first entry in `timesteps`
+        self._coefficients: tuple[Any, ...] | None = None
+        self._grid = -1  # token of the current grid, see `StepState.grid`
+        self._vp_level_table: torch.Tensor | None = None  # (√ᾱ_t, √(1-ᾱ_t)) per step, float64, (n, 2)
+        self._vp_levels_cast: dict[tuple[torch.dtype, torch.device], list[tuple[torch.Tensor, ...]]] = {}
 
     @classmethod
     def from_config(cls: type[SchedulerT], config: SchedulerConfig) -> SchedulerT:
@@ -140,12 +171,24 @@ class Scheduler(abc.ABC):
         """Build the scheduler from a config dict: ours (`config.to_dict()`) or a diffusers one."""
         return cls(cls.config_class.from_dict(d))
 
+    @staticmethod
+    def _built(value: Any) -> Any:
+        """`value`, an attribute `set_timesteps` builds; the one error for reading it before."""
+        if value is None:
+            raise RuntimeError("no timesteps yet: call set_timesteps(num_inference_steps) first")
+        return value
+
     @property
     def timesteps(self) -> torch.Tensor:
         """The inference timesteps, int64, descending, shape (num_inference_steps,)."""
-        if self._timesteps is None:
-            raise RuntimeError("no timesteps yet: call set_timesteps(num_inference_steps) first")
-        return self._timesteps
+        return self._built(self._timesteps)
+
+    @property
+    def coefficients(self) -> tuple[Any, ...]:
+        """What `step` reads for entry i of `timesteps`, built once by `set_timesteps` in float64: a
+        `VPStep` (DDIM, DDPM: their subclass), a solver's own record, or None where the step reads only
+        `sigmas` (Euler, Heun)."""
+        return self._built(self._coefficients)
 
     @property
     def num_inference_steps(self) -> int | None:
@@ -179,15 +222,15 @@ class Scheduler(abc.ABC):
         ``set_alpha_to_one`` is off). Editing uses it to noise an image to a step's level (img2img,
         inpainting) and to jump back up the grid (RePaint).
         """
-        timesteps = self.timesteps
-        if step_index == len(timesteps):
+        coefficients = self.coefficients
+        if step_index == len(coefficients):
             alpha_cumprod = self.final_alpha_cumprod()
         else:
-            alpha_cumprod = self.schedule.alphas_cumprod[int(timesteps[step_index])].item()
+            alpha_cumprod = coefficients[step_index].alpha_prod_t
         return math.sqrt(alpha_cumprod), math.sqrt(1 - alpha_cumprod)
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Choose the n inference timesteps (see `spaced_timesteps`) and build their previous-timestep lookup.
+        """Choose the n inference timesteps (see `spaced_timesteps`) and build each step's coefficients.
 
         Args:
             num_inference_steps: n, in [1, num_train_timesteps].
@@ -196,10 +239,49 @@ class Scheduler(abc.ABC):
         Raises:
             ValueError: if n is out of range, or leading spacing with steps_offset passes T-1.
         """
-        as_list = self.spaced_timesteps(num_inference_steps).tolist()
-        self._previous = dict(zip(as_list, [*as_list[1:], FINAL], strict=True))
-        self._timesteps = torch.tensor(as_list, dtype=torch.int64, device=device)
-        self._num_inference_steps = len(as_list)
+        timesteps = torch.tensor(self.spaced_timesteps(num_inference_steps).tolist(), dtype=torch.int64)  # (n,)
+        # x̂_0 and ε̂ take √ᾱ_t and √(1-ᾱ_t) as tensors in the sample's dtype, as `NoiseSchedule` applies
+        # them, so that a step gives the same bits as its methods (a Python float rounds differently).
+        schedule = self.schedule
+        levels = [schedule._sqrt_alphas_cumprod[timesteps], schedule._sqrt_one_minus_alphas_cumprod[timesteps]]
+        self._vp_level_table = torch.stack(levels, dim=1)  # (n, 2)
+        self._vp_levels_cast = {}
+        self._set_grid(timesteps, device, num_inference_steps)
+
+    def _set_grid(self, timesteps: torch.Tensor, device: str | torch.device | None, num_inference_steps: int) -> None:
+        """Install `timesteps` (on the host; the entries `step` is called at), their index and each step's
+        coefficients."""
+        self._timesteps = timesteps.to(device)
+        self._timestep_list = timesteps.tolist()
+        self._step_of = {}
+        for index, t in enumerate(self._timestep_list):
+            self._step_of.setdefault(t, index)  # a repeated timestep (Heun) is looked up by `state`
+        self._num_inference_steps = num_inference_steps
+        self._grid = next(_GRIDS)
+        self._coefficients = tuple(self._step_coefficients(index) for index in range(len(self._timestep_list)))
+
+    def _step_coefficients(self, index: int) -> Any:
+        """The coefficients of step `index` (see `coefficients`); here t, t', ᾱ_t and ᾱ_{t'}."""
+        timesteps = self._timestep_list
+        t, prev = timesteps[index], timesteps[index + 1] if index + 1 < len(timesteps) else FINAL
+        alphas_cumprod = self.schedule.alphas_cumprod
+        alpha_prod_t_prev = self.final_alpha_cumprod() if prev == FINAL else alphas_cumprod[prev].item()
+        return VPStep(t, prev, alphas_cumprod[t].item(), alpha_prod_t_prev)
+
+    def _vp_levels(self, like: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """(√ᾱ_t, √(1-ᾱ_t)) of each step as 0-d tensors in `like`'s dtype, on its device; cast once per grid.
+
+        Raises:
+            ValueError: for a non-float `like`.
+        """
+        key = (like.dtype, like.device)
+        if key not in self._vp_levels_cast:
+            if not like.is_floating_point():
+                raise ValueError(f"samples must be a floating-point tensor, got dtype {like.dtype}")
+            # Cast, then move: some devices lack float64. Indexing the rows later copies nothing.
+            table = self._vp_level_table.to(dtype=like.dtype).to(device=like.device)  # (n, 2)
+            self._vp_levels_cast[key] = [tuple(row) for row in table]
+        return self._vp_levels_cast[key]
 
     def spaced_timesteps(self, num_inference_steps: int) -> np.ndarray:
         """The n inference timesteps of `config.timestep_spacing` (Lin et al. 2023, Table 2), int64, descending.
@@ -237,6 +319,57 @@ class Scheduler(abc.ABC):
         assert len(timesteps) == n and timesteps[-1] >= 0 and (np.diff(timesteps) < 0).all(), timesteps
         return timesteps
 
+    def step_index(self, timestep: int | float | torch.Tensor, state: StepState | None = None) -> int:
+        """The index in `timesteps` of the step at `timestep`: the one check of a step's timestep.
+
+        `timestep` is an int or a 1-element integer tensor, or for a float grid (σ-space samplers with
+        fractional timesteps) any number, compared as float32. A sampler that walks its grid by index
+        passes its `state`, which names the entry (a timestep may repeat, as in Heun's grid); without
+        one, the first entry equal to `timestep`.
+
+        Raises:
+            RuntimeError: before `set_timesteps`.
+            ValueError: for a timestep of the wrong type or not in `timesteps`, or a `state` of another
+                grid or for another step.
+        """
+        timesteps = self.timesteps
+        if timesteps.is_floating_point():
+            if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
+                raise ValueError(f"timestep must have one element, got shape {tuple(timestep.shape)}")
+            key = float(timestep.float().item() if isinstance(timestep, torch.Tensor) else np.float32(timestep))
+        elif isinstance(timestep, torch.Tensor):
+            if timestep.numel() != 1 or timestep.is_floating_point() or timestep.dtype == torch.bool:
+                raise ValueError(
+                    f"timestep must be an int or a 1-element integer tensor, "
+                    f"got shape {tuple(timestep.shape)} dtype {timestep.dtype}"
+                )
+            key = int(timestep.item())
+        else:
+            try:
+                key = operator.index(timestep)
+            except TypeError:
+                raise ValueError(f"timestep must be an int, got {timestep!r}") from None
+        as_list = self._timestep_list
+        if state is None:
+            if key not in self._step_of:
+                raise ValueError(
+                    f"timestep {key} is not one of the {len(as_list)} timesteps set by set_timesteps "
+                    f"({as_list[0]} ... {as_list[-1]})"
+                )
+            return self._step_of[key]
+        if not isinstance(state, StepState):
+            raise ValueError(f"state must be the previous step's SchedulerOutput.state, got {type(state).__name__}")
+        if state.grid != self._grid:
+            raise ValueError(
+                "state comes from another scheduler or an earlier set_timesteps call; start each sampling "
+                "loop with state=None"
+            )
+        index = state.step_index
+        if index >= len(as_list) or as_list[index] != key:
+            expected = as_list[index] if index < len(as_list) else "none (all steps done)"
+            raise ValueError(f"state expects timestep {expected} at step {index}, got {key}")
+        return index
+
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
         """The inference timestep after `timestep`, looked up in the schedule; FINAL (-1) after the last.
 
@@ -244,28 +377,11 @@ class Scheduler(abc.ABC):
             RuntimeError: before `set_timesteps`.
             ValueError: if `timestep` is not one of `timesteps`.
         """
-        if self._timesteps is None:
-            raise RuntimeError("no timesteps yet: call set_timesteps(num_inference_steps) first")
-        t = timestep_as_int(timestep)
-        if t not in self._previous:
-            first, last = self._timesteps[0].item(), self._timesteps[-1].item()
-            raise ValueError(
-                f"timestep {t} is not one of the {len(self._previous)} timesteps set by set_timesteps "
-                f"({first} ... {last})"
-            )
-        return self._previous[t]
+        return self.coefficients[self.step_index(timestep)].prev_timestep
 
     def final_alpha_cumprod(self) -> float:
         """ᾱ_{t'} at the final step (t' = FINAL): 1, i.e. the last step lands on x_0."""
         return 1.0
-
-    def _alphas_cumprod_pair(self, timestep: int | torch.Tensor) -> tuple[float, float]:
-        """(ᾱ_t, ᾱ_{t'}) in float64, t' looked up; ᾱ_{t'} is `final_alpha_cumprod()` after the last step."""
-        timestep = timestep_as_int(timestep)
-        prev = self.previous_timestep(timestep)
-        alphas_cumprod = self.schedule.alphas_cumprod
-        alpha_prod_t_prev = self.final_alpha_cumprod() if prev == FINAL else alphas_cumprod[prev].item()
-        return alphas_cumprod[timestep].item(), alpha_prod_t_prev
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Timesteps) -> torch.Tensor:
         """x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε (Ho et al. 2020, eq. 4); see `NoiseSchedule.add_noise`."""

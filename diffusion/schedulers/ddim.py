@@ -12,12 +12,9 @@ import dataclasses
 import torch
 
 from diffusion.rng import Generators, randn_tensor
-from diffusion.schedulers.base import (
-    Scheduler,
-    SchedulerOutput,
-    timestep_as_int,
-)
+from diffusion.schedulers.base import Scheduler, SchedulerOutput, VPStep
 from diffusion.schedulers.config import SchedulerConfig
+from diffusion.schedulers.schedule import pred_epsilon, pred_original_sample
 
 _ROUNDING = 1e-12  # float64 slack when checking that 1 - ᾱ_t' - σ_t² >= 0
 
@@ -40,6 +37,16 @@ class DDIMConfig(SchedulerConfig):
             raise ValueError(f"eta must be at most 1 (DDPM's noise; more has no meaning in eq. 12), got {self.eta}")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class DDIMStep(VPStep):
+    """A `VPStep` plus the weights of eq. 12 for the step from t to t'."""
+
+    variance: float  # σ_t(η)² = η²·(1-ᾱ_{t'})/(1-ᾱ_t)·(1 - ᾱ_t/ᾱ_{t'}) (eq. 16)
+    sqrt_alpha_prod_prev: float  # √ᾱ_{t'}, the weight of x̂_0
+    direction: float  # √(1-ᾱ_{t'}-σ_t²), the weight of ε̂ ("direction pointing to x_t")
+    std_dev: float  # σ_t(η), the std of the fresh noise ε_t
+
+
 class DDIMScheduler(Scheduler):
     """Sampler of Song et al. 2021; deterministic when `config.eta` is 0."""
 
@@ -57,9 +64,25 @@ class DDIMScheduler(Scheduler):
 
     def variance(self, timestep: int | torch.Tensor) -> float:
         """σ_t(η)² of eq. 16: η²·(1-ᾱ_{t'})/(1-ᾱ_t)·(1 - ᾱ_t/ᾱ_{t'}). Needs `set_timesteps`."""
-        alpha_prod_t, alpha_prod_t_prev = self._alphas_cumprod_pair(timestep)
+        return self.coefficients[self.step_index(timestep)].variance
+
+    def _step_coefficients(self, index: int) -> DDIMStep:
+        """σ_t(η) of eq. 16 and the weights of eq. 12, from ᾱ_t and ᾱ_{t'} of step `index`."""
+        step = super()._step_coefficients(index)
+        alpha_prod_t, alpha_prod_t_prev = step.alpha_prod_t, step.alpha_prod_t_prev
         posterior_variance = (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
-        return self.config.eta**2 * posterior_variance
+        variance = self.config.eta**2 * posterior_variance
+        # The direction's variance 1 - ᾱ_{t'} - σ_t² is >= 0 for η <= 1 (`DDIMConfig` refuses more) up to
+        # rounding, which is clamped.
+        direction_variance = 1 - alpha_prod_t_prev - variance
+        assert direction_variance >= -_ROUNDING, (self.config.eta, step.timestep, variance)
+        return DDIMStep(
+            *dataclasses.astuple(step),
+            variance=variance,
+            sqrt_alpha_prod_prev=alpha_prod_t_prev**0.5,
+            direction=max(direction_variance, 0.0) ** 0.5,
+            std_dev=variance**0.5,
+        )
 
     def step(
         self,
@@ -86,32 +109,17 @@ class DDIMScheduler(Scheduler):
             ValueError: for a timestep not in `timesteps` or mismatched shapes.
         """
         self._check_shapes(model_output, sample)
-        t = timestep_as_int(timestep)
-
-        # 1. ᾱ_{t'}, t' looked up (the paper's α_{t-1}); ᾱ_t enters through steps 2 and 3.
-        _, alpha_prod_t_prev = self._alphas_cumprod_pair(t)
-
-        # 2. "predicted x_0" of eq. 12 and the ε̂ it implies, from the model output (before clipping,
-        #    as diffusers does by default), then clip or threshold x̂_0.
-        pred_original_sample = self.schedule.pred_original_sample(model_output, sample, t)
-        pred_epsilon = self.schedule.pred_epsilon(model_output, sample, t)
-        pred_original_sample = self._process_pred_original_sample(pred_original_sample)
-
-        # 3. σ_t(η) of eq. 16.
-        variance = self.variance(t)
-        std_dev_t = variance**0.5
-
-        # 4. "direction pointing to x_t" of eq. 12: √(1-ᾱ_{t'}-σ_t²)·ε̂. Its variance is >= 0 for η <= 1
-        #    (`DDIMConfig` refuses more) up to rounding, which is clamped.
-        direction_variance = 1 - alpha_prod_t_prev - variance
-        assert direction_variance >= -_ROUNDING, (self.config.eta, t, variance)
-        pred_sample_direction = max(direction_variance, 0.0) ** 0.5 * pred_epsilon
-
-        # 5. x_{t'} = √ᾱ_{t'}·x̂_0 + direction + σ_t·ε_t (eq. 12); noise is drawn whenever η > 0.
-        prev_sample = alpha_prod_t_prev**0.5 * pred_original_sample + pred_sample_direction
+        i = self.step_index(timestep)
+        c = self.coefficients[i]
+        # 1. "predicted x_0" of eq. 12 and the ε̂ it implies, from the model output at √ᾱ_t, √(1-ᾱ_t)
+        #    (before clipping, as diffusers does by default), then clip or threshold x̂_0.
+        alpha_t, sigma_t = self._vp_levels(sample)[i]
+        x0 = pred_original_sample(model_output, sample, alpha_t, sigma_t, self.config.prediction_type)
+        eps = pred_epsilon(model_output, sample, alpha_t, sigma_t, self.config.prediction_type)
+        x0 = self._process_pred_original_sample(x0)
+        # 2. x_{t'} = √ᾱ_{t'}·x̂_0 + √(1-ᾱ_{t'}-σ_t²)·ε̂ + σ_t·ε_t (eq. 12, σ_t of eq. 16); noise whenever η > 0.
+        prev_sample = c.sqrt_alpha_prod_prev * x0 + c.direction * eps
         if self.config.eta > 0:
-            noise = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-            )
-            prev_sample = prev_sample + std_dev_t * noise
-        return SchedulerOutput(prev_sample, pred_original_sample)
+            noise = randn_tensor(model_output.shape, generator, device=model_output.device, dtype=model_output.dtype)
+            prev_sample = prev_sample + c.std_dev * noise
+        return SchedulerOutput(prev_sample, x0)

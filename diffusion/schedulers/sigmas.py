@@ -23,18 +23,16 @@ schedulers space n + 1 points and drop the last.
 """
 
 import dataclasses
-import itertools
 import math
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from diffusion.schedulers.base import Scheduler, timestep_as_int
+from diffusion.schedulers.base import Scheduler, StepState
 from diffusion.schedulers.config import SchedulerConfig
 from diffusion.schedulers.schedule import Timesteps, pred_original_sample
 
-_GRIDS = itertools.count()  # a fresh token per set_timesteps call, so that a state names its grid
 KARRAS_RHO = 7.0  # ρ of Karras et al. 2022, eq. 5 (the paper's choice for every data set)
 MIN_ALPHA_CUMPROD = 2.0**-24  # ᾱ floor, so that a zero-terminal-SNR schedule has a finite σ_{T-1} (as diffusers)
 
@@ -99,27 +97,6 @@ def vp_coefficients(sigma: float) -> tuple[float, float, float]:
     return alpha, sigma * alpha, (math.inf if sigma == 0 else -math.log(sigma))
 
 
-@dataclasses.dataclass(frozen=True)
-class StepState:
-    """The state a σ-grid sampler passes from one `step` to the next.
-
-    Attributes:
-        grid: the token of the `set_timesteps` call that made the grid; a state is valid only there.
-        step_index: index into `timesteps` of the step that *receives* this state.
-        history: what earlier steps left, most recent last (x̂_0 predictions of multistep solvers, ...).
-        extra: sampler-specific values (e.g. Heun's pending derivative), keyed by name.
-    """
-
-    grid: int
-    step_index: int
-    history: tuple[torch.Tensor, ...] = ()
-    extra: tuple[tuple[str, Any], ...] = ()
-
-    def get(self, name: str) -> Any:
-        """The `extra` value called `name`, or None."""
-        return dict(self.extra).get(name)
-
-
 class SigmaScheduler(Scheduler):
     """Base of samplers that walk the σ grid; `set_timesteps` builds `timesteps` and `sigmas` together.
 
@@ -140,16 +117,11 @@ class SigmaScheduler(Scheduler):
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         super().__init__(config)
         self._sigmas: np.ndarray | None = None
-        self._sigma_of: dict[float, float] = {}  # timestep -> σ, for `scale_model_input` (VE samplers)
-        self._timestep_list: list[int | float] = []  # `timesteps` on the host: no device sync per step
-        self._grid = -1  # token of the current grid, see `StepState.grid`
 
     @property
     def sigmas(self) -> np.ndarray:
         """σ of each inference timestep, then 0; float64, shape (len(timesteps) + 1,)."""
-        if self._sigmas is None:
-            raise RuntimeError("no timesteps yet: call set_timesteps(num_inference_steps) first")
-        return self._sigmas
+        return self._built(self._sigmas)
 
     def sigma_grid(self, num_inference_steps: int) -> tuple[np.ndarray, np.ndarray]:
         """The n noise levels and their (possibly fractional) timesteps, both float64, shape (n,).
@@ -175,15 +147,14 @@ class SigmaScheduler(Scheduler):
             timesteps = np.round(timesteps)
         sigmas, timesteps = self.build_grid(sigmas, timesteps)
         dtype = torch.int64 if self.round_timesteps else torch.float32
-        self._timesteps = torch.tensor(timesteps, dtype=dtype, device=device)
         self._sigmas = np.append(sigmas, 0.0)  # σ_n = 0: the last step lands on x̂_0
-        self._timestep_list = self._timesteps.tolist()
-        self._sigma_of = {}
+        self._set_grid(torch.tensor(timesteps, dtype=dtype), device, num_inference_steps)
         if self.ve_sample:  # fractional timesteps: distinct σ have distinct t (rounding could merge them)
-            for t, sigma in zip(self._timestep_list, sigmas.tolist(), strict=True):
-                assert self._sigma_of.setdefault(t, sigma) == sigma, "one timestep, two noise levels"
-        self._num_inference_steps = num_inference_steps
-        self._grid = next(_GRIDS)
+            steps = enumerate(self._timestep_list)
+            assert all(sigmas[self._step_of[t]] == sigmas[i] for i, t in steps), "one timestep, two noise levels"
+
+    def _step_coefficients(self, index: int) -> Any:
+        return None  # the step reads `sigmas` alone; solvers with more coefficients build their own
 
     def build_grid(self, sigmas: np.ndarray, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where the model is evaluated, from the n noise levels: the levels themselves, unless a sampler
@@ -212,12 +183,7 @@ class SigmaScheduler(Scheduler):
             RuntimeError: before `set_timesteps`.
             ValueError: for a timestep not in `timesteps`.
         """
-        key = self._timestep_key(timestep)
-        if key in self._sigma_of:
-            return self._sigma_of[key]
-        if key not in self._timestep_list:
-            raise ValueError(f"timestep {key} is not one of the timesteps set by set_timesteps")
-        return float(self.sigmas[self._timestep_list.index(key)])
+        return float(self.sigmas[self.step_index(timestep)])
 
     def initial_state(self, step_index: int) -> StepState:
         """A state that names entry `step_index` of this grid, with no history (multistep solvers warm up
@@ -247,43 +213,6 @@ class SigmaScheduler(Scheduler):
             return noisy
         alphas_cumprod = self.schedule.alphas_cumprod.clamp(min=MIN_ALPHA_CUMPROD)
         return noisy / self.schedule._gather(alphas_cumprod.sqrt(), timesteps, original_samples)
-
-    def _timestep_key(self, timestep: int | float | torch.Tensor) -> int | float:
-        if self._timesteps is None:
-            raise RuntimeError("no timesteps yet: call set_timesteps(num_inference_steps) first")
-        if self._timesteps.is_floating_point():
-            if isinstance(timestep, torch.Tensor):
-                if timestep.numel() != 1:
-                    raise ValueError(f"timestep must have one element, got shape {tuple(timestep.shape)}")
-                return float(timestep.float().item())
-            return float(np.float32(timestep))
-        return timestep_as_int(timestep)
-
-    def step_index(self, timestep: int | float | torch.Tensor, state: StepState | None) -> int:
-        """Index of this step in `timesteps`: from `state`, or the first match of `timestep` at the first step.
-
-        Raises:
-            RuntimeError: before `set_timesteps`.
-            ValueError: for a timestep not in `timesteps`, or one that is not the step `state` expects.
-        """
-        key = self._timestep_key(timestep)
-        as_list = self._timestep_list
-        if state is None:
-            if key not in as_list:
-                raise ValueError(f"timestep {key} is not one of the timesteps set by set_timesteps")
-            return as_list.index(key)
-        if not isinstance(state, StepState):
-            raise ValueError(f"state must be the previous step's SchedulerOutput.state, got {type(state).__name__}")
-        if state.grid != self._grid:
-            raise ValueError(
-                "state comes from another scheduler or an earlier set_timesteps call; start each sampling "
-                "loop with state=None"
-            )
-        index = state.step_index
-        if index >= len(as_list) or as_list[index] != key:
-            expected = as_list[index] if index < len(as_list) else "none (all steps done)"
-            raise ValueError(f"state expects timestep {expected} at step {index}, got {key}")
-        return index
 
     def _ve_pred_original_sample(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: float) -> torch.Tensor:
         """x̂_0 at noise level σ from the VE sample x = x_t/√ᾱ_t (x_t = α_t·x), clipped or thresholded."""

@@ -7,6 +7,7 @@ T//n) and for "trailing" when n divides T, so those are the cases compared. For 
 lookup is checked there by the analytic tests instead.
 """
 
+import math
 import warnings
 
 import diffusers
@@ -205,9 +206,8 @@ def test_eta_above_one_is_refused_before_sampling():
         DDIMConfig(eta=5.0)
     scheduler = DDIMScheduler(DDIMConfig(eta=1.0))
     scheduler.set_timesteps(N)
-    for t in scheduler.timesteps.tolist():
-        _, alpha_prod_t_prev = scheduler._alphas_cumprod_pair(t)
-        assert 1 - alpha_prod_t_prev - scheduler.variance(t) >= -1e-12  # σ_t² <= 1 - ᾱ_t' at η = 1
+    for c in scheduler.coefficients:
+        assert 1 - c.alpha_prod_t_prev - scheduler.variance(c.timestep) >= -1e-12  # σ_t² <= 1 - ᾱ_t' at η = 1
 
 
 def test_negative_eta_raises():
@@ -260,3 +260,49 @@ def test_true_output_lands_on_x0_with_zero_terminal_snr(prediction_type, n):
         model_output = true_output(scheduler.schedule, prediction_type, x0, noise, t)
         sample = scheduler.step(model_output, t, sample).prev_sample
     torch.testing.assert_close(sample, x0, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+@pytest.mark.parametrize("eta", ETAS)
+@pytest.mark.parametrize("spacing", TIMESTEP_SPACINGS)
+def test_coefficients_are_eq_12_and_16(spacing, eta, set_alpha_to_one):
+    """Each step's precomputed weights from ᾱ_t, ᾱ_{t'} (t' the next entry of `timesteps`) and η."""
+    scheduler = DDIMScheduler(DDIMConfig(timestep_spacing=spacing, eta=eta, set_alpha_to_one=set_alpha_to_one))
+    scheduler.set_timesteps(7)
+    alphas_cumprod = scheduler.schedule.alphas_cumprod.tolist()
+    timesteps = scheduler.timesteps.tolist()
+    final = 1.0 if set_alpha_to_one else alphas_cumprod[0]
+    assert len(scheduler.coefficients) == 7
+    for t, t_prev, c in zip(timesteps, [*timesteps[1:], -1], scheduler.coefficients, strict=True):
+        a_t, a_prev = alphas_cumprod[t], (alphas_cumprod[t_prev] if t_prev >= 0 else final)
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))  # eq. 16
+        assert (c.timestep, c.prev_timestep, c.alpha_prod_t, c.alpha_prod_t_prev) == (t, t_prev, a_t, a_prev)
+        assert c.variance == pytest.approx(sigma**2, rel=1e-12, abs=1e-300)
+        assert c.std_dev == pytest.approx(sigma, rel=1e-12, abs=1e-300)
+        assert c.sqrt_alpha_prod_prev == pytest.approx(math.sqrt(a_prev), rel=1e-15)
+        assert c.direction == pytest.approx(math.sqrt(max(1 - a_prev - sigma**2, 0)), rel=1e-12, abs=1e-7)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_step_is_eq_12_written_out(inputs, prediction_type):
+    """One float64 step at η = 0.5 against eq. 12 with x̂_0 and ε̂ from ᾱ_t (no clipping)."""
+    scheduler = DDIMScheduler(DDIMConfig(eta=0.5, prediction_type=prediction_type, timestep_spacing="linspace"))
+    scheduler.set_timesteps(7)
+    sample, model_output = (x.double() for x in inputs)
+    t, t_prev = scheduler.timesteps[2].item(), scheduler.timesteps[3].item()  # linspace: t - t' is not T//n
+    a_t, a_prev = (scheduler.schedule.alphas_cumprod[k].item() for k in (t, t_prev))
+    if prediction_type == "epsilon":
+        eps = model_output
+        x0 = (sample - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    elif prediction_type == "v_prediction":  # Salimans & Ho 2022, sec. 4
+        x0 = math.sqrt(a_t) * sample - math.sqrt(1 - a_t) * model_output
+        eps = math.sqrt(a_t) * model_output + math.sqrt(1 - a_t) * sample
+    else:
+        x0 = model_output
+        eps = (sample - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+    variance = 0.25 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - variance) * eps + math.sqrt(variance) * noise
+    out = scheduler.step(model_output, t, sample, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(out.pred_original_sample, x0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.prev_sample, expected, rtol=1e-12, atol=1e-12)

@@ -158,3 +158,45 @@ def test_from_diffusers_config_dict_matches(inputs, spacing, variance_type):
         # diffusers' float32 ᾱ_t vs our float64, see conftest.Pair.assert_matches.
         torch.testing.assert_close(actual.prev_sample, expected.prev_sample, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(actual.pred_original_sample, expected.pred_original_sample, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variance_type", VARIANCE_TYPES)
+@pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
+def test_coefficients_are_improved_diffusions_tables_on_the_full_grid(beta_schedule, variance_type):
+    """With every timestep, the posterior mean's weights are improved-diffusion's tables built from β_t
+    (eq. 7): coef1 = β_t·√ᾱ_{t-1}/(1-ᾱ_t), coef2 = (1-ᾱ_{t-1})·√α_t/(1-ᾱ_t), with ᾱ_{-1} = 1."""
+    scheduler = DDPMScheduler(DDPMConfig(beta_schedule=beta_schedule, variance_type=variance_type))
+    scheduler.set_timesteps(1000)
+    betas = scheduler.schedule.betas
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    coef1 = betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod)
+    coef2 = (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod)
+    posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)
+    variance = posterior_variance.clamp(min=1e-20) if variance_type == "fixed_small" else betas
+    steps = scheduler.coefficients[::-1]  # timesteps descend; the tables ascend in t
+    assert [c.timestep for c in steps] == list(range(1000))
+    actual = torch.tensor(
+        [[c.pred_original_sample_coeff, c.current_sample_coeff, c.posterior_variance, c.std_dev**2] for c in steps],
+        dtype=torch.float64,
+    )  # (T, 4)
+    expected = torch.stack([coef1, coef2, posterior_variance, variance], dim=1)
+    # β_t is recovered from ᾱ_t/ᾱ_{t-1}, which loses ~1e-13 relative against the β_t it was built from.
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("variance_type", VARIANCE_TYPES)
+@pytest.mark.parametrize("spacing", TIMESTEP_SPACINGS)
+def test_strided_coefficients_use_the_strided_beta(spacing, variance_type):
+    """Between inference timesteps t > t': α_t = ᾱ_t/ᾱ_{t'}, β_t = 1 - α_t in eq. 7."""
+    scheduler = DDPMScheduler(DDPMConfig(timestep_spacing=spacing, variance_type=variance_type))
+    scheduler.set_timesteps(7)
+    alphas_cumprod = scheduler.schedule.alphas_cumprod.tolist()
+    timesteps = scheduler.timesteps.tolist()
+    for t, t_prev, c in zip(timesteps, [*timesteps[1:], -1], scheduler.coefficients, strict=True):
+        a_t, a_prev = alphas_cumprod[t], (alphas_cumprod[t_prev] if t_prev >= 0 else 1.0)
+        alpha, beta = a_t / a_prev, 1 - a_t / a_prev
+        assert c.pred_original_sample_coeff == pytest.approx(a_prev**0.5 * beta / (1 - a_t), rel=1e-12)
+        assert c.current_sample_coeff == pytest.approx(alpha**0.5 * (1 - a_prev) / (1 - a_t), rel=1e-12, abs=1e-300)
+        small = max((1 - a_prev) / (1 - a_t) * beta, 1e-20)
+        assert c.std_dev == pytest.approx((small if variance_type == "fixed_small" else beta) ** 0.5, rel=1e-12)

@@ -1,15 +1,20 @@
 """The shared scheduler protocol: timesteps and their lookup, step errors, noise, x̂_0 processing, imports."""
 
+import re
+
 import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor as diffusers_randn_tensor
 
 from diffusion.schedulers import (
+    SCHEDULERS,
     TIMESTEP_SPACINGS,
     DDIMConfig,
     DDIMScheduler,
     DDPMScheduler,
+    SigmaScheduler,
     dynamic_threshold,
+    get_scheduler,
     randn_tensor,
 )
 
@@ -111,6 +116,93 @@ def test_step_is_pure_and_takes_any_timestep_form(scheduler_class, inputs):
     for output in outputs[1:]:
         torch.testing.assert_close(output, outputs[0], rtol=0, atol=0)
     torch.testing.assert_close((sample, model_output, scheduler.timesteps), copies, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_everything_set_timesteps_builds_is_refused_before_it(name):
+    scheduler = get_scheduler(name)
+    x = torch.zeros(1, 1, 2, 2)
+    calls = [
+        lambda: scheduler.timesteps,
+        lambda: scheduler.coefficients,
+        lambda: scheduler.step_index(999),
+        lambda: scheduler.step(x, 999, x),
+        lambda: scheduler.noise_level(0),
+    ]
+    if isinstance(scheduler, SigmaScheduler):
+        calls += [lambda: scheduler.sigmas, lambda: scheduler.sigma_of(999)]
+        if scheduler.ve_sample:
+            calls += [lambda: scheduler.init_noise_sigma, lambda: scheduler.scale_model_input(x, 999)]
+    else:
+        calls += [lambda: scheduler.previous_timestep(999)]
+    for call in calls:
+        with pytest.raises(RuntimeError, match=r"^no timesteps yet: call set_timesteps\(num_inference_steps\) first$"):
+            call()
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_step_index_maps_each_form_of_a_timestep_to_its_entry(name):
+    """An int, a 0-d or 1-element tensor give the first entry equal to it; a state names the entry (Heun's
+    grid repeats timesteps: the corrector at σ_{i+1} shares its timestep with the next predictor)."""
+    scheduler = get_scheduler(name)
+    scheduler.set_timesteps(4)
+    timesteps = scheduler.timesteps.tolist()
+    for i, t in enumerate(timesteps):
+        tensor = scheduler.timesteps[i]
+        assert {scheduler.step_index(t), scheduler.step_index(tensor), scheduler.step_index(tensor.reshape(1))} == {
+            timesteps.index(t)
+        }
+        if isinstance(scheduler, SigmaScheduler):
+            assert scheduler.step_index(t, scheduler.initial_state(i)) == i
+    assert len(set(timesteps)) == 4 and len(timesteps) == (7 if name == "heun" else 4)  # Heun: t_1..t_3 twice
+
+
+@pytest.mark.parametrize(
+    ("name", "timestep", "message"),
+    [
+        ("ddim", 998, "timestep 998 is not one of the 4 timesteps set by set_timesteps (999 ... 249)"),
+        ("ddpm", -1, "timestep -1 is not one of the 4 timesteps set by set_timesteps (999 ... 249)"),
+        ("dpmsolver++", 1000, "timestep 1000 is not one of the 4 timesteps set by set_timesteps (999 ... 249)"),
+        ("euler", 998.5, "timestep 998.5 is not one of the 4 timesteps set by set_timesteps (999.0 ... 249.0)"),
+        ("heun", 500, "timestep 500.0 is not one of the 7 timesteps set by set_timesteps (999.0 ... 249.0)"),
+        (
+            "ddim",
+            torch.tensor([999, 749]),
+            "timestep must be an int or a 1-element integer tensor, got shape (2,) dtype torch.int64",
+        ),
+        (
+            "unipc",
+            torch.tensor(999.0),
+            "timestep must be an int or a 1-element integer tensor, got shape () dtype torch.float32",
+        ),
+        (
+            "ddpm",
+            torch.tensor(True),
+            "timestep must be an int or a 1-element integer tensor, got shape () dtype torch.bool",
+        ),
+        ("ddim", 999.0, "timestep must be an int, got 999.0"),
+        ("dpmsolver++", "999", "timestep must be an int, got '999'"),
+        ("euler", torch.tensor([999.0, 749.0]), "timestep must have one element, got shape (2,)"),
+    ],
+)
+def test_step_index_errors(name, timestep, message):
+    scheduler = get_scheduler(name)
+    scheduler.set_timesteps(4)  # trailing: 999, 749, 499, 249
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        scheduler.step_index(timestep)
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):  # the one check `step` makes
+        scheduler.step(x, timestep, x)
+
+
+def test_step_index_refuses_a_state_for_another_entry():
+    scheduler = get_scheduler("dpmsolver++")
+    scheduler.set_timesteps(4)
+    assert scheduler.step_index(749, scheduler.initial_state(1)) == 1
+    with pytest.raises(ValueError, match=r"^state expects timestep 749 at step 1, got 999$"):
+        scheduler.step_index(999, scheduler.initial_state(1))
+    with pytest.raises(ValueError, match=r"^state expects timestep none \(all steps done\) at step 4, got 249$"):
+        scheduler.step_index(249, scheduler.initial_state(4))
 
 
 def test_timesteps_go_to_the_requested_device():

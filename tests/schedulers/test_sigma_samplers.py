@@ -183,7 +183,9 @@ def test_wrong_state_or_timestep_is_a_clear_error():
     out = scheduler.step(x, scheduler.timesteps[0], x)
     with pytest.raises(ValueError, match=r"state expects timestep 799 at step 1, got 999"):
         scheduler.step(x, scheduler.timesteps[0], x, state=out.state)
-    with pytest.raises(ValueError, match="timestep 5 is not one of the timesteps"):
+    with pytest.raises(
+        ValueError, match=r"^timestep 5 is not one of the 5 timesteps set by set_timesteps \(999 \.\.\. 199\)$"
+    ):
         scheduler.step(x, 5, x)
     with pytest.raises(ValueError, match=r"state must be the previous step's SchedulerOutput\.state"):
         scheduler.step(x, scheduler.timesteps[1], x, state={"step_index": 1})

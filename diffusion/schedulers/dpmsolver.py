@@ -9,8 +9,9 @@ integrates the reverse SDE instead and adds fresh noise every step.
 
 Semantics equal diffusers' `DPMSolverMultistepScheduler` with `final_sigmas_type="zero"`,
 `euler_at_final=False`, `lambda_min_clipped=-inf`, `variance_type=None`, except for the third-order SDE
-update, which follows k-diffusion because diffusers' is wrong (see `step`); see `.sigmas` for the
-timestep spacing, which equals diffusers' for "trailing" and Karras σ.
+update, which follows k-diffusion because diffusers' is wrong (see `third_order_weight`); see `.sigmas`
+for the timestep spacing, which equals diffusers' for "trailing" and Karras σ. `set_timesteps` computes
+each step's weights (`DPMSolverStep`); `step` applies them.
 """
 
 import dataclasses
@@ -23,13 +24,7 @@ from diffusion.config import check_choice
 from diffusion.rng import Generators, randn_tensor
 from diffusion.schedulers.base import SchedulerOutput
 from diffusion.schedulers.schedule import pred_original_sample
-from diffusion.schedulers.sigmas import (
-    SigmaConfig,
-    SigmaScheduler,
-    StepState,
-    check_solver_order,
-    vp_coefficients,
-)
+from diffusion.schedulers.sigmas import SigmaConfig, SigmaScheduler, StepState, check_solver_order, vp_coefficients
 
 AlgorithmType = Literal["dpmsolver++", "sde-dpmsolver++"]
 SolverType = Literal["midpoint", "heun"]
@@ -58,6 +53,25 @@ class DPMSolverConfig(SigmaConfig):
         check_solver_order(self.solver_order)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class DPMSolverStep:
+    """The coefficients of step i, from s_0 = σ_i to t = σ_{i+1}, h = λ_t - λ_{s0}, in float64.
+
+    With D_0 = m_0 = x̂_0 and the divided differences D_1, D_2 of the history, the step is
+    x_t = x_weight·x_{s0} + Σ_k weights[order - 1][k]·D_k, plus noise_std·z for the SDE.
+    """
+
+    alpha_s0: float  # α_{s0} = 1/√(σ_i²+1), for x̂_0 (Lu et al. 2022, eq. 8)
+    sigma_s0: float  # σ_{s0} = σ_i·α_{s0}
+    order: int  # the order with a full history: solver_order, or lower at the last steps
+    x_weight: float  # σ_t/σ_{s0} (ODE, eq. 9-10); σ_t/σ_{s0}·e^{-h} (SDE)
+    # Per order 1..: the weights of D_0, D_1, D_2: α_t·φ_1 with φ_1 = 1-e^{-h} (SDE: 1-e^{-2h}), α_t·φ_2, α_t·φ_3.
+    weights: tuple[tuple[float, ...], ...]
+    r0: float  # r_0 = (λ_{s0} - λ_{s1})/h, the previous step's size over h (where order >= 2)
+    r1: float  # r_1 = (λ_{s1} - λ_{s2})/h (where order 3)
+    noise_std: float  # σ_t·√(1-e^{-2h}), the std of the SDE's fresh noise z; 0 for the ODE
+
+
 class DPMSolverMultistepScheduler(SigmaScheduler):
     """DPM-Solver++(1/2M/3M) and SDE-DPM-Solver++; one model evaluation per step."""
 
@@ -68,19 +82,6 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
     def stochastic(self) -> bool:
         """The SDE variant adds noise at every step."""
         return self.config.algorithm_type == "sde-dpmsolver++"
-
-    def _order(self, index: int, available: int) -> int:
-        """The order used at step `index` with `available` x̂_0 in the history (this step's included):
-        warm-up until the history is full (a run may also start mid-grid, e.g. img2img), then
-        lower-order final steps."""
-        n, order = len(self.timesteps), min(self.config.solver_order, available)
-        final = index == n - 1
-        lower_second = index == n - 2 and self.config.lower_order_final and n < LOWER_ORDER_FINAL_BELOW
-        if order == 1 or final:
-            return 1
-        if order == 2 or lower_second:
-            return 2
-        return 3
 
     def third_order_weight(self, h: float, sde: bool) -> float:
         """The weight of D_2 ≈ h²·x̂_0''/2 in a third-order step of size h (in λ).
@@ -95,6 +96,38 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
             phi_2 = 1.0 + math.expm1(-2.0 * h) / (2.0 * h)
             return 0.5 - phi_2 / (2.0 * h)
         return 0.5 - (math.expm1(-h) + h) / h**2
+
+    def _step_coefficients(self, index: int) -> DPMSolverStep:
+        """The exponential-integrator weights of step `index` (Lu et al. 2022, Algorithm 2 and appendix).
+
+        ODE (eq. 9-10): x_t = (σ_t/σ_s)·x_s - α_t·(e^{-h}-1)·D_0 + ...; SDE: x_t = (σ_t/σ_s)·e^{-h}·x_s +
+        α_t·(1-e^{-2h})·D_0 + ... + σ_t·√(1-e^{-2h})·z. At σ_t = 0 (h = ∞) both give x_t = x̂_0.
+        """
+        config, sigmas, n = self.config, self.sigmas, len(self.timesteps)
+        sde = config.algorithm_type == "sde-dpmsolver++"
+        alpha_s0, sigma_s0, lambda_s0 = vp_coefficients(sigmas[index])
+        alpha_t, sigma_t, lambda_t = vp_coefficients(sigmas[index + 1])
+        h = lambda_t - lambda_s0
+        if sde:
+            x_weight, phi_1 = sigma_t / sigma_s0 * math.exp(-h), -math.expm1(-2.0 * h)  # 1 - e^{-2h}
+        else:
+            x_weight, phi_1 = sigma_t / sigma_s0, -math.expm1(-h)  # 1 - e^{-h}
+        # Lower-order final steps: the last is first order (it lands on σ = 0), the one before at most
+        # second order below LOWER_ORDER_FINAL_BELOW steps.
+        lower_second = index == n - 2 and config.lower_order_final and n < LOWER_ORDER_FINAL_BELOW
+        order = min(config.solver_order, 1 if index == n - 1 else 2 if lower_second else 3)
+        weights, r0, r1 = [(alpha_t * phi_1,)], math.nan, math.nan
+        if order >= 2 and index >= 1:  # D_1 = (m_0 - m_1)/r_0 (Algorithm 2), from the step before
+            r0 = (lambda_s0 - vp_coefficients(sigmas[index - 1])[2]) / h
+            # φ_2: (e^{-h}-1)/h + 1, SDE (1-e^{-2h})/(-2h) + 1; the midpoint form of 2M halves φ_1 instead.
+            phi_2 = 1.0 - phi_1 / (2.0 * h) if sde else math.expm1(-h) / h + 1.0
+            midpoint = config.solver_type == "midpoint"
+            weights.append((alpha_t * phi_1, alpha_t * (0.5 * phi_1 if midpoint else phi_2)))
+            if order == 3 and index >= 2:
+                r1 = (vp_coefficients(sigmas[index - 1])[2] - vp_coefficients(sigmas[index - 2])[2]) / h
+                weights.append((alpha_t * phi_1, alpha_t * phi_2, alpha_t * self.third_order_weight(h, sde)))
+        noise_std = sigma_t * math.sqrt(-math.expm1(-2.0 * h)) if sde else 0.0
+        return DPMSolverStep(alpha_s0, sigma_s0, order, x_weight, tuple(weights), r0, r1, noise_std)
 
     def step(
         self,
@@ -111,60 +144,29 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
         """
         self._check_shapes(model_output, sample)
         i = self.step_index(timestep, state)
-        sigmas = self.sigmas
-
-        # 1. The data prediction x̂_0 at s_0 = σ_i (Lu et al. 2022, eq. 8), clipped or thresholded.
-        alpha_s0, sigma_s0, lambda_s0 = vp_coefficients(sigmas[i])
-        x0 = pred_original_sample(model_output, sample, alpha_s0, sigma_s0, self.config.prediction_type)
+        c = self.coefficients[i]
+        # 1. The data prediction x̂_0 at s_0 = σ_i (eq. 8), clipped or thresholded, joins the history
+        #    (..., m_1, m_0 = x̂_0); the order is lower until the history is full (also mid-grid: img2img).
+        x0 = pred_original_sample(model_output, sample, c.alpha_s0, c.sigma_s0, self.config.prediction_type)
         x0 = self._process_pred_original_sample(x0)
-        history = self._history(state, x0, self.config.solver_order)  # (..., m_2, m_1, m_0 = x̂_0)
-
-        # 2. Step sizes in λ: h = λ_t - λ_{s0}, and the ratios r_k = h_k / h of earlier steps.
-        alpha_t, sigma_t, lambda_t = vp_coefficients(sigmas[i + 1])
-        h = lambda_t - lambda_s0
-        order = self._order(i, len(history))
-        sde = self.config.algorithm_type == "sde-dpmsolver++"
-
-        # 3. Exponential-integrator terms. ODE (eq. 9-10): x_t = (σ_t/σ_s)·x_s - α_t·(e^{-h}-1)·D_0 + ...;
-        #    SDE: x_t = (σ_t/σ_s)·e^{-h}·x_s + α_t·(1-e^{-2h})·D_0 + ... + σ_t·√(1-e^{-2h})·z.
-        #    At σ_t = 0 (h = ∞) both give x_t = x̂_0.
-        if sde:
-            decay = sigma_t / sigma_s0 * math.exp(-h)
-            phi_1 = -math.expm1(-2.0 * h)  # 1 - e^{-2h}
-        else:
-            decay = sigma_t / sigma_s0
-            phi_1 = -math.expm1(-h)  # 1 - e^{-h}
-        prev_sample = decay * sample + alpha_t * phi_1 * history[-1]
-
+        history = self._history(state, x0, self.config.solver_order)
+        order = min(c.order, len(history))
+        w = c.weights[order - 1]
+        # 2. First order: x_t = (σ_t/σ_s0)·x_s0 + α_t·φ_1·D_0 (DDIM in λ; eq. 9-10 and the SDE's form).
+        prev_sample = c.x_weight * sample + w[0] * x0
         if order >= 2:
-            # Second-order terms from m_0, m_1: D_1 = (m_0 - m_1)/r_0 (Algorithm 2 / appendix).
-            _, _, lambda_s1 = vp_coefficients(sigmas[i - 1])
-            r0 = (lambda_s0 - lambda_s1) / h
-            d1_0 = (history[-1] - history[-2]) / r0
+            # 3. + α_t·φ_2·D_1, D_1 = (m_0 - m_1)/r_0 (Algorithm 2); 3M: D_1 from m_0..m_2, and + α_t·φ_3·D_2.
+            d1 = (history[-1] - history[-2]) / c.r0
+            d2 = None
             if order == 3:
-                _, _, lambda_s2 = vp_coefficients(sigmas[i - 2])
-                r1 = (lambda_s1 - lambda_s2) / h
-                d1_1 = (history[-2] - history[-3]) / r1
-                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-            else:
-                d1, d2 = d1_0, None
-            if order == 2 and self.config.solver_type == "midpoint":
-                phi_2 = 0.5 * phi_1  # the midpoint form: D_1 enters with half the first-order weight
-            elif sde:
-                phi_2 = 1.0 - phi_1 / (2.0 * h)  # (1-e^{-2h})/(-2h) + 1
-            else:
-                phi_2 = math.expm1(-h) / h + 1.0  # (e^{-h}-1)/h + 1
-            prev_sample = prev_sample + alpha_t * phi_2 * d1
+                d1_1 = (history[-2] - history[-3]) / c.r1
+                d1, d2 = d1 + c.r0 / (c.r0 + c.r1) * (d1 - d1_1), (d1 - d1_1) / (c.r0 + c.r1)
+            prev_sample = prev_sample + w[1] * d1
             if d2 is not None:
-                phi_3 = self.third_order_weight(h, sde)
-                prev_sample = prev_sample + alpha_t * phi_3 * d2
-
-        if sde:
-            # 4. Fresh noise every step (also the last, where σ_t = 0 scales it away, so that each
-            #    step draws the same amount from the generator as diffusers does).
-            noise = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=torch.float32
-            )
-            prev_sample = prev_sample + sigma_t * math.sqrt(-math.expm1(-2.0 * h)) * noise.to(sample.dtype)
+                prev_sample = prev_sample + w[2] * d2
+        if self.stochastic:
+            # 4. Fresh noise every step (also the last, where σ_t = 0 scales it away, so that each step
+            #    draws the same amount from the generator as diffusers does).
+            noise = randn_tensor(model_output.shape, generator, device=model_output.device, dtype=torch.float32)
+            prev_sample = prev_sample + c.noise_std * noise.to(sample.dtype)
         return SchedulerOutput(prev_sample, x0, self._state(i + 1, history))

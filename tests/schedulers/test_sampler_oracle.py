@@ -323,3 +323,46 @@ def test_dpmsolver_3m_sde_matches_k_diffusion(n, karras):
         x0 = denoiser(x / alpha, sigmas[i])
         x, _, state = ours.step(x0, t, x, generator=generator, state=state)
     torch.testing.assert_close(x.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def k_diffusion_2m(model, x, sigmas):
+    """k-diffusion's `sample_dpmpp_2m`, transcribed: it walks the VE sample; `model(x, σ)` returns x̂_0."""
+    old_denoised = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised  # σ_{i+1}/σ_i = 0 and 1 - e^{-h} = 1
+        else:
+            t, t_next = -math.log(sigmas[i]), -math.log(sigmas[i + 1])
+            h = t_next - t
+            if old_denoised is None:
+                x = (sigmas[i + 1] / sigmas[i]) * x - math.expm1(-h) * denoised
+            else:
+                r = (t + math.log(sigmas[i - 1])) / h  # h_last / h
+                denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+                x = (sigmas[i + 1] / sigmas[i]) * x - math.expm1(-h) * denoised_d
+        old_denoised = denoised
+    return x
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 20])
+@pytest.mark.parametrize("karras", [False, True])
+def test_dpmsolver_2m_matches_k_diffusion(n, karras):
+    """Our 2M (midpoint form, no lower-order final steps, as k-diffusion) against `sample_dpmpp_2m` on the
+    VE sample x/α, in float64: the same update written in D_1 = (m_0 - m_1)/r_0 instead of a blend."""
+    ours = get_scheduler(
+        "dpmsolver++2m", {"prediction_type": "sample", "lower_order_final": False, "use_karras_sigmas": karras}
+    )
+    ours.set_timesteps(n)
+    sigmas = ours.sigmas.tolist()
+
+    def denoiser(x_ve: torch.Tensor, sigma: float) -> torch.Tensor:
+        return torch.tanh(0.5 * x_ve / math.sqrt(sigma**2 + 1))  # a smooth, non-linear x̂_0
+
+    start = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = k_diffusion_2m(denoiser, start * math.sqrt(sigmas[0] ** 2 + 1), sigmas)
+    x, state = start, None  # the VP sample α·(x/α)
+    for i, t in enumerate(ours.timesteps):
+        alpha = 1 / math.sqrt(sigmas[i] ** 2 + 1)
+        x, _, state = ours.step(denoiser(x / alpha, sigmas[i]), t, x, state=state)
+    torch.testing.assert_close(x, expected, rtol=1e-10, atol=1e-10)

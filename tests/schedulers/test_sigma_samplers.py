@@ -322,3 +322,74 @@ def test_churn_is_capped_at_the_largest_sigma():
     sigma_max = training_sigmas(scheduler.schedule.alphas_cumprod)[-1]
     assert scheduler.sigmas[0] == pytest.approx(sigma_max) and scheduler.timesteps[0] == 999  # σ_0 is already σ_max
     assert scheduler.sigmas[2] == pytest.approx(scheduler.sigmas[1] * (1 + (math.sqrt(2) - 1)))  # γ capped at √2 - 1
+
+
+# ----- the coefficients set_timesteps precomputes -----
+
+
+def vp_level(sigma: float) -> tuple[float, float, float]:
+    """(α, σ_vp, λ) at VE noise level σ."""
+    return 1 / math.sqrt(sigma**2 + 1), sigma / math.sqrt(sigma**2 + 1), (-math.log(sigma) if sigma else math.inf)
+
+
+@pytest.mark.parametrize("name", ["dpmsolver++2m", "dpmsolver++2m-sde", "dpmsolver++3m", "dpmsolver++3m-sde"])
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize(("n", "lower_order_final"), [(6, True), (6, False), (20, True)])
+def test_dpmsolver_coefficients_are_algorithm_2(name, solver_type, n, lower_order_final):
+    """x_t = x_weight·x_s + α_t·(φ_1·D_0 + φ_2·D_1 + φ_3·D_2) with c = 1 (ODE) or 2 (SDE): x_weight =
+    (σ_t/σ_s)·e^{-(c-1)h}, φ_1 = 1 - e^{-ch}, φ_2 = 1 - φ_1/(ch) (φ_1/2 in 2M's midpoint form), and φ_3 =
+    1/2 - φ_2/(ch) (`third_order_weight`); the SDE's noise has std σ_t·√(1 - e^{-2h})."""
+    settings = {"solver_type": solver_type, "lower_order_final": lower_order_final, "use_karras_sigmas": True}
+    scheduler = get_scheduler(name, settings)
+    scheduler.set_timesteps(n)
+    sde, solver_order = "sde" in name, 3 if "3m" in name else 2
+    c_h = 2 if sde else 1
+    levels = [vp_level(s) for s in scheduler.sigmas.tolist()]
+    assert len(scheduler.coefficients) == n
+    for i, c in enumerate(scheduler.coefficients):
+        (alpha_s, sigma_s, lambda_s), (alpha_t, sigma_t, lambda_t) = levels[i], levels[i + 1]
+        h = lambda_t - lambda_s
+        phi_1 = 1 - math.exp(-c_h * h)
+        phi_2 = 1 - phi_1 / (c_h * h)
+        lowered = 1 if i == n - 1 else 2 if i == n - 2 and lower_order_final and n < 15 else 3
+        assert c.order == min(solver_order, lowered)
+        assert (c.alpha_s0, c.sigma_s0) == pytest.approx((alpha_s, sigma_s), rel=1e-15)
+        assert c.x_weight == pytest.approx(sigma_t / sigma_s * (math.exp(-h) if sde else 1), rel=1e-12, abs=0)
+        assert c.noise_std == pytest.approx(sigma_t * math.sqrt(1 - math.exp(-2 * h)) if sde else 0, rel=1e-12)
+        expected = [(alpha_t * phi_1,)]
+        if c.order >= 2 and i >= 1:
+            assert c.r0 == pytest.approx((lambda_s - levels[i - 1][2]) / h, rel=1e-12)
+            expected.append((alpha_t * phi_1, alpha_t * (phi_1 / 2 if solver_type == "midpoint" else phi_2)))
+        if c.order == 3 and i >= 2:
+            assert c.r1 == pytest.approx((levels[i - 1][2] - levels[i - 2][2]) / h, rel=1e-12)
+            expected.append((alpha_t * phi_1, alpha_t * phi_2, alpha_t * (0.5 - phi_2 / (c_h * h))))
+        assert len(c.weights) == len(expected)
+        for actual, weights in zip(c.weights, expected, strict=True):
+            assert actual == pytest.approx(weights, rel=1e-9)
+
+
+@pytest.mark.parametrize("solver_type", ["bh1", "bh2"])
+@pytest.mark.parametrize("solver_order", [2, 3])
+def test_unipc_coefficients_are_eq_8(solver_type, solver_order):
+    """x_t = (σ_t/σ_s)·x_s - α_t·(e^{-h}-1)·m_0 - α_t·B(h)·Σ ρ_k·D_k with B = -h (bh1) or e^{-h}-1 (bh2);
+    UniP of order 2 and UniC of order 1 take ρ = 1/2, UniC of order 2 solves R ρ = b with R = [[1, 1],
+    [r_1, 1]] and b_k = k!·x·φ_{k+1}(x)/B for x = -h (φ_2(x) = (e^x-1-x)/x², φ_3(x) = (e^x-1-x-x²/2)/x³)."""
+    scheduler = get_scheduler("unipc", {"solver_type": solver_type, "solver_order": solver_order})
+    scheduler.set_timesteps(6)
+    levels = [vp_level(s) for s in scheduler.sigmas.tolist()]
+    for i, c in enumerate(scheduler.coefficients):
+        (alpha_s, sigma_s, lambda_s), (alpha_t, sigma_t, lambda_t) = levels[i], levels[i + 1]
+        h, x = lambda_t - lambda_s, lambda_s - lambda_t
+        b_h = x if solver_type == "bh1" else math.exp(x) - 1
+        orders = min(solver_order, i + 1, 6 - i)  # the points so far and the steps left
+        assert (c.alpha_s0, c.sigma_s0) == pytest.approx((alpha_s, sigma_s), rel=1e-15)
+        assert (c.x_weight, c.m0_weight) == pytest.approx((sigma_t / sigma_s, alpha_t * (math.exp(-h) - 1)), rel=1e-12)
+        assert c.correction_weight == pytest.approx(alpha_t * b_h, rel=1e-12)
+        assert c.rks == pytest.approx([(levels[i - k][2] - lambda_s) / h for k in range(1, orders)], rel=1e-12)
+        assert len(c.predictor_rhos) == len(c.corrector_rhos) == orders
+        assert c.predictor_rhos[0] == () and c.corrector_rhos[0] == (0.5,)
+        if orders >= 2:
+            assert c.predictor_rhos[1] == (0.5,)
+            phi_2, phi_3 = (math.exp(x) - 1 - x) / x**2, (math.exp(x) - 1 - x - x**2 / 2) / x**3
+            rhos = np.linalg.solve([[1, 1], [c.rks[0], 1]], [x * phi_2 / b_h, 2 * x * phi_3 / b_h])
+            assert c.corrector_rhos[1] == pytest.approx(rhos.tolist(), rel=1e-7)

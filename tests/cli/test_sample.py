@@ -13,6 +13,7 @@ from PIL import Image
 
 from diffusion import cli
 from diffusion.cli import sample as cli_sample
+from diffusion.denoiser import Denoiser
 from diffusion.io import model_folder
 from diffusion.models import UNet
 from diffusion.pipeline import DiffusionPipeline
@@ -373,7 +374,7 @@ def test_a_class_conditional_model_draws_a_class_per_seed_unless_told(
 
 def test_ctrl_c_keeps_every_finished_batch_and_says_how_many(tiny_rgb_model, tmp_path, capsys, monkeypatch):
     calls = {"n": 0}
-    predict = DiffusionPipeline._predict
+    predict = Denoiser.__call__
 
     def interrupted(self, *args, **kwargs):
         calls["n"] += 1
@@ -381,7 +382,7 @@ def test_ctrl_c_keeps_every_finished_batch_and_says_how_many(tiny_rgb_model, tmp
             raise KeyboardInterrupt
         return predict(self, *args, **kwargs)
 
-    monkeypatch.setattr(DiffusionPipeline, "_predict", interrupted)
+    monkeypatch.setattr(Denoiser, "__call__", interrupted)
     out = tmp_path / "o"
     args = [
         "--model",
@@ -408,7 +409,7 @@ def test_an_interrupt_before_any_image_leaves_no_output_folder(tiny_rgb_model, t
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(DiffusionPipeline, "_predict", interrupted)
+    monkeypatch.setattr(Denoiser, "__call__", interrupted)
     assert (
         cli.sample_main(["--model", str(tiny_rgb_model), "--steps", "2", "--out", str(tmp_path / "new" / "o")]) == 130
     )

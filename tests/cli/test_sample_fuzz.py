@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from PIL import Image
 
 from diffusion import cli
-from diffusion.pipeline import DiffusionPipeline
+from diffusion.denoiser import Denoiser
 
 pytestmark = pytest.mark.usefixtures("tmp_cwd")
 
@@ -38,11 +38,11 @@ def sample_tmp(tmp_path_factory) -> Path:
 def zero_unet() -> Iterator[None]:
     """Sampling runs its whole loop, validation included, with a UNet stand-in that predicts zeros."""
 
-    def predict(self, x, t, labels, scale, rescale):
+    def predict(self, x, t, labels):
         return torch.zeros(x.shape, dtype=torch.float32)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(DiffusionPipeline, "_predict", predict)
+        patch.setattr(Denoiser, "__call__", predict)
         yield
 
 

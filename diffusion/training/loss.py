@@ -1,11 +1,74 @@
-"""The training loss: a per-sample MSE to the prediction target, optionally Min-SNR weighted; and the
-label dropout of classifier-free guidance training."""
+"""The training objective, whole, in one pure function: `training_loss`.
 
+It takes a batch of clean images and returns the scalar the optimiser minimises; everything random in
+it (label dropout, noise, timesteps) comes from the ``generator`` it is given, drawn on the CPU in that
+order, so that a run is a function of its seed on any device and a resumed run replays the same draws.
+`snr_weights`, `diffusion_loss` and `drop_labels` are its pieces, each usable on its own.
+"""
+
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 
+from ..schedulers import NoiseSchedule
+
 LossWeighting = Literal["uniform", "min-snr"]
+
+
+def training_loss(
+    model: Callable[..., torch.Tensor],
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    labels: torch.Tensor | None,
+    generator: torch.Generator,
+    *,
+    weighting: LossWeighting = "uniform",
+    snr_gamma: float = 5.0,
+    cond_drop_prob: float = 0.0,
+    null_label: int | None = None,
+) -> torch.Tensor:
+    """The denoising loss of one batch (Ho et al. 2020, Algorithm 1), for the schedule's ``prediction_type``.
+
+    Args:
+        model: called as ``model(x_t, t, labels)``; returns ``(b, c, h, w)``.
+        schedule: the noise schedule; its ``config.prediction_type`` is what the model predicts.
+        x0: ``(b, c, h, w)`` clean images, on the model's device.
+        labels: ``(b,)`` class indices, or None for an unconditional model.
+        generator: a CPU generator: the label dropout, then ε, then t are drawn from it.
+        weighting: uniform, or min-snr (`snr_weights`).
+        snr_gamma: γ of Min-SNR.
+        cond_drop_prob: chance that a label becomes ``null_label`` (classifier-free guidance).
+        null_label: the null class, ``num_classes``; needed with labels.
+
+    Returns:
+        A float32 scalar.
+    """
+    prediction_type = schedule.config.prediction_type
+    # ε says nothing about x0 where ᾱ_t = 0 (zero terminal SNR): TrainConfig refuses that pair.
+    assert prediction_type != "epsilon" or schedule.alphas_cumprod[-1] > 0, "ε-prediction at zero SNR"
+    if labels is not None:  # drawn only here, so that unconditional runs keep their random streams
+        labels = drop_labels(labels, null_label, cond_drop_prob, generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # ε ~ N(0, I), (b, c, h, w)
+    t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=generator)  # (b,)
+    alphas_cumprod = schedule.alphas_cumprod[t]  # ᾱ_t, (b,) float64
+    alpha_t = _per_sample(alphas_cumprod.sqrt(), x0)  # √ᾱ_t, (b, 1, 1, 1)
+    sigma_t = _per_sample((1 - alphas_cumprod).sqrt(), x0)  # √(1-ᾱ_t), (b, 1, 1, 1)
+    x_t = alpha_t * x0 + sigma_t * noise  # q(x_t | x0), Ho et al. 2020, eq. 4
+    if prediction_type == "v_prediction":
+        target = alpha_t * noise - sigma_t * x0  # v, Salimans & Ho 2022, sec. 4
+    else:
+        target = noise if prediction_type == "epsilon" else x0  # Ho et al. 2020, eq. 14; or x0 itself
+    snr = (alphas_cumprod / (1 - alphas_cumprod)).float().to(x0.device)  # Kingma et al. 2021, eq. 2, (b,)
+    output = model(x_t, t.to(x0.device), labels)
+    return diffusion_loss(
+        output, target, snr, prediction_type=prediction_type, weighting=weighting, snr_gamma=snr_gamma
+    )
+
+
+def _per_sample(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A float64 ``(b,)`` coefficient in ``like``'s dtype and device, shaped to scale ``(b, c, h, w)``."""
+    return coefficient.to(like.dtype).to(like.device).reshape(-1, 1, 1, 1)  # cast first: some devices lack float64
 
 
 def snr_weights(snr: torch.Tensor, prediction_type: str, weighting: LossWeighting, snr_gamma: float) -> torch.Tensor:
@@ -15,6 +78,7 @@ def snr_weights(snr: torch.Tensor, prediction_type: str, weighting: LossWeightin
     sec. 3.4: the x0-space weight ``min(SNR, γ)`` expressed for the model's prediction type, i.e.
     divided by SNR for ε and by SNR + 1 for v.
     """
+    assert weighting in ("uniform", "min-snr"), weighting
     if weighting == "uniform":
         return torch.ones_like(snr)
     clipped = torch.clamp(snr, max=snr_gamma)
@@ -22,6 +86,7 @@ def snr_weights(snr: torch.Tensor, prediction_type: str, weighting: LossWeightin
         return clipped / snr
     if prediction_type == "v_prediction":
         return clipped / (snr + 1)
+    assert prediction_type == "sample", prediction_type
     return clipped
 
 
@@ -34,33 +99,15 @@ def diffusion_loss(
     weighting: LossWeighting = "uniform",
     snr_gamma: float = 5.0,
 ) -> torch.Tensor:
-    """Weighted mean squared error, computed in float32 whatever the model's dtype.
-
-    Args:
-        model_output: ``(b, c, h, w)``.
-        target: ``(b, c, h, w)``, from ``NoiseSchedule.training_target``.
-        snr: ``(b,)`` signal-to-noise ratio of each sample's timestep.
-        prediction_type: epsilon, v_prediction or sample.
-        weighting: uniform or min-snr.
-        snr_gamma: γ of Min-SNR.
-
-    Returns:
-        A float32 scalar.
-    """
+    """The mean over the batch of each sample's squared error, ``(b, c, h, w)`` to ``(b,)``, weighted by
+    `snr_weights` of its ``(b,)`` SNR: a float32 scalar whatever the model's dtype."""
+    assert model_output.shape == target.shape and model_output.ndim == 4, (model_output.shape, target.shape)
     per_sample = (model_output.float() - target.float()).square().mean(dim=(1, 2, 3))  # (b,)
     weights = snr_weights(snr.float(), prediction_type, weighting, snr_gamma)  # (b,)
     return (weights * per_sample).mean()
 
 
 def drop_labels(labels: torch.Tensor, null_label: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Replace each label by ``null_label`` with probability ``p`` (classifier-free guidance training, Ho &
-    Salimans 2022, Algorithm 1): the one model learns the unconditional prediction as the null class.
-
-    Args:
-        labels: ``(b,)`` int64 class indices.
-        null_label: the null class, ``num_classes``.
-        p: the drop probability, in [0, 1].
-        generator: the source of the ``(b,)`` uniform draws.
-    """
-    drop = torch.rand(labels.shape, generator=generator) < p  # (b,)
-    return labels.masked_fill(drop, null_label)
+    """Each label becomes the null class with probability ``p`` (Ho & Salimans 2022, Algorithm 1)."""
+    drop = torch.rand(labels.shape, generator=generator) < p  # (b,), drawn on the generator's CPU
+    return labels.masked_fill(drop.to(labels.device), null_label)  # the null class is num_classes

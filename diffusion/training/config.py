@@ -1,6 +1,9 @@
 """`TrainConfig`: every setting of a training run, saved as ``train_config.json`` in the output folder,
-and what derives from it: the UNet config, the noise schedule (as the default sampler's config) and
-the learning-rate schedule.
+and what derives from it: the UNet config, the noise schedule (as the default sampler's config), the
+run's length and the learning-rate schedule.
+
+`TrainConfig.__post_init__` and `model_config` are where settings enter the library: they raise a
+one-line ``ValueError`` for a wrong one; the code behind them asserts what they guarantee.
 
 The command-line flags of ``train.py`` are generated from these fields (see `diffusion.cli`), so a
 field's comment is also its ``--help`` text.
@@ -149,9 +152,14 @@ def model_config(config: TrainConfig, unet_overrides: dict | None = None, num_pr
     ``num_processes`` share each batch: one forward pass holds ``batch_size / grad_accum / num_processes``.
 
     Raises:
-        ValueError: for a bad override, a micro-batch too large for one forward pass
-            (`UNetConfig.check_forward_size`), or a UNet over `MAX_PARAMETERS`.
+        ValueError: for a batch the processes cannot share evenly, a bad override, a micro-batch too large
+            for one forward pass (`UNetConfig.check_forward_size`), or a UNet over `MAX_PARAMETERS`.
     """
+    if config.batch_size % (config.grad_accum * num_processes):
+        raise ValueError(
+            f"--batch-size {config.batch_size} must be divisible by --grad-accum ({config.grad_accum}) times the "
+            f"number of processes ({num_processes})"
+        )
     overrides = read_json(config.model_config) if config.model_config else {}
     overrides |= unet_overrides or {}
     overrides["in_channels"] = config.channels
@@ -248,9 +256,22 @@ def unused_settings(
 
 
 def scheduler_config(config: TrainConfig) -> DPMSolverConfig:
-    """The noise schedule of the run, as the default sampler's config (`model_folder.run_sampler`, which
-    reads checkpoints with it too)."""
+    """The run's noise schedule, as its default sampler's config (`model_folder.run_sampler`)."""
     return run_sampler(config.to_dict()).config
+
+
+def epoch_steps(epochs: float, steps_per_epoch: float) -> int:
+    """The optimiser steps of ``epochs`` passes over the data: at least one."""
+    return max(1, math.ceil(epochs * steps_per_epoch))
+
+
+def total_steps(config: TrainConfig, steps_per_epoch: float) -> int:
+    """The run's length in optimiser steps: ``--max-steps`` or ``--epochs``, whichever ends it first."""
+    lengths = [] if config.max_steps is None else [config.max_steps]
+    if config.epochs is not None:
+        lengths.append(epoch_steps(config.epochs, steps_per_epoch))
+    assert lengths, "Trainer refuses a run without --max-steps or --epochs"
+    return min(lengths)
 
 
 def lr_factor(step: int, config: TrainConfig, total: int) -> float:

@@ -13,8 +13,7 @@ class EMA:
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay!r}")
+        assert 0.0 <= decay < 1.0, decay  # TrainConfig checks --ema-decay
         self.decay = decay
         self.num_updates = 0
         self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters()}

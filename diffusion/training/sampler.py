@@ -25,11 +25,8 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         start_step: int,
         end_step: int,
     ) -> None:
-        if batch_size % (grad_accum * world_size):
-            raise ValueError(
-                f"--batch-size {batch_size} must be divisible by --grad-accum ({grad_accum}) times the "
-                f"number of processes ({world_size})"
-            )
+        # `config.model_config` refuses a batch that the processes and micro-steps cannot share evenly.
+        assert batch_size % (grad_accum * world_size) == 0, (batch_size, grad_accum, world_size)
         self.n, self.batch_size, self.grad_accum = dataset_size, batch_size, grad_accum
         self.rank, self.seed = rank, seed
         self.per_process = batch_size // (grad_accum * world_size)

@@ -9,24 +9,24 @@ from PIL import Image
 
 from diffusion import DiffusionPipeline
 from diffusion.editing import mask_to_tensor, renoise, start_index, visit_order
-from diffusion.models import UNet, UNetConfig
 from diffusion.schedulers import SCHEDULER_NAMES, get_scheduler, randn_tensor
 
 EDITING_SAMPLERS = [name for name in SCHEDULER_NAMES if name != "heun"]
 
 
-def tiny_pipeline(scheduler: str = "dpmsolver++") -> DiffusionPipeline:
-    torch.manual_seed(0)
-    config = UNetConfig(
-        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-        attention_levels=(), norm_groups=8,
-    )  # fmt: skip
-    return DiffusionPipeline(UNet(config), get_scheduler(scheduler, {"timestep_spacing": "trailing"}))
+@pytest.fixture(scope="module")
+def editing_pipeline(make_tiny_pipeline):
+    """A new tiny pipeline whose scheduler is ``name`` with trailing spacing."""
+
+    def make(name: str = "dpmsolver++") -> DiffusionPipeline:
+        return make_tiny_pipeline(scheduler=get_scheduler(name, {"timestep_spacing": "trailing"}))
+
+    return make
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
+def pipe(editing_pipeline):
+    return editing_pipeline()
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +89,11 @@ def test_noise_level_is_the_level_add_noise_gives_at_each_step(name):
 
 @pytest.mark.parametrize("name", EDITING_SAMPLERS)
 @pytest.mark.parametrize("resample", [1, 2])
-def test_the_known_region_the_model_sees_is_the_image_noised_to_its_timestep(name, resample):
+def test_the_known_region_the_model_sees_is_the_image_noised_to_its_timestep(editing_pipeline, name, resample):
     """At every model call, RePaint jumps included, the known pixels of the model input x_t are
     √ᾱ_t·x_0 + √(1-ᾱ_t)·ε with ε ~ N(0, 1): pasting at another step's level would shift their mean
     (x_0 = 1 there) or scale their spread."""
-    pipe = tiny_pipeline(name)
+    pipe = editing_pipeline(name)
     sampler = pipe.make_scheduler(name)
     alphas_cumprod = sampler.schedule.alphas_cumprod
     image = torch.ones(1, 1, 64, 64)  # white: x_0 = 1
@@ -118,10 +118,10 @@ def test_the_known_region_the_model_sees_is_the_image_noised_to_its_timestep(nam
         assert abs(mean) < 0.07 and abs(std - 1) < 0.07, stats  # 4 standard errors of 3,584 samples
 
 
-def test_karras_grids_with_repeated_timesteps_edit_by_index():
+def test_karras_grids_with_repeated_timesteps_edit_by_index(editing_pipeline):
     """Karras σ with many steps rounds some timesteps to the same integer; editing still starts and
     jumps by grid index."""
-    pipe = tiny_pipeline()
+    pipe = editing_pipeline()
     sampler = pipe.make_scheduler("dpmsolver++", use_karras_sigmas=True)
     sampler.set_timesteps(100)
     assert len(set(sampler.timesteps.tolist())) < 100  # repeats exist
@@ -186,9 +186,9 @@ def test_repaint_resampling_costs_resample_times_the_evaluations(pipe, picture, 
     assert seen == visit_order(0, 6, 2, 3) and len(seen) == 18
 
 
-def test_inpainting_with_a_perfect_denoiser_blends_nothing_in_the_known_region():
+def test_inpainting_with_a_perfect_denoiser_blends_nothing_in_the_known_region(editing_pipeline):
     """A model that always predicts x̂_0 = the image makes the hole fill with the image itself."""
-    pipe = tiny_pipeline("ddim")
+    pipe = editing_pipeline("ddim")
     image = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     x0 = image * 2 - 1
     alphas_cumprod = pipe.scheduler.schedule.alphas_cumprod

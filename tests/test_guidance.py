@@ -105,13 +105,8 @@ def test_both_branches_run_in_one_batched_forward_and_shortcuts_skip_one():
     assert pipe.unet.calls == [(2, None)] * 3
 
 
-def test_batched_guidance_agrees_with_the_single_branch_paths_on_a_real_unet():
-    torch.manual_seed(0)
-    config = UNetConfig(
-        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-        attention_levels=(1,), norm_groups=8, num_classes=3,
-    )  # fmt: skip
-    pipe = DiffusionPipeline(UNet(config), get_scheduler("dpmsolver++"), CLASS_NAMES)
+def test_batched_guidance_agrees_with_the_single_branch_paths_on_a_real_unet(make_tiny_pipeline):
+    pipe = make_tiny_pipeline(CLASS_NAMES, get_scheduler("dpmsolver++"), attention_levels=(1,))
     with torch.no_grad():
         pipe.unet.class_embed.weight.mul_(10)  # make the classes matter
     kwargs = dict(num_images=3, num_inference_steps=4, class_labels=[0, 1, 2], output_type="tensor", seed=5)
@@ -156,10 +151,8 @@ def test_bad_conditioning_is_a_clear_error(kwargs, message):
         oracle_pipeline()(3, 2, output_type="tensor", **kwargs)
 
 
-def test_an_unconditional_model_refuses_labels_and_guidance(tmp_path):
-    torch.manual_seed(0)
-    config = UNetConfig(in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), norm_groups=8)
-    pipe = DiffusionPipeline(UNet(config), get_scheduler("ddim"))
+def test_an_unconditional_model_refuses_labels_and_guidance(tiny_pipeline):
+    pipe = tiny_pipeline
     with pytest.raises(ValueError, match="class labels were given, but this model is unconditional"):
         pipe(1, 2, class_labels="cat")
     with pytest.raises(ValueError, match="guidance needs a class-conditional model; this model is unconditional"):
@@ -210,8 +203,6 @@ def test_random_classes_come_from_each_images_seed():
     assert with_generator.tolist() == torch.randint(3, (4,), generator=torch.Generator().manual_seed(1)).tolist()
 
 
-def test_random_classes_need_a_class_conditional_model():
-    torch.manual_seed(0)
-    config = UNetConfig(in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), norm_groups=8)
+def test_random_classes_need_a_class_conditional_model(tiny_pipeline):
     with pytest.raises(ValueError, match="class_labels='random' needs a class-conditional model"):
-        DiffusionPipeline(UNet(config), get_scheduler("ddim"))(1, 2, class_labels="random")
+        tiny_pipeline(1, 2, class_labels="random")

@@ -11,7 +11,6 @@ from diffusion.io.model_folder import SHIPPED_MODEL
 from diffusion.models import UNet, UNetConfig
 from diffusion.schedulers import (
     SCHEDULER_NAMES,
-    DDIMConfig,
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverConfig,
@@ -22,24 +21,21 @@ from diffusion.schedulers import (
 )
 
 
-def tiny_pipeline(channels: int = 1, **scheduler) -> DiffusionPipeline:
-    torch.manual_seed(0)
-    config = UNetConfig(
-        in_channels=channels,
-        sample_size=(8, 12),
-        base_channels=16,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_levels=(1,),
-        norm_groups=8,
-        head_channels=16,
-    )
-    return DiffusionPipeline(UNet(config), DDIMScheduler(DDIMConfig(**scheduler)), ["a", "b"])
+@pytest.fixture(scope="module")
+def make_pipeline(make_tiny_pipeline):
+    """A new tiny two-class pipeline with DDIM, 8x12 with attention."""
+
+    def make() -> DiffusionPipeline:
+        return make_tiny_pipeline(
+            ["a", "b"], DDIMScheduler(), sample_size=(8, 12), attention_levels=(1,), head_channels=16
+        )
+
+    return make
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
+def pipe(make_pipeline):
+    return make_pipeline()
 
 
 def test_output_types(pipe):
@@ -117,11 +113,11 @@ def test_karras_sigmas_and_fractional_timesteps_reach_the_model(pipe):
         pipe(1, 2, scheduler="euler", eta=0.5)
 
 
-def test_any_sampler_from_any_default_keeps_the_schedule_and_drops_foreign_settings():
+def test_any_sampler_from_any_default_keeps_the_schedule_and_drops_foreign_settings(make_pipeline):
     """A model whose own sampler is DPM-Solver++ (solver_type "heun", order 3) can still sample with
     UniPC, whose solver_type means something else: only the shared fields carry over."""
     config = DPMSolverConfig(beta_schedule="cosine", prediction_type="v_prediction", solver_type="heun", solver_order=3)
-    dpm = DiffusionPipeline(tiny_pipeline().unet, DPMSolverMultistepScheduler(config))
+    dpm = DiffusionPipeline(make_pipeline().unet, DPMSolverMultistepScheduler(config))
     for name in SCHEDULER_NAMES:
         scheduler = dpm.make_scheduler(name)
         assert (scheduler.config.beta_schedule, scheduler.config.prediction_type) == ("cosine", "v_prediction")
@@ -256,13 +252,8 @@ def test_shipped_model_loads_and_generates():
 
 
 @pytest.mark.parametrize("labels", [None, [0, 1]])
-def test_channels_last_gives_the_same_images(labels):
-    torch.manual_seed(0)
-    config = UNetConfig(
-        in_channels=1, sample_size=(8, 8), base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-        attention_levels=(1,), norm_groups=8, head_channels=16, num_classes=2,
-    )  # fmt: skip
-    pipe = DiffusionPipeline(UNet(config), DPMSolverMultistepScheduler(), ["a", "b"])
+def test_channels_last_gives_the_same_images(make_tiny_pipeline, labels):
+    pipe = make_tiny_pipeline(["a", "b"], DPMSolverMultistepScheduler(), attention_levels=(1,), head_channels=16)
     kwargs = dict(num_images=2, num_inference_steps=4, class_labels=labels, guidance_scale=2.0 if labels else None)
     plain = pipe(**kwargs, output_type="tensor")
     pipe.to(memory_format=torch.channels_last)
@@ -295,8 +286,8 @@ def test_a_compiled_unet_gives_the_eager_images():
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-4)
 
 
-def test_a_unet_assigned_after_compile_is_the_one_that_samples():
-    pipe = tiny_pipeline()
+def test_a_unet_assigned_after_compile_is_the_one_that_samples(make_pipeline):
+    pipe = make_pipeline()
     before = pipe(1, 2, output_type="tensor")
     pipe._compiled = (pipe.unet, lambda *args: pytest.fail("the compiled form of a replaced UNet was called"))
     torch.manual_seed(1)

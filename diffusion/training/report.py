@@ -1,14 +1,15 @@
-"""What a run tells people about itself: the start-up summary it logs, and the model card (``README.md``)
-it writes into ``OUT/model``, with a ``train.py`` command rebuilt from its config."""
+"""What a run tells people about itself: the start-up summary and warnings it logs, and the model card
+(``README.md``) it writes into ``OUT/model``, with a ``train.py`` command rebuilt from its config. The
+card's paths are relative to the folder the run started in, so that it reads the same in any checkout."""
 
 import dataclasses
-import math
+import os
 import shlex
 from pathlib import Path
 
 from .. import __version__
 from ..models import UNetConfig
-from .config import TrainConfig
+from .config import TrainConfig, epoch_steps
 
 PRECISIONS = {"no": "fp32", "bf16": "bf16 autocast (weights fp32)", "fp16": "fp16 autocast (weights fp32)"}
 SHOWN_CLASSES = 10  # class names in the start-up summary; the model card lists every one
@@ -27,7 +28,7 @@ def length_source(config: TrainConfig, total: int, steps_per_epoch: float) -> st
         return f"--epochs {config.epochs:g} at {steps_per_epoch:g} steps per epoch"
     if config.epochs is None:
         return f"--max-steps {config.max_steps}"
-    by_epochs = max(1, math.ceil(config.epochs * steps_per_epoch))
+    by_epochs = epoch_steps(config.epochs, steps_per_epoch)
     first = "--max-steps" if config.max_steps == total else "--epochs"
     return f"{first} is reached first: --max-steps {config.max_steps}, --epochs {config.epochs:g} = {by_epochs} steps"
 
@@ -63,6 +64,23 @@ def startup_lines(
         f"output folder: {config.out}",
         f"steps: {total} in total ({length_source(config, total, steps_per_epoch)}); {where}",
     ]
+
+
+def length_warnings(config: TrainConfig, total: int) -> list[str]:
+    """Learning-rate settings this run's length makes odd (the run still uses them): one line each."""
+    found = []
+    if config.warmup_steps > total:
+        found.append(
+            f"the learning rate warms up over {config.warmup_steps} steps (--warmup-steps), longer than this run "
+            f"({total} steps): it never reaches --lr {config.lr:g}; lower --warmup-steps"
+        )
+    if config.lr_schedule == "cosine" and config.warmup_steps >= total:
+        found.append(
+            f"--lr-schedule cosine decays the learning rate after the warmup ({config.warmup_steps} steps), which "
+            f"lasts this whole run ({total} steps): it decays only if the run is extended past the warmup; lower "
+            "--warmup-steps"
+        )
+    return found
 
 
 # ----- the model card -----
@@ -123,6 +141,17 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min {s:02d} s" if hours else f"{minutes} min {s:02d} s"
 
 
+def portable(path: str) -> str:
+    """``path`` as it works in any checkout: relative to the current folder (``data/cats``, or
+    ``../data/cats``) rather than one machine's absolute folders, where it can be."""
+    if not Path(path).is_absolute():
+        return path
+    try:
+        return Path(os.path.relpath(path)).as_posix()
+    except ValueError:  # another drive on Windows: no relative path leads there
+        return path
+
+
 def model_card(
     *,
     config: TrainConfig,
@@ -141,43 +170,17 @@ def model_card(
     sampler_steps: int,
     guidance_scale: float,
 ) -> str:
-    """The ``README.md`` of a trained model folder, in the shape of ``assets/fashion-mnist/README.md``."""
+    """The ``README.md`` of a trained model folder, in the shape of ``assets/fashion-mnist/README.md``. Its
+    paths are `portable`: the card and its command read the same in any checkout."""
+    config = dataclasses.replace(config, data=portable(config.data), out=portable(config.out))
     height, width = unet.sample_size
     kind = "class-conditional" if class_names else "unconditional"
-    architecture = (
-        f"UNet preset `{config.preset}`{' with --model-config ' + config.model_config if config.model_config else ''}"
-        f"{' and UNet flags' if unet_overrides else ''}: {parameters:,} parameters, channels {unet.base_channels}, "
-        f"mult {tuple(unet.channel_mult)}, {unet.num_res_blocks} res block(s) per level, attention at levels "
-        f"{tuple(unet.attention_levels)}{' and in the middle' if unet.mid_attention else ''}, "
-        f"{unet.in_channels} input channel(s)"
-    )
-    if class_names:
-        architecture += f", {len(class_names)} classes + the null class"
-        conditioning = (
-            f"the class (`class_labels`: {', '.join(f'`{n}`' for n in class_names)}); trained with "
-            f"{config.cond_drop_prob:.0%} of labels dropped to the null class, for classifier-free guidance "
-            f"(default w = {guidance_scale:g})"
-        )
-    else:
-        conditioning = "none (unconditional)"
-    diffusion = f"T = {config.num_train_timesteps}, {config.beta_schedule} betas"
-    diffusion += ", rescaled to zero terminal SNR" if config.zero_terminal_snr else ""
-    diffusion += f", {config.prediction_type} prediction; default sampler `{sampler}`, {sampler_steps} steps"
     colour = "grayscale" if config.channels == 1 else "RGB"
-    epochs = steps * config.batch_size / images
-    if metrics:
-        last = metrics[-10:]
-        loss = (
-            f"the last logged loss was {metrics[-1]['loss']:.4g} (step {metrics[-1]['step']}); the mean of the "
-            f"last {len(last)} logged losses was {sum(r['loss'] for r in last) / len(last):.4g}"
-        )
-    else:
-        loss = "no metrics were logged"
     rows = [
-        ("architecture", architecture),
-        ("conditioning", conditioning),
+        ("architecture", _architecture(config, unet, unet_overrides, parameters, len(class_names))),
+        ("conditioning", _conditioning(config, class_names, guidance_scale)),
         ("weights", f"EMA of the training weights (decay {config.ema_decay:g}), float32, `unet/model.safetensors`"),
-        ("diffusion", diffusion),
+        ("diffusion", _diffusion(config, sampler, sampler_steps)),
         ("data", f"`{config.data}`: {images:,} images ({skipped} skipped), fitted to {height}x{width} {colour}"),
         ("trained by", f"pixel-diffusion {__version__} `train.py` on {device} x {processes} process(es), "
          f"precision {PRECISIONS[config.mixed_precision]}"),
@@ -199,10 +202,49 @@ def model_card(
             "```",
             "",
             f"- **Steps:** {steps:,} steps of batch {config.batch_size}: {steps * config.batch_size:,} images, "
-            f"{epochs:.3g} epochs.",
-            f"- **Loss:** {loss}.",
+            f"{steps * config.batch_size / images:.3g} epochs.",
+            f"- **Loss:** {_loss(metrics)}.",
             f"- **Wall time:** {duration(elapsed_s)} of training, summed over the sessions that led to these "
             "weights (steps redone after an interruption count once).",
             "",
         ]
+    )
+
+
+def _architecture(
+    config: TrainConfig, unet: UNetConfig, unet_overrides: dict | None, parameters: int, classes: int
+) -> str:
+    text = (
+        f"UNet preset `{config.preset}`{' with --model-config ' + config.model_config if config.model_config else ''}"
+        f"{' and UNet flags' if unet_overrides else ''}: {parameters:,} parameters, channels {unet.base_channels}, "
+        f"mult {tuple(unet.channel_mult)}, {unet.num_res_blocks} res block(s) per level, attention at levels "
+        f"{tuple(unet.attention_levels)}{' and in the middle' if unet.mid_attention else ''}, "
+        f"{unet.in_channels} input channel(s)"
+    )
+    return text + (f", {classes} classes + the null class" if classes else "")
+
+
+def _conditioning(config: TrainConfig, class_names: list[str], guidance_scale: float) -> str:
+    if not class_names:
+        return "none (unconditional)"
+    return (
+        f"the class (`class_labels`: {', '.join(f'`{n}`' for n in class_names)}); trained with "
+        f"{config.cond_drop_prob:.0%} of labels dropped to the null class, for classifier-free guidance "
+        f"(default w = {guidance_scale:g})"
+    )
+
+
+def _diffusion(config: TrainConfig, sampler: str, sampler_steps: int) -> str:
+    text = f"T = {config.num_train_timesteps}, {config.beta_schedule} betas"
+    text += ", rescaled to zero terminal SNR" if config.zero_terminal_snr else ""
+    return text + f", {config.prediction_type} prediction; default sampler `{sampler}`, {sampler_steps} steps"
+
+
+def _loss(metrics: list[dict]) -> str:
+    if not metrics:
+        return "no metrics were logged"
+    last = metrics[-10:]
+    return (
+        f"the last logged loss was {metrics[-1]['loss']:.4g} (step {metrics[-1]['step']}); the mean of the "
+        f"last {len(last)} logged losses was {sum(r['loss'] for r in last) / len(last):.4g}"
     )

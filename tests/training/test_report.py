@@ -14,7 +14,7 @@ from diffusion.cli import train_parser
 from diffusion.io.files import verify_manifest, write_manifest
 from diffusion.models import UNet, UNetConfig
 from diffusion.training import TrainConfig, Trainer
-from diffusion.training.report import class_list, duration, length_source, train_command
+from diffusion.training.report import class_list, duration, length_source, portable, train_command
 
 
 @pytest.fixture
@@ -81,7 +81,8 @@ def test_summary_helpers():
     assert [duration(s) for s in (12.34, 2388, 7509)] == ["12.3 s", "39 min 48 s", "2 h 05 min 09 s"]
 
 
-def test_the_model_card_describes_the_run_and_its_command_reruns_it(tmp_path, data):
+def test_the_model_card_describes_the_run_and_its_command_reruns_it(tmp_path, data, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the checkout: the card names data/ and out/ relative to it
     c = config(tmp_path, class_cond=True, max_steps=4, lr_schedule="cosine", hflip=False)
     Trainer(c, TINY).train(stop_at_step=2)
     step_2 = tmp_path / "out" / "checkpoints" / "step-2"
@@ -104,7 +105,7 @@ def test_the_model_card_describes_the_run_and_its_command_reruns_it(tmp_path, da
         "class, for classifier-free guidance (default w = 1.5) |",
         "| weights | EMA of the training weights (decay 0.9), float32, `unet/model.safetensors` |",
         "| diffusion | T = 1000, linear betas, epsilon prediction; default sampler `dpmsolver++3m-sde`, 20 steps |",
-        f"| data | `{data}`: 8 images (1 skipped), fitted to 8x8 RGB |",
+        "| data | `data`: 8 images (1 skipped), fitted to 8x8 RGB |",
         "- **Steps:** 4 steps of batch 4: 16 images, 2 epochs.",
     ]:
         assert row in card.splitlines(), row
@@ -120,9 +121,12 @@ def test_the_model_card_describes_the_run_and_its_command_reruns_it(tmp_path, da
     assert command[:2] == ["python", "train.py"]
     args = vars(train_parser().parse_args(command[2:]))
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert TrainConfig(**{k: v for k, v in args.items() if k in train_fields}) == c
+    assert TrainConfig(**{k: v for k, v in args.items() if k in train_fields}) == dataclasses.replace(
+        c, data="data", out="out"
+    )
     assert {k: v for k, v in args.items() if k not in train_fields and v is not None} == TINY
 
+    assert str(tmp_path) not in card  # no folder of this machine
     # The card is for people: outside the weights' manifest, which still verifies.
     assert sorted(json.loads((model / "manifest.json").read_text())["files"]) == ["unet/model.safetensors"]
     assert verify_manifest(model)
@@ -140,6 +144,13 @@ def test_an_old_checkpoint_without_elapsed_time_resumes_from_zero(tmp_path, data
     seconds = float(re.search(r"\*\*Wall time:\*\* ([\d.]+) s of training", card).group(1))
     final = json.loads((tmp_path / "out" / "checkpoints" / "step-4" / "trainer_state.json").read_text())
     assert 0 < final["elapsed_s"] <= seconds + 0.05 < 60  # the card, written after step-4, rounds to 0.1 s
+
+
+def test_portable_paths_are_relative_to_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert portable("data/cats") == "data/cats"  # as typed
+    assert portable(str(tmp_path / "data" / "cats")) == "data/cats"
+    assert portable(str(tmp_path.parent / "runs" / "a")) == "../runs/a"
 
 
 def test_train_command_quotes_and_spells_every_kind_of_value():

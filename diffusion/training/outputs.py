@@ -1,4 +1,5 @@
-"""What a run writes into ``OUT`` beside its checkpoints, and how a restart keeps what it abandons.
+"""What a run writes into ``OUT`` beside its checkpoints (metrics rows, the final model, the loss curve),
+and how a restart keeps what it abandons.
 
 A run that starts over (``--resume never``), continues from an older checkpoint (``--resume PATH`` in
 ``OUT/checkpoints``) or from one elsewhere (another run's, or one in ``OUT/abandoned/``) abandons a
@@ -16,6 +17,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from PIL import Image
+
+from ..image import make_grid, save_png
 from ..io.checkpoint import (
     ABANDONED,
     CHECKPOINTS,
@@ -24,12 +28,16 @@ from ..io.checkpoint import (
     checkpoints_after,
     commit_checkpoint,
     copy_checkpoint,
+    is_own_checkpoint,
     move_aside,
     pending_checkpoint,
 )
 from ..io.files import MANIFEST_NAME, CorruptFolderError, verify_manifest, write_text
 from ..io.weights import WEIGHTS_NAME
+from ..pipeline import DiffusionPipeline
 from .errors import TrainingError
+from .plot import loss_curve
+from .safety import disk_errors
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +66,50 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
+def append_metrics(out: Path, row: dict) -> None:
+    """Add one row to metrics.jsonl."""
+    with open(out / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def write_sample_grid(out: Path, pipe: DiffusionPipeline, step: int, num_images: int, steps: int) -> Image.Image:
+    """Sample ``num_images`` from seed 0 with ``steps`` of ``pipe``'s sampler into ``samples/step-N.png``; a
+    class-conditional grid cycles through the classes, guided at the pipeline's default scale."""
+    labels = [i % len(pipe.class_names) for i in range(num_images)] if pipe.class_names else None
+    images = pipe(num_images=num_images, num_inference_steps=steps, seed=0, class_labels=labels)
+    meta = {"step": str(step), "sampler": pipe.scheduler_name(), "steps": str(steps), "seed": "0"}
+    (out / SAMPLES).mkdir(exist_ok=True)
+    grid = make_grid(images)
+    save_png(grid, out / SAMPLES / f"step-{step}.png", meta)
+    return grid
+
+
+def write_loss_curve(out: Path) -> None:
+    rows = read_metrics(out / METRICS)
+    loss_curve([r["step"] for r in rows], [r["loss"] for r in rows], out / LOSS_CURVE)
+
+
 def trim_metrics(out: Path, step: int) -> None:
     """Forget rows logged after ``step`` (left by a crash after the checkpoint): they are logged again."""
     path = out / METRICS
     if path.is_file():
         rows = [json.dumps(r) for r in read_metrics(path) if r["step"] <= step]
         write_text(path, "".join(r + "\n" for r in rows))
+
+
+def continue_history(out: Path, resume: str, resume_from: Path | None, step: int, keep: int) -> None:
+    """Make ``OUT`` hold the one history that continues from ``step`` of the checkpoint ``resume_from``
+    (None: a new run from step 0), as ``--resume`` asked: whatever a previous run left beyond it is
+    another history, moved aside so that ``--resume auto`` and the metrics never mix two."""
+    if resume == "never":
+        abandon_all(out)
+    elif resume_from is None:  # nothing to resume (checkpoints deleted, a link to an unmounted disk)
+        abandon_all(out, "no-checkpoint")
+    elif not is_own_checkpoint(out, resume_from, step):
+        adopt_checkpoint(out, resume_from, step, keep)
+    else:
+        abandon_after(out, step)
+    trim_metrics(out, step)
 
 
 def abandon_after(out: Path, step: int) -> Path | None:
@@ -178,6 +224,20 @@ def check_model_target(out: Path) -> None:
             f"{model} is {kind}; the final model is renamed into place there, which {kind} cannot take. "
             "Make it a plain folder (or remove it), or use a new --out"
         )
+
+
+def write_model(out: Path, pipe: DiffusionPipeline, card: str, step: int) -> None:
+    """Write the final model and its card (``README.md``, outside the weights' manifest) whole under a
+    temporary name, then make it ``OUT/model`` (`install_model`): it is never half-written."""
+    tmp = out / ".tmp-model"
+    try:
+        with disk_errors("the final model"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            pipe.save_pretrained(tmp)
+            write_text(tmp / "README.md", card)
+            install_model(out, tmp, step)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after a failure: give the space back
 
 
 def install_model(out: Path, new_model: Path, step: int) -> None:

@@ -1,4 +1,4 @@
-"""Checkpoint integrity, write failures and safe loading (issue 9), on the tiny runs of test_trainer."""
+"""Checkpoint integrity, write failures and safe loading, on the tiny runs of test_trainer."""
 
 import errno
 import json
@@ -17,7 +17,7 @@ from diffusion.io.checkpoint import check_checkpoint, list_checkpoints, load_pic
 from diffusion.io.files import CorruptFolderError, sha256_of, verify_manifest, write_manifest
 from diffusion.io.model_folder import SHIPPED_MODEL
 from diffusion.pipeline import DiffusionPipeline
-from diffusion.training import Trainer, TrainingError
+from diffusion.training import Trainer, TrainingError, checkpointing
 from diffusion.training import trainer as trainer_module
 
 
@@ -80,10 +80,12 @@ def test_resume_auto_falls_back_to_the_previous_good_checkpoint(tmp_path, data, 
     Trainer(config(tmp_path), TINY).train(stop_at_step=4)  # writes step-2 and step-4
     bad = tmp_path / "out" / "checkpoints" / "step-4"
     damage(bad)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         assert Trainer(config(tmp_path), TINY).train() == tmp_path / "out" / "model"
     warning = next(r.getMessage() for r in caplog.records if "damaged" in r.getMessage())
     assert f"checkpoint {bad} is damaged" in warning and reason in warning and "kept as corrupt-step-4" in warning
+    step_2 = tmp_path / "out" / "checkpoints" / "step-2"
+    assert f"steps: 4 in total (--max-steps 4); resuming from {step_2} at step 2 (2 to go)" in caplog.messages
     kept = tmp_path / "out" / "checkpoints" / "corrupt-step-4"
     assert kept.is_dir() and (kept / "trainer_state.json").is_file()  # never deleted
     with pytest.raises(CorruptFolderError):
@@ -113,8 +115,8 @@ def test_no_intact_checkpoint_left_stops_instead_of_starting_over(tmp_path, data
         Trainer(config(tmp_path), TINY).train()
 
 
-def test_disk_full_during_a_checkpoint_stops_cleanly_and_resume_works(tmp_path, data, monkeypatch, capsys):
-    real = trainer_module.save_safetensors
+def test_disk_full_during_a_checkpoint_stops_cleanly_and_resume_works(tmp_path, data, monkeypatch, capsys, caplog):
+    real = checkpointing.save_safetensors
 
     def full_at_step_4(filename, tensors, *args, **kwargs):
         if "step-4" in str(filename):
@@ -126,7 +128,7 @@ def test_disk_full_during_a_checkpoint_stops_cleanly_and_resume_works(tmp_path, 
     argv += ["--checkpoint-every", "2", "--sample-every", "0", "--log-every", "1", "--ema-decay", "0.9"]
     monkeypatch.setattr("sys.argv", ["train.py", *argv, "--out", str(tmp_path / "straight")])
     assert train_main() == 0  # an uninterrupted run to compare with
-    monkeypatch.setattr(trainer_module, "save_safetensors", full_at_step_4)
+    monkeypatch.setattr(checkpointing, "save_safetensors", full_at_step_4)
     monkeypatch.setattr("sys.argv", ["train.py", *argv, "--out", str(tmp_path / "out")])
     assert train_main() == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -136,8 +138,10 @@ def test_disk_full_during_a_checkpoint_stops_cleanly_and_resume_works(tmp_path, 
     root = tmp_path / "out" / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["step-2"]  # the partial step-4 was cleaned up
     assert verify_manifest(root / "step-2")
-    monkeypatch.setattr(trainer_module, "save_safetensors", real)  # space is back
-    assert train_main() == 0
+    monkeypatch.setattr(checkpointing, "save_safetensors", real)  # space is back
+    with caplog.at_level(logging.INFO):
+        assert train_main() == 0
+    assert f"resuming from {root / 'step-2'} at step 2 (2 to go)" in caplog.text
     assert_same_weights(tmp_path / "straight", tmp_path / "out")
 
 
@@ -153,11 +157,11 @@ def test_other_write_failures_are_one_line_training_errors(tmp_path, data, monke
         fail()
 
     if what == "metrics.jsonl":
-        monkeypatch.setattr(Trainer, "_log", fail)
+        monkeypatch.setattr(trainer_module, "append_metrics", fail)
     elif what == "the final model":
         monkeypatch.setattr(DiffusionPipeline, "save_pretrained", fail_half_way)
     else:
-        monkeypatch.setattr(Trainer, "_write_loss_curve", fail)
+        monkeypatch.setattr(trainer_module, "write_loss_curve", fail)
     with pytest.raises(TrainingError, match=rf"could not write {what}: Permission denied \(somewhere\)\. Earlier"):
         Trainer(config(tmp_path), TINY).train()
     assert (tmp_path / "out" / "model").is_dir() == (what == "loss.png")  # written before loss.png
@@ -192,7 +196,7 @@ def test_a_failed_run_leaves_no_new_out_behind(tmp_path, data, monkeypatch, caps
         def out_of_memory(*args, **kwargs):
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes.")
 
-        monkeypatch.setattr(trainer_module, "diffusion_loss", out_of_memory)
+        monkeypatch.setattr(trainer_module, "training_loss", out_of_memory)
         message = "out of memory (tried to allocate 1.0 GiB); use a smaller --batch-size"
     assert train_main(argv) == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]

@@ -2,8 +2,10 @@
 
 import json
 import logging
+import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,14 +93,58 @@ def test_tiny_run_writes_every_output(tmp_path, data):
     torch.testing.assert_close(pipe.unet.state_dict()["conv_in.weight"], ema["conv_in.weight"], rtol=0, atol=0)
 
 
-def test_resume_reproduces_the_uninterrupted_run_bit_exactly(tmp_path, data):
+def test_a_tiny_model_learns_in_twenty_steps(tmp_path, data):
+    """The loss falls on one batch: the same 8 images every step, new noise and timesteps each time.
+    (The slow tests/models/test_unet.py::test_tiny_model_overfits_one_batch goes further, without the loop.)"""
+    c = config(tmp_path, batch_size=8, max_steps=20, lr=3e-3, warmup_steps=0, hflip=False, checkpoint_every=20)
+    Trainer(c, TINY).train()
+    losses = [json.loads(r)["loss"] for r in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, losses  # a loop that does not learn stays near its first losses
+
+
+def adam_steps(trainer: Trainer) -> int:
+    """AdamW's step count: the updates the weights have had, restored from a checkpoint or made since."""
+    state = getattr(trainer.optimizer, "optimizer", trainer.optimizer).state
+    counts = {int(s["step"]) for s in state.values()}
+    assert len(counts) <= 1, counts
+    return counts.pop() if counts else 0
+
+
+def counting_steps(monkeypatch, trainer: Trainer) -> list[int]:
+    """The optimiser's step count at each `training_loss` call (each micro-batch) of ``trainer``."""
+    seen, real = [], trainer_module.training_loss
+
+    def spy(*args, **kwargs):
+        seen.append(adam_steps(trainer))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "training_loss", spy)
+    return seen
+
+
+def cosine_lr(step: int, lr: float = 2e-4, warmup: int = 2, total: int = 6) -> float:
+    """The learning rate after ``step`` steps: linear warmup, then a half cosine to 0 (see test_config.py)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
+
+
+def test_resume_reproduces_the_uninterrupted_run_bit_exactly(tmp_path, data, monkeypatch, caplog):
     # Dropout, random crops, flips, gradient accumulation, warmup and a cosine schedule all in play.
     unet = TINY | {"dropout": 0.1}
     knobs = dict(random_crop=True, grad_accum=2, lr_schedule="cosine", max_steps=6, checkpoint_every=3)
     Trainer(config(tmp_path, out="straight", **knobs), unet).train()
     assert Trainer(config(tmp_path, out="resumed", **knobs), unet).train(stop_at_step=3) is None
     assert [s for s, _ in list_checkpoints(tmp_path / "resumed")] == [3]
-    Trainer(config(tmp_path, out="resumed", **knobs), unet).train()  # --resume auto picks up step-3
+    resumed = Trainer(config(tmp_path, out="resumed", **knobs), unet)
+    steps_seen = counting_steps(monkeypatch, resumed)
+    with caplog.at_level(logging.INFO, logger="diffusion"):
+        resumed.train()  # --resume auto picks up step-3
+    # It resumed: the log says so, and AdamW went on from the checkpoint's 3 steps for 3 more (2 micro-batches each).
+    step_3 = tmp_path / "resumed" / "checkpoints" / "step-3"
+    assert f"steps: 6 in total (--max-steps 6); resuming from {step_3} at step 3 (3 to go)" in caplog.messages
+    assert steps_seen == [3, 3, 4, 4, 5, 5] and adam_steps(resumed) == 6
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()
     for name in straight:
@@ -108,6 +154,7 @@ def test_resume_reproduces_the_uninterrupted_run_bit_exactly(tmp_path, data):
     assert [json.loads(r)["loss"] for r in metrics] == [
         json.loads(r)["loss"] for r in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     ]
+    assert [json.loads(r)["lr"] for r in metrics] == pytest.approx([cosine_lr(s) for s in range(1, 7)], rel=1e-12)
 
 
 def test_resume_never_starts_over_and_explicit_path_is_checked(tmp_path, data):
@@ -138,8 +185,8 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path, data):
 
 def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, data, monkeypatch):
     Trainer(config(tmp_path, max_steps=2)).train()
-    real = trainer_module.diffusion_loss
-    monkeypatch.setattr(trainer_module, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = trainer_module.training_loss
+    monkeypatch.setattr(trainer_module, "training_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(TrainingError, match=r"loss became nan at step 3; .* last checkpoint is intact"):
         Trainer(config(tmp_path, max_steps=4)).train()
     assert [s for s, _ in list_checkpoints(tmp_path / "out")] == [2]
@@ -245,7 +292,7 @@ def test_sigterm_writes_a_checkpoint_then_exits(tmp_path, data):
 
 def test_the_step_a_run_stops_at_gets_its_metrics_row(tmp_path, data, monkeypatch):
     """Ctrl-C, SIGTERM or ``stop_at_step`` between two logged steps: the last step is logged too."""
-    real, calls = trainer_module.diffusion_loss, []
+    real, calls = trainer_module.training_loss, []
 
     def interrupt_in_step_3(*args, **kwargs):
         calls.append(1)
@@ -253,17 +300,24 @@ def test_the_step_a_run_stops_at_gets_its_metrics_row(tmp_path, data, monkeypatc
             os.kill(os.getpid(), signal.SIGINT)  # the handler lets the step finish, then the run stops
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "diffusion_loss", interrupt_in_step_3)
+    monkeypatch.setattr(trainer_module, "training_loss", interrupt_in_step_3)
     c = config(tmp_path, max_steps=6, log_every=4, checkpoint_every=4)
     with pytest.raises(KeyboardInterrupt, match="stopped by SIGINT at step 3; checkpoint written"):
         Trainer(c, TINY).train()
     metrics = tmp_path / "out" / "metrics.jsonl"
     assert [json.loads(r)["step"] for r in metrics.read_text().splitlines()] == [3]
     assert [s for s, _ in list_checkpoints(tmp_path / "out")] == [3]
-    monkeypatch.setattr(trainer_module, "diffusion_loss", real)
+    monkeypatch.setattr(trainer_module, "training_loss", real)
     assert Trainer(c, TINY).train(stop_at_step=5) is None
     Trainer(c, TINY).train()  # the last step of a run is logged although 6 is no multiple of 4
     assert [json.loads(r)["step"] for r in metrics.read_text().splitlines()] == [3, 4, 5, 6]
+
+
+def free_port() -> int:
+    """A port nothing listens on: the one the system picks for a socket bound to port 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_accelerate_launch_two_cpu_processes(tmp_path, data):
@@ -276,6 +330,8 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, data):
         "-m",
         "accelerate.commands.launch",
         "--multi_gpu",
+        "--main_process_port",
+        str(free_port()),  # not torchrun's default 29500, which another run on this machine may hold
         "--num_processes",
         "2",
         "--num_machines",
@@ -317,6 +373,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, data):
     # A longer run resumes on both processes from the main process's choice: step-3 is damaged, so step-2.
     (path / "model.safetensors").write_bytes(b"")
     command[command.index("--max-steps") + 1] = "4"
+    command[command.index("--main_process_port") + 1] = str(free_port())
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("is damaged") == 1 and done.stderr.count("(step 2) [--resume auto]") == 2
@@ -468,9 +525,9 @@ def test_checkpoints_from_before_a_setting_existed_resume_with_its_default(tmp_p
     Trainer(config(tmp_path), TINY).train(stop_at_step=2)
     _, path = list_checkpoints(tmp_path / "out")[-1]
     state = json.loads((path / "trainer_state.json").read_text())
-    for key in ("class_cond", "cond_drop_prob"):  # written before issue 7
+    for key in ("class_cond", "cond_drop_prob"):  # a checkpoint of a version without class conditioning
         del state["config"][key]
-    del state["class_names"], state["manifest"]  # manifests came with issue 9
+    del state["class_names"], state["manifest"]  # and without manifests
     (path / "trainer_state.json").write_text(json.dumps(state))
     (path / "manifest.json").unlink()
     # An unconditional run does not use --cond-drop-prob, so changing it does not make another run.
@@ -480,7 +537,7 @@ def test_checkpoints_from_before_a_setting_existed_resume_with_its_default(tmp_p
 
 
 def test_fused_adamw_trains_like_the_default_optimizer(tmp_path, data):
-    """The fused kernel (bench/train_throughput.py: +8% on ddpm-cifar10 in bf16) rounds differently, nothing more."""
+    """The fused kernel (faster: docs/benchmarks.md, "Every lever, one line each") rounds differently, nothing more."""
     Trainer(config(tmp_path, out="plain", max_steps=3), TINY).train()
     trainer = Trainer(config(tmp_path, out="fused", max_steps=3, fused_adamw=True), TINY)
     trainer.train()

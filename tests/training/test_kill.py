@@ -2,13 +2,17 @@
 
 The test process is the killer: it launches `train.py`, picks each kill's moment from a seeded
 generator (so a failure replays with the same schedule), and relaunches the same command, which
-resumes with ``--resume auto``. Three kinds of moment:
+resumes with ``--resume auto``. Each moment is a point of the run's progress, never a time, so that a
+loaded machine changes how long the test takes but not what it tests. Four kinds of moment:
 
 - ``write``: as soon as a checkpoint's temporary folder appears, i.e. in the middle of writing it;
-- ``step``: a few milliseconds after the checkpoint of a chosen later step is published;
-- ``start``: a random time after launch, often during start-up or while a resume is loading.
+- ``step``: as soon as the metrics row of a chosen later step is written, before its checkpoint;
+- ``checkpoint``: as soon as the checkpoint of a chosen later step is published;
+- ``start``: as soon as the run logs a chosen line of its start-up: before the data scan, or after
+  the resume, before the first step.
 """
 
+import json
 import random
 import re
 import signal
@@ -21,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 from test_trainer import ROOT, make_images  # tests/training is on sys.path
 
-from diffusion.io.checkpoint import list_checkpoints
+from diffusion.io.checkpoint import list_checkpoints, load_pickle_free
 
 SEED = 20261129  # the kill schedule; change it to explore other moments
 KILLS = 12
@@ -43,8 +47,9 @@ def newest_step(out: Path) -> int:
     return found[-1][0] if found else 0
 
 
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
-    """Poll ``condition`` every millisecond; False if the process ended first."""
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 600.0) -> bool:
+    """Poll ``condition`` every millisecond; False if the process ended first. The timeout only stops a hung
+    run: it is long enough for any load."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -52,7 +57,7 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
         if proc.poll() is not None:
             return False
         time.sleep(0.001)
-    raise TimeoutError("train.py made no progress for a minute")
+    raise TimeoutError(f"train.py made no progress for {timeout:g} s")
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
@@ -64,10 +69,43 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     }
 
 
+def logged_step(out: Path) -> int:
+    """The step of the last complete metrics row (0 if none)."""
+    path = out / "metrics.jsonl"
+    lines = path.read_text().split("\n")[:-1] if path.is_file() else []  # a line without its newline is cut
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def started(log: Path) -> bool:
+    """Whether the run has logged its start-up summary, i.e. resumed (if it does) and tidied OUT."""
+    return "steps: " in log.read_text()
+
+
+def start_step(log: Path) -> int | None:
+    """The step the run's start-up summary says it starts from; None if it was killed before saying."""
+    found = re.search(
+        r"^steps: \d+ in total .*; (?:a new run from step 0|resuming from \S+ at step (\d+))", log.read_text(), re.M
+    )
+    return None if found is None else int(found.group(1) or 0)
+
+
+def kill_moment(kind: str, rng: random.Random, out: Path, log: Path, expected: int):
+    """The condition that marks the kill's moment."""
+    target = min(expected + rng.randint(1, 3), MAX_STEPS - 1)
+    if kind == "write":
+        return lambda: any((out / "checkpoints").glob(".tmp-step-*"))
+    if kind == "step":  # a row of this session: rows past the checkpoint are trimmed at start-up
+        return lambda: started(log) and logged_step(out) >= target
+    if kind == "checkpoint":
+        return lambda: newest_step(out) >= target
+    line = rng.choice(["scanning ", "steps: "])
+    return lambda: line in log.read_text()
+
+
 def test_sigkill_at_random_moments_never_loses_or_changes_the_run(tmp_path):
     data = make_images(tmp_path / "data")
     straight = tmp_path / "straight"
-    assert launch(data, straight, tmp_path / "straight.log").wait(timeout=120) == 0
+    assert launch(data, straight, tmp_path / "straight.log").wait(timeout=600) == 0
 
     rng = random.Random(SEED)
     out, kills, mid_write, runs = tmp_path / "out", [], 0, []
@@ -76,16 +114,8 @@ def test_sigkill_at_random_moments_never_loses_or_changes_the_run(tmp_path):
         log = tmp_path / f"run-{len(runs)}.log"
         proc = launch(data, out, log)
         runs.append((log, expected))
-        kind = rng.choice(["write", "step", "start"])
-        if kind == "write":
-            hit = wait_for(lambda: any((out / "checkpoints").glob(".tmp-step-*")), proc)
-        elif kind == "step":
-            target = min(expected + rng.randint(1, 3), MAX_STEPS - 1)
-            hit = wait_for(lambda t=target: newest_step(out) >= t, proc)
-            time.sleep(rng.uniform(0.0, 0.03))
-        else:
-            time.sleep(rng.uniform(0.5, 4.0))
-            hit = proc.poll() is None
+        kind = rng.choice(["write", "step", "checkpoint", "start"])
+        hit = wait_for(kill_moment(kind, rng, out, log, expected), proc)
         if not hit or proc.poll() is not None:  # the run ended before this kill: it must have finished
             assert proc.wait() == 0, log.read_text()
             break
@@ -98,7 +128,7 @@ def test_sigkill_at_random_moments_never_loses_or_changes_the_run(tmp_path):
 
     log = tmp_path / "final.log"
     runs.append((log, newest_step(out)))
-    assert launch(data, out, log).wait(timeout=120) == 0, log.read_text()
+    assert launch(data, out, log).wait(timeout=600) == 0, log.read_text()
 
     for log, expected in runs:  # every resume took the newest complete checkpoint, never a damaged one
         text = log.read_text()
@@ -106,7 +136,15 @@ def test_sigkill_at_random_moments_never_loses_or_changes_the_run(tmp_path):
         resumed = re.search(r"resuming from \S+ \(step (\d+)\)", text)
         if resumed:  # absent when the kill came before the resume was logged
             assert int(resumed.group(1)) == expected, text
+        began = start_step(log)  # None: killed before the start-up summary
+        assert began in (None, expected), f"{log.name} started at step {began}, not at the newest checkpoint {expected}"
+    # The last launch resumed where the kills left the run, and ran only the steps that were left.
+    last = runs[-1][1]
+    assert last > 0 and start_step(log) == last, f"the last run started at step {start_step(log)}, not {last}"
+    assert log.read_text().count("checkpoint written") == MAX_STEPS - last
     assert newest_step(out) == MAX_STEPS
+    optimizer = load_pickle_free(out / "checkpoints" / f"step-{MAX_STEPS}" / "optimizer.pt")
+    assert {int(s["step"]) for s in optimizer["optimizer"]["state"].values()} == {MAX_STEPS}
     a, b = weights(straight), weights(out)
     assert a.keys() == b.keys()
     for name in a:

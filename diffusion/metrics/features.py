@@ -192,7 +192,7 @@ def load_classifier(path: Path | None, device: torch.device, batch_size: int) ->
     classifier = Classifier.from_pretrained(path).to(device)
     dim = classifier.config.feature_dim
     description = (
-        f"diffusion.models.Classifier from {path}, {dim}-d penultimate features; trained on one data set, "
+        f"diffusion.metrics.classifier.Classifier from {path}, {dim}-d penultimate features; trained on one data set, "
         "so compare only numbers measured with this classifier"
     )
     return NetworkExtractor("classifier", description, classifier, dim, batch_size)

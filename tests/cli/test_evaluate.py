@@ -29,7 +29,7 @@ def test_module_entry_prints_labelled_numbers_and_writes_the_json(
     lines = done.stdout.splitlines()
     assert re.fullmatch(r"FD@8 = \d+\.\d{4}", lines[0]), lines
     assert re.fullmatch(r"KID@8 = -?\d+\.\d{6} ± \d+\.\d{6} \(100 subsets of 4\)", lines[1]), lines
-    assert lines[2].startswith(f"features: diffusion.models.Classifier from {tiny_classifier}, 16-d")
+    assert lines[2].startswith(f"features: diffusion.metrics.classifier.Classifier from {tiny_classifier}, 16-d")
     assert lines[3].startswith(
         f"images: 8 generated (ddim, 2 steps, 2 NFE, seeds 3..10) vs 8 from {reference_folder}, in "
     )

@@ -48,6 +48,7 @@ import abc
 import dataclasses
 import itertools
 import math
+import numbers
 import operator
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple, TypeVar
@@ -278,9 +279,12 @@ class Scheduler(abc.ABC):
         if key not in self._vp_levels_cast:
             if not like.is_floating_point():
                 raise ValueError(f"samples must be a floating-point tensor, got dtype {like.dtype}")
-            # Cast, then move: some devices lack float64. Indexing the rows later copies nothing.
-            table = self._vp_level_table.to(dtype=like.dtype).to(device=like.device)  # (n, 2)
-            self._vp_levels_cast[key] = [tuple(row) for row in table]
+            # Cast, then move: some devices lack float64. Indexing the rows later copies nothing. The cache
+            # outlives the call that builds it (often under inference mode), so it holds ordinary tensors
+            # that a later step with autograd may use.
+            with torch.inference_mode(False):
+                table = self._vp_level_table.to(dtype=like.dtype).to(device=like.device)  # (n, 2)
+                self._vp_levels_cast[key] = [tuple(row) for row in table]
         return self._vp_levels_cast[key]
 
     def spaced_timesteps(self, num_inference_steps: int) -> np.ndarray:
@@ -332,6 +336,8 @@ class Scheduler(abc.ABC):
             ValueError: for a timestep of the wrong type or not in `timesteps`, or a `state` of another
                 grid or for another step.
         """
+        if not isinstance(timestep, numbers.Real | torch.Tensor):
+            raise ValueError(f"timestep must be an int, got {timestep!r}")  # a wrong type comes first
         timesteps = self.timesteps
         if timesteps.is_floating_point():
             if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:

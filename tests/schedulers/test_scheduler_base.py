@@ -259,3 +259,21 @@ def test_thresholding_wins_over_clipping(inputs):
     processed = DDIMScheduler(config)._process_pred_original_sample(x0)
     torch.testing.assert_close(processed, dynamic_threshold(x0, 0.995, 2.0), rtol=0, atol=0)
     assert processed.abs().max() == 1  # thresholding divides by s; clipping to 0.5 would not reach 1
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm"])
+def test_a_step_under_inference_mode_leaves_the_scheduler_usable_with_autograd(name):
+    """The per-dtype cache a step builds outlives the pipeline call (run under inference mode) that built it."""
+    scheduler = get_scheduler(name)
+    scheduler.set_timesteps(4)
+    t = scheduler.timesteps[0].item()
+    with torch.inference_mode():
+        scheduler.step(torch.zeros(1, 1, 2, 2), t, torch.zeros(1, 1, 2, 2), torch.Generator().manual_seed(0))
+    x = torch.ones(1, 1, 2, 2, requires_grad=True)
+    scheduler.step(2 * x, t, x, torch.Generator().manual_seed(0)).prev_sample.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_a_timestep_of_the_wrong_type_is_named_before_missing_timesteps():
+    with pytest.raises(ValueError, match=r"^timestep must be an int, got 'x'$"):
+        get_scheduler("ddim").step(torch.zeros(1), "x", torch.zeros(1))

@@ -182,9 +182,11 @@ def check_call_options(output_type: object, batch_size: object, callback: object
     """The options of a sampling call that need no model: their types and ranges."""
     if output_type not in ("pil", "tensor", "numpy"):
         raise ValueError(f"unknown output_type {output_type!r}; expected one of 'pil', 'tensor', 'numpy'")
-    check_batching(batch_size, progress)
+    if batch_size is not None and not is_positive_int(batch_size):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if callback is not None and not isinstance(callback, Callable):
         raise ValueError(f"callback must be callable, got {callback!r}")
+    check_batching(batch_size, progress)
 
 
 def check_latents(latents: object, shape: tuple[int, ...]) -> None:

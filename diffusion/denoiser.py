@@ -25,14 +25,14 @@ class Denoiser:
     device: torch.device  # of the UNet's weights
     dtype: torch.dtype  # of the UNet's inputs
     memory_format: torch.memory_format  # of the UNet's inputs
-    guidance_scale: float | None = None  # w; None when no labels are given
+    guidance_scale: float | None = None  # w; None (or 1) is the conditional branch alone
     guidance_rescale: float = 0.0  # φ of guidance rescale
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """ε̂, v̂ or x̂_0 (float32, the shape of ``x``) at the 0-d timestep ``t``."""
         n, scale = x.shape[0], self.guidance_scale
         x = x.to(self.dtype, memory_format=self.memory_format)
-        if labels is None or scale == 1:
+        if labels is None or scale is None or scale == 1:
             return self.forward(x, t.expand(n), labels).float()
         if scale == 0 and self.guidance_rescale == 0:
             return self.forward(x, t.expand(n)).float()  # the null class

@@ -46,7 +46,7 @@ from .latents import check_fixed_point_iterations, interpolation_end, interpolat
 from .models import UNet
 from .request import build_request
 from .rng import generators, randn_tensor, seed_list
-from .sampling import sample
+from .sampling import sampling_loop
 from .schedulers import (
     DEFAULT_STEPS,
     SCHEDULERS,
@@ -348,9 +348,9 @@ class DiffusionPipeline:
         on_step = request.on_step(bar)
         outputs = []
         for rows in request.batches():
-            generators, labels, x, edit = request.start(rows, self.device)
-            after_step = edit.after_step(request.sampler, generators) if edit and edit.mask is not None else None
-            x = sample(denoiser, request.sampler, x, labels, generators, request.order, after_step, on_step)
+            gens, labels, x, edit = request.start(rows, self.device)
+            after_step = edit.after_step(request.sampler, gens) if edit and edit.mask is not None else None
+            x = sampling_loop(denoiser, request.sampler, x, labels, gens, request.order, after_step, on_step)
             if edit is not None and edit.start == len(request.sampler.timesteps):
                 x = edit.image  # strength 0: nothing to redo
             outputs.append((x / 2 + 0.5).clamp(0, 1).cpu())
@@ -399,8 +399,9 @@ class DiffusionPipeline:
         check_size(tuple(x0.shape[-2:]), self.unet.config, "the image")
         labels = self.class_label_tensor(class_labels, len(x0))
         scale = self._guidance(labels, guidance_scale, 0.0)
-        check_batching(batch_size, progress)
+        check_batching(batch_size, False)
         check_fixed_point_iterations(fixed_point_iterations)
+        check_batching(None, progress)
         sampler = self.make_scheduler("ddim", eta=0.0)
         sampler.set_timesteps(num_inference_steps)
         batch_size = check_batch_size(self.unet.config, batch_size, len(x0), labels is not None, x0.shape[-2:])

@@ -118,7 +118,17 @@ def build_request(pipe: "DiffusionPipeline", call: dict[str, Any]) -> Request:
     labels = pipe.class_label_tensor(class_labels, num_images)
     scale = pipe._guidance(labels, args.guidance_scale, args.guidance_rescale)
     batch_size = check_batch_size(pipe.unet.config, args.batch_size, num_images, labels is not None, shape[1:])
-    edits = (edit, order)
     return Request(
-        sampler, shape, num_images, batch_size, seeds, generator, labels, scale, args.latents, *edits, args.callback
+        sampler=sampler,
+        shape=shape,
+        num_images=num_images,
+        batch_size=batch_size,
+        seeds=seeds,
+        generator=generator,
+        labels=labels,
+        guidance_scale=scale,
+        latents=args.latents,
+        edit=edit,
+        order=order,
+        callback=args.callback,
     )

@@ -1,5 +1,5 @@
 """The sampling loop: noise in, `scale_model_input`, the denoiser, `step`, out. Every sampler, every
-edit and every pipeline call goes through `sample`; notation and the protocol are in
+edit and every pipeline call goes through `sampling_loop`; notation and the protocol are in
 `diffusion.schedulers.base`.
 
 Editing hooks into the loop rather than living inside it (`diffusion.editing`):
@@ -24,7 +24,7 @@ AfterStep = Callable[[torch.Tensor, int], torch.Tensor]
 Callback = Callable[[int, int | float, torch.Tensor], None]
 
 
-def sample(
+def sampling_loop(
     denoiser: Denoiser,
     scheduler: Scheduler,
     x: torch.Tensor,

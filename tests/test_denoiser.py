@@ -26,6 +26,7 @@ def test_guidance_is_one_forward_of_both_branches_extrapolated(make_tiny_pipelin
         torch.testing.assert_close(guided, uncond + 2.5 * (cond - uncond), rtol=0, atol=1e-5)
         assert batches == [(4, torch.float32)]  # both branches, one forward
         assert torch.equal(pipe.denoiser(1.0)(x, t, labels), cond)
+        assert torch.equal(pipe.denoiser()(x, t, labels), cond)  # no scale: the conditional branch alone
         assert torch.equal(pipe.denoiser(0.0)(x, t, labels), pipe.unet(x, t.expand(2)))
         assert torch.equal(pipe.denoiser()(x, t, None), pipe.unet(x, t.expand(2)))
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from diffusion.sampling import sample
+from diffusion.sampling import sampling_loop
 from diffusion.schedulers import get_scheduler, randn_tensor
 
 
@@ -29,7 +29,7 @@ def test_ddim_with_the_true_noise_lands_on_x0_from_any_start(start):
     denoiser = TrueNoise(x0, scheduler.schedule.alphas_cumprod)
     alpha, sigma = scheduler.noise_level(start)
     x = alpha * x0 + sigma * torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    out = sample(denoiser, scheduler, x, None, None, list(range(start, 6)))
+    out = sampling_loop(denoiser, scheduler, x, None, None, list(range(start, 6)))
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-5)
     assert denoiser.timesteps == scheduler.timesteps.tolist()[start:]  # one evaluation per visited entry
 
@@ -44,7 +44,7 @@ def test_the_loop_is_the_protocol_loop_written_out():
 
     noise = randn_tensor((2, 1, 4, 4), [torch.Generator().manual_seed(s) for s in (0, 1)])
     gens = [torch.Generator().manual_seed(s) for s in (10, 11)]
-    out = sample(denoiser, scheduler, noise * scheduler.init_noise_sigma, None, gens, list(range(5)))
+    out = sampling_loop(denoiser, scheduler, noise * scheduler.init_noise_sigma, None, gens, list(range(5)))
     gens = [torch.Generator().manual_seed(s) for s in (10, 11)]
     x, state = noise * scheduler.init_noise_sigma, None
     for t in scheduler.timesteps:
@@ -68,7 +68,7 @@ def test_hooks_see_every_step_and_a_visit_order_that_goes_back_renoises():
         return x
 
     x = torch.ones(1, 1, 2, 2)
-    sample(denoiser, scheduler, x, None, torch.Generator().manual_seed(0), order, after_step,
+    sampling_loop(denoiser, scheduler, x, None, torch.Generator().manual_seed(0), order, after_step,
            lambda i, t, x: calls.append((i, t)))  # fmt: skip
     timesteps = scheduler.timesteps.tolist()
     assert seen == [timesteps[i] for i in order]
@@ -76,6 +76,6 @@ def test_hooks_see_every_step_and_a_visit_order_that_goes_back_renoises():
     assert levels == [1, 2, 1, 2, 3, 4]
     # With ε̂ = 0, DDIM scales x by √(ᾱ_t'/ᾱ_t) per step, and the jump back from entry 2 to entry 0 adds
     # noise: the result is not the plain four-step product.
-    plain = sample(denoiser, scheduler, x, None, None, list(range(4)))
-    assert not torch.equal(sample(denoiser, scheduler, x, None, torch.Generator().manual_seed(0), order), plain)
+    plain = sampling_loop(denoiser, scheduler, x, None, None, list(range(4)))
+    assert not torch.equal(sampling_loop(denoiser, scheduler, x, None, torch.Generator().manual_seed(0), order), plain)
     torch.testing.assert_close(plain, x / math.sqrt(scheduler.schedule.alphas_cumprod[timesteps[0]].item()))

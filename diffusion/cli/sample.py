@@ -230,8 +230,10 @@ def _check_combinations(args: argparse.Namespace, given: set[str]) -> None:
         for flag in ("mask", "strength"):
             if flag in given:
                 raise ValueError(f"--{flag} edits an image: give --init-image too")
-    # Without --mask the pipeline refuses --resample and --jump-length itself.
-    if args.mask is not None and "jump_length" in given and args.resample == 1:
+    # Which flags were typed only the CLI knows: the pipeline sees values, and takes its defaults silently.
+    if args.mask is None and ("resample" in given or "jump_length" in given):
+        raise ValueError("--resample and --jump-length are RePaint settings for inpainting: give --mask too")
+    if "jump_length" in given and args.resample == 1:
         raise ValueError("--jump-length sets the runs that RePaint redoes: give --resample 2 or more too")
 
 
@@ -437,6 +439,8 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
     given_seeds = [seed for seed in seeds if seed is not None]
     with named_as_flags({"seeds": "--interpolate seeds"}):
         seed_list(given_seeds, len(given_seeds))
+    if labels == RANDOM_CLASSES and seeds[0] is None:
+        raise ValueError("--class random in --interpolate draws the start seed's class, and A is an image")
     if labels == RANDOM_CLASSES and None in seeds:
         # An image is inverted with the class its frame is drawn with, which the pipeline picks only once it
         # interpolates: the class the start seed draws.

@@ -134,6 +134,7 @@ def test_seed_ranges_match_single_seeds(tiny_rgb_model, tmp_path):
         (["--mask", "m.png"], "--mask edits an image: give --init-image too"),
         (["--strength", "0.5"], "--strength edits an image: give --init-image too"),
         (["--jump-length", "3"], "--resample and --jump-length are RePaint settings for inpainting: give --mask too"),
+        (["--resample", "1"], "--resample and --jump-length are RePaint settings for inpainting: give --mask too"),
         (["--interpolate", "0", "1", "--grid", "g.png"], r"--interpolate A B .*; leave out --grid, --num-images$"),
         (["--frames", "4"], "--frames is the frame count of --interpolate: give --interpolate too"),
         (["--model", "strength"], r"error: model folder strength not found$"),  # a value, not a flag name
@@ -584,3 +585,12 @@ def test_a_local_folder_named_like_a_shipped_model_never_replaces_the_default(tm
     assert cli.sample_main(["--num-images", "1", "--steps", "2", "--out", str(tmp_path / "o")]) == 0
     with pytest.raises(ValueError, match=r"^fashion-mnist is not a model folder"):  # named: the local folder wins
         DiffusionPipeline.from_pretrained("fashion-mnist")
+
+
+def test_random_class_interpolation_from_an_image_is_refused_in_flag_names(tiny_conditional_model, tmp_path, capsys):
+    """The start seed draws the class of every frame; an image as A has no seed to draw it from."""
+    Image.new("L", (8, 8), 128).save(tmp_path / "a.png")
+    argv = ["--model", str(tiny_conditional_model), "--out", str(tmp_path / "o"), "--steps", "2", "--class", "random"]
+    assert cli.sample_main([*argv, "--interpolate", str(tmp_path / "a.png"), "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--class random in --interpolate draws the start seed's class, and A is an image")

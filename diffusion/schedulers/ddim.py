@@ -94,19 +94,7 @@ class DDIMScheduler(Scheduler):
     ) -> SchedulerOutput:
         """One step of eq. 12 of Song et al. 2021, from t to the previous inference timestep t'.
 
-        Args:
-            model_output: ε̂, v̂ or x̂_0 per `config.prediction_type`, shape (b, ...).
-            timestep: t, one of `timesteps`; an int or a 1-element integer tensor.
-            sample: x_t, shape (b, ...).
-            generator: source of the noise ε_t when `config.eta` > 0, see `randn_tensor`.
-            state: unused (a single-step sampler); accepted so that one loop serves every sampler.
-
-        Returns:
-            `SchedulerOutput(prev_sample=x_{t'}, pred_original_sample=x̂_0)`, each of shape (b, ...).
-
-        Raises:
-            RuntimeError: before `set_timesteps`.
-            ValueError: for a timestep not in `timesteps` or mismatched shapes.
+        `generator` draws ε_t when `config.eta` > 0. Arguments, return value and errors: `Scheduler.step`.
         """
         self._check_shapes(model_output, sample)
         i = self.step_index(timestep)

@@ -34,19 +34,11 @@ def sampling_loop(
     after_step: AfterStep | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Walk ``x``, a sample at the level of grid entry ``order[0]``, down the scheduler's grid.
+    """Walk ``x`` ``(b, c, h, w)``, a sample at the level of grid entry ``order[0]`` (plain sampling: noise
+    times `init_noise_sigma`), through the grid entries of ``order`` of the ``scheduler`` (timesteps set).
 
-    Args:
-        denoiser: the model output for (sample, t, labels).
-        scheduler: with its timesteps set.
-        x: ``(b, c, h, w)`` float32: noise times `init_noise_sigma` for plain sampling.
-        labels: ``(b,)`` class ids, or None.
-        generator: the steps' noise: one generator per image, one for the batch, or None.
-        order: the grid entries to step, in order (`diffusion.editing.visit_order`).
-        after_step, callback: hooks; see `AfterStep` and `Callback`.
-
-    Returns:
-        The sample after the last entry of ``order``, ``(b, c, h, w)``.
+    ``labels`` are ``(b,)`` class ids or None; ``generator`` (one per image, one for the batch, or None)
+    draws the steps' noise; ``after_step`` and ``callback`` are the hooks `AfterStep` and `Callback`.
     """
     timesteps = scheduler.timesteps.tolist()  # host values: looking them up never waits for the device
     level = order[0] if order else 0

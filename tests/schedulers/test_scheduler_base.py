@@ -4,7 +4,6 @@ import re
 
 import pytest
 import torch
-from diffusers.utils.torch_utils import randn_tensor as diffusers_randn_tensor
 
 from diffusion.schedulers import (
     SCHEDULERS,
@@ -15,7 +14,6 @@ from diffusion.schedulers import (
     SigmaScheduler,
     dynamic_threshold,
     get_scheduler,
-    randn_tensor,
 )
 
 T = 1000
@@ -209,33 +207,6 @@ def test_timesteps_go_to_the_requested_device():
     scheduler = DDIMScheduler()
     scheduler.set_timesteps(10, device="meta")
     assert scheduler.timesteps.device.type == "meta"
-
-
-def make_generators(per_item: bool) -> torch.Generator | list[torch.Generator]:
-    if per_item:
-        return [torch.Generator().manual_seed(seed) for seed in (10, 11, 12)]
-    return torch.Generator().manual_seed(3)
-
-
-@pytest.mark.parametrize("per_item", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_randn_tensor_matches_diffusers(dtype, per_item):
-    shape = (3, 2, 4, 4)
-    expected = diffusers_randn_tensor(shape, generator=make_generators(per_item), dtype=dtype)
-    actual = randn_tensor(shape, generator=make_generators(per_item), dtype=dtype)
-    assert actual.dtype == dtype
-    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-
-
-def test_per_item_generators_make_noise_independent_of_batch_size():
-    batch = randn_tensor((4, 3, 8, 8), generator=[torch.Generator().manual_seed(s) for s in range(4)])
-    alone = randn_tensor((1, 3, 8, 8), generator=[torch.Generator().manual_seed(2)])
-    torch.testing.assert_close(batch[2:3], alone, rtol=0, atol=0)
-
-
-def test_randn_tensor_needs_one_generator_per_item():
-    with pytest.raises(ValueError, match=r"one generator per batch item \(4\), got 2"):
-        randn_tensor((4, 3), generator=[torch.Generator(), torch.Generator()])
 
 
 @pytest.mark.parametrize(

@@ -112,22 +112,14 @@ class VPStep:
 def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     """Dynamic thresholding of x̂_0 (Saharia et al. 2022, sec. 2.3), as diffusers' `_threshold_sample`.
 
-    Per batch item, s = quantile(|x̂_0|, ratio) clamped to [1, max_value]; x̂_0 is clamped to [-s, s]
-    and divided by s. With s = 1 this is plain clipping to [-1, 1]. Computed in at least float32.
-
-    Args:
-        sample: x̂_0, shape (b, ...).
-        ratio: the quantile, in (0, 1].
-        max_value: upper bound on s.
-
-    Returns:
-        thresholded x̂_0, shape and dtype of `sample`.
+    `sample` is x̂_0, shape (b, ...); `ratio`, the quantile, is in (0, 1]; `max_value` bounds the threshold.
+    Returns the thresholded x̂_0, with the shape and dtype of `sample`.
     """
     flat = sample.reshape(sample.shape[0], -1)  # (b, c*h*w)
     flat = flat.to(torch.promote_types(flat.dtype, torch.float32))  # quantile needs float32 or float64
-    s = torch.quantile(flat.abs(), ratio, dim=1)  # (b,)
-    s = torch.clamp(s, min=1, max=max_value).unsqueeze(1)  # (b, 1)
-    return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(sample.dtype)
+    s = torch.quantile(flat.abs(), ratio, dim=1)  # (b,) s = quantile(|x̂_0|, ratio) per batch item
+    s = torch.clamp(s, min=1, max=max_value).unsqueeze(1)  # (b, 1) s ∈ [1, max_value]; s = 1 is clipping to [-1, 1]
+    return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(sample.dtype)  # x̂_0 clamped to [-s, s], over s
 
 
 class Scheduler(abc.ABC):
@@ -186,10 +178,8 @@ class Scheduler(abc.ABC):
 
     @property
     def coefficients(self) -> tuple[Any, ...]:
-        """What `step` reads for entry i of `timesteps`, built once by `set_timesteps` in float64: a
-        `VPStep` (DDIM, DDPM: their subclass), a solver's own record, or None where the step reads only
-        `sigmas` (Euler, Heun)."""
-        return self._built(self._coefficients)
+        """What `step` reads for entry i of `timesteps`, built once by `set_timesteps` in float64."""
+        return self._built(self._coefficients)  # a VPStep (DDIM, DDPM), a solver's record, or None (Euler, Heun)
 
     @property
     def num_inference_steps(self) -> int | None:
@@ -377,12 +367,7 @@ class Scheduler(abc.ABC):
         return index
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
-        """The inference timestep after `timestep`, looked up in the schedule; FINAL (-1) after the last.
-
-        Raises:
-            RuntimeError: before `set_timesteps`.
-            ValueError: if `timestep` is not one of `timesteps`.
-        """
+        """The inference timestep after `timestep`, FINAL (-1) after the last; raises as `step_index`."""
         return self.coefficients[self.step_index(timestep)].prev_timestep
 
     def final_alpha_cumprod(self) -> float:

@@ -28,46 +28,31 @@ MAX_BETA = 0.999  # Nichol & Dhariwal 2021, sec. 3.2: cap that avoids the singul
 
 
 def linear_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
-    """Linear schedule of Ho et al. 2020, sec. 4 (β from 1e-4 to 0.02 over T = 1000 steps).
-
-    Returns:
-        betas, float64, shape (num_train_timesteps,).
-    """
-    return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+    """Linear schedule of Ho et al. 2020, sec. 4 (β from 1e-4 to 0.02 over T = 1000 steps); float64, (T,)."""
+    return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)  # (T,)
 
 
 def scaled_linear_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
-    """Linear in √β, the schedule of latent diffusion (Rombach et al. 2022) and Stable Diffusion.
-
-    Returns:
-        betas, float64, shape (num_train_timesteps,).
-    """
-    return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    """Linear in √β, the schedule of latent diffusion (Rombach et al. 2022) and Stable Diffusion; float64, (T,)."""
+    return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2  # (T,)
 
 
 def cosine_betas(num_train_timesteps: int, beta_start: float = 0.0, beta_end: float = 0.0) -> torch.Tensor:
-    """Cosine schedule of Nichol & Dhariwal 2021, eq. 17, with s = 0.008 and β capped at 0.999.
+    """Cosine schedule of Nichol & Dhariwal 2021, eq. 17 (s = 0.008, β ≤ 0.999); float64, (T,).
 
-    ᾱ(t) = f(t)/f(0) with f(t) = cos²((t/T + s)/(1 + s)·π/2), and β_t = min(1 - ᾱ(t+1)/ᾱ(t), 0.999).
-    `beta_start` and `beta_end` are accepted so that all schedules share one signature, and ignored.
-
-    Returns:
-        betas, float64, shape (num_train_timesteps,).
+    `beta_start` and `beta_end` are ignored: they only give all schedules one signature.
     """
     del beta_start, beta_end  # the cosine schedule is defined by ᾱ alone
-    t = torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps  # (T+1,)
-    f = torch.cos((t + COSINE_S) / (1 + COSINE_S) * math.pi / 2) ** 2  # (T+1,); f(0) cancels in the ratio
-    return torch.clamp(1 - f[1:] / f[:-1], max=MAX_BETA)  # (T,)
+    t = torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps  # (T+1,) t/T
+    # eq. 17: ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s)·π/2); (T+1,), and f(0) cancels in the ratio below
+    f = torch.cos((t + COSINE_S) / (1 + COSINE_S) * math.pi / 2) ** 2
+    return torch.clamp(1 - f[1:] / f[:-1], max=MAX_BETA)  # (T,) β_t = min(1 - ᾱ(t+1)/ᾱ(t), 0.999)
 
 
 def sigmoid_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
-    """Sigmoid schedule of GeoDiff (Xu et al. 2022), as diffusers defines it.
-
-    Returns:
-        betas, float64, shape (num_train_timesteps,).
-    """
-    x = torch.linspace(-6, 6, num_train_timesteps, dtype=torch.float64)
-    return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
+    """Sigmoid schedule of GeoDiff (Xu et al. 2022), as diffusers defines it; float64, (T,)."""
+    x = torch.linspace(-6, 6, num_train_timesteps, dtype=torch.float64)  # (T,)
+    return torch.sigmoid(x) * (beta_end - beta_start) + beta_start  # sigmoid ∈ (0, 1) onto (β_start, β_end)
 
 
 _BUILDERS: dict[str, Callable[[int, float, float], torch.Tensor]] = {

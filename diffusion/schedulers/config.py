@@ -171,10 +171,5 @@ class SchedulerConfig:
 
     @classmethod
     def load(cls: type[ConfigT], path: str | Path) -> ConfigT:
-        """Read a config written by `save` (or a diffusers `scheduler_config.json`).
-
-        Raises:
-            FileNotFoundError: if `path` does not exist.
-            ValueError: if the file holds invalid settings (see `from_dict`).
-        """
-        return cls.from_dict(read_json(path))
+        """Read a config `save` wrote, or a diffusers `scheduler_config.json`; FileNotFoundError, ValueError."""
+        return cls.from_dict(read_json(path))  # FileNotFoundError: no file; ValueError: bad JSON or settings

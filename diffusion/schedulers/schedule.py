@@ -24,22 +24,15 @@ def pred_original_sample(
 ) -> torch.Tensor:
     """x̂_0 from the model output at the VP noise level α_t = √ᾱ_t, σ_t = √(1-ᾱ_t) of the sample x_t.
 
-    epsilon: x̂_0 = (x_t - σ_t·ε̂) / α_t (Ho et al. 2020, eq. 4 solved for x_0; eq. 15).
-    v_prediction: x̂_0 = α_t·x_t - σ_t·v̂ (Salimans & Ho 2022, sec. 4).
-    sample: x̂_0 = model output.
-
-    Args:
-        model_output: ε̂, v̂ or x̂_0, shape (b, ...).
-        sample: x_t, same shape.
-        alpha_t, sigma_t: floats, or tensors that broadcast against `sample`.
-        prediction_type: one of `PREDICTION_TYPES`.
+    `model_output` (ε̂, v̂ or x̂_0, per `prediction_type`, one of `PREDICTION_TYPES`) and `sample` (x_t) have
+    shape (b, ...); `alpha_t` and `sigma_t` are floats, or tensors that broadcast against `sample`.
     """
-    if prediction_type == "epsilon":
+    if prediction_type == "epsilon":  # x̂_0 = (x_t - σ_t·ε̂) / α_t (Ho et al. 2020, eq. 4 solved for x_0; eq. 15)
         return (sample - sigma_t * model_output) / alpha_t
-    if prediction_type == "v_prediction":
+    if prediction_type == "v_prediction":  # x̂_0 = α_t·x_t - σ_t·v̂ (Salimans & Ho 2022, sec. 4)
         return alpha_t * sample - sigma_t * model_output
     assert prediction_type == "sample", prediction_type
-    return model_output
+    return model_output  # x̂_0 = model output
 
 
 def pred_epsilon(
@@ -51,17 +44,14 @@ def pred_epsilon(
 ) -> torch.Tensor:
     """ε̂ from the model output at the VP noise level α_t = √ᾱ_t, σ_t = √(1-ᾱ_t) of the sample x_t.
 
-    epsilon: ε̂ = model output.
-    v_prediction: ε̂ = α_t·v̂ + σ_t·x_t (Salimans & Ho 2022, sec. 4).
-    sample: ε̂ = (x_t - α_t·x̂_0) / σ_t (Ho et al. 2020, eq. 4 solved for ε).
-
-    Args: as `pred_original_sample`.
+    Arguments and shapes as `pred_original_sample`.
     """
-    if prediction_type == "epsilon":
+    if prediction_type == "epsilon":  # ε̂ = model output
         return model_output
-    if prediction_type == "v_prediction":
+    if prediction_type == "v_prediction":  # ε̂ = α_t·v̂ + σ_t·x_t (Salimans & Ho 2022, sec. 4)
         return alpha_t * model_output + sigma_t * sample
     assert prediction_type == "sample", prediction_type
+    # ε̂ = (x_t - α_t·x̂_0) / σ_t (Ho et al. 2020, eq. 4 solved for ε)
     return (sample - alpha_t * model_output) / sigma_t
 
 

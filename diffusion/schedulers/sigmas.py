@@ -52,12 +52,8 @@ class SigmaConfig(SchedulerConfig):
 
 
 def check_solver_order(order: object) -> None:
-    """Multistep solvers (DPM-Solver++, UniPC) take orders 1, 2 and 3.
-
-    Raises:
-        ValueError: for anything else, bools and floats included.
-    """
-    if type(order) is not int or order not in (1, 2, 3):
+    """Raise ValueError unless `order` is 1, 2 or 3, the orders of DPM-Solver++ and UniPC (no bools, no floats)."""
+    if type(order) is not int or order not in (1, 2, 3):  # `type`, not isinstance: True is an int
         raise ValueError(f"solver_order must be 1, 2 or 3, got {order!r}")
 
 
@@ -76,18 +72,9 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = KARRA
 
 
 def sigma_to_timestep(sigmas: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Fractional timesteps of noise levels: log σ interpolated linearly in `table` (σ_t, ascending in t).
-
-    Levels outside the table's range map to 0 or T-1.
-
-    Args:
-        sigmas: shape (n,).
-        table: σ_t for t = 0..T-1, shape (T,), increasing.
-
-    Returns:
-        float64 timesteps in [0, T-1], shape (n,).
-    """
+    """Fractional timesteps in [0, T-1], float64 (n,), of `sigmas` (n,), given `table` = σ_t (T,), increasing."""
     log_table = np.log(table)  # (T,)
+    # t linear in log σ between table entries (as k-diffusion, diffusers); np.interp maps σ outside to 0 or T-1
     return np.interp(np.log(np.maximum(sigmas, 1e-10)), log_table, np.arange(len(table), dtype=np.float64))
 
 
@@ -157,9 +144,8 @@ class SigmaScheduler(Scheduler):
         return None  # the step reads `sigmas` alone; solvers with more coefficients build their own
 
     def build_grid(self, sigmas: np.ndarray, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where the model is evaluated, from the n noise levels: the levels themselves, unless a sampler
-        evaluates more than once per level (Heun). Returns (sigmas, timesteps), float64, same length."""
-        return sigmas, timesteps
+        """Where the model is evaluated, from the n noise levels: (sigmas, timesteps), float64, same length."""
+        return sigmas, timesteps  # once per level; a sampler that evaluates more per level (Heun) overrides this
 
     @property
     def init_noise_sigma(self) -> float:
@@ -167,28 +153,18 @@ class SigmaScheduler(Scheduler):
         return math.sqrt(self.sigmas[0] ** 2 + 1) if self.ve_sample else 1.0
 
     def scale_model_input(self, sample: torch.Tensor, timestep: int | float | torch.Tensor) -> torch.Tensor:
-        """x_t = x/√(σ²+1) for VE samplers (σ of `timestep`), else `sample` itself.
-
-        Raises:
-            ValueError: for a timestep not in `timesteps`.
-        """
+        """The model's input x_t: `sample` rescaled for VE samplers, else itself; raises as `sigma_of`."""
         if not self.ve_sample:
             return sample
-        return sample / math.sqrt(self.sigma_of(timestep) ** 2 + 1)
+        return sample / math.sqrt(self.sigma_of(timestep) ** 2 + 1)  # x_t = x/√(σ²+1), σ of `timestep`
 
     def sigma_of(self, timestep: int | float | torch.Tensor) -> float:
-        """σ at one of `timesteps` (its first occurrence).
-
-        Raises:
-            RuntimeError: before `set_timesteps`.
-            ValueError: for a timestep not in `timesteps`.
-        """
+        """σ at `timestep`'s first entry; RuntimeError before `set_timesteps`, ValueError if not in `timesteps`."""
         return float(self.sigmas[self.step_index(timestep)])
 
     def initial_state(self, step_index: int) -> StepState:
-        """A state that names entry `step_index` of this grid, with no history (multistep solvers warm up
-        again from there); see `Scheduler.initial_state`."""
-        return self._state(step_index)
+        """A state naming entry `step_index` of this grid, with no history; see `Scheduler.initial_state`."""
+        return self._state(step_index)  # no history: multistep solvers warm up again from this entry
 
     def noise_level(self, step_index: int) -> tuple[float, float]:
         """(α, σ) of the walked sample before entry `step_index`, from the σ grid: (1, σ_i) for VE samplers,

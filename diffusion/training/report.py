@@ -141,15 +141,32 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min {s:02d} s" if hours else f"{minutes} min {s:02d} s"
 
 
-def portable(path: str) -> str:
-    """``path`` as it works in any checkout: relative to the current folder (``data/cats``, or
-    ``../data/cats``) rather than one machine's absolute folders, where it can be."""
-    if not Path(path).is_absolute():
+def working_folder() -> str | None:
+    """The current folder, which the card's paths are relative to; None if it is gone (deleted under us)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def portable(path: str, start: str | None) -> str:
+    """``path`` as it works in any checkout: relative to ``start``, the folder the run started in
+    (``data/cats``, or ``../data/cats``), rather than one machine's absolute folders, where it can be."""
+    if start is None or not Path(path).is_absolute():
         return path
     try:
-        return Path(os.path.relpath(path)).as_posix()
-    except ValueError:  # another drive on Windows: no relative path leads there
+        return Path(os.path.relpath(path, start)).as_posix()
+    except (ValueError, OSError):  # another drive on Windows (no relative path leads there), a folder gone
         return path
+
+
+def folder_name(path: str, start: str | None) -> str:
+    """The name of the folder ``path`` (relative to ``start``) leads to: ``cats`` for ``/data/cats``, for
+    ``.`` run inside it, or for ``..`` run inside ``cats/train``."""
+    try:
+        return Path(start or "", path).resolve().name or path
+    except OSError:  # a relative path, and no start folder to resolve it from
+        return Path(path).name or path
 
 
 def model_card(
@@ -169,10 +186,18 @@ def model_card(
     sampler: str,
     sampler_steps: int,
     guidance_scale: float,
+    start_folder: str | None,
 ) -> str:
     """The ``README.md`` of a trained model folder, in the shape of ``assets/fashion-mnist/README.md``. Its
-    paths are `portable`: the card and its command read the same in any checkout."""
-    config = dataclasses.replace(config, data=portable(config.data), out=portable(config.out))
+    paths are `portable` from ``start_folder`` (`working_folder` when the run started): the card and its
+    command read the same in any checkout."""
+    title = folder_name(config.data, start_folder)
+    config = dataclasses.replace(
+        config,
+        data=portable(config.data, start_folder),
+        out=portable(config.out, start_folder),
+        model_config=config.model_config and portable(config.model_config, start_folder),
+    )
     height, width = unet.sample_size
     kind = "class-conditional" if class_names else "unconditional"
     colour = "grayscale" if config.channels == 1 else "RGB"
@@ -187,7 +212,7 @@ def model_card(
     ]  # fmt: skip
     return "\n".join(
         [
-            f"# Model card: {Path(config.data).name or config.data} {height}x{width}, {kind}",
+            f"# Model card: {title} {height}x{width}, {kind}",
             "",
             "`DiffusionPipeline.from_pretrained(PATH)` and `python sample.py --model PATH` load this folder.",
             "",

@@ -68,7 +68,7 @@ from .outputs import (
     write_model,
     write_sample_grid,
 )
-from .report import length_warnings, model_card, startup_lines
+from .report import length_warnings, model_card, startup_lines, working_folder
 from .safety import disk_errors, install_stop_handlers, restore_handlers
 from .sampler import StepBatchSampler
 
@@ -90,6 +90,7 @@ class Trainer:
             raise ValueError("both --data (a folder of images) and --out (an output folder) are required")
         self.config = config
         self.unet_overrides = dict(unet_overrides or {})
+        self.start_folder = working_folder()  # the model card's paths are relative to it
         self.out = Path(config.out)
         check_model_target(self.out)
         check_writable(self.out)
@@ -140,15 +141,13 @@ class Trainer:
         tqdm bar (loss, learning rate, img/s, ETA) on the main process.
         """
         forward = self._set_up()
-        start = self._resume()
+        resumed = self._resume()
+        start = 0 if resumed is None else int(resumed["step"])
         loader = self._loader(start)
         stop = {"signal": None}  # set by SIGINT/SIGTERM: the step finishes, then the run checkpoints and stops
         handlers = install_stop_handlers(stop)
-        show = progress and self.accelerator.is_main_process
-        self.bar = tqdm(total=self.total_steps, initial=start, disable=not show, desc="train")
+        self._start_session(start, resumed, progress)
         step, end = start, min(self.total_steps, stop_at_step or self.total_steps)
-        self.session_start = self.tick = time.perf_counter()
-        self.tick_step = start
         try:
             while step < end:
                 loss = self._step(loader, forward, step)
@@ -168,7 +167,7 @@ class Trainer:
         # Label dropout, noise and timesteps draw from their own generator, saved in every checkpoint.
         self.generator = torch.Generator().manual_seed(c.seed * 7919 + acc.process_index)
         model = UNet(self.unet_config)
-        self.parameters = sum(p.numel() for p in model.parameters())
+        self.num_parameters = sum(p.numel() for p in model.parameters())
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=c.fused_adamw or None
         )
@@ -180,24 +179,37 @@ class Trainer:
             acc.unwrap_model(self.model).gradient_checkpointing = True
         return torch.compile(self.model) if c.compile else self.model
 
-    def _resume(self) -> int:
-        """Continue from the checkpoint ``--resume`` picks, if there is one, and return its step (else 0)."""
+    def _resume(self) -> dict | None:
+        """Continue from the checkpoint ``--resume`` picks, if there is one, and return its
+        ``trainer_state.json`` (None: a new run from step 0)."""
         c, acc = self.config, self.accelerator
-        self.saved_step, self.elapsed_before, self.outputs_open = None, 0.0, False
         # The main process checks the checkpoints (and renames damaged ones); the others take its choice.
         choice = [resolve_resume(self.out, c.resume) if acc.is_main_process else None]
         if acc.num_processes > 1:
             broadcast_object_list(choice)
-        start, resume_from = 0, choice[0]
+        start, resume_from, resumed = 0, choice[0], None
         if resume_from is not None:
-            start = self._load_checkpoint(resume_from)
-            self.saved_step = start  # OUT/checkpoints/step-N is that checkpoint, or will be a copy of it
+            resumed = self._load_checkpoint(resume_from)
+            start = int(resumed["step"])
             logger.info("resuming from %s (step %d)%s", resume_from, start, " [--resume auto]" * (c.resume == "auto"))
         if acc.is_main_process:
             continue_history(self.out, c.resume, resume_from, start, c.keep_checkpoints)
             self._log_summary(start, resume_from)
         acc.wait_for_everyone()
-        return start
+        return resumed
+
+    def _start_session(self, start: int, resumed: dict | None, progress: bool) -> None:
+        """The state of this session's loop, all set here: it starts at ``start``, resumed from the
+        checkpoint whose ``trainer_state.json`` is ``resumed`` (None: a new run)."""
+        # OUT/checkpoints/step-N is the checkpoint resumed from, or will be a copy of it: not written again.
+        self.saved_step = None if resumed is None else start
+        # Training seconds of the sessions before this one; absent from checkpoints of older versions.
+        self.elapsed_before = 0.0 if resumed is None else float(resumed.get("elapsed_s", 0.0))
+        self.outputs_open = False  # train_config.json and the TensorBoard log: after the first step
+        show = progress and self.accelerator.is_main_process
+        self.bar = tqdm(total=self.total_steps, initial=start, disable=not show, desc="train")
+        self.session_start = self.tick = time.perf_counter()  # tick: when the last metrics row was logged
+        self.tick_step = start  # the step of that row
 
     def _loader(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's micro-batches ``(x0, labels)`` from step ``start`` to the end of the run."""
@@ -339,15 +351,14 @@ class Trainer:
             logger.info("checkpoint written: %s", tmp.with_name(f"step-{step}"))
         acc.wait_for_everyone()
 
-    def _load_checkpoint(self, path: Path) -> int:
-        """Load the checkpoint ``path`` of this same run (`check_same_run`) and return its step."""
+    def _load_checkpoint(self, path: Path) -> dict:
+        """Load the checkpoint ``path`` of this same run (`check_same_run`) and return its ``trainer_state.json``."""
         acc = self.accelerator
         state = read_state(path)
         check_same_run(path, state, self.config, self.unet_config, self.class_names, self.dataset, acc.num_processes)
         read_run_state(path, self._run_state())
         read_rng_states(path, self._run_state(), acc.process_index)
-        self.elapsed_before = float(state.get("elapsed_s", 0.0))  # absent from checkpoints of older versions
-        return int(state["step"])
+        return state
 
     # ----- outputs -----
 
@@ -414,7 +425,7 @@ class Trainer:
             "images": len(images),
             "skipped": len(images.report.skipped),
             "class_names": self.class_names,
-            "parameters": self.parameters,
+            "parameters": self.num_parameters,
             "device": str(acc.device),
             "processes": acc.num_processes,
         }
@@ -430,7 +441,9 @@ class Trainer:
         """The final model and its card: one already in ``OUT/model`` with the same weights is left as it
         is (the user's edits kept); one with other weights is moved to ``OUT/abandoned/``."""
         pipe = self._pipeline()
-        write_model(self.out, pipe, self._model_card(pipe, step), step)
+        with disk_errors("the final model"):
+            card = self._model_card(pipe, step)  # reads metrics.jsonl
+        write_model(self.out, pipe, card, step)
 
     def _model_card(self, pipe: DiffusionPipeline, step: int) -> str:
         metrics = read_metrics(self.out / METRICS)
@@ -444,6 +457,7 @@ class Trainer:
             sampler=pipe.scheduler_name(),
             sampler_steps=DEFAULT_STEPS,
             guidance_scale=DEFAULT_GUIDANCE_SCALE,
+            start_folder=self.start_folder,
         )
 
 

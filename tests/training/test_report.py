@@ -14,7 +14,15 @@ from diffusion.cli import train_parser
 from diffusion.io.files import verify_manifest, write_manifest
 from diffusion.models import UNet, UNetConfig
 from diffusion.training import TrainConfig, Trainer
-from diffusion.training.report import class_list, duration, length_source, portable, train_command
+from diffusion.training import trainer as trainer_module
+from diffusion.training.report import (
+    class_list,
+    duration,
+    length_source,
+    model_card,
+    portable,
+    train_command,
+)
 
 
 @pytest.fixture
@@ -82,8 +90,11 @@ def test_summary_helpers():
 
 
 def test_the_model_card_describes_the_run_and_its_command_reruns_it(tmp_path, data, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the checkout: the card names data/ and out/ relative to it
-    c = config(tmp_path, class_cond=True, max_steps=4, lr_schedule="cosine", hflip=False)
+    monkeypatch.chdir(tmp_path)  # the checkout: the card names data/, out/ and m.json relative to it
+    (tmp_path / "m.json").write_text(json.dumps({"num_res_blocks": 1}))
+    c = config(
+        tmp_path, class_cond=True, max_steps=4, lr_schedule="cosine", hflip=False, model_config=str(tmp_path / "m.json")
+    )
     Trainer(c, TINY).train(stop_at_step=2)
     step_2 = tmp_path / "out" / "checkpoints" / "step-2"
     state = json.loads((step_2 / "trainer_state.json").read_text())
@@ -98,9 +109,9 @@ def test_the_model_card_describes_the_run_and_its_command_reruns_it(tmp_path, da
     unet = json.loads((model / "unet" / "config.json").read_text())
     n = parameters(UNetConfig.from_dict({k: v for k, v in unet.items() if not k.startswith("_")}))
     for row in [
-        f"| architecture | UNet preset `tiny` and UNet flags: {n:,} parameters, channels 16, mult (1, 2), 1 res "
-        "block(s) per level, attention at levels (1,) and in the middle, 3 input channel(s), 2 classes + the null "
-        "class |",
+        f"| architecture | UNet preset `tiny` with --model-config m.json and UNet flags: {n:,} parameters, channels "
+        "16, mult (1, 2), 1 res block(s) per level, attention at levels (1,) and in the middle, 3 input channel(s), "
+        "2 classes + the null class |",
         "| conditioning | the class (`class_labels`: `cats`, `dogs`); trained with 10% of labels dropped to the null "
         "class, for classifier-free guidance (default w = 1.5) |",
         "| weights | EMA of the training weights (decay 0.9), float32, `unet/model.safetensors` |",
@@ -122,7 +133,7 @@ def test_the_model_card_describes_the_run_and_its_command_reruns_it(tmp_path, da
     args = vars(train_parser().parse_args(command[2:]))
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert TrainConfig(**{k: v for k, v in args.items() if k in train_fields}) == dataclasses.replace(
-        c, data="data", out="out"
+        c, data="data", out="out", model_config="m.json"
     )
     assert {k: v for k, v in args.items() if k not in train_fields and v is not None} == TINY
 
@@ -146,11 +157,71 @@ def test_an_old_checkpoint_without_elapsed_time_resumes_from_zero(tmp_path, data
     assert 0 < final["elapsed_s"] <= seconds + 0.05 < 60  # the card, written after step-4, rounds to 0.1 s
 
 
-def test_portable_paths_are_relative_to_the_current_folder(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert portable("data/cats") == "data/cats"  # as typed
-    assert portable(str(tmp_path / "data" / "cats")) == "data/cats"
-    assert portable(str(tmp_path.parent / "runs" / "a")) == "../runs/a"
+def test_portable_paths_are_relative_to_the_folder_the_run_started_in(tmp_path):
+    start = str(tmp_path)
+    assert portable("data/cats", start) == "data/cats"  # as typed
+    assert portable(str(tmp_path / "data" / "cats"), start) == "data/cats"
+    assert portable(str(tmp_path.parent / "runs" / "a"), start) == "../runs/a"
+    assert portable(str(tmp_path / "data"), None) == str(tmp_path / "data")  # no start folder: as it is
+
+
+@pytest.mark.parametrize(
+    "start, path",
+    [
+        ("", "{tmp}/data"),
+        ("data", "{tmp}/data"),
+        ("data", "."),
+        ("data/cats", ".."),
+        ("", "data"),
+        ("data", "../data/"),
+    ],
+)
+def test_the_card_is_titled_by_the_data_folders_own_name(tmp_path, start, path):
+    """``--data "$PWD"`` or ``--data ..`` name the folder itself, not ``.`` or ``..``."""
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    card = model_card(
+        config=TrainConfig(data=path.format(tmp=tmp_path), out="out", max_steps=1),
+        unet=UNetConfig(sample_size=(8, 8)),
+        unet_overrides=None,
+        class_names=[],
+        parameters=1,
+        images=1,
+        skipped=0,
+        steps=1,
+        elapsed_s=1.0,
+        metrics=[],
+        processes=1,
+        device="cpu",
+        sampler="ddim",
+        sampler_steps=20,
+        guidance_scale=1.0,
+        start_folder=str(tmp_path / start),
+    )
+    assert card.splitlines()[0] == "# Model card: data 8x8, unconditional"
+
+
+def test_a_run_whose_working_folder_is_deleted_still_writes_its_model_and_card(tmp_path, data, monkeypatch):
+    """The card's paths are relative to the folder the run started in, read once: a run that outlives it
+    (removed while training) still ends with its final model."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (tmp_path / "m.json").write_text(json.dumps({"num_res_blocks": 1}))
+    real = trainer_module.training_loss
+
+    def remove_work_folder(*args, **kwargs):
+        if work.is_dir():
+            work.rmdir()  # in the first step: os.getcwd() fails from here on
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "training_loss", remove_work_folder)
+    model = Trainer(config(tmp_path, max_steps=2, model_config=str(tmp_path / "m.json")), TINY).train()
+    assert not work.exists()
+    assert model == tmp_path / "out" / "model" and (model / "unet" / "model.safetensors").is_file()
+    card = (model / "README.md").read_text()
+    assert card.startswith("# Model card: data 8x8, unconditional\n")
+    assert "| data | `../data`: 8 images (1 skipped), fitted to 8x8 RGB |" in card.splitlines()
+    assert "--data ../data --out ../out" in card and "--model-config ../m.json" in card
 
 
 def test_train_command_quotes_and_spells_every_kind_of_value():

@@ -21,6 +21,7 @@ from diffusion.io.checkpoint import list_checkpoints
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import TrainConfig, Trainer, TrainingError
 from diffusion.training import trainer as trainer_module
+from diffusion.training.config import scheduler_config
 from diffusion.training.loss import drop_labels
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +125,7 @@ def counting_steps(monkeypatch, trainer: Trainer) -> list[int]:
 
 
 def cosine_lr(step: int, lr: float = 2e-4, warmup: int = 2, total: int = 6) -> float:
-    """The learning rate after ``step`` steps: linear warmup, then a half cosine to 0 (see test_config.py)."""
+    """The learning rate after ``step`` steps: linear warmup, then a half cosine to 0 (see test_train_config.py)."""
     if step < warmup:
         return lr * (step + 1) / warmup
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
@@ -441,6 +442,26 @@ def test_zero_terminal_snr_needs_a_prediction_type_that_survives_it(tmp_path):
     with pytest.raises(ValueError, match="--zero-terminal-snr needs --prediction-type v_prediction or sample"):
         config(tmp_path, zero_terminal_snr=True)
     assert config(tmp_path, zero_terminal_snr=True, prediction_type="v_prediction").zero_terminal_snr
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_the_prediction_type_reaches_the_loss_and_the_saved_model(tmp_path, data, monkeypatch, prediction_type):
+    """--prediction-type is what the loss trains (the trainer's noise schedule) and what the model folder's
+    sampler reads back."""
+    assert scheduler_config(TrainConfig(prediction_type=prediction_type)).prediction_type == prediction_type
+    seen, real = [], trainer_module.training_loss
+
+    def spy(forward, schedule, *args, **kwargs):
+        seen.append(schedule.config.prediction_type)
+        return real(forward, schedule, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "training_loss", spy)
+    trainer = Trainer(config(tmp_path, max_steps=2, prediction_type=prediction_type), TINY)
+    model_dir = trainer.train()
+    assert trainer.schedule.config.prediction_type == prediction_type and seen == [prediction_type] * 2
+    saved = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["prediction_type"] == prediction_type
+    assert DiffusionPipeline.from_pretrained(model_dir).scheduler.config.prediction_type == prediction_type
 
 
 def test_preset_choices_are_the_presets():

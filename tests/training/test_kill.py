@@ -3,15 +3,19 @@
 The test process is the killer: it launches `train.py`, picks each kill's moment from a seeded
 generator (so a failure replays with the same schedule), and relaunches the same command, which
 resumes with ``--resume auto``. Each moment is a point of the run's progress, never a time, so that a
-loaded machine changes how long the test takes but not what it tests. Four kinds of moment:
+loaded machine changes how long the test takes but not what it tests. Four kinds of moment, the first
+three once the launch has started (resumed and tidied ``OUT``):
 
-- ``write``: as soon as a checkpoint's temporary folder appears, i.e. in the middle of writing it;
+- ``write``: as soon as this launch starts writing a checkpoint (a temporary folder appears, or is made
+  again under a stale one's name), i.e. in the middle of writing it; a stale temporary folder that an
+  earlier kill left stays until a launch writes that step again, and does not count;
 - ``step``: as soon as the metrics row of a chosen later step is written, before its checkpoint;
 - ``checkpoint``: as soon as the checkpoint of a chosen later step is published;
 - ``start``: as soon as the run logs a chosen line of its start-up: before the data scan, or after
   the resume, before the first step.
 """
 
+import contextlib
 import json
 import random
 import re
@@ -69,6 +73,16 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     }
 
 
+def pending_writes(out: Path) -> dict[str, int]:
+    """The checkpoint temporary folders in ``out``, each with its change time: a folder made again under the
+    name of a stale one (``begin_checkpoint`` removes it first) is another folder."""
+    found = {}
+    for path in (out / "checkpoints").glob(".tmp-step-*"):
+        with contextlib.suppress(FileNotFoundError):  # published or removed since the listing
+            found[path.name] = path.stat().st_ctime_ns
+    return found
+
+
 def logged_step(out: Path) -> int:
     """The step of the last complete metrics row (0 if none)."""
     path = out / "metrics.jsonl"
@@ -89,15 +103,15 @@ def start_step(log: Path) -> int | None:
     return None if found is None else int(found.group(1) or 0)
 
 
-def kill_moment(kind: str, rng: random.Random, out: Path, log: Path, expected: int):
-    """The condition that marks the kill's moment."""
+def kill_moment(kind: str, rng: random.Random, out: Path, log: Path, expected: int, stale: dict[str, int]):
+    """The condition that marks the kill's moment; ``stale`` is `pending_writes` at the launch."""
     target = min(expected + rng.randint(1, 3), MAX_STEPS - 1)
     if kind == "write":
-        return lambda: any((out / "checkpoints").glob(".tmp-step-*"))
+        return lambda: started(log) and bool(pending_writes(out).items() - stale.items())
     if kind == "step":  # a row of this session: rows past the checkpoint are trimmed at start-up
         return lambda: started(log) and logged_step(out) >= target
     if kind == "checkpoint":
-        return lambda: newest_step(out) >= target
+        return lambda: started(log) and newest_step(out) >= target
     line = rng.choice(["scanning ", "steps: "])
     return lambda: line in log.read_text()
 
@@ -111,18 +125,21 @@ def test_sigkill_at_random_moments_never_loses_or_changes_the_run(tmp_path):
     out, kills, mid_write, runs = tmp_path / "out", [], 0, []
     while len(kills) < KILLS:
         expected = newest_step(out)  # what this launch must resume from
+        stale = pending_writes(out)  # left by earlier kills: not this launch's writes
         log = tmp_path / f"run-{len(runs)}.log"
         proc = launch(data, out, log)
         runs.append((log, expected))
         kind = rng.choice(["write", "step", "checkpoint", "start"])
-        hit = wait_for(kill_moment(kind, rng, out, log, expected), proc)
+        hit = wait_for(kill_moment(kind, rng, out, log, expected, stale), proc)
         if not hit or proc.poll() is not None:  # the run ended before this kill: it must have finished
             assert proc.wait() == 0, log.read_text()
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills.append(kind)
-        mid_write += any(p.name.startswith(".tmp-step-") for p in (out / "checkpoints").glob(".tmp-*"))
+        if kind != "start":  # it landed where its moment says: after this launch's start-up
+            assert start_step(log) == expected, f"{kind} kill of {log.name} before its start-up:\n{log.read_text()}"
+        mid_write += bool(pending_writes(out).items() - stale.items())  # a write of this launch, cut short
     assert len(kills) >= 10, f"only {len(kills)} kills before the run ended: {kills}"
     assert mid_write >= 1, "no kill landed during a checkpoint write"
 

@@ -192,12 +192,7 @@ def model_card(
     paths are `portable` from ``start_folder`` (`working_folder` when the run started): the card and its
     command read the same in any checkout."""
     title = folder_name(config.data, start_folder)
-    config = dataclasses.replace(
-        config,
-        data=portable(config.data, start_folder),
-        out=portable(config.out, start_folder),
-        model_config=config.model_config and portable(config.model_config, start_folder),
-    )
+    config = _portable_paths(config, start_folder)
     height, width = unet.sample_size
     kind = "class-conditional" if class_names else "unconditional"
     colour = "grayscale" if config.channels == 1 else "RGB"
@@ -233,6 +228,16 @@ def model_card(
             "weights (steps redone after an interruption count once).",
             "",
         ]
+    )
+
+
+def _portable_paths(config: TrainConfig, start_folder: str | None) -> TrainConfig:
+    """``config`` with its data, output and model-config paths `portable` from ``start_folder``."""
+    return dataclasses.replace(
+        config,
+        data=portable(config.data, start_folder),
+        out=portable(config.out, start_folder),
+        model_config=config.model_config and portable(config.model_config, start_folder),
     )
 
 

@@ -17,7 +17,7 @@ def test_batches_cover_every_image_once_and_start_from_each_images_seed(tiny_pip
     request = build_request(tiny_pipeline, CALL)
     assert [(rows.start, rows.stop) for rows in request.batches()] == [(0, 2), (2, 4), (4, 5)]
     assert request.num_batches == 3 and request.order == [0, 1, 2, 3] and request.shape == (1, 8, 8)
-    gens, labels, x, edit = request.start(slice(2, 4), torch.device("cpu"))
+    _, labels, x, edit = request.start(slice(2, 4), torch.device("cpu"))
     expected = randn_tensor((2, 1, 8, 8), [torch.Generator().manual_seed(s) for s in (9, 10)])
     assert labels is None and edit is None and torch.equal(x, expected)  # images 2 and 3: seeds 9 and 10
 

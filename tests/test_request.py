@@ -34,7 +34,7 @@ def test_an_img2img_batch_starts_from_the_image_noised_to_its_first_entry(tiny_p
 
 
 def test_arguments_are_checked_before_any_work(tiny_pipeline):
-    with pytest.raises(ValueError, match="^give seed or generator, not both$"):
+    with pytest.raises(ValueError, match=r"^give seed or generator, not both$"):
         build_request(tiny_pipeline, CALL | {"generator": torch.Generator()})
-    with pytest.raises(ValueError, match="^resample and jump_length are RePaint settings for inpainting"):
+    with pytest.raises(ValueError, match=r"^resample and jump_length are RePaint settings for inpainting"):
         build_request(tiny_pipeline, CALL | {"resample": 2})

@@ -37,7 +37,7 @@ def functions(root: Path):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1] / "diffusion")
     parser.add_argument("--top", type=int, default=10)
     args = parser.parse_args()

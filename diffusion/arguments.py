@@ -170,10 +170,13 @@ def check_eta(eta: object) -> None:
         raise ValueError(f"eta must be at most 1 (1 is DDPM's noise), got {eta!r}")
 
 
-def check_batching(batch_size: object, progress: object) -> None:
-    """``batch_size``: None or a positive int; ``progress``: a bool."""
+def check_batch_size_argument(batch_size: object) -> None:
+    """``batch_size``: None or a positive int (the model's limits: `check_batch_size`)."""
     if batch_size is not None and not is_positive_int(batch_size):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def check_progress(progress: object) -> None:
     if not isinstance(progress, bool):
         raise ValueError(f"progress must be True or False, got {progress!r}")
 
@@ -182,11 +185,10 @@ def check_call_options(output_type: object, batch_size: object, callback: object
     """The options of a sampling call that need no model: their types and ranges."""
     if output_type not in ("pil", "tensor", "numpy"):
         raise ValueError(f"unknown output_type {output_type!r}; expected one of 'pil', 'tensor', 'numpy'")
-    if batch_size is not None and not is_positive_int(batch_size):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size_argument(batch_size)
     if callback is not None and not isinstance(callback, Callable):
         raise ValueError(f"callback must be callable, got {callback!r}")
-    check_batching(batch_size, progress)
+    check_progress(progress)
 
 
 def check_latents(latents: object, shape: tuple[int, ...]) -> None:

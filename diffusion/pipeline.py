@@ -20,12 +20,13 @@ from tqdm.auto import tqdm
 
 from .arguments import (
     check_batch_size,
-    check_batching,
+    check_batch_size_argument,
     check_device,
     check_eta,
     check_generator,
     check_num_images,
     check_placement,
+    check_progress,
     check_repaint,
     check_scheduler_overrides,
     check_size,
@@ -399,9 +400,9 @@ class DiffusionPipeline:
         check_size(tuple(x0.shape[-2:]), self.unet.config, "the image")
         labels = self.class_label_tensor(class_labels, len(x0))
         scale = self._guidance(labels, guidance_scale, 0.0)
-        check_batching(batch_size, False)
+        check_batch_size_argument(batch_size)
         check_fixed_point_iterations(fixed_point_iterations)
-        check_batching(None, progress)
+        check_progress(progress)
         sampler = self.make_scheduler("ddim", eta=0.0)
         sampler.set_timesteps(num_inference_steps)
         batch_size = check_batch_size(self.unet.config, batch_size, len(x0), labels is not None, x0.shape[-2:])

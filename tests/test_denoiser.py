@@ -49,3 +49,17 @@ def test_epsilon_converts_a_v_prediction(make_tiny_pipeline):
         eps = pipe.denoiser().epsilon(x, t, None, schedule)
     a = schedule.alphas_cumprod[t].item()
     torch.testing.assert_close(eps, math.sqrt(a) * v + math.sqrt(1 - a) * x)  # Salimans & Ho 2022, sec. 4
+
+
+def test_inputs_take_the_unets_memory_format_on_both_paths(make_tiny_pipeline):
+    pipe = make_tiny_pipeline(("a", "b")).to(memory_format=torch.channels_last)
+    layouts = []
+    handle = pipe.unet.register_forward_pre_hook(
+        lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    x, t, labels = torch.randn(2, 1, 8, 8), torch.tensor(10), torch.tensor([0, 1])
+    with torch.no_grad():
+        pipe.denoiser()(x, t, None)  # one branch
+        pipe.denoiser(2.0)(x, t, labels)  # both branches, concatenated
+    handle.remove()
+    assert layouts == [True, True]

@@ -35,7 +35,7 @@ def test_requires_python_covers_every_api_the_code_calls():
         p.read_text() for p in (ROOT / "tests").rglob("*.py")
     ]
     used = {api: version for api, version in NEWER_APIS.items() if any(re.search(api, text) for text in sources)}
-    assert len(used) >= 2  # hashlib.file_digest (fileio.sha256_of: every load), datetime.UTC (checkpoint.py)
+    assert len(used) >= 2  # hashlib.file_digest (io.files.sha256_of: every load), datetime.UTC (io/checkpoint.py)
     assert _floor() >= max(used.values())
     assert sys.version_info[:2] >= _floor()  # the tests run on a Python the package declares
     assert PYPROJECT["tool"]["ruff"]["target-version"] == "py{}{}".format(*_floor())

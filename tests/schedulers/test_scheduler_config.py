@@ -86,7 +86,7 @@ def test_load_missing_file_raises(tmp_path):
 
 
 def test_our_defaults():
-    # Where we differ from diffusers on purpose (shared/STYLE.md: no surprising defaults).
+    # Where we differ from diffusers on purpose: no surprising defaults (trailing spacing, no x̂_0 clipping).
     config = SchedulerConfig()
     assert config.timestep_spacing == "trailing" and config.clip_sample is False
 

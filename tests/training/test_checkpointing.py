@@ -100,6 +100,9 @@ def test_the_same_run_may_change_its_length_intervals_and_unused_settings(run):
     check_same_run(path, state, longer, unet, [], dataset, 1)  # cond_drop_prob: unused unconditionally
     older = state | {"config": {k: v for k, v in state["config"].items() if k != "snr_gamma"}}
     check_same_run(path, older, config, unet, [], dataset, 1)  # a field added since: its default then
+    # The same longer run with one real change is refused, naming only that change.
+    with pytest.raises(ValueError, match=r"other settings: --lr 0\.0002 -> 0\.001\. To start"):
+        check_same_run(path, state, dataclasses.replace(longer, lr=1e-3), unet, [], dataset, 1)
 
 
 def test_a_changed_setting_is_refused_with_each_change_named(run):

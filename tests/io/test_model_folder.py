@@ -23,8 +23,8 @@ from diffusion.training import TrainConfig, Trainer
 from diffusion.training.config import scheduler_config
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
-from test_trainer import TINY, make_images  # the trainer tests' tiny run, kept once
-from test_trainer import config as train_config
+from tiny_run import TINY, make_images  # the trainer tests' tiny run, kept once
+from tiny_run import config as train_config
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import make_images  # tests/training is on sys.path
+from tiny_run import make_images  # tests/training is on sys.path
 from torch import nn
 
 from diffusion.data import ImageFolder

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
-from test_trainer import TINY, config, make_images  # tests/training is on sys.path
+from tiny_run import TINY, config, make_images  # tests/training is on sys.path
 
 from diffusion.cli import train_main
 from diffusion.io.checkpoint import list_checkpoints

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 import torch
-from test_trainer import TINY, config, make_images  # tests/training is on sys.path
+from tiny_run import TINY, config, make_images  # tests/training is on sys.path
 
 from diffusion.cli import train_parser
 from diffusion.io.files import verify_manifest, write_manifest

@@ -9,13 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_run import ROOT, TINY, config, final_weights, make_images  # tests/training is on sys.path
 
 from diffusion.io.checkpoint import list_checkpoints
 from diffusion.pipeline import DiffusionPipeline
@@ -24,49 +24,10 @@ from diffusion.training import trainer as trainer_module
 from diffusion.training.config import scheduler_config
 from diffusion.training.loss import drop_labels
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = {"base_channels": 16, "channel_mult": (1, 2), "norm_groups": 8, "attention_levels": (1,)}
-
-
-def make_images(folder: Path, n: int = 8, size: tuple[int, int] = (20, 24)) -> Path:
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        sub = folder / ("cats" if i % 2 else "dogs")
-        sub.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(sub / f"{i}.png")
-    return folder
-
-
-def config(tmp_path: Path, out: str = "out", **overrides) -> TrainConfig:
-    base = dict(
-        data=str(tmp_path / "data"),
-        out=str(tmp_path / out),
-        preset="tiny",
-        channels=3,
-        image_size=(8, 8),
-        batch_size=4,
-        warmup_steps=2,
-        max_steps=4,
-        checkpoint_every=2,
-        keep_checkpoints=5,
-        sample_every=0,
-        log_every=1,
-        ema_decay=0.9,
-    )
-    return TrainConfig(**(base | overrides))
-
 
 @pytest.fixture
 def data(tmp_path):
     return make_images(tmp_path / "data")
-
-
-def final_weights(out: Path) -> dict[str, torch.Tensor]:
-    _, path = list_checkpoints(out)[-1]
-    return {
-        **load_file(path / "model.safetensors"),
-        **{f"ema.{k}": v for k, v in load_file(path / "ema.safetensors").items()},
-    }
 
 
 def test_tiny_run_writes_every_output(tmp_path, data):

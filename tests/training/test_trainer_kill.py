@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from test_trainer import ROOT, make_images  # tests/training is on sys.path
+from tiny_run import ROOT, make_images  # tests/training is on sys.path
 
 from diffusion.io.checkpoint import list_checkpoints, load_pickle_free
 

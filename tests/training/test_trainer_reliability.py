@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import TINY, config, final_weights, make_images  # tests/training is on sys.path
+from tiny_run import TINY, config, final_weights, make_images  # tests/training is on sys.path
 
 from diffusion.cli import train_main
 from diffusion.io.checkpoint import check_checkpoint, list_checkpoints, load_pickle_free

@@ -210,6 +210,10 @@ class Trainer:
         self.bar = tqdm(total=self.total_steps, initial=start, disable=not show, desc="train")
         self.session_start = self.tick = time.perf_counter()  # tick: when the last metrics row was logged
         self.tick_step = start  # the step of that row
+        # Whether a loss since `checked_step` was NaN or infinite: kept on the device, so that a step never
+        # waits for it; read where the run logs, checkpoints, samples or ends (`_check_losses`).
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.accelerator.device)
+        self.checked_step = start
 
     def _loader(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's micro-batches ``(x0, labels)`` from step ``start`` to the end of the run."""
@@ -231,9 +235,10 @@ class Trainer:
         )
 
     def _step(self, loader: Iterator, forward: Callable[..., torch.Tensor], step: int) -> torch.Tensor:
-        """Optimiser step ``step + 1``; returns its loss (the mean over micro-batches, a float32 CPU scalar)."""
+        """Optimiser step ``step + 1``; returns its loss (the mean over micro-batches, a float32 scalar on the
+        training device: reading it waits for the device, so only logging does)."""
         c, acc = self.config, self.accelerator
-        loss_sum = torch.zeros((), dtype=torch.float32)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)
         for micro in range(c.grad_accum):
             x0, labels = next(loader)
             sync = micro == c.grad_accum - 1  # DDP averages gradients across processes once, after the last
@@ -250,12 +255,8 @@ class Trainer:
                     null_label=len(self.class_names),
                 )
                 acc.backward(loss / c.grad_accum)  # the gradient of the mean over the micro-batches
-            loss_sum += loss.detach().float().cpu() / c.grad_accum
-        if not torch.isfinite(loss_sum):
-            raise TrainingError(
-                f"loss became {loss_sum.item()} at step {step + 1}; stopped without saving it. The last "
-                "checkpoint is intact: lower --lr, or try --mixed-precision no, then resume"
-            )
+            loss_sum += loss.detach().float() / c.grad_accum
+        self.nonfinite |= ~torch.isfinite(loss_sum)  # on the device: read by `_check_losses`
         if c.grad_clip > 0:
             acc.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         self.optimizer.step()
@@ -270,26 +271,57 @@ class Trainer:
         c, acc = self.config, self.accelerator
         self.bar.update(1)
         self._open_outputs()
-        if stop["signal"] is not None:
-            acc.set_trigger()
-        stopping = acc.check_trigger()  # every process stops after the same step, or none does
-        if stopping:
-            stop["signal"] = stop["signal"] or "a signal on another process"
-        if step % c.log_every == 0 or step == end or stopping:  # the last step of a session is always logged
+        logging = step % c.log_every == 0 or step == end  # the last step of a session is always logged
+        stopping = self._stopping(stop, logging)
+        if logging or stopping:
+            self._check_losses(step, loss)
             self._log_step(step, loss)
         if stopping:
             return True
         if step % c.checkpoint_every == 0 and step < self.total_steps:
+            self._check_losses(step, loss)  # never a checkpoint of weights that a NaN reached
             self._save_checkpoint(step)
         if c.sample_every and step % c.sample_every == 0 and acc.is_main_process:
+            self._check_losses(step, loss)
             with disk_errors(f"the samples of step {step}"):
                 self._write_samples(step)
         return False
+
+    def _stopping(self, stop: dict, logging: bool) -> bool:
+        """Whether the run stops after this step: on a stop signal (`install_stop_handlers`). One process
+        reads its own flag; several agree by an all-reduce, which they run only on logging steps, all at
+        the same steps, so that a step without logging never waits for the others."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return stop["signal"] is not None
+        if not logging:
+            return False
+        if stop["signal"] is not None:
+            acc.set_trigger()
+        if acc.check_trigger():  # every process stops after the same step, or none does
+            stop["signal"] = stop["signal"] or "a signal on another process"
+            return True
+        return False
+
+    def _check_losses(self, step: int, loss: torch.Tensor | None = None) -> None:
+        """Stop if a loss since the last check was NaN or infinite (``loss``: that of ``step``); the weights
+        it reached are never saved."""
+        if step > self.checked_step and self.nonfinite.item():
+            if step == self.checked_step + 1 and loss is not None:
+                what = f"{loss.item()} at step {step}"
+            else:
+                what = f"nan or infinite at one of steps {self.checked_step + 1}-{step}"
+            raise TrainingError(
+                f"loss became {what}; stopped without saving it. The last checkpoint is intact: lower --lr, or "
+                "try --mixed-precision no, then resume"
+            )
+        self.checked_step = step
 
     def _finish(self, step: int, stop: dict) -> Path | None:
         """Checkpoint the last step; at the end of the run, write the final model and the loss curve."""
         acc = self.accelerator
         self._open_outputs()  # when no step ran (a finished run started again), before anything is written
+        self._check_losses(step)
         self._save_checkpoint(step)
         if stop["signal"] is not None:
             raise KeyboardInterrupt(f"stopped by {stop['signal']} at step {step}; checkpoint written")

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from tiny_run import ROOT, TINY, config, final_weights, make_images  # tests/training is on sys.path
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from diffusion.io.checkpoint import list_checkpoints
 from diffusion.pipeline import DiffusionPipeline
@@ -547,3 +549,44 @@ def test_fewer_images_on_resume_names_the_entries_this_version_passes_over(tmp_p
         "other settings: the number of images (8 -> 7) (this version passes over 1 hidden or tool-made entries such "
         "as cats/.ipynb_checkpoints; move them out of the data folder, or use a new --out). To start a new run"
     ) in str(refused.value)
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts `aten::_local_scalar_dense` (behind `.item()` and `if tensor:`: on an accelerator, the host
+    waits for the device) outside torch.optim, whose AdamW keeps its step counters on the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += not any("torch/optim" in frame.filename for frame in traceback.extract_stack())
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_that_does_not_log_never_waits_for_the_host(tmp_path, data):
+    """The loss, the NaN check and the stop signal stay off the host between logged steps: a run of 12 steps
+    reads the device exactly as often as a run of 4 (its set-up, its one logged step and its checks)."""
+    counts = []
+    for steps in (4, 12):
+        trainer = Trainer(config(tmp_path, out=f"o{steps}", max_steps=steps, log_every=100, checkpoint_every=100))
+        with HostSyncs() as syncs:
+            trainer.train()
+        counts.append(syncs.count)
+    assert counts[0] == counts[1]
+
+
+def test_a_nan_between_logged_steps_names_the_steps_and_saves_nothing(tmp_path, data, monkeypatch):
+    real = trainer_module.training_loss
+    calls = {"n": 0}
+
+    def nan_at_step_3(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(trainer_module, "training_loss", nan_at_step_3)
+    message = r"^loss became nan or infinite at one of steps 1-4; stopped without saving it\. The last checkpoint"
+    with pytest.raises(TrainingError, match=message):
+        Trainer(config(tmp_path, max_steps=6, log_every=4, checkpoint_every=4)).train()
+    assert list_checkpoints(tmp_path / "out") == []

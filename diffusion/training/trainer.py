@@ -23,10 +23,12 @@ import contextlib
 import dataclasses
 import importlib.util
 import logging
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -73,6 +75,7 @@ from .safety import disk_errors, install_stop_handlers, restore_handlers
 from .sampler import StepBatchSampler
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Trainer:
@@ -182,21 +185,41 @@ class Trainer:
     def _resume(self) -> dict | None:
         """Continue from the checkpoint ``--resume`` picks, if there is one, and return its
         ``trainer_state.json`` (None: a new run from step 0)."""
-        c, acc = self.config, self.accelerator
+        c = self.config
         # The main process checks the checkpoints (and renames damaged ones); the others take its choice.
-        choice = [resolve_resume(self.out, c.resume) if acc.is_main_process else None]
-        if acc.num_processes > 1:
-            broadcast_object_list(choice)
-        start, resume_from, resumed = 0, choice[0], None
+        resume_from = self._on_main(lambda: resolve_resume(self.out, c.resume))
+        start, resumed = 0, None
         if resume_from is not None:
             resumed = self._load_checkpoint(resume_from)
             start = int(resumed["step"])
             logger.info("resuming from %s (step %d)%s", resume_from, start, " [--resume auto]" * (c.resume == "auto"))
-        if acc.is_main_process:
+
+        def tidy_out() -> None:
             continue_history(self.out, c.resume, resume_from, start, c.keep_checkpoints)
             self._log_summary(start, resume_from)
-        acc.wait_for_everyone()
+
+        self._on_main(tidy_out)  # the others wait until OUT holds the history that continues
         return resumed
+
+    def _on_main(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the main process only and return its result on every process. Should it raise,
+        every process raises the error, so that none waits for a main process that has stopped."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return work()
+        result, error = None, None
+        if acc.is_main_process:
+            try:
+                result = work()
+            except Exception as e:
+                error = e
+        outcome = [result, None if error is None else _portable(error)]
+        broadcast_object_list(outcome)  # also the barrier: the others wait here until the main one is done
+        if error is not None:
+            raise error  # the main process's own, with its traceback
+        if outcome[1] is not None:
+            raise outcome[1]
+        return outcome[0]
 
     def _start_session(self, start: int, resumed: dict | None, progress: bool) -> None:
         """The state of this session's loop, all set here: it starts at ``start``, resumed from the
@@ -491,6 +514,15 @@ class Trainer:
             guidance_scale=DEFAULT_GUIDANCE_SCALE,
             start_folder=self.start_folder,
         )
+
+
+def _portable(error: Exception) -> Exception:
+    """``error`` as another process can receive it: a copy of it if it pickles, else a RuntimeError that
+    names its type and message."""
+    try:
+        return pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def _refuse_unused(explicit: Collection[str], unused: dict[str, str]) -> None:

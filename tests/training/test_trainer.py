@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -342,6 +343,47 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, data):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("is damaged") == 1 and done.stderr.count("(step 2) [--resume auto]") == 2
     assert [s for s, _ in list_checkpoints(out)] == [2, 4] and (out / "checkpoints" / "corrupt-step-3").is_dir()
+
+
+def launch_two_cpu_processes(data, out, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``train.py`` under ``accelerate launch`` with two gloo processes on the CPU (see the test below)."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--main_process_port"]
+    command += [str(free_port()), "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    command += ["--dynamo_backend", "no", str(ROOT / "train.py"), "--data", str(data), "--out", str(out)]
+    command += ["--preset", "tiny", "--image-size", "8", "--batch-size", "4", "--sample-every", "0", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("case", ["only damaged checkpoints", "damaged --resume PATH", "changed settings"])
+def test_two_processes_that_cannot_resume_all_stop_with_one_line(tmp_path, data, case):
+    # The main process alone checks the checkpoints; when it refuses, the other process must stop with it
+    # at once (not wait in the broadcast of its choice until the launcher gives up) and say the same.
+    out = tmp_path / "ddp"
+    done = launch_two_cpu_processes(data, out, "--max-steps", "2", "--checkpoint-every", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    step_2 = out / "checkpoints" / "step-2"
+    args = ["--max-steps", "4", "--checkpoint-every", "2"]
+    if case == "only damaged checkpoints":
+        (step_2 / "model.safetensors").write_bytes(b"")
+        expected = f"no intact checkpoint in {out / 'checkpoints'}, only damaged ones (corrupt-step-2); "
+    elif case == "damaged --resume PATH":
+        (step_2 / "model.safetensors").write_bytes(b"")
+        args += ["--resume", str(step_2)]
+        expected = f"--resume {step_2}: damaged checkpoint: "
+    else:
+        args += ["--lr", "0.001"]
+        expected = f"checkpoint {step_2} was written with other settings: --lr "
+    start = time.monotonic()
+    done = launch_two_cpu_processes(data, out, *args, timeout=120)  # gloo's own timeout is 30 minutes
+    assert done.returncode != 0 and time.monotonic() - start < 120
+    # One line from each process; the two processes share stderr, so one's line may end up glued to the other's.
+    errors = re.findall(r"diffusion-train: error: (.*?)(?=diffusion-train: error: |\n)", done.stderr)
+    assert len(errors) == 2 and errors[0] == errors[1], done.stderr[-3000:]
+    assert errors[0].startswith(expected), errors[0]
+    # No process's traceback: the only one is the launcher's own report that its processes failed.
+    assert "[rank" not in done.stderr and done.stderr.count("Traceback") <= 1, done.stderr[-3000:]
+    assert "ChildFailedError" in done.stderr.split("Traceback")[-1]
 
 
 def test_metrics_and_sample_grids_also_go_to_tensorboard_when_installed(tmp_path, data):

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import logging
+import math
 import pickle
 import shutil
 import time
@@ -304,10 +305,11 @@ class Trainer:
         if step % c.checkpoint_every == 0 and step < self.total_steps:
             self._check_losses(step, loss)  # never a checkpoint of weights that a NaN reached
             self._save_checkpoint(step)
-        if c.sample_every and step % c.sample_every == 0 and acc.is_main_process:
-            self._check_losses(step, loss)
-            with disk_errors(f"the samples of step {step}"):
-                self._write_samples(step)
+        if c.sample_every and step % c.sample_every == 0:
+            self._check_losses(step, loss)  # on every process: they all stop, or none does
+            if acc.is_main_process:
+                with disk_errors(f"the samples of step {step}"):
+                    self._write_samples(step)
         return False
 
     def _stopping(self, stop: dict, logging: bool) -> bool:
@@ -327,11 +329,17 @@ class Trainer:
         return False
 
     def _check_losses(self, step: int, loss: torch.Tensor | None = None) -> None:
-        """Stop if a loss since the last check was NaN or infinite (``loss``: that of ``step``); the weights
-        it reached are never saved."""
-        if step > self.checked_step and self.nonfinite.item():
-            if step == self.checked_step + 1 and loss is not None:
-                what = f"{loss.item()} at step {step}"
+        """Stop if a loss since the last check, on any process, was NaN or infinite (``loss``: that of
+        ``step``); the weights it reached are never saved. Every process calls it at the same steps."""
+        nonfinite = self.nonfinite
+        if self.accelerator.num_processes > 1:  # gradients are averaged: a NaN on one process reaches all
+            nonfinite = self.accelerator.reduce(nonfinite.int(), "max")
+        if step > self.checked_step and nonfinite.item():
+            value = loss.item() if loss is not None and step == self.checked_step + 1 else None
+            if value is not None and not math.isfinite(value):
+                what = f"{value} at step {step}"
+            elif step == self.checked_step + 1:
+                what = f"nan or infinite at step {step} on another process"
             else:
                 what = f"nan or infinite at one of steps {self.checked_step + 1}-{step}"
             raise TrainingError(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -345,12 +346,14 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, data):
     assert [s for s, _ in list_checkpoints(out)] == [2, 4] and (out / "checkpoints" / "corrupt-step-3").is_dir()
 
 
-def launch_two_cpu_processes(data, out, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def launch_two_cpu_processes(
+    data, out, *args: str, timeout: float = 300, script: Path = ROOT / "train.py"
+) -> subprocess.CompletedProcess:
     """``train.py`` under ``accelerate launch`` with two gloo processes on the CPU (see the test below)."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--main_process_port"]
     command += [str(free_port()), "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    command += ["--dynamo_backend", "no", str(ROOT / "train.py"), "--data", str(data), "--out", str(out)]
+    command += ["--dynamo_backend", "no", str(script), "--data", str(data), "--out", str(out)]
     command += ["--preset", "tiny", "--image-size", "8", "--batch-size", "4", "--sample-every", "0", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
@@ -632,3 +635,30 @@ def test_a_nan_between_logged_steps_names_the_steps_and_saves_nothing(tmp_path, 
     with pytest.raises(TrainingError, match=message):
         Trainer(config(tmp_path, max_steps=6, log_every=4, checkpoint_every=4)).train()
     assert list_checkpoints(tmp_path / "out") == []
+
+
+NAN_ON_THE_SECOND_PROCESS = """
+import os, sys
+import diffusion.training.trainer as trainer
+from diffusion.cli import train_main
+real, calls = trainer.training_loss, [0]
+def loss(*args, **kwargs):  # NaN in the third step, on the second process only
+    calls[0] += 1
+    return real(*args, **kwargs) * (float("nan") if calls[0] == 3 and os.environ["RANK"] == "1" else 1.0)
+trainer.training_loss = loss
+sys.exit(train_main())
+"""
+
+
+def test_a_nan_on_one_process_stops_every_process_before_any_output(tmp_path, data):
+    """Gradients are averaged, so a NaN on one process reaches the weights of all: every process sees it at
+    the same check (here the sample grid of step 3, between logged steps 0 and 4) and stops there."""
+    script = tmp_path / "nan_on_the_second_process.py"
+    script.write_text(NAN_ON_THE_SECOND_PROCESS)
+    args = ["--max-steps", "8", "--log-every", "4", "--checkpoint-every", "8", "--sample-every", "3"]
+    args += ["--sample-steps", "2", "--num-samples", "1"]
+    done = launch_two_cpu_processes(data, tmp_path / "ddp", *args, timeout=120, script=script)
+    assert done.returncode != 0
+    message = "loss became nan or infinite at one of steps 1-3; stopped without saving it. The last checkpoint"
+    assert done.stderr.count(f"diffusion-train: error: {message}") == 2, done.stderr[-3000:]
+    assert not (tmp_path / "ddp" / "samples").exists() and list_checkpoints(tmp_path / "ddp") == []

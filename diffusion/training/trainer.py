@@ -1,4 +1,4 @@
-"""The training loop, on accelerate: the only module that imports it.
+"""The training loop, on accelerate (which only this module and `processes.py` import).
 
 `Trainer` reads in the order a run meets its pieces:
 
@@ -11,7 +11,8 @@
 - ``_step``: one optimiser step: ``grad_accum`` micro-batches of `training_loss` (`loss.py`, the whole
   objective), backward under accelerate's precision handling, gradient clipping, AdamW, the learning-rate
   schedule and the EMA;
-- ``_after_step``: stop signals, the metrics row, checkpoints and sample grids;
+- ``_after_step``: stop signals, the metrics row, checkpoints and sample grids (what several processes
+  agree on, and how: `processes.py`);
 - ``_finish``: the last checkpoint, the final model with its card (`report.py`) and the loss curve.
 
 Checkpoints restore everything the next step depends on (`checkpointing.RunState`), and the data order
@@ -24,18 +25,16 @@ import dataclasses
 import importlib.util
 import logging
 import math
-import pickle
 import shutil
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -71,12 +70,12 @@ from .outputs import (
     write_model,
     write_sample_grid,
 )
+from .processes import agree_to_stop, any_process, on_main
 from .report import length_warnings, model_card, startup_lines, working_folder
 from .safety import disk_errors, install_stop_handlers, restore_handlers
 from .sampler import StepBatchSampler
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class Trainer:
@@ -188,7 +187,7 @@ class Trainer:
         ``trainer_state.json`` (None: a new run from step 0)."""
         c = self.config
         # The main process checks the checkpoints (and renames damaged ones); the others take its choice.
-        resume_from = self._on_main(lambda: resolve_resume(self.out, c.resume))
+        resume_from = on_main(self.accelerator, lambda: resolve_resume(self.out, c.resume))
         start, resumed = 0, None
         if resume_from is not None:
             resumed = self._load_checkpoint(resume_from)
@@ -199,28 +198,8 @@ class Trainer:
             continue_history(self.out, c.resume, resume_from, start, c.keep_checkpoints)
             self._log_summary(start, resume_from)
 
-        self._on_main(tidy_out)  # the others wait until OUT holds the history that continues
+        on_main(self.accelerator, tidy_out)  # the others wait until OUT holds the history that continues
         return resumed
-
-    def _on_main(self, work: Callable[[], T]) -> T:
-        """Run ``work`` on the main process only and return its result on every process. Should it raise,
-        every process raises the error, so that none waits for a main process that has stopped."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return work()
-        result, error = None, None
-        if acc.is_main_process:
-            try:
-                result = work()
-            except Exception as e:
-                error = e
-        outcome = [result, None if error is None else _portable(error)]
-        broadcast_object_list(outcome)  # also the barrier: the others wait here until the main one is done
-        if error is not None:
-            raise error  # the main process's own, with its traceback
-        if outcome[1] is not None:
-            raise outcome[1]
-        return outcome[0]
 
     def _start_session(self, start: int, resumed: dict | None, progress: bool) -> None:
         """The state of this session's loop, all set here: it starts at ``start``, resumed from the
@@ -296,7 +275,7 @@ class Trainer:
         self.bar.update(1)
         self._open_outputs()
         logging = step % c.log_every == 0 or step == end  # the last step of a session is always logged
-        stopping = self._stopping(stop, logging)
+        stopping = agree_to_stop(self.accelerator, stop, logging)
         if logging or stopping:
             self._check_losses(step, loss)
             self._log_step(step, loss)
@@ -312,29 +291,11 @@ class Trainer:
                     self._write_samples(step)
         return False
 
-    def _stopping(self, stop: dict, logging: bool) -> bool:
-        """Whether the run stops after this step: on a stop signal (`install_stop_handlers`). One process
-        reads its own flag; several agree by an all-reduce, which they run only on logging steps, all at
-        the same steps, so that a step without logging never waits for the others."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return stop["signal"] is not None
-        if not logging:
-            return False
-        if stop["signal"] is not None:
-            acc.set_trigger()
-        if acc.check_trigger():  # every process stops after the same step, or none does
-            stop["signal"] = stop["signal"] or "a signal on another process"
-            return True
-        return False
-
     def _check_losses(self, step: int, loss: torch.Tensor | None = None) -> None:
         """Stop if a loss since the last check, on any process, was NaN or infinite (``loss``: that of
         ``step``); the weights it reached are never saved. Every process calls it at the same steps."""
-        nonfinite = self.nonfinite
-        if self.accelerator.num_processes > 1:  # gradients are averaged: a NaN on one process reaches all
-            nonfinite = self.accelerator.reduce(nonfinite.int(), "max")
-        if step > self.checked_step and nonfinite.item():
+        # Gradients are averaged: a NaN on one process reaches the weights of all.
+        if step > self.checked_step and any_process(self.accelerator, self.nonfinite):
             value = loss.item() if loss is not None and step == self.checked_step + 1 else None
             if value is not None and not math.isfinite(value):
                 what = f"{value} at step {step}"
@@ -522,15 +483,6 @@ class Trainer:
             guidance_scale=DEFAULT_GUIDANCE_SCALE,
             start_folder=self.start_folder,
         )
-
-
-def _portable(error: Exception) -> Exception:
-    """``error`` as another process can receive it: a copy of it if it pickles, else a RuntimeError that
-    names its type and message."""
-    try:
-        return pickle.loads(pickle.dumps(error))
-    except Exception:
-        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def _refuse_unused(explicit: Collection[str], unused: dict[str, str]) -> None:

@@ -7,6 +7,8 @@ the model folders are shared and must not be written into.
 """
 
 import copy
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -14,6 +16,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# Hugging Face datasets: never the network, and a cache of this session's own (set before datasets is imported).
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="hf-datasets-"))
 
 from diffusion.metrics.classifier import Classifier, ClassifierConfig
 from diffusion.models import UNet, UNetConfig

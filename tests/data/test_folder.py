@@ -15,9 +15,9 @@ from diffusion.data import (
     fit,
     load_image,
     scan,
-    to_mode,
     to_tensor,
 )
+from diffusion.image import to_mode
 
 EXTENSIONS = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"]
 LOSSY = {".jpg", ".jpeg", ".webp"}  # formats whose decoded pixels may differ from what was saved

@@ -1,14 +1,11 @@
-"""Training images from a folder tree: find, validate, decode, fit to size, and scale to [-1, 1].
+"""Image files: find them in a folder tree, decode them, and the full validating scan.
 
 Any tree of png, jpg/jpeg, webp, bmp, tiff and gif files (the first frame) is searched recursively
-and ordered by relative path, so the same folder always gives the same order. Each file is decoded
-once when the dataset is built; files that do not decode (truncated, zero bytes, not an image, a
-decompression bomb, unreadable, a symbolic-link loop) are skipped and reported in one warning: their
-count, then each file on its own line with the reason. Class labels come from the first-level subfolder
-names.
-
-Augmentation randomness is a pure function of a per-item seed that the sampler hands in with the
-index, so a data order and its augmentations replay exactly after a resume, with or without workers.
+and ordered by relative path, so the same folder always gives the same order. `scan` decodes every file
+once to check it (``diffusion-prepare``'s validation pass); files that do not decode (truncated, zero
+bytes, not an image, a decompression bomb, unreadable, a symbolic-link loop) are reported in one warning:
+their count, then each file on its own line with the reason. Class labels come from the first-level
+subfolder names (`class_labels`).
 """
 
 import logging
@@ -16,15 +13,13 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
 
-from .image import to_mode
+from ..image import to_mode
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(__package__)  # "diffusion.data", for every module of the package
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
@@ -80,8 +75,9 @@ def walk_images(root: str | Path) -> tuple[list[Path], list[Path]]:
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
-def load_image(path: str | Path, channels: int) -> Image.Image:
-    """Decode ``path`` fully: first frame, EXIF orientation applied, converted to ``channels``.
+def load_image(path: str | Path | BinaryIO, channels: int) -> Image.Image:
+    """Decode ``path`` (a file, or an open binary file) fully: first frame, EXIF orientation applied,
+    converted to ``channels``.
 
     Raises:
         OSError / ValueError / Image.DecompressionBombError: the file is not a usable image.
@@ -93,33 +89,6 @@ def load_image(path: str | Path, channels: int) -> Image.Image:
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_mode(image, channels)
-
-
-def fit(image: Image.Image, size: tuple[int, int], crop_at: tuple[float, float] | None) -> Image.Image:
-    """Resize so the image covers ``size`` (height, width), then crop to it.
-
-    Args:
-        image: any size.
-        size: (height, width) wanted.
-        crop_at: None for a center crop, else the crop position as fractions in [0, 1) of the slack
-            along (y, x).
-    """
-    height, width = size
-    scale = max(height / image.height, width / image.width)
-    new_w, new_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
-    if (new_w, new_h) != image.size:
-        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    fy, fx = crop_at if crop_at is not None else (0.5, 0.5)
-    top = min(int(fy * (new_h - height + 1)), new_h - height)
-    left = min(int(fx * (new_w - width + 1)), new_w - width)
-    return image.crop((left, top, left + width, top + height))
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """``L`` / ``RGB`` image -> float32 ``(c, h, w)`` in [-1, 1]."""
-    array = np.asarray(image, dtype=np.uint8)
-    array = array[:, :, None] if array.ndim == 2 else array  # (h, w, c)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def printable(text: str) -> str:
@@ -177,54 +146,16 @@ def scan(root: str | Path, size: tuple[int, int], channels: int) -> ScanReport:
     if not files:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise ValueError(f"no readable images found under {root} (searched recursively for {extensions})")
-    tops = [p.relative_to(root).parts for p in files]
-    class_names = sorted({parts[0] for parts in tops if len(parts) > 1})
-    labels = None
-    if all(len(parts) > 1 for parts in tops):
-        index = {name: i for i, name in enumerate(class_names)}
-        labels = [index[parts[0]] for parts in tops]
+    labels, class_names = class_labels(root, files)
     return ScanReport(files, labels, class_names, skipped, upscaled, passed_over)
 
 
-class ImageFolder(Dataset):
-    """A scanned image folder; items are requested as ``(index, augmentation_seed)``.
-
-    ``dataset[(i, seed)]`` returns ``(image, label)``: a float32 ``(channels, h, w)`` tensor in
-    [-1, 1] and an int64 label (-1 for an unlabelled folder). The seed drives the random crop and
-    flip, so the same key always gives the same tensor.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        size: tuple[int, int],
-        channels: int,
-        *,
-        random_crop: bool = False,
-        hflip: bool = True,
-    ) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-        self.size, self.channels = size, channels
-        self.random_crop, self.hflip = random_crop, hflip
-        self.report = scan(root, size, channels)
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.report.class_names
-
-    def __len__(self) -> int:
-        return len(self.report.files)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index, seed = key
-        fy, fx, flip = torch.rand(3, generator=torch.Generator().manual_seed(seed)).tolist()
-        image = fit(
-            load_image(self.report.files[index], self.channels),
-            self.size,
-            (fy, fx) if self.random_crop else None,
-        )
-        if self.hflip and flip < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        label = self.report.labels[index] if self.report.labels is not None else -1
-        return to_tensor(image), torch.tensor(label, dtype=torch.long)
+def class_labels(root: Path, files: list[Path]) -> tuple[list[int] | None, list[str]]:
+    """(each file's first-level subfolder index, None when some files are at the top; the sorted
+    first-level subfolder names holding files)."""
+    tops = [p.relative_to(root).parts for p in files]
+    class_names = sorted({parts[0] for parts in tops if len(parts) > 1})
+    if not all(len(parts) > 1 for parts in tops):
+        return None, class_names
+    index = {name: i for i, name in enumerate(class_names)}
+    return [index[parts[0]] for parts in tops], class_names

@@ -1,0 +1,151 @@
+"""`ArrowImages`: training images in a Hugging Face dataset, read memory-mapped from its Arrow files.
+
+Two kinds of image column are read:
+
+- an ``Image`` feature (encoded PNG/JPEG bytes, or a file path): each item is decoded and fitted as a
+  folder's file is (`files.load_image`, `augment.fit`);
+- a prepared dataset's pixel column (`manifest`): fixed-length uint8 lists of a known shape, seen as one
+  numpy array per Arrow record batch without a copy, so that reading an item is an index and a slice.
+
+Labels come from a ``ClassLabel`` column (its names are the class names), or from an integer or string
+column, whose sorted distinct values become the classes.
+"""
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .augment import crop, fit, to_pixels
+from .files import load_image
+from .images import TrainingImages
+
+
+class ArrowImages(TrainingImages):
+    """The rows of ``dataset`` (a `datasets.Dataset`) as training images.
+
+    Args:
+        dataset: memory-mapped (``load_from_disk``, ``load_dataset``) or in memory.
+        source: what the user gave, for messages.
+        image_column: the column of images; None: ``image``, else the one ``Image`` column.
+        label_column: the column of labels; None: ``label`` if there is one, else unlabelled.
+        shape: ``(h, w, c)`` of a prepared dataset's pixel column; None for an ``Image`` column.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        source: str,
+        size: tuple[int, int],
+        channels: int,
+        *,
+        random_crop: bool = False,
+        hflip: bool = True,
+        image_column: str | None = None,
+        label_column: str | None = None,
+        shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        if dataset._indices is not None:  # a select()/shuffle() view: give it rows of its own
+            dataset = dataset.flatten_indices()
+        self.dataset, self.source, self.shape = dataset, source, shape
+        self.size, self.channels = size, channels
+        self.random_crop, self.hflip = random_crop, hflip
+        self.image_column = _image_column(dataset, source, image_column, shape is not None)
+        if len(dataset) == 0:
+            raise ValueError(f"{source} has no rows")
+        if shape is not None and shape[2] != channels:
+            raise ValueError(
+                f"{source} was prepared with {shape[2]} channel(s): train it with --channels {shape[2]}, or "
+                f"prepare it again with --channels {channels}"
+            )
+        self.labels, self.class_names, self.unlabelled_reason = _labels(dataset, source, label_column)
+        self._chunks: tuple[np.ndarray, list] | None = None  # built on first use, in each worker process
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_chunks": None}  # the views are rebuilt, not pickled with their data
+
+    def name(self, index: int) -> str:
+        if "path" in self.dataset.column_names and self.shape is not None:
+            return self.dataset.data.column("path")[index].as_py()
+        return f"row {index}"
+
+    def read(self, index: int, crop_at: tuple[float, float] | None) -> np.ndarray:
+        starts, chunks = self._chunks or self._open()
+        chunk = int(np.searchsorted(starts, index, side="right")) - 1
+        row = index - int(starts[chunk])
+        if self.shape is None:
+            data, path = chunks[chunk]
+            blob = data[row].as_py()
+            image = load_image(io.BytesIO(blob) if blob is not None else path[row].as_py(), self.channels)
+            return to_pixels(fit(image, self.size, crop_at))
+        pixels = chunks[chunk][row]  # (h, w, c), a view into the Arrow file
+        if pixels.shape[:2] == tuple(self.size):
+            return pixels
+        if crop_at is not None and pixels.shape[0] >= self.size[0] and pixels.shape[1] >= self.size[1]:
+            return crop(pixels, self.size, crop_at)  # a random crop takes its slack from the prepared size
+        return to_pixels(fit(Image.fromarray(pixels[:, :, 0] if self.channels == 1 else pixels), self.size, crop_at))
+
+    def _open(self) -> tuple[np.ndarray, list]:
+        """(the first row of each Arrow chunk; each chunk's pixels as an ``(n, h, w, c)`` array, or its
+        encoded images as ``(bytes, path)`` arrays)."""
+        column = self.dataset.data.column(self.image_column)
+        starts = np.cumsum([0] + [len(c) for c in column.chunks[:-1]])
+        if self.shape is None:
+            chunks = [dict(zip([f.name for f in c.type], c.flatten(), strict=True)) for c in column.chunks]
+            chunks = [(c["bytes"], c["path"]) for c in chunks]
+        else:
+            chunks = [c.flatten().to_numpy(zero_copy_only=True).reshape(-1, *self.shape) for c in column.chunks]
+        self._chunks = (starts, chunks)
+        return self._chunks
+
+
+def _image_column(dataset: Any, source: str, given: str | None, prepared: bool) -> str:
+    """The image column: ``given``, else ``image``, else the one ``Image`` column."""
+    from datasets import Image as ImageFeature
+
+    features = dataset.features
+    encoded = [name for name, feature in features.items() if isinstance(feature, ImageFeature)]
+    columns = ", ".join(features)
+    name = given or ("image" if "image" in features else encoded[0] if len(encoded) == 1 else None)
+    if name is None or name not in features:
+        raise ValueError(
+            f"{source} has no {'column ' + repr(given) if given else 'image column'}: give --image-column one of "
+            f"its columns ({columns})"
+        )
+    if not prepared and not isinstance(features[name], ImageFeature):
+        raise ValueError(
+            f"column {name!r} of {source} holds {features[name]}, not images: give --image-column the column of "
+            f"an Image feature (columns: {columns})"
+        )
+    return name
+
+
+def _labels(dataset: Any, source: str, given: str | None) -> tuple[np.ndarray | None, list[str], str]:
+    """(each row's class index, or None; the class names; why there are none, for --class-cond)."""
+    from datasets import ClassLabel
+
+    features, columns = dataset.features, ", ".join(dataset.features)
+    name = given or ("label" if "label" in features else None)
+    if name is None:
+        return None, [], f"--class-cond needs labels: give --label-column, a column of {source} ({columns})"
+    if name not in features:
+        raise ValueError(f"{source} has no column {name!r}: give --label-column one of its columns ({columns})")
+    values = dataset.data.column(name).to_numpy()
+    if isinstance(features[name], ClassLabel):
+        if len(values) and (values.min() < 0 or values.max() >= features[name].num_classes):
+            raise ValueError(f"column {name!r} of {source} has rows without a class (-1): drop them, then train")
+        return values.astype(np.int64), list(features[name].names), ""
+    kind = getattr(features[name], "dtype", "")
+    if not (kind.startswith("int") or kind.startswith("uint") or kind in ("string", "large_string")):
+        raise ValueError(
+            f"column {name!r} of {source} holds {features[name]}, not class labels: give --label-column a "
+            f"ClassLabel, integer or string column (columns: {columns})"
+        )
+    classes, labels = np.unique(values, return_inverse=True)
+    return labels.astype(np.int64), [str(c) for c in classes], ""

@@ -1,0 +1,69 @@
+"""`ImageFolder`: training images read from a folder tree, decoded only when a batch needs them.
+
+Building one lists the file names (`files.walk_images`) and nothing more, so a run starts at once on a
+folder of any size; labels come from the first-level subfolders. A file that does not decode is met during
+training, where `images.TrainingImages.batch` replaces it. ``validate=True`` decodes every file up front
+instead (`files.scan`), leaving the unusable ones out, as versions before lazy reading did.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from .augment import fit, to_pixels
+from .files import IMAGE_EXTENSIONS, ScanReport, class_labels, load_image, scan, walk_images
+from .images import TrainingImages
+
+
+class ImageFolder(TrainingImages):
+    """A folder of images; ``report`` is what listing (or, with ``validate``, decoding) it found."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        size: tuple[int, int],
+        channels: int,
+        *,
+        random_crop: bool = False,
+        hflip: bool = True,
+        validate: bool = False,
+    ) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        self.root, self.source = Path(root), str(root)
+        self.size, self.channels = size, channels
+        self.random_crop, self.hflip = random_crop, hflip
+        self.report = scan(root, size, channels) if validate else list_folder(root)
+        labels = self.report.labels
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.class_names = self.report.class_names
+        top = sum(len(p.relative_to(self.root).parts) == 1 for p in self.report.files)
+        self.unlabelled_reason = (
+            f"--class-cond needs every image in a class subfolder of {root} (DATA/<class>/...); "
+            f"{top} image(s) are at its top level"
+        )
+
+    def __len__(self) -> int:
+        return len(self.report.files)
+
+    def read(self, index: int, crop_at: tuple[float, float] | None) -> np.ndarray:
+        return to_pixels(fit(load_image(self.report.files[index], self.channels), self.size, crop_at))
+
+    def name(self, index: int) -> str:
+        return self.report.files[index].relative_to(self.root).as_posix()
+
+
+def list_folder(root: str | Path) -> ScanReport:
+    """The image files under ``root`` by name, undecoded (``skipped`` and ``upscaled`` stay empty).
+
+    Raises:
+        FileNotFoundError: ``root`` is missing.
+        ValueError: no image file at all.
+    """
+    root = Path(root)
+    files, passed_over = walk_images(root)
+    if not files:
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ValueError(f"no image files found under {root} (searched recursively for {extensions})")
+    labels, class_names = class_labels(root, files)
+    return ScanReport(files, labels, class_names, [], 0, passed_over)

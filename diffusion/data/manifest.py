@@ -1,0 +1,70 @@
+"""The prepared-dataset format: a Hugging Face ``save_to_disk`` folder with our ``manifest.json`` beside it.
+
+A folder ``PREPARED`` written by ``diffusion-prepare`` holds::
+
+    manifest.json          this module's: format, version, settings, shape, counts, skipped files, checksums
+    dataset_info.json      datasets' own files (``Dataset.save_to_disk``), so that
+    state.json             ``datasets.load_from_disk(PREPARED)`` reads it as any other dataset
+    data-*.arrow
+
+Columns: ``image``, the pixels as a fixed-length ``uint8`` list of ``height * width * channels`` values
+in row-major (height, width, channels) order, the shape being the manifest's ``shape``; ``label``, a
+``ClassLabel``, when the source has classes; ``path``, where each row came from. A fixed-length list is
+stored without offsets; datasets' ``Array3D`` stores an offset for every pixel row and column, which more
+than doubles the files.
+
+``manifest.json`` is written last: a folder without a complete one is an interrupted preparation.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+FORMAT = "pixel-diffusion-prepared"
+VERSION = 1
+IMAGE, LABEL, PATH = "image", "label", "path"  # the column names
+
+
+def is_prepared(folder: str | Path) -> bool:
+    """Whether ``folder`` has a manifest of this format (complete or not)."""
+    try:
+        return read_manifest(folder).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The manifest of ``folder``.
+
+    Raises:
+        FileNotFoundError: there is none.
+        ValueError: it is not JSON.
+    """
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); prepare the dataset again") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not a prepared-dataset manifest; prepare the dataset again")
+    return manifest
+
+
+def check_complete(folder: str | Path, manifest: dict[str, Any]) -> None:
+    """Refuse a manifest of another format or version, or one of an interrupted preparation.
+
+    Raises:
+        ValueError: naming the problem and the command that fixes it.
+    """
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{Path(folder) / MANIFEST} is not a {FORMAT} manifest")
+    if manifest.get("version", 0) > VERSION:
+        raise ValueError(
+            f"{folder} was prepared by a newer pixel-diffusion (format version {manifest['version']}, this one "
+            f"reads {VERSION}): upgrade pixel-diffusion"
+        )
+    if not manifest.get("complete"):
+        raise ValueError(
+            f"{folder} is an interrupted preparation: run the same diffusion-prepare command again to finish it"
+        )

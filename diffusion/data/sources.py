@@ -1,0 +1,138 @@
+"""`open_images`: whatever ``--data`` names, as `TrainingImages`; the kind is told from the path itself.
+
+- a prepared dataset: a folder with a ``manifest.json`` (`manifest`);
+- a Hugging Face dataset: a ``save_to_disk`` folder (a ``DatasetDict`` gives its ``train`` split), Parquet
+  or Arrow files (one file, or a folder holding only such files), or a Hub name ``owner/name`` when online;
+- anything else is a folder of images (`folder.ImageFolder`).
+
+Hugging Face sources need the optional ``datasets`` package (``pip install 'pixel-diffusion[datasets]'``);
+a plain folder never imports it.
+"""
+
+import importlib
+import logging
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .files import printable
+from .folder import ImageFolder
+from .images import TrainingImages
+from .manifest import MANIFEST, check_complete, read_manifest
+
+logger = logging.getLogger(__package__)
+
+TABLE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name
+
+
+def open_images(
+    data: str | Path,
+    size: tuple[int, int],
+    channels: int,
+    *,
+    random_crop: bool = False,
+    hflip: bool = True,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> TrainingImages:
+    """The training images ``data`` names, fitted to ``size`` (height, width) with ``channels``.
+
+    Raises:
+        FileNotFoundError: ``data`` is neither a folder, a file of a dataset nor a Hub name.
+        ValueError: a source without images, an unknown column, an interrupted preparation, or a Hugging
+            Face source without the ``datasets`` package.
+    """
+    path, options = Path(data), {"random_crop": random_crop, "hflip": hflip}
+    columns = {"image_column": image_column, "label_column": label_column}
+    if (path / MANIFEST).is_file():
+        manifest = read_manifest(path)
+        check_complete(path, manifest)
+        dataset = _datasets(data).load_from_disk(str(path))
+        return _arrow_images(dataset, data, size, channels, options, columns, tuple(manifest["shape"]))
+    dataset = _huggingface_dataset(path, str(data))
+    if dataset is not None:
+        return _arrow_images(dataset, data, size, channels, options, columns, None)
+    if image_column or label_column:
+        flag = "--image-column" if image_column else "--label-column"
+        raise ValueError(f"{flag} is for Hugging Face datasets; {printable(str(data))} is a folder of images")
+    return ImageFolder(data, size, channels, **options)
+
+
+def _arrow_images(
+    dataset: Any, data: str | Path, size: tuple[int, int], channels: int, options: dict, columns: dict, shape
+) -> TrainingImages:
+    from .arrow import ArrowImages
+
+    return ArrowImages(dataset, printable(str(data)), size, channels, **options, **columns, shape=shape)
+
+
+def _huggingface_dataset(path: Path, data: str) -> Any | None:
+    """The `datasets.Dataset` at ``path`` (its train split), or None when ``path`` is a folder of images.
+
+    Raises:
+        FileNotFoundError: nothing is at ``path`` and it is not a Hub name.
+    """
+    if path.is_dir() and (path / "dataset_info.json").is_file() and (path / "state.json").is_file():
+        return _datasets(data).load_from_disk(str(path))
+    if path.is_dir() and (path / "dataset_dict.json").is_file():
+        return _train_split(_datasets(data).load_from_disk(str(path)), data)
+    tables = _table_files(path)
+    if tables:
+        kind = TABLE_SUFFIXES[tables[0].suffix.lower()]
+        files = [str(f) for f in tables]
+        return _datasets(data).load_dataset(kind, data_files={"train": files}, split="train")
+    if path.exists():
+        return None
+    if HUB_NAME.fullmatch(data) and not path.parent.exists():
+        return _hub_dataset(data)
+    raise FileNotFoundError(
+        f"data folder {printable(data)} not found (give --data a folder of images, a prepared dataset, a Hugging "
+        "Face dataset folder, Parquet/Arrow files, or a Hub name owner/name)"
+    )
+
+
+def _table_files(path: Path) -> list[Path]:
+    """The Parquet or Arrow files ``path`` is or holds (a folder of nothing else), sorted; else []."""
+    if path.is_file():
+        return [path] if path.suffix.lower() in TABLE_SUFFIXES else []
+    if not path.is_dir():
+        return []
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    kinds = {TABLE_SUFFIXES.get(p.suffix.lower()) for p in files}
+    return files if len(kinds) == 1 and None not in kinds else []
+
+
+def _hub_dataset(name: str) -> Any:
+    """The train split of the Hub dataset ``name`` (downloaded once into datasets' cache)."""
+    datasets = _datasets(name)
+    try:
+        return _train_split(datasets.load_dataset(name), name)
+    except (ConnectionError, OSError) as e:  # datasets' DatasetNotFoundError is a FileNotFoundError
+        reason = (str(e).splitlines() or [""])[0]
+        raise FileNotFoundError(
+            f"--data {name}: no such folder, and the Hugging Face Hub dataset of that name could not be read "
+            f"({type(e).__name__}: {reason}); check the name and the network"
+        ) from None
+
+
+def _train_split(splits: Any, data: str) -> Any:
+    if not hasattr(splits, "keys"):
+        return splits
+    if "train" in splits:
+        return splits["train"]
+    if len(splits) == 1:
+        return next(iter(splits.values()))
+    raise ValueError(f"{data} has splits {', '.join(splits)} and none is named train: save the one to train on")
+
+
+def _datasets(data: str | Path) -> ModuleType:
+    """The ``datasets`` package, or a one-line error naming the extra that installs it."""
+    try:
+        return importlib.import_module("datasets")
+    except ImportError:
+        raise ValueError(
+            f"{printable(str(data))} is a Hugging Face dataset, which needs the datasets package: "
+            "pip install 'pixel-diffusion[datasets]'"
+        ) from None

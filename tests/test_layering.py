@@ -43,7 +43,7 @@ LAYERS = [
     },
     {"diffusion.training", "diffusion.metrics.evaluation", "diffusion.evaluation"},
     {"diffusion.cli"},
-    {"diffusion.evaluate"},
+    {"diffusion.evaluate", "diffusion.prepare"},
 ]
 
 

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 from collections.abc import Iterator, Sequence
 from multiprocessing import Pool
 from pathlib import Path
@@ -28,6 +29,10 @@ from .manifest import FORMAT, IMAGE, LABEL, MANIFEST, PATH, VERSION, check_compl
 from .sources import open_images
 
 logger = logging.getLogger(__name__)
+
+# What decoding a chunk of items gives: the indices that decode, their (h, w, c) uint8 pixels, and the
+# (index, reason) of each item that does not.
+Decoded = tuple[list[int], list[np.ndarray], list[tuple[int, str]]]
 
 PARTIAL = "partial"  # the shards of a preparation in progress, inside OUT
 SHARD = "shard.json"  # inside each shard: its index range and skipped items
@@ -75,6 +80,7 @@ def prepare(
         FileNotFoundError: ``source`` does not exist.
     """
     settings = _settings(source, size, channels, image_column, label_column)
+    size = (settings["size"][0], settings["size"][1])
     workers = _count("workers", workers, default=_available_cores())
     shard_size = _count("shard_size", shard_size, default=_default_shard_size(size, channels))
     out = Path(out)
@@ -85,8 +91,7 @@ def prepare(
         return done
     _require_datasets()
     images = open_images(source, size=size, channels=channels, image_column=image_column, label_column=label_column)
-    if len(images) == 0:
-        raise ValueError(f"{source} holds no images to prepare")
+    assert len(images) > 0, "open_images refuses a source without items"
     check_writable(out)
     shard_size = _begin(out, settings, _listing_sha256(images), shard_size)
     plan = [range(start, min(start + shard_size, len(images))) for start in range(0, len(images), shard_size)]
@@ -146,14 +151,15 @@ def _claim(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, An
         ValueError: ``out`` is a file, holds files that are not a prepared dataset (never removed), or
             holds one of other settings without ``overwrite``.
     """
+    where = printable(str(out))
     if not out.exists():
         return None
     if not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a new or empty folder")
+        raise ValueError(f"--out {where} is a file; give a new or empty folder")
     if not is_prepared(out):
         if any(out.iterdir()):
             raise ValueError(
-                f"--out {out} is not empty and holds no prepared dataset; give a new or empty folder "
+                f"--out {where} is not empty and holds no prepared dataset; give a new or empty folder "
                 "(nothing in it is removed, --overwrite included)"
             )
         return None
@@ -166,13 +172,13 @@ def _claim(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, An
         check_complete(out, manifest)
         if difference:
             raise ValueError(
-                f"{out} holds a dataset prepared with {difference}: add --overwrite to replace it, "
+                f"{where} holds a dataset prepared with {difference}: add --overwrite to replace it, "
                 "or give another --out"
             )
         return manifest
     if difference:
         raise ValueError(
-            f"{out} holds an interrupted preparation with {difference}: add --overwrite to start again, "
+            f"{where} holds an interrupted preparation with {difference}: add --overwrite to start again, "
             "or give another --out"
         )
     return None
@@ -215,7 +221,8 @@ def _begin(out: Path, settings: dict[str, Any], listing: str, shard_size: int) -
         manifest = read_manifest(out)
         if manifest.get("listing_sha256") != listing:
             raise ValueError(
-                f"{out} holds an interrupted preparation of another listing of {settings['source']} (items were "
+                f"{printable(str(out))} holds an interrupted preparation of another listing of "
+                f"{printable(settings['source'])} (items were "
                 "added, removed or renamed since): add --overwrite to start again, or give another --out"
             )
         logger.info("%s: continuing an interrupted preparation", printable(str(out)))
@@ -285,7 +292,7 @@ def _decode_shards(
         logger.info("%d of %d shards are done; decoding the other %d", len(plan) - len(todo), len(plan), len(todo))
     chunk = max(1, min(CHUNK, math.ceil(left / (4 * workers))))  # a few tasks per worker, for balance
     tasks = [(number, plan[number][i : i + chunk]) for number in todo for i in range(0, len(plan[number]), chunk)]
-    results: list[tuple[list[int], list[np.ndarray], list[tuple[int, str]]]] = []
+    results: list[Decoded] = []
     with (
         tqdm(total=len(images), initial=len(images) - left, disable=not progress, unit="img", desc="prepare") as bar,
         _decoder(images, min(workers, len(tasks))) as decode,
@@ -315,14 +322,15 @@ _worker_images: Any = None  # a pool worker's source, set once by `_start_worker
 def _start_worker(images: Any) -> None:
     global _worker_images
     _worker_images = images
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which stops the pool
 
 
-def _decode_in_worker(rows: range) -> tuple[list[int], list[np.ndarray], list[tuple[int, str]]]:
+def _decode_in_worker(rows: range) -> Decoded:
     return _decode_chunk(_worker_images, rows)
 
 
-def _decode_chunk(images: Any, rows: range) -> tuple[list[int], list[np.ndarray], list[tuple[int, str]]]:
-    """(indices decoded, their (h, w, c) uint8 pixels, (index, reason) of each item that does not decode)."""
+def _decode_chunk(images: Any, rows: range) -> Decoded:
+    """The items of ``rows`` decoded, each one that does not decode with the reason."""
     kept, pixels, skipped = [], [], []
     for index in rows:
         try:
@@ -339,21 +347,23 @@ def _commit_shard(
     partial: Path,
     number: int,
     rows: range,
-    results: list[tuple[list[int], list[np.ndarray], list[tuple[int, str]]]],
+    results: list[Decoded],
     shape: tuple[int, int, int],
 ) -> None:
     """Write shard ``number`` (the items of ``rows``) under a temporary name, then rename it into place."""
     kept = [index for chunk, _, _ in results for index in chunk]
     pixels = [p for _, chunk, _ in results for p in chunk]
     assert all(p.shape == shape and p.dtype == np.uint8 for p in pixels), "the reader fits items to the size"
-    stacked = np.stack(pixels) if pixels else np.zeros((0, *shape), np.uint8)  # (n, h, w, c)
-    labels = None if images.labels is None else images.labels[kept]
-    dataset = _dataset(stacked, labels, [printable(images.name(i)) for i in kept], _class_names(images))
     skipped = [{"source": printable(images.name(i)), "reason": why} for _, _, chunk in results for i, why in chunk]
     temporary, final = partial / f".shard-{number:05d}", _shard_path(partial, number)
     shutil.rmtree(temporary, ignore_errors=True)
-    dataset.save_to_disk(str(temporary))
-    write_json(temporary / SHARD, {"start": rows.start, "stop": rows.stop, "skipped": skipped})
+    if kept:
+        labels = None if images.labels is None else images.labels[kept]
+        paths = [printable(images.name(i)) for i in kept]
+        _dataset(np.stack(pixels), labels, paths, _class_names(images)).save_to_disk(str(temporary))
+    else:
+        temporary.mkdir()  # datasets cannot load a saved dataset of no rows: the shard is its skip list only
+    write_json(temporary / SHARD, {"start": rows.start, "stop": rows.stop, "rows": len(kept), "skipped": skipped})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(temporary, final)
 
@@ -379,14 +389,15 @@ def _dataset(pixels: np.ndarray, labels: np.ndarray | None, paths: list[str], cl
     return datasets.Dataset(datasets.table.InMemoryTable(table), info=datasets.DatasetInfo(features=features))
 
 
-def _finish(out: Path, images: Any, settings: dict[str, Any], shards: int) -> dict[str, Any]:
-    """Join the shards into ``out``, write the complete manifest, remove the shards; the manifest."""
+def _finish(out: Path, images: Any, settings: dict[str, Any], count: int) -> dict[str, Any]:
+    """Join the ``count`` shards into ``out``, write the complete manifest, remove the shards; the manifest."""
     import datasets
 
     partial = out / PARTIAL
-    folders = [_shard_path(partial, number) for number in range(shards)]
-    skipped = [entry for folder in folders for entry in read_json(folder / SHARD)["skipped"]]
-    parts = [datasets.load_from_disk(str(folder)) for folder in folders]
+    folders = [_shard_path(partial, number) for number in range(count)]
+    shards = [(folder, read_json(folder / SHARD)) for folder in folders]
+    skipped = [entry for _, shard in shards for entry in shard["skipped"]]
+    parts = [datasets.load_from_disk(str(folder)) for folder, shard in shards if shard["rows"]]
     prepared = sum(len(part) for part in parts)
     if skipped:
         warn_skipped([(entry["source"], entry["reason"]) for entry in skipped], "image(s)", settings["source"])
@@ -395,7 +406,7 @@ def _finish(out: Path, images: Any, settings: dict[str, Any], shards: int) -> di
         _remove_prepared(out)
         first = skipped[0]
         raise ValueError(
-            f"no item of {settings['source']} decodes (the first, {first['source']}: {first['reason']}); "
+            f"no item of {printable(settings['source'])} decodes (the first, {first['source']}: {first['reason']}); "
             "check the source"
         )
     for pattern in DATASET_FILES:  # left by a run that stopped while joining

@@ -1,0 +1,65 @@
+"""``diffusion-prepare`` / ``python -m diffusion.prepare``: decode a source of images once into a prepared
+dataset that training reads memory-mapped."""
+
+import argparse
+from collections.abc import Sequence
+
+from ..data.prepare import prepare
+from .common import ArgumentParser, _size, named_as_flags, run_command
+
+
+def prepare_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="diffusion-prepare",
+        description="Decode every image of SOURCE once, resized to cover --size and centre-cropped, into a prepared "
+        "dataset (a Hugging Face save_to_disk folder with a manifest.json) that --data reads without decoding. "
+        "Images that do not decode are left out and listed in the manifest. An interrupted run continues where "
+        "it stopped when run again with the same flags; a finished one is left as it is.",
+        epilog="Example: diffusion-prepare photos/ --out photos-64 --size 64. The prepared size may exceed the "
+        "training size: training then crops or resizes it.",
+    )
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a folder of images (class subfolders give labels), a Hugging Face dataset folder (save_to_disk), "
+        "Parquet/Arrow file(s), or a Hub name owner/name",
+    )
+    parser.add_argument("--out", required=True, help="the prepared dataset's folder: a new or empty one")
+    parser.add_argument("--size", type=_size, required=True, help="N or HxW: the stored image size")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1: grayscale, 3: RGB (default: 3)")
+    parser.add_argument(
+        "--image-column", default=None, help="a dataset's image column (default: image, else its one Image column)"
+    )
+    parser.add_argument("--label-column", default=None, help="a dataset's label column (default: label, if any)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset prepared in --out with other flags, or restart an interrupted one (a folder "
+        "holding anything else is never touched)",
+    )
+    return parser
+
+
+def prepare_main(argv: Sequence[str] | None = None) -> int:
+    """``diffusion-prepare`` / ``python -m diffusion.prepare``: prepare a dataset."""
+    args = prepare_parser().parse_args(argv)
+
+    def main() -> int:
+        with named_as_flags({"workers": "--workers"}):
+            manifest = prepare(
+                args.source,
+                args.out,
+                size=args.size,
+                channels=args.channels,
+                image_column=args.image_column,
+                label_column=args.label_column,
+                workers=args.workers,
+                overwrite=args.overwrite,
+                progress=True,
+            )
+        counts, shape = manifest["counts"], "x".join(str(s) for s in manifest["shape"])
+        print(f"prepared {counts['prepared']} images ({counts['skipped']} skipped) of {shape} into {args.out}")
+        return 0
+
+    return run_command("diffusion-prepare", main)

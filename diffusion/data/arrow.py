@@ -136,7 +136,12 @@ def _labels(dataset: Any, source: str, given: str | None) -> tuple[np.ndarray | 
         return None, [], f"--class-cond needs labels: give --label-column, a column of {source} ({columns})"
     if name not in features:
         raise ValueError(f"{source} has no column {name!r}: give --label-column one of its columns ({columns})")
-    values = dataset.data.column(name).to_numpy()
+    column = dataset.data.column(name)
+    if column.null_count:
+        raise ValueError(
+            f"column {name!r} of {source} has {column.null_count} row(s) without a label: drop them, then train"
+        )
+    values = column.to_numpy()
     if isinstance(features[name], ClassLabel):
         if len(values) and (values.min() < 0 or values.max() >= features[name].num_classes):
             raise ValueError(f"column {name!r} of {source} has rows without a class (-1): drop them, then train")

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .files import printable
+from .files import is_left_by_tools, printable
 from .folder import ImageFolder
 from .images import TrainingImages
 from .manifest import MANIFEST, check_complete, read_manifest
@@ -94,14 +94,20 @@ def _huggingface_dataset(path: Path, data: str) -> Any | None:
 
 
 def _table_files(path: Path) -> list[Path]:
-    """The Parquet or Arrow files ``path`` is or holds (a folder of nothing else), sorted; else []."""
+    """The Parquet or Arrow files ``path`` is or holds (a folder of nothing else, less what other tools
+    leave), sorted; else []."""
     if path.is_file():
         return [path] if path.suffix.lower() in TABLE_SUFFIXES else []
     if not path.is_dir():
         return []
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    kinds = {TABLE_SUFFIXES.get(p.suffix.lower()) for p in files}
-    return files if len(kinds) == 1 and None not in kinds else []
+    files = []
+    for file in path.rglob("*"):
+        if any(is_left_by_tools(part) for part in file.relative_to(path).parts) or not file.is_file():
+            continue
+        if file.suffix.lower() not in TABLE_SUFFIXES:
+            return []  # a folder of images: stop at its first file rather than list the whole tree twice
+        files.append(file)
+    return sorted(files) if len({p.suffix.lower() for p in files}) == 1 else []
 
 
 def _hub_dataset(name: str) -> Any:

@@ -349,15 +349,34 @@ def test_scan_skips_bad_files_and_warns_once(tmp_path, caplog):
     assert all(str(path) in message for path in bad)
 
 
-def test_image_folder_labels_come_from_sorted_subfolders(tmp_path):
+def test_a_validated_image_folder_labels_come_from_sorted_subfolders_of_usable_images(tmp_path):
     root = tmp_path / "data"
     _good_and_bad_tree(root)
-    dataset = ImageFolder(root, (8, 8), 3)
+    dataset = ImageFolder(root, (8, 8), 3, validate=True)
     assert len(dataset) == 3
-    assert dataset.class_names == ["cat", "dog"]
+    assert dataset.class_names == ["cat", "dog"]  # junk/ holds no usable image
+    assert len(dataset.report.skipped) == 4
     labels = [dataset[(i, 0)][1] for i in range(len(dataset))]
     assert all(label.dtype == torch.int64 and label.shape == () for label in labels)
     assert [label.item() for label in labels] == [0, 0, 1]
+
+
+def test_a_listed_image_folder_labels_every_image_file_by_its_subfolder(tmp_path):
+    root = tmp_path / "data"
+    good, bad = _good_and_bad_tree(root)
+    dataset = ImageFolder(root, (8, 8), 3)
+    assert dataset.report.files == sorted(good + bad)  # listed by name: nothing decoded yet
+    assert dataset.report.skipped == [] and dataset.report.upscaled == 0
+    assert dataset.class_names == ["cat", "dog", "junk"]
+    names = [dataset.name(i) for i in range(len(dataset))]
+    assert names == [
+        "cat/a.png", "cat/b.jpg", "cat/empty.png", "cat/x.png", "dog/c.png", "dog/truncated.jpg", "junk/truncated.png"
+    ]  # fmt: skip
+    assert dataset.labels.tolist() == [0, 0, 0, 0, 1, 1, 2]
+    # an undecodable file takes the next one that decodes, and its label: cat/empty.png -> dog/c.png,
+    # junk/truncated.png -> cat/a.png (wrapping round)
+    labels = [dataset[(i, 0)][1].item() for i in range(len(dataset))]
+    assert labels == [0, 0, 1, 1, 1, 0, 0]
 
 
 def test_images_at_the_top_level_mean_no_labels(tmp_path):
@@ -392,7 +411,7 @@ def test_scan_counts_and_warns_about_upscaled_images(tmp_path, caplog, width, he
 
 
 @pytest.mark.parametrize("contents", ["empty", "only_bad", "only_other_files"])
-def test_no_usable_image_raises(tmp_path, contents):
+def test_no_usable_image_raises_when_validating(tmp_path, contents):
     root = tmp_path / "data"
     root.mkdir()
     if contents == "only_bad":
@@ -405,7 +424,31 @@ def test_no_usable_image_raises(tmp_path, contents):
     with pytest.raises(ValueError, match=f"no readable images found under {re.escape(str(root))}"):
         scan(root, (8, 8), 3)
     with pytest.raises(ValueError, match="no readable images found under"):
+        ImageFolder(root, (8, 8), 3, validate=True)
+
+
+@pytest.mark.parametrize("contents", ["empty", "only_other_files"])
+def test_a_folder_without_image_files_raises_when_listed(tmp_path, contents):
+    root = tmp_path / "data"
+    root.mkdir()
+    if contents == "only_other_files":
+        (root / "notes.txt").write_text("hello")
+        (root / ".hidden.png").write_bytes(b"")  # what other tools leave does not count
+    message = f"no image files found under {root} (searched recursively for .bmp, .gif, .jpeg, .jpg, .png, .tif"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
         ImageFolder(root, (8, 8), 3)
+
+
+def test_a_listed_folder_of_only_bad_files_raises_at_its_first_batch(tmp_path):
+    root = tmp_path / "data"
+    _, bad = _good_and_bad_tree(root)
+    for path in root.rglob("*"):
+        if path.is_file() and path not in bad:
+            path.unlink()
+    dataset = ImageFolder(root, (8, 8), 3)
+    assert dataset.report.files == bad
+    with pytest.raises(ValueError, match=f"^no item of {re.escape(str(root))} decodes"):
+        dataset.batch([(0, 0)])
 
 
 def test_scan_skips_decompression_bombs(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """`diffusion.data` on a hostile folder: one folder holding every kind of bad and odd file we know of.
 
-`scan` / `ImageFolder` must skip exactly the bad files, name each of them in the log with its reason,
-decode every good one to the right pixels, and training must start on what is left.
+`scan` / `ImageFolder(validate=True)` must skip exactly the bad files, name each of them in the log with its
+reason, and decode every good one to the right pixels; the listed `ImageFolder` keeps every file and its
+batches replace each bad one by the next good one, naming it; training must run through all of them.
 """
 
 import logging
@@ -17,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.data import ImageFolder, load_image, scan
+from diffusion.data import ImageFolder, TrainingImages, load_image, scan
 from diffusion.io.checkpoint import list_checkpoints
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import TrainConfig, Trainer
@@ -152,7 +153,7 @@ def test_an_unreadable_file_is_skipped_even_where_root_could_read_it(hostile, mo
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr("diffusion.data.Image.open", open_as_a_user)
+    monkeypatch.setattr("diffusion.data.files.Image.open", open_as_a_user)
     report = scan(hostile.root, SIZE, 3)
     reasons = {p.name: why for p, why in report.skipped}
     assert reasons["locked.png"] == f"PermissionError: [Errno 13] Permission denied: '{hostile.root / 'locked.png'}'"
@@ -196,7 +197,7 @@ def test_scan_keeps_exactly_the_good_files_and_names_every_bad_one(hostile, capl
 
 
 def test_every_good_file_gives_a_sensible_tensor(hostile):
-    dataset = ImageFolder(hostile.root, SIZE, 3, hflip=False)
+    dataset = ImageFolder(hostile.root, SIZE, 3, hflip=False, validate=True)
     assert len(dataset) == len(hostile.good)
     for index, path in enumerate(dataset.report.files):
         image, label = dataset[(index, 0)]
@@ -219,6 +220,34 @@ def test_every_good_file_gives_a_sensible_tensor(hostile):
         torch.testing.assert_close(
             tensors[name], torch.from_numpy(_noise(8, 8, seed)).permute(2, 0, 1).float() / 127.5 - 1.0
         )
+
+
+@pytest.mark.timeout(10)
+def test_a_listed_folder_replaces_each_bad_file_by_the_next_good_one_and_names_it(hostile):
+    dataset = ImageFolder(hostile.root, SIZE, 3, hflip=False)
+    names = [p.relative_to(hostile.root).as_posix() for p in dataset.report.files]
+    assert names == sorted(hostile.good + hostile.bad, key=_sort_key)  # listed by name, nothing decoded
+    assert dataset.report.skipped == [] and dataset.report.upscaled == 0
+    validated = ImageFolder(hostile.root, SIZE, 3, hflip=False, validate=True)
+    reasons = {p.relative_to(hostile.root).as_posix(): why for p, why in validated.report.skipped}
+    good_index = {p.relative_to(hostile.root).as_posix(): i for i, p in enumerate(validated.report.files)}
+
+    keys = [(i, i) for i in range(len(dataset))]
+    batch = dataset.batch(keys)
+    expected_skipped = []
+    for (index, seed), image, label in zip(keys, batch.images, batch.labels, strict=True):
+        used = index
+        while names[used] in reasons:  # the next index, wrapping round, whose file decodes
+            expected_skipped.append((_display(names[used]), reasons[names[used]]))
+            used = (used + 1) % len(names)
+        assert torch.equal(image, validated.batch([(good_index[names[used]], seed)]).images[0]), names[index]
+        assert label.item() == -1
+    assert batch.skipped == tuple(expected_skipped)
+    assert {name for name, _ in batch.skipped} == {_display(name) for name in hostile.bad}
+    "".join(f"{name} {why}" for name, why in batch.skipped).encode("utf-8")  # any log handler can write them
+
+    again = dataset.batch(keys)
+    assert torch.equal(again.images, batch.images) and again.skipped == batch.skipped
 
 
 def test_odd_good_files_decode_to_the_right_pixels(hostile):
@@ -261,18 +290,27 @@ TINY = {"base_channels": 16, "channel_mult": (1, 2), "norm_groups": 8, "attentio
 
 
 @pytest.mark.timeout(60)
-def test_training_starts_on_the_hostile_folder(hostile, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="diffusion.data")
+def test_training_runs_through_the_hostile_folder(hostile, tmp_path, monkeypatch):
+    met = []  # the (name, reason) of every bad file a training batch met
+    batch = TrainingImages.batch
+
+    def recording(self, keys):
+        made = batch(self, keys)
+        met.extend(made.skipped)
+        return made
+
+    monkeypatch.setattr(TrainingImages, "batch", recording)
+    files = len(hostile.good) + len(hostile.bad)
     config = TrainConfig(
         data=str(hostile.root),
         out=str(tmp_path / "out"),
         preset="tiny",
         channels=3,
         image_size=SIZE,
-        batch_size=2,
-        warmup_steps=1,
-        max_steps=2,
-        checkpoint_every=2,
+        batch_size=files,  # one step is one epoch: every file is drawn once
+        warmup_steps=0,
+        max_steps=1,
+        checkpoint_every=1,
         sample_every=0,
         log_every=1,
     )
@@ -280,8 +318,5 @@ def test_training_starts_on_the_hostile_folder(hostile, tmp_path, caplog):
     assert model_dir == tmp_path / "out" / "model"
     pipe = DiffusionPipeline.from_pretrained(model_dir)  # a complete model folder, loadable
     assert (pipe.unet.config.in_channels, tuple(pipe.unet.config.sample_size)) == (3, SIZE)
-    assert [step for step, _ in list_checkpoints(tmp_path / "out")] == [2]
-    message = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped"))
-    assert message.startswith(f"skipped {len(hostile.bad)} unreadable file(s)")
-    for name in hostile.bad:
-        assert _display(str(hostile.root / name)) in message, name
+    assert [step for step, _ in list_checkpoints(tmp_path / "out")] == [1]
+    assert {name for name, _ in met} == {_display(name) for name in hostile.bad}

@@ -47,9 +47,7 @@ def crop(pixels: np.ndarray, size: tuple[int, int], crop_at: tuple[float, float]
     return pixels[top : top + size[0], left : left + size[1]]
 
 
-def crop_corner(
-    shape: tuple[int, int], size: tuple[int, int], crop_at: tuple[float, float] | None
-) -> tuple[int, int]:
+def crop_corner(shape: tuple[int, int], size: tuple[int, int], crop_at: tuple[float, float] | None) -> tuple[int, int]:
     """The (top, left) of a ``size`` window in a ``shape`` (height, width) at least that large."""
     fy, fx = crop_at if crop_at is not None else (0.5, 0.5)
     return min(int(fy * (shape[0] - size[0] + 1)), shape[0] - size[0]), min(

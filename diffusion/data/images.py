@@ -43,6 +43,7 @@ class TrainingImages(Dataset):
     class_names: list[str]
     source: str  # what the user gave, for messages
     unlabelled_reason: str = ""  # why ``labels`` is None, and the fix: the --class-cond error
+    known_skipped: int = 0  # items the source left out before training (a prepared dataset's skipped files)
 
     def read(self, index: int, crop_at: tuple[float, float] | None) -> np.ndarray:
         """Item ``index`` fitted to ``size`` with its crop at ``crop_at`` (None: the centre; only with

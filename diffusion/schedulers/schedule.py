@@ -7,6 +7,8 @@ and call the module-level `pred_original_sample` and `pred_epsilon`. Notation: s
 `diffusion.schedulers.base`.
 """
 
+import copy
+
 import torch
 
 from diffusion.schedulers.betas import make_betas, rescale_zero_terminal_snr
@@ -78,6 +80,14 @@ class NoiseSchedule:
         self._sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()  # √ᾱ_t
         self._sqrt_one_minus_alphas_cumprod = (1 - self.alphas_cumprod).sqrt()  # √(1-ᾱ_t)
         assert self.alphas_cumprod.dtype == torch.float64 and self.alphas_cumprod.shape == betas.shape
+
+    def to(self, device: torch.device | str) -> "NoiseSchedule":
+        """A copy with its tables on ``device`` (float64; float32 where the device has no float64: MPS)."""
+        moved = copy.copy(self)
+        dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        for name in ("betas", "alphas", "alphas_cumprod", "_sqrt_alphas_cumprod", "_sqrt_one_minus_alphas_cumprod"):
+            setattr(moved, name, getattr(self, name).to(device, dtype))
+        return moved
 
     def _timesteps_tensor(
         self, timesteps: Timesteps, device: torch.device, batch_size: int | None = None

@@ -8,19 +8,23 @@ manifests, damaged checkpoints) are `diffusion.io.checkpoint`'s.
 """
 
 import dataclasses
+import hashlib
+import logging
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..data import ImageFolder, printable
+from ..data import ImageFolder, TrainingImages, printable
 from ..io.checkpoint import load_pickle_free
 from ..io.files import save_safetensors
 from ..io.weights import load_weights, save_weights
 from ..models import UNetConfig
 from .config import TrainConfig
 from .ema import EMA
+
+logger = logging.getLogger(__name__)
 
 # Settings a resumed run may change: how long, how often to save/sample/log, and where things are.
 RESUMABLE_CHANGES = frozenset(
@@ -64,11 +68,25 @@ def write_rng_states(folder: Path, run: RunState, rank: int) -> None:
 
 
 def read_rng_states(path: Path, run: RunState, rank: int) -> None:
+    """Restore this process's RNG states; ``run.generator`` may be replaced by one on another device."""
     rng = load_file(path / f"rng-{rank}.safetensors")
     torch.set_rng_state(rng["torch"])
-    run.generator.set_state(rng["generator"])
+    run.generator = generator_for_state(run.generator, rng["generator"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
+
+
+def generator_for_state(generator: torch.Generator, state: torch.Tensor) -> torch.Generator:
+    """``generator`` set to ``state``, or, for the state of a generator of another kind, a generator that
+    continues it: a CPU one for a checkpoint of a version that drew on the CPU (its runs go on as they
+    began), else ``generator`` reseeded from the state, with a warning (a CUDA run resumed without CUDA)."""
+    if state.numel() == generator.get_state().numel():
+        return generator.set_state(state)
+    if state.numel() == torch.Generator().get_state().numel():
+        return torch.Generator().set_state(state)
+    seed = int.from_bytes(hashlib.sha256(state.numpy().tobytes()).digest()[:8], "little")
+    logger.warning("the checkpoint's noise generator is of a device this run lacks: it continues from a new stream")
+    return torch.Generator(device=generator.device).manual_seed(seed)
 
 
 def write_run_state(folder: Path, run: RunState) -> None:
@@ -102,7 +120,7 @@ def check_same_run(
     config: TrainConfig,
     unet: UNetConfig,
     class_names: list[str],
-    dataset: ImageFolder,
+    dataset: TrainingImages,
     processes: int,
 ) -> None:
     """Refuse to continue the checkpoint ``path`` (whose ``trainer_state.json`` is ``state``) under
@@ -134,9 +152,9 @@ def check_same_run(
         )
 
 
-def _passed_over(dataset: ImageFolder, config: TrainConfig) -> str:
+def _passed_over(dataset: TrainingImages, config: TrainConfig) -> str:
     """Why the images may number fewer than an older version counted: the entries the scan passes over."""
-    passed = dataset.report.passed_over
+    passed = dataset.report.passed_over if isinstance(dataset, ImageFolder) else []
     if not passed:
         return ""
     names = [printable(p.relative_to(config.data).as_posix()) for p in passed]

@@ -37,14 +37,16 @@ class TrainConfig:
     """A training run. ``data`` and ``out`` are required; everything else has a default."""
 
     # data
-    data: str = ""  # folder of images, searched recursively
+    data: str = ""  # folder of images (searched recursively), prepared dataset, or Hugging Face dataset
     out: str = ""  # output folder for checkpoints, samples, logs and the final model
     image_size: tuple[int, int] | None = None  # N or HxW (height x width) to train at; None: the preset's size
     channels: Literal[1, 3] = 3  # 1 grayscale, 3 RGB; images are converted
     random_crop: bool = False  # random instead of center crop after resizing the shorter side
     hflip: bool = True  # random horizontal flips
     num_workers: int = 0  # data-loading worker processes
-    class_cond: bool = False  # class-conditional: one class per first-level subfolder of --data, names saved
+    class_cond: bool = False  # class-conditional: a class per first-level subfolder of --data (or --label-column)
+    image_column: str | None = None  # Hugging Face --data: the image column; None: image, or the one Image column
+    label_column: str | None = None  # Hugging Face --data: the class column for --class-cond; None: label
     cond_drop_prob: float = 0.1  # with --class-cond: chance a label becomes the null class (for guidance)
     # model
     preset: Literal["ddpm-cifar10", "small", "tiny"] = "small"  # UNet preset; its fields can be overridden

@@ -1,8 +1,8 @@
 """The training objective, whole, in one pure function: `training_loss`.
 
 It takes a batch of clean images and returns the scalar the optimiser minimises; everything random in
-it (label dropout, noise, timesteps) comes from the ``generator`` it is given, drawn on the CPU in that
-order, so that a run is a function of its seed on any device and a resumed run replays the same draws.
+it (label dropout, noise, timesteps) comes from the ``generator`` it is given, drawn on the generator's
+device in that order, so that a resumed run replays the same draws and a step never waits for the host.
 `snr_weights`, `diffusion_loss` and `drop_labels` are its pieces, each usable on its own.
 """
 
@@ -35,7 +35,8 @@ def training_loss(
         schedule: the noise schedule; its ``config.prediction_type`` is what the model predicts.
         x0: ``(b, c, h, w)`` clean images, on the model's device.
         labels: ``(b,)`` class indices, or None for an unconditional model.
-        generator: a CPU generator: the label dropout, then ε, then t are drawn from it.
+        generator: the label dropout, then ε, then t are drawn from it, on its device (the training
+            device's, for a step that never waits for the host; a CPU one works on any device).
         weighting: uniform, or min-snr (`snr_weights`).
         snr_gamma: γ of Min-SNR.
         cond_drop_prob: chance that a label becomes ``null_label`` (classifier-free guidance).
@@ -47,9 +48,10 @@ def training_loss(
     prediction_type = schedule.config.prediction_type
     if labels is not None:  # drawn only here, so that unconditional runs keep their random streams
         labels = drop_labels(labels, null_label, cond_drop_prob, generator).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # ε ~ N(0, I), (b, c, h, w)
-    t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=generator)  # (b,)
-    alphas_cumprod = schedule.alphas_cumprod[t]  # ᾱ_t, (b,) float64
+    draws = {"generator": generator, "device": generator.device}
+    noise = torch.randn(x0.shape, **draws).to(x0.device)  # ε ~ N(0, I), (b, c, h, w)
+    t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), **draws)  # (b,)
+    alphas_cumprod = schedule.alphas_cumprod.to(t.device)[t]  # ᾱ_t, (b,); the table moves only if it lives elsewhere
     alpha_t = _per_sample(alphas_cumprod.sqrt(), x0)  # √ᾱ_t, (b, 1, 1, 1)
     sigma_t = _per_sample((1 - alphas_cumprod).sqrt(), x0)  # √(1-ᾱ_t), (b, 1, 1, 1)
     x_t = alpha_t * x0 + sigma_t * noise  # q(x_t | x0), Ho et al. 2020, eq. 4
@@ -107,5 +109,5 @@ def diffusion_loss(
 
 def drop_labels(labels: torch.Tensor, null_label: int, p: float, generator: torch.Generator) -> torch.Tensor:
     """Each label becomes the null class with probability ``p`` (Ho & Salimans 2022, Algorithm 1)."""
-    drop = torch.rand(labels.shape, generator=generator) < p  # (b,), drawn on the generator's CPU
+    drop = torch.rand(labels.shape, generator=generator, device=generator.device) < p  # (b,)
     return labels.masked_fill(drop.to(labels.device), null_label)  # the null class is num_classes

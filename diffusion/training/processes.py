@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 
 T = TypeVar("T")
 
@@ -55,6 +55,11 @@ def any_process(accelerator: Accelerator, flag: torch.Tensor) -> bool:
     if accelerator.num_processes > 1:
         flag = accelerator.reduce(flag.int(), "max")
     return bool(flag.item())
+
+
+def gathered(accelerator: Accelerator, items: list[T]) -> list[T]:
+    """Every process's ``items``, in rank order, on every process (a collective: all call it alike)."""
+    return items if accelerator.num_processes == 1 else gather_object(items)
 
 
 def _portable(error: Exception) -> Exception:

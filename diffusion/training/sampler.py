@@ -7,7 +7,9 @@ needs saving: starting at step ``s`` is enough.
 """
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
+
+from ..data import Batch, TrainingImages
 
 
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -53,3 +55,17 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
             for m in range(self.grad_accum):
                 first = step * self.batch_size + m * micro + self.rank * self.per_process
                 yield [self.key(p) for p in range(first, first + self.per_process)]
+
+
+class Batches(Dataset):
+    """``images`` indexed by a micro-batch of keys, as `StepBatchSampler` yields them: ``batches[keys]``
+    is ``images.batch(keys)``, so that a data-loader worker makes whole batches."""
+
+    def __init__(self, images: TrainingImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, keys: list[tuple[int, int]]) -> Batch:
+        return self.images.batch(keys)

@@ -38,7 +38,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import ImageFolder
+from ..data import TrainingImages, open_images, printable, to_unit
 from ..io.checkpoint import (
     begin_checkpoint,
     check_resume_path,
@@ -70,10 +70,10 @@ from .outputs import (
     write_model,
     write_sample_grid,
 )
-from .processes import agree_to_stop, any_process, on_main
+from .processes import agree_to_stop, any_process, gathered, on_main
 from .report import length_warnings, model_card, startup_lines, working_folder
 from .safety import disk_errors, install_stop_handlers, restore_handlers
-from .sampler import StepBatchSampler
+from .sampler import Batches, StepBatchSampler
 
 logger = logging.getLogger(__name__)
 
@@ -116,23 +116,35 @@ class Trainer:
             explicit, unused_settings(config, self.unet_config, config.max_steps, exact=config.epochs is None)
         )
         check_resume_path(config.resume)
-        size = self.unet_config.sample_size
-        if self.accelerator.is_main_process and Path(config.data).is_dir():  # else the scan says so at once
-            logger.info("scanning %s for images ...", config.data)
-        self.dataset = ImageFolder(
-            config.data, size, config.channels, random_crop=config.random_crop, hflip=config.hflip
-        )
+        self.dataset = self._open_data()
+        # Items that did not decode, replaced in their batches: this process's since the last metrics row, and
+        # (on every process) all processes' so far.
+        self.new_skipped: list[tuple[str, str]] = []
+        self.skipped: dict[str, str] = {}
         if config.class_cond:
-            if self.dataset.report.labels is None:
-                top = sum(len(p.relative_to(config.data).parts) == 1 for p in self.dataset.report.files)
-                raise ValueError(
-                    f"--class-cond needs every image in a class subfolder of {config.data} (DATA/<class>/...); "
-                    f"{top} image(s) are at its top level"
-                )
+            if self.dataset.labels is None:
+                raise ValueError(self.dataset.unlabelled_reason)
             self.unet_config = dataclasses.replace(self.unet_config, num_classes=len(self.dataset.class_names))
         self.steps_per_epoch = len(self.dataset) / config.batch_size
         self.total_steps = total_steps(config, self.steps_per_epoch)
         _refuse_unused(explicit, unused_settings(config, self.unet_config, self.total_steps))
+
+    def _open_data(self) -> TrainingImages:
+        """``--data`` as training images: one process per machine opens it first (a Hugging Face source
+        fills datasets' cache), then the others read what it made."""
+        c, acc = self.config, self.accelerator
+        if acc.is_main_process and Path(c.data).is_dir():
+            logger.info("listing %s ...", printable(c.data))
+        with acc.local_main_process_first():
+            return open_images(
+                c.data,
+                self.unet_config.sample_size,
+                c.channels,
+                random_crop=c.random_crop,
+                hflip=c.hflip,
+                image_column=c.image_column,
+                label_column=c.label_column,
+            )
 
     # ----- the run -----
 
@@ -167,8 +179,9 @@ class Trainer:
         model as the steps call it."""
         c, acc = self.config, self.accelerator
         set_seed(c.seed + acc.process_index)  # dropout draws from torch's global RNG
-        # Label dropout, noise and timesteps draw from their own generator, saved in every checkpoint.
-        self.generator = torch.Generator().manual_seed(c.seed * 7919 + acc.process_index)
+        # Label dropout, noise and timesteps draw from their own generator on the training device, saved in
+        # every checkpoint.
+        self.generator = torch.Generator(device=acc.device).manual_seed(c.seed * 7919 + acc.process_index)
         model = UNet(self.unet_config)
         self.num_parameters = sum(p.numel() for p in model.parameters())
         optimizer = torch.optim.AdamW(
@@ -177,7 +190,7 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, c, self.total_steps))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema = EMA(acc.unwrap_model(self.model), c.ema_decay)  # after prepare: on the training device
-        self.schedule = NoiseSchedule(scheduler_config(c))
+        self.schedule = NoiseSchedule(scheduler_config(c)).to(acc.device)
         if c.gradient_checkpointing:
             acc.unwrap_model(self.model).gradient_checkpointing = True
         return torch.compile(self.model) if c.compile else self.model
@@ -231,11 +244,18 @@ class Trainer:
             start_step=start,
             end_step=self.total_steps,
         )
-        # Its own generator: creating a DataLoader iterator otherwise draws from torch's global RNG,
-        # which dropout also uses, and a resume would shift that stream.
-        return iter(
-            DataLoader(self.dataset, batch_sampler=sampler, num_workers=c.num_workers, generator=torch.Generator())
+        # Each key list of the sampler is one batch (`Batches`). Its own generator: creating a DataLoader
+        # iterator otherwise draws from torch's global RNG, which dropout also uses, and a resume would
+        # shift that stream.
+        loader = DataLoader(
+            Batches(self.dataset),
+            sampler=sampler,
+            batch_size=None,
+            num_workers=c.num_workers,
+            pin_memory=acc.device.type == "cuda",
+            generator=torch.Generator(),
         )
+        return iter(loader)
 
     def _step(self, loader: Iterator, forward: Callable[..., torch.Tensor], step: int) -> torch.Tensor:
         """Optimiser step ``step + 1``; returns its loss (the mean over micro-batches, a float32 scalar on the
@@ -243,14 +263,17 @@ class Trainer:
         c, acc = self.config, self.accelerator
         loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)
         for micro in range(c.grad_accum):
-            x0, labels = next(loader)
+            images, labels, skipped = next(loader)
+            self._note_skipped(skipped)
+            x0 = to_unit(images.to(acc.device, non_blocking=True))  # pinned on CUDA: the copy does not wait
+            labels = labels.to(acc.device, non_blocking=True) if c.class_cond else None
             sync = micro == c.grad_accum - 1  # DDP averages gradients across processes once, after the last
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
                 loss = training_loss(
                     forward,
                     self.schedule,
-                    x0.to(acc.device),
-                    labels if c.class_cond else None,
+                    x0,
+                    labels,
                     self.generator,
                     weighting=c.loss_weighting,
                     snr_gamma=c.snr_gamma,
@@ -268,6 +291,14 @@ class Trainer:
             self.lr_scheduler.step()
             self.ema.update(acc.unwrap_model(self.model))
         return loss_sum
+
+    def _note_skipped(self, skipped: tuple[tuple[str, str], ...]) -> None:
+        """Warn, once a session, of each item that a batch replaced because it does not decode."""
+        for name, reason in skipped:
+            if name not in self.skipped and name not in dict(self.new_skipped):
+                logger.warning("skipped %s, which does not decode (%s); the next item that does takes its place",
+                               name, reason)  # fmt: skip
+                self.new_skipped.append((name, reason))
 
     def _after_step(self, step: int, end: int, loss: torch.Tensor, stop: dict) -> bool:
         """Log, checkpoint and sample after ``step`` as the settings ask; True when the run stops now."""
@@ -367,6 +398,7 @@ class Trainer:
                 "config": self.config.to_dict(),
                 "unet": self.unet_config.to_dict(),
                 "class_names": self.class_names,
+                "skipped": self.skipped,  # items that did not decode so far, and why
                 "manifest": True,  # so that a step-N without its manifest.json is known to be damaged
                 "elapsed_s": round(self._elapsed(), 3),  # training time of this history, summed over resumes
             }
@@ -380,8 +412,11 @@ class Trainer:
         acc = self.accelerator
         state = read_state(path)
         check_same_run(path, state, self.config, self.unet_config, self.class_names, self.dataset, acc.num_processes)
-        read_run_state(path, self._run_state())
-        read_rng_states(path, self._run_state(), acc.process_index)
+        run = self._run_state()
+        read_run_state(path, run)
+        read_rng_states(path, run, acc.process_index)
+        self.generator = run.generator
+        self.skipped = dict(state.get("skipped", {}))
         return state
 
     # ----- outputs -----
@@ -431,6 +466,12 @@ class Trainer:
             "img_per_s": round(img_s, 2),
             "epoch": round(step / self.steps_per_epoch, 4),
         }
+        everyone = gathered(self.accelerator, self.new_skipped)
+        new = [name for name, _ in everyone if name not in self.skipped]
+        self.skipped |= dict(everyone)
+        self.new_skipped = []
+        if self.skipped:  # rows name the items that did not decode since the last row, and count all so far
+            row |= {"skipped_files": len(self.skipped)} | ({"skipped": sorted(set(new))} if new else {})
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", img_s=f"{img_s:.1f}")
         if self.accelerator.is_main_process:
             with disk_errors(METRICS):
@@ -446,8 +487,8 @@ class Trainer:
         acc, images = self.accelerator, self.dataset
         return {
             "config": self.config,
-            "images": len(images),
-            "skipped": len(images.report.skipped),
+            "images": len(images) - len(self.skipped),
+            "skipped": images.known_skipped + len(self.skipped),
             "class_names": self.class_names,
             "parameters": self.num_parameters,
             "device": str(acc.device),

@@ -43,19 +43,21 @@ def test_the_start_up_summary_gives_each_setting_its_value(tmp_path, data, caplo
         trainer.train()
     messages = [r.getMessage() for r in caplog.records]
     expected = [
-        f"images: 8 found under {data} (1 skipped)",
+        f"images: 9 found under {data} (0 skipped)",  # listed by name: none known to be unreadable yet
         "classes: 2 (cats, dogs)",
         f"UNet: {parameters(trainer.unet_config):,} parameters (preset tiny)",
         "device: cpu x 1 process(es); precision: bf16 autocast (weights fp32); seed: 3",
         f"output folder: {tmp_path / 'out'}",
         "steps: 2 in total (--max-steps 2); a new run from step 0",
     ]
-    scan = messages.index(f"scanning {data} for images ...")  # before the scan: it can take a while
-    assert scan < messages.index(expected[0])
+    listing = messages.index(f"listing {data} ...")  # before the listing: it can take a while
+    assert listing < messages.index(expected[0])
     assert [m for m in messages if m in expected] == expected
+    assert sum(m.startswith("skipped cats/broken.png, which does not decode (") for m in messages) == 1
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="diffusion"):
         Trainer(dataclasses.replace(c, max_steps=4), TINY).train()
+    assert f"images: 8 found under {data} (1 skipped)" in caplog.messages  # the checkpoint knows the bad file
     assert (
         f"steps: 4 in total (--max-steps 4); resuming from {tmp_path / 'out' / 'checkpoints' / 'step-2'} at step 2 "
         "(2 to go)" in caplog.messages

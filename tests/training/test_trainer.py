@@ -202,7 +202,7 @@ def test_cli_trains_and_reports_bad_input_in_one_line(tmp_path, data):
         ),
         (
             ["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "x"), "--max-steps", "1"],
-            "no readable images found",
+            "no image files found",
         ),
         (
             ["--data", str(data), "--out", str(tmp_path / "file" / "sub"), "--max-steps", "1"],

@@ -112,7 +112,7 @@ def kill_moment(kind: str, rng: random.Random, out: Path, log: Path, expected: i
         return lambda: started(log) and logged_step(out) >= target
     if kind == "checkpoint":
         return lambda: started(log) and newest_step(out) >= target
-    line = rng.choice(["scanning ", "steps: "])
+    line = rng.choice(["listing ", "steps: "])
     return lambda: line in log.read_text()
 
 

@@ -190,7 +190,7 @@ def test_a_failed_run_leaves_no_new_out_behind(tmp_path, data, monkeypatch, caps
     if failure == "no images":
         (tmp_path / "empty").mkdir()
         argv[1] = str(tmp_path / "empty")
-        message = "no readable images found under"
+        message = "no image files found under"
     else:
 
         def out_of_memory(*args, **kwargs):

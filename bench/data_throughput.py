@@ -1,15 +1,23 @@
-"""Data throughput: start-up time to a usable dataset and items per second into the model, for the
-training data paths, on generated 256x256 JPEGs fitted to 64x64 RGB.
+"""Data throughput: start-up time, items per second into the model, peak RSS of a training process and
+``diffusion-prepare``'s rate, for every training data path, with diffusers' ``train_unconditional`` data path
+side by side, on generated 256x256 JPEGs fitted to 64x64 RGB.
 
-    python bench/data_throughput.py [--sizes 1000 10000] [--workers 0 1 2] [--root runs/data-throughput]
+    python bench/data_throughput.py [--sizes 1000 10000 100000] [--throughput-size 10000] [--workers 0 1 2]
+                                    [--root runs/data-throughput]
 
-Rows built so far: today's image folder (`diffusion.data.ImageFolder`, which decodes every file to check
-it at start-up). The prepared-dataset, Hugging Face and diffusers `train_unconditional` rows of issue 17
-are still to come; docs/benchmarks.md records the figures.
+Rows: an image folder decoded at start (`ImageFolder(validate=True)`, what versions before lazy listing did),
+an image folder listed by name (today's ``--data FOLDER``), a prepared dataset (``diffusion-prepare``), a
+Parquet Hugging Face dataset, and diffusers' examples (``datasets`` imagefolder plus torchvision transforms,
+as ``train_unconditional.py`` builds them). Items per second run on one thread (``torch.set_num_threads(1)``)
+in batches of 64, through a DataLoader as training draws them. docs/benchmarks.md records the figures.
 """
 
 import argparse
+import os
+import subprocess
+import sys
 import time
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -17,54 +25,166 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from diffusion.data import ImageFolder
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 64
+
+
+def _write_jpegs(task: tuple[Path, int, int, int]) -> None:
+    folder, first, last, side = task
+    for i in range(first, last):
+        path = folder / ("a" if i % 2 else "b") / f"{i:07d}.jpg"
+        if path.exists():
+            continue
+        rng = np.random.default_rng(i)
+        small = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)  # smooth, like photos
+        Image.fromarray(small).resize((side, side), Image.BILINEAR).save(path, quality=90)
 
 
 def make_jpegs(folder: Path, count: int, side: int = 256) -> Path:
     """``count`` random-texture JPEGs of ``side``², in two class folders; kept between runs."""
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        path = folder / ("a" if i % 2 else "b") / f"{i:07d}.jpg"
-        if path.exists():
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        small = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)  # smooth, like photos
-        Image.fromarray(small).resize((side, side), Image.BILINEAR).save(path, quality=90)
+    for name in "ab":
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    chunks = [(folder, i, min(i + 1000, count), side) for i in range(0, count, 1000)]
+    with Pool(os.cpu_count()) as pool:
+        pool.map(_write_jpegs, chunks)
     return folder
 
 
-def items_per_second(dataset: ImageFolder, workers: int, items: int) -> float:
-    """Batches of 64 ``(c, h, w)`` tensors drawn through a DataLoader with ``workers`` processes."""
-    keys = [(i % len(dataset), i) for i in range(items)]  # (index, augmentation seed), as training asks
-
-    def fetch(batch: list[tuple[int, int]]) -> torch.Tensor:
-        return torch.stack([dataset[key][0] for key in batch])  # (64, c, h, w)
-
-    loader = DataLoader(keys, batch_size=64, num_workers=workers, collate_fn=fetch)
+def timed(work):
     start = time.perf_counter()
-    for _ in loader:
-        pass
+    result = work()
+    return result, time.perf_counter() - start
+
+
+def items_per_second(images, workers: int, items: int) -> float:
+    """Micro-batches of 64 through a DataLoader with ``workers`` processes, as training draws them."""
+    from diffusion.data import to_unit
+    from diffusion.training.sampler import Batches
+
+    n = len(images)
+    keys = [[((i * 7919) % n, i) for i in range(b, b + BATCH)] for b in range(0, items, BATCH)]  # scattered rows
+    loader = DataLoader(Batches(images), sampler=keys, batch_size=None, num_workers=workers)
+    start = time.perf_counter()
+    for batch in loader:
+        to_unit(batch.images)
     return items / (time.perf_counter() - start)
+
+
+def diffusers_path(folder: Path, cache: Path, items: int) -> tuple[float, float]:
+    """(start-up s, items/s) of the data path of diffusers' ``train_unconditional.py``: ``load_dataset``
+    imagefolder (into a fresh cache), torchvision transforms in ``set_transform``, a DataLoader."""
+    import datasets
+    from torchvision import transforms
+
+    augment = transforms.Compose(
+        [
+            transforms.Resize(64, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(64),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5], [0.5]),
+        ]
+    )
+
+    def transform(examples):
+        return {"input": [augment(image.convert("RGB")) for image in examples["image"]]}
+
+    def start():
+        dataset = datasets.load_dataset("imagefolder", data_dir=str(folder), cache_dir=str(cache), split="train")
+        dataset.set_transform(transform)
+        return dataset
+
+    dataset, startup = timed(start)
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0)
+    begin, seen = time.perf_counter(), 0
+    for batch in loader:
+        seen += len(batch["input"])
+        if seen >= items:
+            break
+    return startup, seen / (time.perf_counter() - begin)
+
+
+def to_parquet(folder: Path, path: Path) -> Path:
+    """The folder's JPEGs as a Parquet dataset with an ``image`` column of their bytes and a ClassLabel."""
+    import datasets
+
+    if path.exists():
+        return path
+    files = sorted(folder.rglob("*.jpg"))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    rows = {
+        "image": [{"bytes": f.read_bytes(), "path": None} for f in files],
+        "label": [f.parent.name == "b" for f in files],
+    }
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    return path
+
+
+def peak_rss_mib(data: Path, out: Path) -> float:
+    """Peak RSS of ``train.py`` (tiny preset, 64x64, 20 steps of 64) on ``data``, in MiB."""
+    code = (
+        "import resource, runpy, sys; sys.argv = sys.argv[1:]\n"
+        "try: runpy.run_path('train.py', run_name='__main__')\n"
+        "except SystemExit as e: assert not e.code, e.code\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    args = ["train.py", "--data", str(data), "--out", str(out), "--preset", "tiny", "--image-size", "64"]
+    args += ["--max-steps", "20", "--batch-size", str(BATCH), "--sample-every", "0", "--resume", "never"]
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1]) / 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--throughput-size", type=int, default=10000, help="the folder the items/s rows read")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--items", type=int, default=2048, help="items drawn per throughput row")
+    parser.add_argument("--items", type=int, default=2048, help="items drawn per decoding throughput row")
     parser.add_argument("--root", type=Path, default=Path("runs/data-throughput"))
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 256x256 JPEGs fitted to 64x64 RGB")
-    print("| source | files | start-up (s) | workers | items/s |\n|---|---:|---:|---:|---:|")
+    args.root = args.root.resolve()
+    os.environ["HF_DATASETS_CACHE"] = str(args.root / "hf-cache")
+    from diffusion.data import ImageFolder, open_images
+    from diffusion.data.prepare import prepare
+
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread, {os.cpu_count()} cores, 256x256 JPEGs fitted to 64x64 RGB\n")
+    folders, prepared, rates = {}, {}, {}
     for count in args.sizes:
-        folder = make_jpegs(args.root / f"jpeg-{count}", count)
-        start = time.perf_counter()
-        dataset = ImageFolder(folder, (64, 64), 3)
-        startup = time.perf_counter() - start
-        for workers in args.workers:
-            rate = items_per_second(dataset, workers, args.items)
-            row = f"| image folder (today: every file decoded at start-up) | {count:,} | {startup:.2f} |"
-            print(f"{row} {workers} | {rate:,.0f} |")
+        folders[count] = make_jpegs(args.root / f"jpeg-{count}", count)
+        prepared[count] = out = args.root / f"prepared-{count}"
+        earlier = (out / "manifest.json").exists()
+        _, seconds = timed(lambda: prepare(folders[count], out, size=(64, 64), workers=os.cpu_count()))  # noqa: B023
+        rates[count] = None if earlier else count / seconds
+
+    print("| source | files | start-up to the first batch (s) |\n|---|---:|---:|")
+    sources = {
+        "image folder, decoded at start (before)": lambda n: ImageFolder(folders[n], (64, 64), 3, validate=True),
+        "image folder, listed by name (now)": lambda n: open_images(folders[n], (64, 64), 3),
+        "prepared dataset": lambda n: open_images(prepared[n], (64, 64), 3),
+    }
+    for name, open_source in sources.items():
+        for count in args.sizes:
+            _, seconds = timed(lambda: open_source(count).batch([(i, i) for i in range(BATCH)]))  # noqa: B023
+            print(f"| {name} | {count:,} | {seconds:.2f} |")
+
+    n = args.throughput_size
+    print(f"\n| source ({n:,} items) | workers | items/s |\n|---|---:|---:|")
+    for workers in args.workers:
+        rate = items_per_second(open_images(folders[n], (64, 64), 3), workers, args.items)
+        print(f"| image folder | {workers} | {rate:,.0f} |")
+    print(f"| prepared dataset | 0 | {items_per_second(open_images(prepared[n], (64, 64), 3), 0, 20 * 1024):,.0f} |")
+    parquet, seconds = timed(lambda: open_images(to_parquet(folders[n], args.root / f"jpeg-{n}.parquet"), (64, 64), 3))
+    rate = items_per_second(parquet, 0, args.items)
+    print(f"| Parquet Hugging Face dataset (start-up {seconds:.2f} s) | 0 | {rate:,.0f} |")
+    startup, rate = diffusers_path(folders[n], args.root / f"diffusers-cache-{time.time_ns()}", args.items)
+    print(f"| diffusers train_unconditional data path (start-up {startup:.2f} s) | 0 | {rate:,.0f} |")
+
+    print("\n| prepared images | peak RSS of train.py (MiB) | diffusion-prepare (img/s, all cores) |\n|---:|---:|---:|")
+    for count in args.sizes:
+        rss = peak_rss_mib(prepared[count], args.root / f"train-{count}")
+        rate = f"{rates[count]:,.0f}" if rates[count] else "(prepared earlier)"
+        print(f"| {count:,} | {rss:,.0f} | {rate} |")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Command-line entry points: the only package that parses arguments.
 
 ``diffusion-train`` / ``train.py``, ``diffusion-sample`` / ``sample.py``, ``diffusion-evaluate`` /
-``python -m diffusion.evaluate`` and ``diffusion-export`` land here. Flags are generated from the config
-dataclasses, with each field's comment as its help. Errors a user can fix (bad paths, bad values) are
-printed as one line and exit with status 2; no traceback.
+``python -m diffusion.evaluate``, ``diffusion-export`` and ``diffusion-prepare`` / ``python -m
+diffusion.prepare`` land here. Flags are generated from the config dataclasses, with each field's comment
+as its help. Errors a user can fix (bad paths, bad values) are printed as one line and exit with status 2;
+no traceback.
 """
 
 import importlib

@@ -25,7 +25,13 @@ def prepare_parser() -> argparse.ArgumentParser:
         "Parquet/Arrow file(s), or a Hub name owner/name",
     )
     parser.add_argument("--out", required=True, help="the prepared dataset's folder: a new or empty one")
-    parser.add_argument("--size", type=_size, required=True, help="N or HxW: the stored image size")
+    parser.add_argument(
+        "--size",
+        "--prepare-size",
+        type=_size,
+        required=True,
+        help="N or HxW: the stored image size; larger than the training size leaves slack for --random-crop",
+    )
     parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1: grayscale, 3: RGB (default: 3)")
     parser.add_argument(
         "--image-column", default=None, help="a dataset's image column (default: image, else its one Image column)"

@@ -33,6 +33,7 @@ class ImageFolder(TrainingImages):
         self.root, self.source = Path(root), str(root)
         self.size, self.channels = size, channels
         self.random_crop, self.hflip = random_crop, hflip
+        self.validated = validate
         self.report = scan(root, size, channels) if validate else list_folder(root)
         labels = self.report.labels
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)

@@ -38,7 +38,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import TrainingImages, open_images, printable, to_unit
+from ..data import ImageFolder, TrainingImages, open_images, printable, to_unit
 from ..io.checkpoint import (
     begin_checkpoint,
     check_resume_path,
@@ -399,6 +399,8 @@ class Trainer:
                 "unet": self.unet_config.to_dict(),
                 "class_names": self.class_names,
                 "skipped": self.skipped,  # items that did not decode so far, and why
+                # How the data was read: by name (an item decoded when used), or a folder decoded at start.
+                "listing": "decoded" if getattr(self.dataset, "validated", False) else "names",
                 "manifest": True,  # so that a step-N without its manifest.json is known to be damaged
                 "elapsed_s": round(self._elapsed(), 3),  # training time of this history, summed over resumes
             }
@@ -411,13 +413,30 @@ class Trainer:
         """Load the checkpoint ``path`` of this same run (`check_same_run`) and return its ``trainer_state.json``."""
         acc = self.accelerator
         state = read_state(path)
+        self.skipped = dict(state.get("skipped", {}))
+        if state.get("listing", "decoded") == "decoded" and state.get("dataset_size") != len(self.dataset):
+            self._decode_folder()  # a run that began by decoding its folder goes on with the same images
         check_same_run(path, state, self.config, self.unet_config, self.class_names, self.dataset, acc.num_processes)
         run = self._run_state()
         read_run_state(path, run)
         read_rng_states(path, run, acc.process_index)
         self.generator = run.generator
-        self.skipped = dict(state.get("skipped", {}))
         return state
+
+    def _decode_folder(self) -> None:
+        """Make the data the folder's decodable images, as versions that decoded every file at start listed
+        them, with the length of the run that follows from their number."""
+        if not isinstance(self.dataset, ImageFolder) or self.dataset.validated:
+            return
+        c = self.config
+        logger.info("decoding every file of %s, as the run being resumed did at its start ...", printable(c.data))
+        self.dataset = ImageFolder(
+            c.data, self.dataset.size, c.channels, random_crop=c.random_crop, hflip=c.hflip, validate=True
+        )
+        root = Path(c.data)
+        self.skipped = {printable(p.relative_to(root).as_posix()): why for p, why in self.dataset.report.skipped}
+        self.steps_per_epoch = len(self.dataset) / c.batch_size
+        self.total_steps = total_steps(c, self.steps_per_epoch)
 
     # ----- outputs -----
 

@@ -16,6 +16,7 @@ from diffusion.io.files import check_writable
         (cli.sample_main, "diffusion-sample"),
         (cli.evaluate_main, "diffusion-evaluate"),
         (cli.export_main, "diffusion-export"),
+        (cli.prepare_main, "diffusion-prepare"),
     ],
 )
 def test_every_command_has_version(main, prog, capsys):

@@ -50,7 +50,9 @@ def open_images(
         manifest = read_manifest(path)
         check_complete(path, manifest)
         dataset = _datasets(data).load_from_disk(str(path))
-        return _arrow_images(dataset, data, size, channels, options, columns, tuple(manifest["shape"]))
+        images = _arrow_images(dataset, data, size, channels, options, columns, tuple(manifest["shape"]))
+        images.known_skipped = int(manifest["counts"]["skipped"])
+        return images
     dataset = _huggingface_dataset(path, str(data))
     if dataset is not None:
         return _arrow_images(dataset, data, size, channels, options, columns, None)

@@ -506,7 +506,8 @@ class Trainer:
         acc, images = self.accelerator, self.dataset
         return {
             "config": self.config,
-            "images": len(images) - len(self.skipped),
+            # A listed folder counts the files it replaced; a decoded one has left them out already.
+            "images": len(images) - (0 if getattr(images, "validated", False) else len(self.skipped)),
             "skipped": images.known_skipped + len(self.skipped),
             "class_names": self.class_names,
             "parameters": self.num_parameters,

@@ -74,10 +74,6 @@ def test_a_prepared_dataset_trains_as_its_folder_does_and_resumes_bit_exactly(tm
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open_images never sets known_skipped of a prepared dataset, so its skipped files are not counted",
-)
 def test_the_model_card_counts_the_files_a_preparation_skipped(tmp_path, data):
     (data / "cats" / "broken.png").write_text("not an image")
     manifest = prepare(data, tmp_path / "prepared", size=(8, 8), channels=3, workers=1)
@@ -226,11 +222,6 @@ def test_a_checkpoint_of_a_version_that_decoded_the_folder_resumes_without_its_n
     assert "\n" not in message and "other settings: the number of images (8 -> 9)" in message, message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_facts counts images as len(dataset) - len(skipped), which for a decoded folder (broken files already "
-    "left out) subtracts the broken file twice",
-)
 def test_the_model_card_of_a_run_resumed_from_a_decoding_version_counts_the_good_images(tmp_path, data):
     c = dict(max_steps=2, checkpoint_every=1)
     Trainer(config(tmp_path, **c), TINY).train(stop_at_step=1)

@@ -49,7 +49,7 @@ def open_images(
     if (path / MANIFEST).is_file():
         manifest = read_manifest(path)
         check_complete(path, manifest)
-        dataset = _datasets(data).load_from_disk(str(path))
+        dataset = require_datasets(data).load_from_disk(str(path))
         images = _arrow_images(dataset, data, size, channels, options, columns, tuple(manifest["shape"]))
         images.known_skipped = int(manifest["counts"]["skipped"])
         return images
@@ -77,14 +77,14 @@ def _huggingface_dataset(path: Path, data: str) -> Any | None:
         FileNotFoundError: nothing is at ``path`` and it is not a Hub name.
     """
     if path.is_dir() and (path / "dataset_info.json").is_file() and (path / "state.json").is_file():
-        return _datasets(data).load_from_disk(str(path))
+        return require_datasets(data).load_from_disk(str(path))
     if path.is_dir() and (path / "dataset_dict.json").is_file():
-        return _train_split(_datasets(data).load_from_disk(str(path)), data)
+        return _train_split(require_datasets(data).load_from_disk(str(path)), data)
     tables = _table_files(path)
     if tables:
         kind = TABLE_SUFFIXES[tables[0].suffix.lower()]
         files = [str(f) for f in tables]
-        return _datasets(data).load_dataset(kind, data_files={"train": files}, split="train")
+        return require_datasets(data).load_dataset(kind, data_files={"train": files}, split="train")
     if path.exists():
         return None
     if HUB_NAME.fullmatch(data) and not path.parent.exists():
@@ -114,7 +114,7 @@ def _table_files(path: Path) -> list[Path]:
 
 def _hub_dataset(name: str) -> Any:
     """The train split of the Hub dataset ``name`` (downloaded once into datasets' cache)."""
-    datasets = _datasets(name)
+    datasets = require_datasets(name)
     try:
         return _train_split(datasets.load_dataset(name), name)
     except (ConnectionError, OSError) as e:  # datasets' DatasetNotFoundError is a FileNotFoundError
@@ -135,7 +135,7 @@ def _train_split(splits: Any, data: str) -> Any:
     raise ValueError(f"{data} has splits {', '.join(splits)} and none is named train: save the one to train on")
 
 
-def _datasets(data: str | Path) -> ModuleType:
+def require_datasets(data: str | Path) -> ModuleType:
     """The ``datasets`` package, or a one-line error naming the extra that installs it."""
     try:
         return importlib.import_module("datasets")

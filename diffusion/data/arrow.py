@@ -61,6 +61,11 @@ class ArrowImages(TrainingImages):
                 f"{source} was prepared with {shape[2]} channel(s): train it with --channels {shape[2]}, or "
                 f"prepare it again with --channels {channels}"
             )
+        if shape is not None and random_crop and tuple(shape[:2]) == tuple(size):
+            raise ValueError(
+                f"--random-crop needs slack, and {source} was prepared at the training size {size[0]}x{size[1]}: "
+                "prepare it at a larger --size, or leave --random-crop out"
+            )
         self.labels, self.class_names, self.unlabelled_reason = _labels(dataset, source, label_column)
         self._chunks: tuple[np.ndarray, list] | None = None  # built on first use, in each worker process
 
@@ -81,8 +86,10 @@ class ArrowImages(TrainingImages):
         row = index - int(starts[chunk])
         if self.shape is None:
             data, path = chunks[chunk]
-            blob = data[row].as_py()
-            image = load_image(io.BytesIO(blob) if blob is not None else path[row].as_py(), self.channels)
+            blob, file = data[row].as_py(), path[row].as_py()
+            if blob is None and file is None:
+                raise ValueError("the row has no image")  # replaced as an image that does not decode is
+            image = load_image(io.BytesIO(blob) if blob is not None else file, self.channels)
             return to_pixels(fit(image, self.size, crop_at))
         pixels = chunks[chunk][row]  # (h, w, c), a view into the Arrow file
         if pixels.shape[:2] == tuple(self.size):
@@ -118,6 +125,8 @@ def _image_column(dataset: Any, source: str, given: str | None, prepared: bool) 
             f"{source} has no {'column ' + repr(given) if given else 'image column'}: give --image-column one of "
             f"its columns ({columns})"
         )
+    if prepared and name != "image":
+        raise ValueError(f"a prepared dataset's images are its column 'image': leave --image-column out for {source}")
     if not prepared and not isinstance(features[name], ImageFeature):
         raise ValueError(
             f"column {name!r} of {source} holds {features[name]}, not images: give --image-column the column of "

@@ -6,6 +6,7 @@ seed-driven crop and flip (`augment.augmentation`), and the replacement of an it
 the next one that does, the same on every run, resume and process, counted and named in the `Batch`.
 """
 
+import functools
 import logging
 from typing import NamedTuple
 
@@ -45,6 +46,11 @@ class TrainingImages(Dataset):
     unlabelled_reason: str = ""  # why ``labels`` is None, and the fix: the --class-cond error
     known_skipped: int = 0  # items the source left out before training (a prepared dataset's skipped files)
 
+    @functools.cached_property
+    def _undecodable(self) -> set[int]:
+        """The items this process found not to decode: passed over without decoding them again."""
+        return set()
+
     def read(self, index: int, crop_at: tuple[float, float] | None) -> np.ndarray:
         """Item ``index`` fitted to ``size`` with its crop at ``crop_at`` (None: the centre; only with
         ``random_crop``), as ``(h, w, c)`` uint8.
@@ -80,9 +86,12 @@ class TrainingImages(Dataset):
         one that does not being added to ``skipped``."""
         for offset in range(len(self)):
             used = (index + offset) % len(self)
+            if used in self._undecodable:  # reported when first met in this process
+                continue
             try:
                 return used, self.read(used, crop_at)
             except DECODE_ERRORS as e:
+                self._undecodable.add(used)
                 skipped.append((printable(self.name(used)), f"{type(e).__name__}: {e}"))
         raise ValueError(f"no item of {self.source} decodes: check the files, or run diffusion-prepare to list them")
 

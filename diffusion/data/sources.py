@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .files import is_left_by_tools, printable
+from .files import IMAGE_EXTENSIONS, is_left_by_tools, printable
 from .folder import ImageFolder
 from .images import TrainingImages
 from .manifest import MANIFEST, check_complete, read_manifest
@@ -51,7 +51,7 @@ def open_images(
         check_complete(path, manifest)
         dataset = require_datasets(data).load_from_disk(str(path))
         images = _arrow_images(dataset, data, size, channels, options, columns, tuple(manifest["shape"]))
-        images.known_skipped = int(manifest["counts"]["skipped"])
+        images.known_skipped = int(manifest.get("counts", {}).get("skipped", 0))
         return images
     dataset = _huggingface_dataset(path, str(data))
     if dataset is not None:
@@ -80,11 +80,11 @@ def _huggingface_dataset(path: Path, data: str) -> Any | None:
         return require_datasets(data).load_from_disk(str(path))
     if path.is_dir() and (path / "dataset_dict.json").is_file():
         return _train_split(require_datasets(data).load_from_disk(str(path)), data)
-    tables = _table_files(path)
-    if tables:
-        kind = TABLE_SUFFIXES[tables[0].suffix.lower()]
-        files = [str(f) for f in tables]
-        return require_datasets(data).load_dataset(kind, data_files={"train": files}, split="train")
+    if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
+        kind = TABLE_SUFFIXES[path.suffix.lower()]
+        return require_datasets(data).load_dataset(kind, data_files={"train": [str(path)]}, split="train")
+    if path.is_dir() and _holds_tables(path):  # split names (train-*.parquet, data/test/...) as datasets reads them
+        return _train_split(require_datasets(data).load_dataset(str(path)), data)
     if path.exists():
         return None
     if HUB_NAME.fullmatch(data) and not path.parent.exists():
@@ -95,21 +95,17 @@ def _huggingface_dataset(path: Path, data: str) -> Any | None:
     )
 
 
-def _table_files(path: Path) -> list[Path]:
-    """The Parquet or Arrow files ``path`` is or holds (a folder of nothing else, less what other tools
-    leave), sorted; else []."""
-    if path.is_file():
-        return [path] if path.suffix.lower() in TABLE_SUFFIXES else []
-    if not path.is_dir():
-        return []
-    files = []
-    for file in path.rglob("*"):
-        if any(is_left_by_tools(part) for part in file.relative_to(path).parts) or not file.is_file():
+def _holds_tables(folder: Path) -> bool:
+    """Whether ``folder`` holds Parquet or Arrow files and no image file (a README and the like may sit beside
+    them, as in a Hub download), less what other tools leave. It stops at the first image file."""
+    tables = False
+    for file in folder.rglob("*"):
+        if any(is_left_by_tools(part) for part in file.relative_to(folder).parts) or not file.is_file():
             continue
-        if file.suffix.lower() not in TABLE_SUFFIXES:
-            return []  # a folder of images: stop at its first file rather than list the whole tree twice
-        files.append(file)
-    return sorted(files) if len({p.suffix.lower() for p in files}) == 1 else []
+        if file.suffix.lower() in IMAGE_EXTENSIONS:
+            return False
+        tables |= file.suffix.lower() in TABLE_SUFFIXES
+    return tables
 
 
 def _hub_dataset(name: str) -> Any:

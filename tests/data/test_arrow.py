@@ -225,18 +225,42 @@ def test_an_empty_dataset_and_other_channel_counts_are_refused():
 
 
 @pytest.mark.parametrize("chunks", [1, 3])
-@pytest.mark.parametrize("random_crop", [False, True])
-def test_prepared_at_the_training_size_gives_the_stored_pixels(chunks, random_crop):
+def test_prepared_at_the_training_size_gives_the_stored_pixels(chunks):
     pixels = np.stack([_noise(8, 12, seed=s) for s in range(5)])  # (5, 8, 12, 3)
-    dataset = ArrowImages(_prepared(pixels, chunks), SOURCE, (8, 12), 3, random_crop=random_crop, shape=(8, 12, 3))
+    dataset = ArrowImages(_prepared(pixels, chunks), SOURCE, (8, 12), 3, shape=(8, 12, 3))
     for i in range(5):
-        for seed in SEEDS:
-            np.testing.assert_array_equal(dataset.read(i, augmentation(seed)[0] if random_crop else None), pixels[i])
+        np.testing.assert_array_equal(dataset.read(i, None), pixels[i])
     batch = dataset.batch([(i, seed) for i in range(5) for seed in SEEDS])
     flips = [augmentation(seed)[1] for i in range(5) for seed in SEEDS]
     expected = [p[:, ::-1] if flip else p for p, flip in zip(np.repeat(pixels, len(SEEDS), 0), flips, strict=True)]
     np.testing.assert_array_equal(_hwc(batch.images), np.stack(expected))
     assert [dataset.name(i) for i in range(5)] == ["0.png", "1.png", "2.png", "3.png", "4.png"]
+
+
+def test_random_crop_on_a_dataset_prepared_at_the_training_size_is_refused_in_one_line():
+    pixels = np.stack([_noise(8, 12, seed=s) for s in range(2)])
+    with pytest.raises(
+        ValueError,
+        match=r"^--random-crop needs slack, and src was prepared at the training size 8x12: "
+        r"prepare it at a larger --size, or leave --random-crop out$",
+    ):
+        ArrowImages(_prepared(pixels, 1), SOURCE, (8, 12), 3, random_crop=True, shape=(8, 12, 3))
+
+
+def test_a_prepared_dataset_reads_only_its_image_column():
+    pixels = np.stack([_noise(8, 8, seed=s) for s in range(2)])
+    with pytest.raises(ValueError, match=r"^a prepared dataset's images are its column 'image': leave --image-column"):
+        ArrowImages(_prepared(pixels, 1), SOURCE, (8, 8), 3, image_column="path", shape=(8, 8, 3))
+
+
+def test_a_row_without_an_image_is_replaced_by_the_next_and_named():
+    images = [Image.fromarray(_noise(8, 8, seed=s)) for s in range(3)]
+    features = datasets.Features({"image": datasets.Image()})
+    dataset = datasets.Dataset.from_dict({"image": [images[0], None, images[2]]}, features=features)
+    source = ArrowImages(dataset, SOURCE, (8, 8), 3, hflip=False)
+    batch = source.batch([(1, 0)])
+    assert batch.skipped == (("row 1", "ValueError: the row has no image"),)
+    np.testing.assert_array_equal(_hwc(batch.images)[0], source.pixels(2))
 
 
 def test_prepared_larger_with_random_crop_gives_a_window_without_resizing():

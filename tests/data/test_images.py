@@ -120,11 +120,13 @@ def test_an_undecodable_item_is_replaced_by_the_next_one_that_decodes(mixed):
     for item, used in zip(batch.images, [0, 3, 3, 3, 0], strict=True):
         assert torch.equal(item, good[used])
     assert batch.labels.tolist() == [0, 1, 1, 1, 0]
-    named = ["a/1.png", "b/2.png", "b/2.png", "b/4.png"]  # in the order met; b/2.png once for key 1, once for key 2
+    named = ["a/1.png", "b/2.png", "b/4.png"]  # in the order met, each once: then passed over without decoding
     assert batch.skipped == tuple((name, reasons[name]) for name in named)
 
     again = dataset.batch([(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)])
-    assert torch.equal(again.images, batch.images) and again.skipped == batch.skipped
+    assert torch.equal(again.images, batch.images) and again.skipped == ()
+    fresh = ImageFolder(mixed, (8, 8), 3, hflip=False)  # another process (a worker, a resume) meets them anew
+    assert fresh.batch([(4, 4)]).skipped == (("b/4.png", reasons["b/4.png"]),)
 
 
 def test_an_undecodable_item_keeps_its_own_augmentation_seed(mixed):

@@ -138,13 +138,24 @@ def test_an_arrow_file(tmp_path):
     np.testing.assert_array_equal(_first_pixels(images), _noise(8, 8, seed=0))
 
 
-def test_a_folder_of_mixed_tables_is_not_a_dataset(tmp_path):
+def test_a_downloaded_hub_folder_gives_its_train_split_beside_its_readme(tmp_path):
+    """A Hub download: README.md beside data/train-*.parquet and data/test-*.parquet; the test rows stay out."""
+    (tmp_path / "data").mkdir()
+    _dataset(6).to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
+    _dataset(4, first_seed=100).to_parquet(str(tmp_path / "data" / "test-00000-of-00001.parquet"))
+    (tmp_path / "README.md").write_text("# a dataset card\n")
+    images = open_images(tmp_path, SIZE, 3, hflip=False)
+    assert type(images) is ArrowImages and len(images) == 6
+    assert np.array_equal(
+        images.pixels(5), open_images(tmp_path / "data" / "train-00000-of-00001.parquet", SIZE, 3).pixels(5)
+    )
+
+
+def test_a_folder_with_an_image_file_is_a_folder_of_images_even_beside_tables(tmp_path):
     _dataset(2).to_parquet(str(tmp_path / "a.parquet"))
-    _dataset(2).save_to_disk(str(tmp_path / "saved"))
-    shutil.copy(next((tmp_path / "saved").glob("*.arrow")), tmp_path / "b.arrow")
-    shutil.rmtree(tmp_path / "saved")
-    with pytest.raises(ValueError, match=f"^no image files found under {re.escape(str(tmp_path))} "):
-        open_images(tmp_path, SIZE, 3)
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    images = open_images(tmp_path, SIZE, 3)
+    assert type(images) is ImageFolder and [p.name for p in images.report.files] == ["b.png"]
 
 
 def test_a_prepared_folder_is_read_with_its_shape(tmp_path):

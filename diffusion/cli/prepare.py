@@ -14,7 +14,8 @@ def prepare_parser() -> argparse.ArgumentParser:
         description="Decode every image of SOURCE once, resized to cover --size and centre-cropped, into a prepared "
         "dataset (a Hugging Face save_to_disk folder with a manifest.json) that --data reads without decoding. "
         "Images that do not decode are left out and listed in the manifest. An interrupted run continues where "
-        "it stopped when run again with the same flags; a finished one is left as it is.",
+        "it stopped when run again with the same flags; a finished one is checked against the checksums in its "
+        "manifest and left as it is. One run at a time prepares a given --out.",
         epilog="Example: diffusion-prepare photos/ --out photos-64 --size 64. The prepared size may exceed the "
         "training size: training then crops or resizes it.",
     )
@@ -41,8 +42,8 @@ def prepare_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a dataset prepared in --out with other flags, or restart an interrupted one (a folder "
-        "holding anything else is never touched)",
+        help="replace a dataset prepared in --out with other flags or damaged, or restart an interrupted one (a "
+        "folder holding anything else is never touched)",
     )
     return parser
 

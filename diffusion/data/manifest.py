@@ -13,12 +13,16 @@ in row-major (height, width, channels) order, the shape being the manifest's ``s
 stored without offsets; datasets' ``Array3D`` stores an offset for every pixel row and column, which more
 than doubles the files.
 
-``manifest.json`` is written last: a folder without a complete one is an interrupted preparation.
+``manifest.json`` is written last: a folder without a complete one is an interrupted preparation. Its
+``files`` give each data file's size and SHA-256: `check_files` compares the sizes (cheap, at every
+start of training) or both (a full check).
 """
 
 import json
 from pathlib import Path
 from typing import Any
+
+from ..io.files import sha256_of
 
 MANIFEST = "manifest.json"
 FORMAT = "pixel-diffusion-prepared"
@@ -68,3 +72,26 @@ def check_complete(folder: str | Path, manifest: dict[str, Any]) -> None:
         raise ValueError(
             f"{folder} is an interrupted preparation: run the same diffusion-prepare command again to finish it"
         )
+
+
+def check_files(folder: str | Path, manifest: dict[str, Any], *, hashes: bool = False) -> None:
+    """Refuse a data file that is missing or whose size, and with ``hashes`` SHA-256, is not the manifest's.
+
+    Raises:
+        ValueError: naming the first such file and the command that fixes it.
+    """
+    files = manifest.get("files")
+    again = "prepare the dataset again with --overwrite"
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"{Path(folder) / MANIFEST} lists no data files: {again}")
+    for name, entry in sorted(files.items()):
+        path = Path(folder) / name
+        expected = entry.get("bytes") if isinstance(entry, dict) else None
+        try:
+            found = path.stat().st_size
+        except OSError:
+            raise ValueError(f"{path} is missing (the manifest lists it): {again}") from None
+        if found != expected:
+            raise ValueError(f"{path} is damaged ({found} bytes, the manifest says {expected}): {again}")
+        if hashes and sha256_of(path) != entry.get("sha256"):
+            raise ValueError(f"{path} is damaged (its SHA-256 is not the manifest's): {again}")

@@ -1,46 +1,44 @@
 """`prepare`: decode a source of images once, fitted to one size, into a prepared dataset (`manifest`).
 
-Every item is decoded once, in parallel, in the source's order. Rows go to shards under ``OUT/partial``,
-each one a ``save_to_disk`` folder with its own list of skipped items, committed by a rename: an
-interrupted preparation, run again with the same settings on the same source listing, keeps the shards it
-finished and decodes only the missing ones. At the end the shards become one ``save_to_disk`` folder, the
-complete manifest is written last and ``OUT/partial`` is removed.
+Every item is decoded once, in parallel, in the source's order. Rows go to shards under ``OUT/partial``
+(`shards`), committed one by one: an interrupted preparation, run again with the same settings on the same
+source (its listing, and a Hugging Face dataset's content fingerprint), keeps the shards it finished and
+decodes only the missing ones. At the end the shards become one ``save_to_disk`` folder, the complete
+manifest is written last and ``OUT/partial`` is removed. A preparation holds ``OUT/.lock`` throughout, so
+that a second one into the same folder is refused instead of removing the first one's shards.
 """
 
 import contextlib
+import errno
 import hashlib
 import logging
-import math
 import os
 import shutil
-import signal
 from collections.abc import Iterator, Sequence
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from tqdm.auto import tqdm
-
 from .. import __version__
-from ..io.files import check_writable, read_json, sha256_of, write_json
-from .files import DECODE_ERRORS, printable, warn_skipped
-from .manifest import FORMAT, IMAGE, LABEL, MANIFEST, PATH, VERSION, check_complete, is_prepared, read_manifest
-from .sources import open_images
+from ..io.files import check_writable, sha256_of, undo_new_folders, write_json
+from .arrow import ArrowImages
+from .files import printable, warn_skipped
+from .manifest import FORMAT, MANIFEST, VERSION, check_complete, check_files, is_prepared, read_manifest
+from .shards import class_names, decode_shards, default_shard_size, quiet, read_shards
+from .sources import open_images, require_datasets
+
+try:
+    import fcntl
+except ImportError:  # Windows: preparations are not locked
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
-# What decoding a chunk of items gives: the indices that decode, their (h, w, c) uint8 pixels, and the
-# (index, reason) of each item that does not.
-Decoded = tuple[list[int], list[np.ndarray], list[tuple[int, str]]]
-
 PARTIAL = "partial"  # the shards of a preparation in progress, inside OUT
-SHARD = "shard.json"  # inside each shard: its index range and skipped items
-SHARD_ROWS = 1000  # rows per shard, unless that many exceed SHARD_BYTES
-SHARD_BYTES = 256 * 2**20  # pixels per shard at most: an interrupt loses at most this much work
-CHUNK = 16  # items per task sent to a worker at most
+LOCK = ".lock"  # inside OUT while a preparation runs: the process id of the one that holds it
 # What `datasets.Dataset.save_to_disk` writes, with the manifest: all that --overwrite removes.
 DATASET_FILES = ("dataset_info.json", "state.json", "data-*.arrow")
+# What flock raises on a filesystem that cannot lock: the preparation goes on unlocked.
+NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 def prepare(
@@ -61,7 +59,7 @@ def prepare(
     Args:
         source: an image folder, a ``save_to_disk`` folder, parquet / arrow file(s) or a Hub dataset name.
         out: the prepared dataset's folder: new, empty, or a preparation of the same settings (which is
-            finished if interrupted, and left as it is if complete).
+            finished if interrupted, and checked against its manifest's checksums if complete).
         size: (height, width) of the stored images.
         channels: 1 (grayscale) or 3 (RGB).
         image_column, label_column: the columns of a dataset source (default: found by their type).
@@ -75,29 +73,31 @@ def prepare(
         skipped, and ``skipped`` names each skipped item with the reason.
 
     Raises:
-        ValueError: bad arguments, ``out`` holding other files or a preparation of other settings, or no
-            item of ``source`` decoding.
+        ValueError: bad arguments, ``out`` holding other files, a preparation of other settings or of a
+            changed source, a damaged data file, another preparation running into ``out``, or no item of
+            ``source`` decoding.
         FileNotFoundError: ``source`` does not exist.
     """
     settings = _settings(source, size, channels, image_column, label_column)
     size = (settings["size"][0], settings["size"][1])
     workers = _count("workers", workers, default=_available_cores())
-    shard_size = _count("shard_size", shard_size, default=_default_shard_size(size, channels))
+    shard_size = _count("shard_size", shard_size, default=default_shard_size(size, channels))
     out = Path(out)
-    done = _claim(out, settings, overwrite)
-    if done is not None:
-        logger.info("%s already holds this dataset, prepared with the same settings", printable(str(out)))
-        shutil.rmtree(out / PARTIAL, ignore_errors=True)  # left over if the last run stopped after its manifest
-        return done
-    _require_datasets()
-    images = open_images(source, size=size, channels=channels, image_column=image_column, label_column=label_column)
-    assert len(images) > 0, "open_images refuses a source without items"
-    check_writable(out)
-    shard_size = _begin(out, settings, _listing_sha256(images), shard_size)
-    plan = [range(start, min(start + shard_size, len(images))) for start in range(0, len(images), shard_size)]
-    with _quiet():
-        _decode_shards(images, out / PARTIAL, plan, (size[0], size[1], channels), workers, progress)
-        return _finish(out, images, settings, len(plan))
+    with undo_new_folders(), _exclusive(out):
+        done = _claim(out, settings, overwrite)
+        if done is not None:
+            logger.info("%s already holds this dataset, prepared with the same settings", printable(str(out)))
+            shutil.rmtree(out / PARTIAL, ignore_errors=True)  # left over if the last run stopped after its manifest
+            return done
+        require_datasets(source)
+        images = open_images(source, size=size, channels=channels, image_column=image_column, label_column=label_column)
+        assert len(images) > 0, "open_images refuses a source without items"
+        names = _names(images)
+        shard_size = _begin(out, settings, names, _fingerprint(images), shard_size)
+        plan = [range(start, min(start + shard_size, len(images))) for start in range(0, len(images), shard_size)]
+        with quiet():
+            decode_shards(images, names, out / PARTIAL, plan, (size[0], size[1], channels), workers, progress)
+            return _finish(out, images, settings, len(plan))
 
 
 def _settings(
@@ -130,34 +130,70 @@ def _available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _default_shard_size(size: Sequence[int], channels: int) -> int:
-    return max(1, min(SHARD_ROWS, SHARD_BYTES // (size[0] * size[1] * channels)))
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock for the block, creating the folder if need be; the lock file is removed at the end.
 
-
-def _require_datasets() -> None:
+    Raises:
+        ValueError: ``out`` is a file, or another process holds its lock.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {printable(str(out))} is a file; give a new or empty folder")
+    check_writable(out)
+    fd = None if fcntl is None else _lock(out)
     try:
-        import datasets  # noqa: F401
-    except ImportError:
-        raise ValueError(
-            "preparing a dataset needs the datasets package: pip install 'pixel-diffusion[datasets]'"
-        ) from None
+        yield
+    finally:
+        if fd is not None:
+            (out / LOCK).unlink(missing_ok=True)  # while still locked: see `_lock`
+            os.close(fd)
+
+
+def _lock(out: Path) -> int | None:
+    """A descriptor of ``out/.lock`` holding its exclusive lock, with this process's id written in it; None
+    where the filesystem cannot lock.
+
+    A holder removes the file before it unlocks, so a lock is ours only if the file we locked is still the
+    one at that path; if not, we lock the one that takes its place.
+    """
+    path = out / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise ValueError(
+                f"{printable(str(out))} is being prepared by another diffusion-prepare "
+                f"(pid {holder if holder.isdigit() else 'unknown'}): wait for it, or give another --out"
+            ) from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in NO_LOCKS:
+                raise
+            logger.info("%s cannot be locked (%s): preparing it unlocked", printable(str(out)), e.strerror)
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                return fd
+        os.close(fd)
 
 
 def _claim(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """The manifest of ``out`` when it is complete with these ``settings``; else None once ``out`` is free
-    for this preparation: absent, empty, in progress with these settings, or cleared by ``overwrite``.
+    """The manifest of ``out`` when it is complete with these ``settings`` and its files match it; else None
+    once ``out`` is free for this preparation: empty, in progress with these settings, or cleared by
+    ``overwrite``.
 
     Raises:
-        ValueError: ``out`` is a file, holds files that are not a prepared dataset (never removed), or
-            holds one of other settings without ``overwrite``.
+        ValueError: ``out`` holds files that are not a prepared dataset (never removed), one of other
+            settings without ``overwrite``, or a complete one whose files are damaged.
     """
     where = printable(str(out))
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise ValueError(f"--out {where} is a file; give a new or empty folder")
     if not is_prepared(out):
-        if any(out.iterdir()):
+        if any(path.name != LOCK for path in out.iterdir()):
             raise ValueError(
                 f"--out {where} is not empty and holds no prepared dataset; give a new or empty folder "
                 "(nothing in it is removed, --overwrite included)"
@@ -175,6 +211,8 @@ def _claim(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, An
                 f"{where} holds a dataset prepared with {difference}: add --overwrite to replace it, "
                 "or give another --out"
             )
+        logger.info("%s is complete: checking its files against the manifest's checksums", where)
+        check_files(out, manifest, hashes=True)
         return manifest
     if difference:
         raise ValueError(
@@ -200,204 +238,74 @@ def _shown(value: Any) -> str:
 
 
 def _remove_prepared(out: Path) -> None:
-    """Remove what a preparation writes into ``out``, and nothing else."""
+    """Remove what a preparation writes into ``out``, and nothing else (its lock stays with its holder)."""
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
-    for pattern in DATASET_FILES:
-        for path in out.glob(pattern):
-            path.unlink()
+    _remove_dataset_files(out)
     (out / MANIFEST).unlink()
 
 
-def _listing_sha256(images: Any) -> str:
-    """The SHA-256 of the source's item names, one a line: a resumed preparation must see the same items."""
-    names = "\n".join(images.name(i) for i in range(len(images)))
-    return hashlib.sha256(names.encode("utf-8", "surrogateescape")).hexdigest()
+def _remove_dataset_files(out: Path) -> None:
+    for pattern in DATASET_FILES:
+        for path in out.glob(pattern):
+            path.unlink()
 
 
-def _begin(out: Path, settings: dict[str, Any], listing: str, shard_size: int) -> int:
-    """Mark ``out`` as in progress, or check that its preparation in progress is of this source listing;
-    the shard size to use (an interrupted preparation keeps its own)."""
+def _names(images: Any) -> list[str]:
+    """Each item's name: the file path a dataset's ``Image`` column keeps for its row (read without
+    decoding), else ``images.name`` (a folder's relative path, a dataset's ``row N``)."""
+    paths: list[str | None] = [None] * len(images)
+    if isinstance(images, ArrowImages) and images.shape is None:
+        import pyarrow.compute as pc
+
+        paths = pc.struct_field(images.dataset.data.column(images.image_column), "path").to_pylist()
+    return [path or images.name(index) for index, path in enumerate(paths)]
+
+
+def _fingerprint(images: Any) -> str | None:
+    """The content fingerprint datasets gives a Hugging Face source; None for a folder, whose names suffice."""
+    return getattr(getattr(images, "dataset", None), "_fingerprint", None)
+
+
+def _listing_sha256(names: list[str], fingerprint: str | None) -> str:
+    """The SHA-256 of the item names, one a line, after the source's fingerprint if it has one."""
+    lines = names if fingerprint is None else [f"fingerprint {fingerprint}", *names]
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _header(settings: dict[str, Any], complete: bool) -> dict[str, Any]:
+    """The manifest's fields that say what it is, as every manifest of a preparation starts."""
+    created_by = f"pixel-diffusion {__version__}"
+    return {"format": FORMAT, "version": VERSION, "complete": complete, "created_by": created_by, "settings": settings}
+
+
+def _begin(out: Path, settings: dict[str, Any], names: list[str], fingerprint: str | None, shard_size: int) -> int:
+    """Mark ``out`` as in progress, or check that its preparation in progress is of this source (its
+    listing, and its fingerprint if it has one); the shard size to use (an interrupted one keeps its own)."""
+    listing = _listing_sha256(names, fingerprint)
     if (out / MANIFEST).exists():
         manifest = read_manifest(out)
         if manifest.get("listing_sha256") != listing:
+            kind, change = ("listing", "items were added, removed or renamed")
+            if fingerprint is not None:
+                kind, change = ("version", "its rows were added, removed or changed")
             raise ValueError(
-                f"{printable(str(out))} holds an interrupted preparation of another listing of "
-                f"{printable(settings['source'])} (items were "
-                "added, removed or renamed since): add --overwrite to start again, or give another --out"
+                f"{printable(str(out))} holds an interrupted preparation of another {kind} of "
+                f"{printable(settings['source'])} ({change} since): add --overwrite to start again, "
+                "or give another --out"
             )
         logger.info("%s: continuing an interrupted preparation", printable(str(out)))
         return int(manifest["shard_size"])
     write_json(
-        out / MANIFEST,
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "complete": False,
-            "created_by": f"pixel-diffusion {__version__}",
-            "settings": settings,
-            "listing_sha256": listing,
-            "shard_size": shard_size,
-        },
+        out / MANIFEST, _header(settings, complete=False) | {"listing_sha256": listing, "shard_size": shard_size}
     )
     return shard_size
-
-
-def _features(h: int, w: int, c: int, class_names: list[str] | None) -> Any:
-    """The columns: the pixels as a fixed-length uint8 list, the label when there are classes, the name."""
-    import datasets
-
-    columns = {IMAGE: datasets.List(datasets.Value("uint8"), length=h * w * c)}
-    if class_names is not None:
-        columns[LABEL] = datasets.ClassLabel(names=list(class_names))
-    columns[PATH] = datasets.Value("string")
-    return datasets.Features(columns)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Without datasets' own progress bars (saving, loading), which would interleave with ours."""
-    import datasets
-
-    shown = not datasets.utils.are_progress_bars_disabled()
-    datasets.utils.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if shown:
-            datasets.utils.enable_progress_bars()
-
-
-def _shard_path(partial: Path, number: int) -> Path:
-    return partial / f"shard-{number:05d}"
-
-
-def _is_done(partial: Path, number: int, rows: range) -> bool:
-    try:
-        shard = read_json(_shard_path(partial, number) / SHARD)
-    except (OSError, ValueError):
-        return False
-    return shard.get("start") == rows.start and shard.get("stop") == rows.stop
-
-
-def _decode_shards(
-    images: Any, partial: Path, plan: list[range], shape: tuple[int, int, int], workers: int, progress: bool
-) -> None:
-    """Decode and commit, in order, every shard of ``plan`` that ``partial`` does not hold yet."""
-    partial.mkdir(exist_ok=True)
-    for stale in partial.glob(".shard-*"):  # a shard being written when the last run stopped
-        shutil.rmtree(stale)
-    todo = [number for number, rows in enumerate(plan) if not _is_done(partial, number, rows)]
-    left = sum(len(plan[number]) for number in todo)
-    if left < len(images):
-        logger.info("%d of %d shards are done; decoding the other %d", len(plan) - len(todo), len(plan), len(todo))
-    chunk = max(1, min(CHUNK, math.ceil(left / (4 * workers))))  # a few tasks per worker, for balance
-    tasks = [(number, plan[number][i : i + chunk]) for number in todo for i in range(0, len(plan[number]), chunk)]
-    results: list[Decoded] = []
-    with (
-        tqdm(total=len(images), initial=len(images) - left, disable=not progress, unit="img", desc="prepare") as bar,
-        _decoder(images, min(workers, len(tasks))) as decode,
-    ):
-        for (number, rows), result in zip(tasks, decode([rows for _, rows in tasks]), strict=True):
-            results.append(result)
-            bar.update(len(rows))
-            if rows.stop == plan[number].stop:
-                _commit_shard(images, partial, number, plan[number], results, shape)
-                results = []
-
-
-@contextlib.contextmanager
-def _decoder(images: Any, workers: int) -> Iterator[Any]:
-    """A function from chunks of indices to their decoded items, in order: in this process for one worker,
-    else by a pool whose workers receive ``images`` once."""
-    if workers <= 1:
-        yield lambda chunks: (_decode_chunk(images, rows) for rows in chunks)
-        return
-    with Pool(workers, initializer=_start_worker, initargs=(images,)) as pool:
-        yield lambda chunks: pool.imap(_decode_in_worker, chunks)
-
-
-_worker_images: Any = None  # a pool worker's source, set once by `_start_worker`
-
-
-def _start_worker(images: Any) -> None:
-    global _worker_images
-    _worker_images = images
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which stops the pool
-
-
-def _decode_in_worker(rows: range) -> Decoded:
-    return _decode_chunk(_worker_images, rows)
-
-
-def _decode_chunk(images: Any, rows: range) -> Decoded:
-    """The items of ``rows`` decoded, each one that does not decode with the reason."""
-    kept, pixels, skipped = [], [], []
-    for index in rows:
-        try:
-            pixels.append(images.pixels(index))
-        except DECODE_ERRORS as e:
-            skipped.append((index, f"{type(e).__name__}: {e}"))
-            continue
-        kept.append(index)
-    return kept, pixels, skipped
-
-
-def _commit_shard(
-    images: Any,
-    partial: Path,
-    number: int,
-    rows: range,
-    results: list[Decoded],
-    shape: tuple[int, int, int],
-) -> None:
-    """Write shard ``number`` (the items of ``rows``) under a temporary name, then rename it into place."""
-    kept = [index for chunk, _, _ in results for index in chunk]
-    pixels = [p for _, chunk, _ in results for p in chunk]
-    assert all(p.shape == shape and p.dtype == np.uint8 for p in pixels), "the reader fits items to the size"
-    skipped = [{"source": printable(images.name(i)), "reason": why} for _, _, chunk in results for i, why in chunk]
-    temporary, final = partial / f".shard-{number:05d}", _shard_path(partial, number)
-    shutil.rmtree(temporary, ignore_errors=True)
-    if kept:
-        labels = None if images.labels is None else images.labels[kept]
-        paths = [printable(images.name(i)) for i in kept]
-        _dataset(np.stack(pixels), labels, paths, _class_names(images)).save_to_disk(str(temporary))
-    else:
-        temporary.mkdir()  # datasets cannot load a saved dataset of no rows: the shard is its skip list only
-    write_json(temporary / SHARD, {"start": rows.start, "stop": rows.stop, "rows": len(kept), "skipped": skipped})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(temporary, final)
-
-
-def _class_names(images: Any) -> list[str] | None:
-    """The class names when the source has labels, else None (no label column)."""
-    return None if images.labels is None else list(images.class_names)
-
-
-def _dataset(pixels: np.ndarray, labels: np.ndarray | None, paths: list[str], class_names: list[str] | None) -> Any:
-    """A `datasets.Dataset` of these rows, its arrow table built directly (no per-row Python objects)."""
-    import datasets
-    import pyarrow as pa
-
-    n, h, w, c = pixels.shape
-    features = _features(h, w, c, class_names)
-    columns = {IMAGE: pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), h * w * c)}  # (n, h*w*c)
-    if labels is not None:
-        columns[LABEL] = pa.array(labels, pa.int64())
-    columns[PATH] = pa.array(paths, pa.string())
-    table = pa.table(columns).cast(features.arrow_schema)
-    assert table.num_rows == n
-    return datasets.Dataset(datasets.table.InMemoryTable(table), info=datasets.DatasetInfo(features=features))
 
 
 def _finish(out: Path, images: Any, settings: dict[str, Any], count: int) -> dict[str, Any]:
     """Join the ``count`` shards into ``out``, write the complete manifest, remove the shards; the manifest."""
     import datasets
 
-    partial = out / PARTIAL
-    folders = [_shard_path(partial, number) for number in range(count)]
-    shards = [(folder, read_json(folder / SHARD)) for folder in folders]
-    skipped = [entry for _, shard in shards for entry in shard["skipped"]]
-    parts = [datasets.load_from_disk(str(folder)) for folder, shard in shards if shard["rows"]]
+    parts, skipped = read_shards(out / PARTIAL, count)
     prepared = sum(len(part) for part in parts)
     if skipped:
         warn_skipped([(entry["source"], entry["reason"]) for entry in skipped], "image(s)", settings["source"])
@@ -409,26 +317,17 @@ def _finish(out: Path, images: Any, settings: dict[str, Any], count: int) -> dic
             f"no item of {printable(settings['source'])} decodes (the first, {first['source']}: {first['reason']}); "
             "check the source"
         )
-    for pattern in DATASET_FILES:  # left by a run that stopped while joining
-        for path in out.glob(pattern):
-            path.unlink()
+    _remove_dataset_files(out)  # left by a run that stopped while joining
     datasets.concatenate_datasets(parts).save_to_disk(str(out))
     del parts
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "complete": True,
-        "created_by": f"pixel-diffusion {__version__}",
-        "settings": settings,
+    files = sorted(out.glob("data-*.arrow"))
+    manifest = _header(settings, complete=True) | {
         "shape": [*settings["size"], settings["channels"]],
-        "class_names": _class_names(images),
+        "class_names": class_names(images),
         "counts": {"found": len(images), "prepared": prepared, "skipped": len(skipped)},
         "skipped": skipped,
-        "files": {
-            path.name: {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
-            for path in sorted(out.glob("data-*.arrow"))
-        },
+        "files": {path.name: {"bytes": path.stat().st_size, "sha256": sha256_of(path)} for path in files},
     }
     write_json(out / MANIFEST, manifest)
-    shutil.rmtree(partial)
+    shutil.rmtree(out / PARTIAL)
     return manifest

@@ -64,8 +64,11 @@ def test_python_m_entry_point(image_folder, tmp_path):
 @pytest.mark.parametrize(
     ("flags", "error"),
     [
-        (["--size", "8x"], "argument --size: expected N or HxW, got '8x' (see --help)"),
-        (["--size", "0"], "argument --size: expected N or HxW with positive sides, got '0' (see --help)"),
+        (["--size", "8x"], "argument --size/--prepare-size: expected N or HxW, got '8x' (see --help)"),
+        (
+            ["--size", "0"],
+            "argument --size/--prepare-size: expected N or HxW with positive sides, got '0' (see --help)",
+        ),
         (["--size", "8", "--channels", "2"], "argument --channels: invalid choice: 2 (choose from 1, 3) (see --help)"),
     ],
 )
@@ -95,6 +98,22 @@ def test_other_settings_exit_2_naming_the_fix(image_folder, tmp_path, capsys):
     )
     assert prepare_main([str(image_folder), "--out", str(out), "--size", "16", "--overwrite"]) == 0
     assert capsys.readouterr().out == f"prepared 3 images (1 skipped) of 16x16x3 into {out}\n"
+
+
+def test_a_folder_being_prepared_exits_2_in_one_line(image_folder, tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "prepared"
+    out.mkdir()
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("4242\n")
+        lock.flush()
+        assert prepare_main([str(image_folder), "--out", str(out), "--size", "8", "--workers", "1"]) == 2
+    assert capsys.readouterr().err == (
+        f"diffusion-prepare: error: {out} is being prepared by another diffusion-prepare (pid 4242): wait for it, "
+        "or give another --out\n"
+    )
+    assert [p.name for p in out.iterdir()] == [".lock"]
 
 
 def test_bad_workers_names_the_flag(image_folder, tmp_path, capsys):

@@ -1,10 +1,14 @@
-"""diffusion.data.prepare: rows, manifest and checksums of a prepared dataset; parallel decoding; resuming an
-interrupted preparation; the folders it refuses."""
+"""diffusion.data.prepare and diffusion.data.shards: rows, manifest and checksums of a prepared dataset;
+parallel decoding; resuming an interrupted preparation; the folders it refuses, the sources whose change it
+detects, the damaged files it finds, the lock that keeps a second preparation out."""
 
+import contextlib
 import hashlib
 import importlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ from diffusion.data import open_images
 from diffusion.data.prepare import prepare
 
 prepare_module = importlib.import_module("diffusion.data.prepare")
+shards_module = importlib.import_module("diffusion.data.shards")
 
 datasets = pytest.importorskip("datasets")
 
@@ -72,13 +77,34 @@ def counting_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def interrupt_after_first_shard(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_commit = prepare_module._commit_shard
+    real_commit = shards_module.commit_shard
 
     def commit_then_stop(*args, **kwargs):
         real_commit(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare_module, "_commit_shard", commit_then_stop)
+    monkeypatch.setattr(shards_module, "commit_shard", commit_then_stop)
+
+
+def save_huggingface_dataset(folder: Path, seed: int, rows: int = 4) -> None:
+    """A ``save_to_disk`` folder of ``rows`` random 9x13 PIL images (no file path) labelled cat or dog."""
+    rng = np.random.default_rng(seed)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    pictures = [random_image(rng, 9 + i, 13) for i in range(rows)]
+    labels = [int(i % 3 != 1) for i in range(rows)]
+    datasets.Dataset.from_dict({"image": pictures, "label": labels}, features=features).save_to_disk(folder)
+
+
+@contextlib.contextmanager
+def locked_by(out: Path, pid: str) -> Iterator[None]:
+    """Hold ``out``'s lock as another diffusion-prepare would, with ``pid`` written in it."""
+    fcntl = pytest.importorskip("fcntl")
+    out.mkdir(exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write(pid)
+        lock.flush()
+        yield
 
 
 def test_folder_rows_manifest_and_checksums(image_folder, tmp_path):
@@ -142,11 +168,8 @@ def test_grayscale_unlabelled_folder_has_no_label_column(tmp_path):
 
 
 def test_huggingface_dataset_source(tmp_path):
-    rng = np.random.default_rng(2)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
-    pictures = [random_image(rng, 9 + i, 13) for i in range(4)]
     source = tmp_path / "hf"
-    datasets.Dataset.from_dict({"image": pictures, "label": [1, 0, 1, 1]}, features=features).save_to_disk(source)
+    save_huggingface_dataset(source, seed=2)
 
     manifest = prepare(source, tmp_path / "out", size=SIZE, workers=1)
 
@@ -250,7 +273,7 @@ def test_no_decodable_image_is_an_error_and_leaves_nothing(image_folder, tmp_pat
     with pytest.raises(ValueError, match=r"^no item of .*broken decodes \(the first, bad.png: OSError: ") as refused:
         prepare(source, out, size=SIZE, workers=1)
     assert "\n" not in str(refused.value)
-    assert os.listdir(out) == []
+    assert not out.exists()  # created by this run, and left as it was found: absent
 
 
 @pytest.mark.parametrize(
@@ -262,7 +285,7 @@ def test_no_decodable_image_is_an_error_and_leaves_nothing(image_folder, tmp_pat
     ],
 )
 def test_default_shard_size(size, channels, rows):
-    assert prepare_module._default_shard_size(size, channels) == rows
+    assert shards_module.default_shard_size(size, channels) == rows
 
 
 @pytest.mark.parametrize(
@@ -278,3 +301,95 @@ def test_bad_arguments(image_folder, tmp_path, arguments, message):
         prepare(image_folder, tmp_path / "out", **arguments)
     assert str(refused.value) == message
     assert not (tmp_path / "out").exists()
+
+
+def test_huggingface_rows_are_named_by_their_file_path(image_folder, tmp_path):
+    """A row whose Image keeps a file path is named by it, in the ``path`` column and the skip list; a row
+    of bytes alone is ``row N``."""
+    rows = [str(image_folder / "a" / "0.png"), str(image_folder / "b" / "bad.png")]
+    rows += [Image.open(image_folder / "a" / "1.png").convert("RGB"), str(image_folder / "b" / "0.jpg")]
+    source = tmp_path / "hf"
+    features = datasets.Features({"image": datasets.Image()})
+    datasets.Dataset.from_dict({"image": rows}, features=features).save_to_disk(source)  # keeps the file names
+
+    manifest = prepare(source, tmp_path / "out", size=SIZE, workers=1)
+
+    assert [entry["source"] for entry in manifest["skipped"]] == ["bad.png"]
+    assert datasets.load_from_disk(str(tmp_path / "out"))["path"] == ["0.png", "row 2", "0.jpg"]
+
+
+def test_resume_refuses_a_changed_huggingface_dataset_of_as_many_rows(tmp_path, monkeypatch):
+    source, out = tmp_path / "hf", tmp_path / "prepared"
+    save_huggingface_dataset(source, seed=2)
+    with monkeypatch.context() as patch:
+        interrupt_after_first_shard(patch)
+        with pytest.raises(KeyboardInterrupt):
+            prepare(source, out, size=SIZE, workers=1, shard_size=2)
+
+    shutil.rmtree(source)
+    save_huggingface_dataset(source, seed=3)  # other pixels, the same 4 rows and labels
+    with pytest.raises(ValueError) as refused:
+        prepare(source, out, size=SIZE, workers=1)
+    assert str(refused.value) == (
+        f"{out} holds an interrupted preparation of another version of {source.resolve()} (its rows were added, "
+        "removed or changed since): add --overwrite to start again, or give another --out"
+    )
+
+    shutil.rmtree(source)
+    save_huggingface_dataset(source, seed=2)  # the dataset as it was: datasets gives it the same fingerprint
+    calls = counting_calls(monkeypatch)
+    prepare(source, out, size=SIZE, workers=1)
+    assert calls == [2, 3]
+    np.testing.assert_array_equal(stored_pixels(out, (8, 8, 3)), expected_pixels(source))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte"])
+def test_complete_folder_with_a_damaged_file_is_refused(image_folder, tmp_path, damage):
+    out = tmp_path / "prepared"
+    first = prepare(image_folder, out, size=SIZE, workers=1)
+    data = out / "data-00000-of-00001.arrow"
+    content = bytearray(data.read_bytes())
+    if damage == "truncate":
+        data.write_bytes(content[:-1])
+        why = f"{len(content) - 1} bytes, the manifest says {len(content)}"
+    else:
+        content[len(content) // 2] ^= 0xFF
+        data.write_bytes(content)
+        why = "its SHA-256 is not the manifest's"
+
+    with pytest.raises(ValueError) as refused:
+        prepare(image_folder, out, size=SIZE, workers=1)
+    assert str(refused.value) == f"{data} is damaged ({why}): prepare the dataset again with --overwrite"
+
+    assert prepare(image_folder, out, size=SIZE, workers=1, overwrite=True) == first
+
+
+def test_a_folder_being_prepared_is_refused(image_folder, tmp_path):
+    out = tmp_path / "prepared"
+    with locked_by(out, "4242"), pytest.raises(ValueError) as refused:
+        prepare(image_folder, out, size=SIZE, workers=1)
+    assert str(refused.value) == (
+        f"{out} is being prepared by another diffusion-prepare (pid 4242): wait for it, or give another --out"
+    )
+    assert os.listdir(out) == [".lock"]  # the holder's lock is left to it
+
+    manifest = prepare(image_folder, out, size=SIZE, workers=1)  # a lock nobody holds is no foreign file
+    assert manifest["counts"] == {"found": 6, "prepared": 5, "skipped": 1}
+    assert ".lock" not in os.listdir(out)
+
+    with locked_by(out, ""), pytest.raises(ValueError, match=r"\(pid unknown\): wait for it"):
+        prepare(image_folder, out, size=SIZE, workers=1)  # a complete folder too: its files are being checked
+
+
+def test_the_lock_holds_the_preparing_process_id(image_folder, tmp_path, monkeypatch):
+    out, seen = tmp_path / "prepared", []
+    real_commit = shards_module.commit_shard
+
+    def commit_and_look(*args, **kwargs):
+        seen.append((out / ".lock").read_text())
+        real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(shards_module, "commit_shard", commit_and_look)
+    prepare(image_folder, out, size=SIZE, workers=1, shard_size=3)
+    assert seen == [f"{os.getpid()}\n"] * 2
+    assert sorted(os.listdir(out)) == ["data-00000-of-00001.arrow", "dataset_info.json", "manifest.json", "state.json"]

@@ -19,7 +19,7 @@ from typing import Any
 from .files import IMAGE_EXTENSIONS, is_left_by_tools, printable
 from .folder import ImageFolder
 from .images import TrainingImages
-from .manifest import MANIFEST, check_complete, read_manifest
+from .manifest import MANIFEST, check_complete, check_files, read_manifest
 
 logger = logging.getLogger(__package__)
 
@@ -49,6 +49,7 @@ def open_images(
     if (path / MANIFEST).is_file():
         manifest = read_manifest(path)
         check_complete(path, manifest)
+        check_files(path, manifest)  # sizes only: the checksums are diffusion-prepare's to verify
         dataset = require_datasets(data).load_from_disk(str(path))
         images = _arrow_images(dataset, data, size, channels, options, columns, tuple(manifest["shape"]))
         images.known_skipped = int(manifest.get("counts", {}).get("skipped", 0))
@@ -132,11 +133,11 @@ def _train_split(splits: Any, data: str) -> Any:
 
 
 def require_datasets(data: str | Path) -> ModuleType:
-    """The ``datasets`` package, or a one-line error naming the extra that installs it."""
+    """The ``datasets`` package, for ``data``, or a one-line error naming the extra that installs it."""
     try:
         return importlib.import_module("datasets")
     except ImportError:
         raise ValueError(
-            f"{printable(str(data))} is a Hugging Face dataset, which needs the datasets package: "
+            f"{printable(str(data))}: Hugging Face and prepared datasets need the datasets package: "
             "pip install 'pixel-diffusion[datasets]'"
         ) from None

@@ -35,10 +35,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import ImageFolder, TrainingImages, open_images, printable, to_unit
+from ..data import printable, to_unit
 from ..io.checkpoint import (
     begin_checkpoint,
     check_resume_path,
@@ -55,6 +54,7 @@ from .checkpointing import RunState, check_same_run, read_rng_states, read_run_s
 from .config import TrainConfig, lr_factor, model_config, scheduler_config, total_steps, unused_settings
 from .ema import EMA
 from .errors import TrainingError
+from .feed import SkippedItems, decoded_folder, micro_batches, open_data
 from .loss import training_loss
 from .outputs import (
     LOSS_CURVE,
@@ -70,10 +70,9 @@ from .outputs import (
     write_model,
     write_sample_grid,
 )
-from .processes import agree_to_stop, any_process, gathered, on_main
+from .processes import agree_to_stop, any_process, on_main
 from .report import length_warnings, model_card, startup_lines, working_folder
 from .safety import disk_errors, install_stop_handlers, restore_handlers
-from .sampler import Batches, StepBatchSampler
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +115,8 @@ class Trainer:
             explicit, unused_settings(config, self.unet_config, config.max_steps, exact=config.epochs is None)
         )
         check_resume_path(config.resume)
-        self.dataset = self._open_data()
-        # Items that did not decode, replaced in their batches: this process's since the last metrics row, and
-        # (on every process) all processes' so far.
-        self.new_skipped: list[tuple[str, str]] = []
-        self.skipped: dict[str, str] = {}
+        self.dataset = open_data(config, self.accelerator, self.unet_config.sample_size)
+        self.skipped = SkippedItems()
         if config.class_cond:
             if self.dataset.labels is None:
                 raise ValueError(self.dataset.unlabelled_reason)
@@ -128,23 +124,6 @@ class Trainer:
         self.steps_per_epoch = len(self.dataset) / config.batch_size
         self.total_steps = total_steps(config, self.steps_per_epoch)
         _refuse_unused(explicit, unused_settings(config, self.unet_config, self.total_steps))
-
-    def _open_data(self) -> TrainingImages:
-        """``--data`` as training images: one process per machine opens it first (a Hugging Face source
-        fills datasets' cache), then the others read what it made."""
-        c, acc = self.config, self.accelerator
-        if acc.is_main_process and Path(c.data).is_dir():
-            logger.info("listing %s ...", printable(c.data))
-        with acc.local_main_process_first():
-            return open_images(
-                c.data,
-                self.unet_config.sample_size,
-                c.channels,
-                random_crop=c.random_crop,
-                hflip=c.hflip,
-                image_column=c.image_column,
-                label_column=c.label_column,
-            )
 
     # ----- the run -----
 
@@ -158,7 +137,7 @@ class Trainer:
         forward = self._set_up()
         resumed = self._resume()
         start = 0 if resumed is None else int(resumed["step"])
-        loader = self._loader(start)
+        loader = micro_batches(self.dataset, self.config, self.accelerator, start, self.total_steps)
         stop = {"signal": None}  # set by SIGINT/SIGTERM: the step finishes, then the run checkpoints and stops
         handlers = install_stop_handlers(stop)
         self._start_session(start, resumed, progress)
@@ -231,32 +210,6 @@ class Trainer:
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.accelerator.device)
         self.checked_step = start
 
-    def _loader(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's micro-batches ``(x0, labels)`` from step ``start`` to the end of the run."""
-        c, acc = self.config, self.accelerator
-        sampler = StepBatchSampler(
-            len(self.dataset),
-            batch_size=c.batch_size,
-            grad_accum=c.grad_accum,
-            rank=acc.process_index,
-            world_size=acc.num_processes,
-            seed=c.seed,
-            start_step=start,
-            end_step=self.total_steps,
-        )
-        # Each key list of the sampler is one batch (`Batches`). Its own generator: creating a DataLoader
-        # iterator otherwise draws from torch's global RNG, which dropout also uses, and a resume would
-        # shift that stream.
-        loader = DataLoader(
-            Batches(self.dataset),
-            sampler=sampler,
-            batch_size=None,
-            num_workers=c.num_workers,
-            pin_memory=acc.device.type == "cuda",
-            generator=torch.Generator(),
-        )
-        return iter(loader)
-
     def _step(self, loader: Iterator, forward: Callable[..., torch.Tensor], step: int) -> torch.Tensor:
         """Optimiser step ``step + 1``; returns its loss (the mean over micro-batches, a float32 scalar on the
         training device: reading it waits for the device, so only logging does)."""
@@ -264,9 +217,11 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)
         for micro in range(c.grad_accum):
             images, labels, skipped = next(loader)
-            self._note_skipped(skipped)
-            x0 = to_unit(images.to(acc.device, non_blocking=True))  # pinned on CUDA: the copy does not wait
-            labels = labels.to(acc.device, non_blocking=True) if c.class_cond else None
+            self.skipped.note(skipped)
+            # Pinned on CUDA, the copy need not wait; elsewhere (MPS) an unpinned source must be copied in order.
+            copy = {"device": acc.device, "non_blocking": acc.device.type == "cuda"}
+            x0 = to_unit(images.to(**copy))
+            labels = labels.to(**copy) if c.class_cond else None
             sync = micro == c.grad_accum - 1  # DDP averages gradients across processes once, after the last
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
                 loss = training_loss(
@@ -291,14 +246,6 @@ class Trainer:
             self.lr_scheduler.step()
             self.ema.update(acc.unwrap_model(self.model))
         return loss_sum
-
-    def _note_skipped(self, skipped: tuple[tuple[str, str], ...]) -> None:
-        """Warn, once a session, of each item that a batch replaced because it does not decode."""
-        for name, reason in skipped:
-            if name not in self.skipped and name not in dict(self.new_skipped):
-                logger.warning("skipped %s, which does not decode (%s); the next item that does takes its place",
-                               name, reason)  # fmt: skip
-                self.new_skipped.append((name, reason))
 
     def _after_step(self, step: int, end: int, loss: torch.Tensor, stop: dict) -> bool:
         """Log, checkpoint and sample after ``step`` as the settings ask; True when the run stops now."""
@@ -388,6 +335,7 @@ class Trainer:
         acc.wait_for_everyone()
         tmp = pending_checkpoint(self.out, step)
         write_rng_states(tmp, self._run_state(), acc.process_index)
+        self.skipped.share(acc)  # every process's, in the checkpoint
         acc.wait_for_everyone()
         if acc.is_main_process:
             write_run_state(tmp, self._run_state())
@@ -398,7 +346,7 @@ class Trainer:
                 "config": self.config.to_dict(),
                 "unet": self.unet_config.to_dict(),
                 "class_names": self.class_names,
-                "skipped": self.skipped,  # items that did not decode so far, and why
+                "skipped": self.skipped.known,  # items that did not decode so far, and why
                 # How the data was read: by name (an item decoded when used), or a folder decoded at start.
                 "listing": "decoded" if getattr(self.dataset, "validated", False) else "names",
                 "manifest": True,  # so that a step-N without its manifest.json is known to be damaged
@@ -413,7 +361,7 @@ class Trainer:
         """Load the checkpoint ``path`` of this same run (`check_same_run`) and return its ``trainer_state.json``."""
         acc = self.accelerator
         state = read_state(path)
-        self.skipped = dict(state.get("skipped", {}))
+        self.skipped = SkippedItems(state.get("skipped"))
         if state.get("listing", "decoded") == "decoded" and state.get("dataset_size") != len(self.dataset):
             self._decode_folder()  # a run that began by decoding its folder goes on with the same images
         check_same_run(path, state, self.config, self.unet_config, self.class_names, self.dataset, acc.num_processes)
@@ -426,17 +374,16 @@ class Trainer:
     def _decode_folder(self) -> None:
         """Make the data the folder's decodable images, as versions that decoded every file at start listed
         them, with the length of the run that follows from their number."""
-        if not isinstance(self.dataset, ImageFolder) or self.dataset.validated:
+        decoded = decoded_folder(self.dataset, self.config)
+        if decoded is None:
             return
-        c = self.config
-        logger.info("decoding every file of %s, as the run being resumed did at its start ...", printable(c.data))
-        self.dataset = ImageFolder(
-            c.data, self.dataset.size, c.channels, random_crop=c.random_crop, hflip=c.hflip, validate=True
+        root = Path(self.config.data)
+        self.dataset = decoded
+        self.skipped = SkippedItems(
+            {printable(p.relative_to(root).as_posix()): why for p, why in decoded.report.skipped}
         )
-        root = Path(c.data)
-        self.skipped = {printable(p.relative_to(root).as_posix()): why for p, why in self.dataset.report.skipped}
-        self.steps_per_epoch = len(self.dataset) / c.batch_size
-        self.total_steps = total_steps(c, self.steps_per_epoch)
+        self.steps_per_epoch = len(decoded) / self.config.batch_size
+        self.total_steps = total_steps(self.config, self.steps_per_epoch)
 
     # ----- outputs -----
 
@@ -485,12 +432,7 @@ class Trainer:
             "img_per_s": round(img_s, 2),
             "epoch": round(step / self.steps_per_epoch, 4),
         }
-        everyone = gathered(self.accelerator, self.new_skipped)
-        new = [name for name, _ in everyone if name not in self.skipped]
-        self.skipped |= dict(everyone)
-        self.new_skipped = []
-        if self.skipped:  # rows name the items that did not decode since the last row, and count all so far
-            row |= {"skipped_files": len(self.skipped)} | ({"skipped": sorted(set(new))} if new else {})
+        row |= self.skipped.metrics(self.accelerator)  # the items that did not decode, once there are any
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", img_s=f"{img_s:.1f}")
         if self.accelerator.is_main_process:
             with disk_errors(METRICS):
@@ -507,8 +449,8 @@ class Trainer:
         return {
             "config": self.config,
             # A listed folder counts the files it replaced; a decoded one has left them out already.
-            "images": len(images) - (0 if getattr(images, "validated", False) else len(self.skipped)),
-            "skipped": images.known_skipped + len(self.skipped),
+            "images": len(images) - (0 if getattr(images, "validated", False) else len(self.skipped.known)),
+            "skipped": images.known_skipped + len(self.skipped.known),
             "class_names": self.class_names,
             "parameters": self.num_parameters,
             "device": str(acc.device),

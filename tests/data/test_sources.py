@@ -56,6 +56,7 @@ def _prepared(folder: Path, n: int, shape: tuple[int, int, int], complete: bool 
     info = datasets.DatasetInfo(features=features)
     datasets.Dataset(datasets.table.InMemoryTable(table), info=info).save_to_disk(str(folder))
     manifest = {"format": "pixel-diffusion-prepared", "version": 1, "complete": complete, "shape": [h, w, c]}
+    manifest["files"] = {f.name: {"bytes": f.stat().st_size} for f in folder.glob("data-*.arrow")}
     (folder / "manifest.json").write_text(json.dumps(manifest | {"size": [h, w], "channels": c}))
     return pixels
 
@@ -158,6 +159,16 @@ def test_a_folder_with_an_image_file_is_a_folder_of_images_even_beside_tables(tm
     assert type(images) is ImageFolder and [p.name for p in images.report.files] == ["b.png"]
 
 
+def test_a_damaged_prepared_folder_is_refused_in_one_line(tmp_path):
+    _prepared(tmp_path / "prepared", 3, (8, 8, 3))
+    data_file = next((tmp_path / "prepared").glob("data-*.arrow"))
+    data_file.write_bytes(data_file.read_bytes()[:-10])
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(data_file))} is damaged \(\d+ bytes, the manifest says \d+\)"
+    ):
+        open_images(tmp_path / "prepared", SIZE, 3)
+
+
 def test_a_prepared_folder_is_read_with_its_shape(tmp_path):
     pixels = _prepared(tmp_path / "prepared", 3, (8, 8, 3))
     images = open_images(tmp_path / "prepared", SIZE, 3, hflip=False)
@@ -231,7 +242,7 @@ def test_a_hugging_face_source_without_datasets_names_the_extra(tmp_path, monkey
         _prepared(data, 2, (8, 8, 3))
     _block_datasets(monkeypatch, how)
     message = (
-        f"{data} is a Hugging Face dataset, which needs the datasets package: pip install 'pixel-diffusion[datasets]'"
+        f"{data}: Hugging Face and prepared datasets need the datasets package: pip install 'pixel-diffusion[datasets]'"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         open_images(data, SIZE, 3)

@@ -56,8 +56,9 @@ def timed(work):
     return result, time.perf_counter() - start
 
 
-def items_per_second(images, workers: int, items: int) -> float:
-    """Micro-batches of 64 through a DataLoader with ``workers`` processes, as training draws them."""
+def items_per_second(images, workers: int, items: int, scale: bool = True) -> float:
+    """Micro-batches of 64 through a DataLoader with ``workers`` processes, as training draws them; with
+    ``scale``, each uint8 batch is also scaled to [-1, 1] here (training does that on its device)."""
     from diffusion.data import to_unit
     from diffusion.training.sampler import Batches
 
@@ -66,7 +67,8 @@ def items_per_second(images, workers: int, items: int) -> float:
     loader = DataLoader(Batches(images), sampler=keys, batch_size=None, num_workers=workers)
     start = time.perf_counter()
     for batch in loader:
-        to_unit(batch.images)
+        if scale:
+            to_unit(batch.images)
     return items / (time.perf_counter() - start)
 
 
@@ -120,18 +122,22 @@ def to_parquet(folder: Path, path: Path) -> Path:
     return path
 
 
-def peak_rss_mib(data: Path, out: Path) -> float:
-    """Peak RSS of ``train.py`` (tiny preset, 64x64, 20 steps of 64) on ``data``, in MiB."""
+def memory_mib(data: Path, out: Path) -> dict[str, float]:
+    """``train.py`` (tiny preset, 64x64, 20 steps of 64) on ``data``: its peak RSS (``VmHWM``) and, at the
+    end, its anonymous memory (``RssAnon``) and the pages of files it maps (``RssFile``: the page cache of
+    the memory-mapped data, shared and reclaimable, among them), in MiB."""
     code = (
-        "import resource, runpy, sys; sys.argv = sys.argv[1:]\n"
+        "import runpy, sys; sys.argv = sys.argv[1:]\n"
         "try: runpy.run_path('train.py', run_name='__main__')\n"
         "except SystemExit as e: assert not e.code, e.code\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "lines = [line.split() for line in open('/proc/self/status')]\n"
+        "print(' '.join(f'{k[:-1]}={v[0]}' for k, *v in lines if k[:-1] in ('VmHWM', 'RssAnon', 'RssFile')))"
     )
     args = ["train.py", "--data", str(data), "--out", str(out), "--preset", "tiny", "--image-size", "64"]
     args += ["--max-steps", "20", "--batch-size", str(BATCH), "--sample-every", "0", "--resume", "never"]
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, check=True)
-    return int(done.stdout.split()[-1]) / 1024
+    status = dict(field.split("=") for field in done.stdout.splitlines()[-1].split())
+    return {name: int(status[name]) / 1024 for name in ("VmHWM", "RssAnon", "RssFile")}
 
 
 def main() -> None:
@@ -173,18 +179,22 @@ def main() -> None:
     for workers in args.workers:
         rate = items_per_second(open_images(folders[n], (64, 64), 3), workers, args.items)
         print(f"| image folder | {workers} | {rate:,.0f} |")
-    print(f"| prepared dataset | 0 | {items_per_second(open_images(prepared[n], (64, 64), 3), 0, 20 * 1024):,.0f} |")
+    for scale, what in ((False, "uint8 batches, as they reach the device"), (True, "and scaled to [-1, 1] here")):
+        rate = items_per_second(open_images(prepared[n], (64, 64), 3), 0, 20 * 1024, scale)
+        print(f"| prepared dataset ({what}) | 0 | {rate:,.0f} |")
     parquet, seconds = timed(lambda: open_images(to_parquet(folders[n], args.root / f"jpeg-{n}.parquet"), (64, 64), 3))
     rate = items_per_second(parquet, 0, args.items)
     print(f"| Parquet Hugging Face dataset (start-up {seconds:.2f} s) | 0 | {rate:,.0f} |")
     startup, rate = diffusers_path(folders[n], args.root / f"diffusers-cache-{time.time_ns()}", args.items)
     print(f"| diffusers train_unconditional data path (start-up {startup:.2f} s) | 0 | {rate:,.0f} |")
 
-    print("\n| prepared images | peak RSS of train.py (MiB) | diffusion-prepare (img/s, all cores) |\n|---:|---:|---:|")
+    print("\n| prepared images | train.py peak RSS | at its end: anonymous | files mapped | diffusion-prepare")
+    print("| ---: | ---: | ---: | ---: | ---: |")
     for count in args.sizes:
-        rss = peak_rss_mib(prepared[count], args.root / f"train-{count}")
-        rate = f"{rates[count]:,.0f}" if rates[count] else "(prepared earlier)"
-        print(f"| {count:,} | {rss:,.0f} | {rate} |")
+        memory = memory_mib(prepared[count], args.root / f"train-{count}")
+        rate = f"{rates[count]:,.0f} img/s" if rates[count] else "(prepared earlier)"
+        sizes = " | ".join(f"{memory[name]:,.0f} MiB" for name in ("VmHWM", "RssAnon", "RssFile"))
+        print(f"| {count:,} | {sizes} | {rate} |")
 
 
 if __name__ == "__main__":

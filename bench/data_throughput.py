@@ -182,7 +182,8 @@ def main() -> None:
     for scale, what in ((False, "uint8 batches, as they reach the device"), (True, "and scaled to [-1, 1] here")):
         rate = items_per_second(open_images(prepared[n], (64, 64), 3), 0, 20 * 1024, scale)
         print(f"| prepared dataset ({what}) | 0 | {rate:,.0f} |")
-    parquet, seconds = timed(lambda: open_images(to_parquet(folders[n], args.root / f"jpeg-{n}.parquet"), (64, 64), 3))
+    table = to_parquet(folders[n], args.root / f"jpeg-{n}.parquet")
+    parquet, seconds = timed(lambda: open_images(table, (64, 64), 3))
     rate = items_per_second(parquet, 0, args.items)
     print(f"| Parquet Hugging Face dataset (start-up {seconds:.2f} s) | 0 | {rate:,.0f} |")
     startup, rate = diffusers_path(folders[n], args.root / f"diffusers-cache-{time.time_ns()}", args.items)

@@ -61,6 +61,11 @@ class ArrowImages(TrainingImages):
                 f"{source} was prepared with {shape[2]} channel(s): train it with --channels {shape[2]}, or "
                 f"prepare it again with --channels {channels}"
             )
+        if shape is not None and (shape[0] < size[0] or shape[1] < size[1]):
+            raise ValueError(
+                f"{source} was prepared at {shape[0]}x{shape[1]}, smaller than the training size {size[0]}x{size[1]}: "
+                f"prepare it again at --size {size[0]}x{size[1]} or larger"
+            )
         if shape is not None and random_crop and tuple(shape[:2]) == tuple(size):
             raise ValueError(
                 f"--random-crop needs slack, and {source} was prepared at the training size {size[0]}x{size[1]}: "

@@ -22,6 +22,7 @@ from ..image import to_mode
 logger = logging.getLogger(__package__)  # "diffusion.data", for every module of the package
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+TABLE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}  # the files of a Hugging Face dataset, by builder
 
 
 # Folders that other tools leave among people's images: macOS zip archives, Synology thumbnails, Windows'
@@ -40,9 +41,10 @@ def find_image_files(root: str | Path) -> list[Path]:
     return walk_images(root)[0]
 
 
-def walk_images(root: str | Path) -> tuple[list[Path], list[Path]]:
+def walk_images(root: str | Path, tables: list[Path] | None = None) -> tuple[list[Path], list[Path]]:
     """(the image files under ``root``, sorted by relative path; the entries passed over as left by other
-    tools, each a file or a whole folder), with one info line naming what was passed over.
+    tools, each a file or a whole folder), with one info line naming what was passed over. Parquet and Arrow
+    files met on the way are added to ``tables`` when it is given.
 
     Symbolic links to directories are not followed, so a link loop cannot hang the search.
     """
@@ -56,6 +58,8 @@ def walk_images(root: str | Path) -> tuple[list[Path], list[Path]]:
         found += [
             Path(directory) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not is_left_by_tools(n)
         ]
+        if tables is not None:
+            tables += [Path(directory) / n for n in names if Path(n).suffix.lower() in TABLE_SUFFIXES]
     if passed_over:
         shown = [printable(p.relative_to(root).as_posix()) for p in passed_over[:5]]
         more = f" and {len(passed_over) - 5} more" if len(passed_over) > 5 else ""

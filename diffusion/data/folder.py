@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .augment import fit, to_pixels
-from .files import IMAGE_EXTENSIONS, ScanReport, class_labels, load_image, scan, walk_images
+from .files import IMAGE_EXTENSIONS, ScanReport, class_labels, load_image, printable, scan, walk_images
 from .images import TrainingImages
 
 
@@ -62,7 +62,14 @@ def list_folder(root: str | Path) -> ScanReport:
         ValueError: no image file at all.
     """
     root = Path(root)
-    files, passed_over = walk_images(root)
+    tables: list[Path] = []
+    files, passed_over = walk_images(root, tables)
+    if tables:  # a dataset's files beside images: which of the two is meant is not for us to guess
+        table = printable(tables[0].relative_to(root).as_posix())
+        raise ValueError(
+            f"{printable(str(root))} holds both images and dataset files ({table}): give --data the folder of "
+            "one of them"
+        )
     if not files:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise ValueError(f"no image files found under {root} (searched recursively for {extensions})")

@@ -16,14 +16,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .files import IMAGE_EXTENSIONS, is_left_by_tools, printable
+from .files import IMAGE_EXTENSIONS, TABLE_SUFFIXES, is_left_by_tools, printable
 from .folder import ImageFolder
 from .images import TrainingImages
-from .manifest import MANIFEST, check_complete, check_files, read_manifest
+from .manifest import check_complete, check_files, is_prepared, read_manifest
 
 logger = logging.getLogger(__package__)
 
-TABLE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name
 
 
@@ -46,7 +45,7 @@ def open_images(
     """
     path, options = Path(data), {"random_crop": random_crop, "hflip": hflip}
     columns = {"image_column": image_column, "label_column": label_column}
-    if (path / MANIFEST).is_file():
+    if is_prepared(path):  # our manifest: another tool's manifest.json beside images is no concern of ours
         manifest = read_manifest(path)
         check_complete(path, manifest)
         check_files(path, manifest)  # sizes only: the checksums are diffusion-prepare's to verify
@@ -83,9 +82,9 @@ def _huggingface_dataset(path: Path, data: str) -> Any | None:
         return _train_split(require_datasets(data).load_from_disk(str(path)), data)
     if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
         kind = TABLE_SUFFIXES[path.suffix.lower()]
-        return require_datasets(data).load_dataset(kind, data_files={"train": [str(path)]}, split="train")
+        return _load_local(data, kind, data_files={"train": [str(path)]}, split="train")
     if path.is_dir() and _holds_tables(path):  # split names (train-*.parquet, data/test/...) as datasets reads them
-        return _train_split(require_datasets(data).load_dataset(str(path)), data)
+        return _train_split(_load_local(data, str(path)), data)
     if path.exists():
         return None
     if HUB_NAME.fullmatch(data) and not path.parent.exists():
@@ -94,6 +93,19 @@ def _huggingface_dataset(path: Path, data: str) -> Any | None:
         f"data folder {printable(data)} not found (give --data a folder of images, a prepared dataset, a Hugging "
         "Face dataset folder, Parquet/Arrow files, or a Hub name owner/name)"
     )
+
+
+def _load_local(data: str, *args: Any, **kwargs: Any) -> Any:
+    """``datasets.load_dataset(*args, **kwargs)`` of local files, its failures as one line."""
+    datasets = require_datasets(data)
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except (datasets.exceptions.DatasetGenerationError, ValueError, OSError) as e:
+        cause = e.__cause__ or e
+        reason = (str(cause).splitlines() or [""])[0]
+        raise ValueError(
+            f"{printable(data)} cannot be read as a dataset ({type(cause).__name__}: {reason}): check its files"
+        ) from None
 
 
 def _holds_tables(folder: Path) -> bool:

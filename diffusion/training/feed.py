@@ -2,7 +2,8 @@
 items that did not decode.
 
 - `open_data`: ``--data`` as `TrainingImages`, opened by the main process first, so that a bad source
-  stops every process with the same one-line error and a Hugging Face source fills datasets' cache once;
+  stops every process with the same one-line error and a Hugging Face source fills datasets' cache once,
+  then by the others, which must find as many items;
 - `micro_batches`: this process's `Batch` es from a step to the end of the run, through a DataLoader, with
   pinned memory when the device is CUDA; an error a worker raises keeps its own one-line message;
 - `SkippedItems`: the items replaced because they do not decode: each warned of once by the process that
@@ -37,7 +38,23 @@ def open_data(config: TrainConfig, accelerator: Accelerator, size: tuple[int, in
         opened["images"] = _open(config, size)
 
     on_main(accelerator, open_on_main)
-    return opened["images"] if "images" in opened else _open(config, size)
+    images, outcome = opened.get("images"), None
+    try:
+        images = images if images is not None else _open(config, size)
+        outcome = len(images)
+    except (ValueError, OSError) as e:  # another machine's view of --data: every process says the same line
+        outcome = f"{type(e).__name__} on process {accelerator.process_index}: {e}"
+    outcomes = gathered(accelerator, [outcome])
+    errors = [o for o in outcomes if isinstance(o, str)]
+    if errors:
+        raise ValueError(errors[0])
+    if len(set(outcomes)) > 1:
+        counts = ", ".join(map(str, outcomes))
+        raise ValueError(
+            f"the processes found different numbers of items in {printable(config.data)} ({counts}): give every "
+            "process the same data (a folder still being copied?)"
+        )
+    return images
 
 
 def _open(config: TrainConfig, size: tuple[int, int]) -> TrainingImages:
@@ -111,6 +128,7 @@ class SkippedItems:
     def __init__(self, known: dict[str, str] | None = None) -> None:
         self.known = dict(known or {})  # every process's, as of the last `share`
         self.new: list[tuple[str, str]] = []  # this process's since
+        self.unlogged: set[str] = set()  # shared, not yet named in a metrics row
 
     def note(self, skipped: tuple[tuple[str, str], ...]) -> None:
         """Warn of each of a batch's replaced items that this run has not met before."""
@@ -127,11 +145,13 @@ class SkippedItems:
         new = sorted({name for name, _ in everyone if name not in self.known})
         self.known |= dict(everyone)
         self.new = []
+        self.unlogged.update(new)
         return new
 
     def metrics(self, accelerator: Accelerator) -> dict:
         """The fields of a metrics row: the running count and the names new since the last row, once any."""
-        new = self.share(accelerator)
+        self.share(accelerator)
+        named, self.unlogged = sorted(self.unlogged), set()
         if not self.known:
             return {}
-        return {"skipped_files": len(self.known)} | ({"skipped": new} if new else {})
+        return {"skipped_files": len(self.known)} | ({"skipped": named} if named else {})

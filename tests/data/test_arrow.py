@@ -287,13 +287,12 @@ def test_prepared_larger_without_random_crop_is_fitted(channels):
         np.testing.assert_array_equal(dataset.pixels(i), expected)
 
 
-def test_prepared_smaller_than_the_training_size_is_fitted_even_with_random_crop():
-    pixels = np.stack([_noise(12, 16, seed=s) for s in range(2)])  # 12 high, trained 16 high: upscaled
-    dataset = ArrowImages(_prepared(pixels), SOURCE, (16, 8), 3, random_crop=True, shape=(12, 16, 3))
-    for seed in SEEDS:
-        crop_at = augmentation(seed)[0]
-        expected = to_pixels(fit(Image.fromarray(pixels[1]), (16, 8), crop_at))
-        np.testing.assert_array_equal(dataset.read(1, crop_at), expected)
+@pytest.mark.parametrize("random_crop", [False, True])
+def test_prepared_smaller_than_the_training_size_is_refused_in_one_line(random_crop):
+    pixels = np.stack([_noise(12, 16, seed=s) for s in range(2)])  # 12 high, trained 16 high
+    with pytest.raises(ValueError, match=r"^src was prepared at 12x16, smaller than the training size 16x8: prepare "
+                       r"it again at --size 16x8 or larger$"):  # fmt: skip
+        ArrowImages(_prepared(pixels), SOURCE, (16, 8), 3, random_crop=random_crop, shape=(12, 16, 3))
 
 
 def test_prepared_labels_come_from_its_class_label():

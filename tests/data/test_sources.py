@@ -152,11 +152,31 @@ def test_a_downloaded_hub_folder_gives_its_train_split_beside_its_readme(tmp_pat
     )
 
 
-def test_a_folder_with_an_image_file_is_a_folder_of_images_even_beside_tables(tmp_path):
+def test_another_tools_manifest_beside_images_is_not_ours(tmp_path):
+    _image_folder(tmp_path / "photos", 2)
+    (tmp_path / "photos" / "manifest.json").write_text('{"labeller": "some tool", "version": 3}')
+    images = open_images(tmp_path / "photos", SIZE, 3)
+    assert type(images) is ImageFolder and len(images) == 2
+
+
+def test_a_folder_of_images_and_dataset_files_is_refused_in_one_line(tmp_path):
+    (tmp_path / "data").mkdir()
+    _dataset(2).to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
+    (tmp_path / "assets").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "assets" / "sample.png")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))} holds both images and dataset files "
+                       r"\(data/train-00000-of-00001.parquet\): give --data the folder of one of them$"):  # fmt: skip
+        open_images(tmp_path, SIZE, 3)
+    assert len(open_images(tmp_path / "data", SIZE, 3)) == 2
+
+
+def test_dataset_files_that_datasets_cannot_read_are_one_line(tmp_path):
     _dataset(2).to_parquet(str(tmp_path / "a.parquet"))
-    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
-    images = open_images(tmp_path, SIZE, 3)
-    assert type(images) is ImageFolder and [p.name for p in images.report.files] == ["b.png"]
+    datasets.Dataset.from_dict({"other": [1, 2]}).to_parquet(str(tmp_path / "b.parquet"))  # other columns
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(tmp_path))} cannot be read as a dataset \(.+\): check its files$"
+    ):
+        open_images(tmp_path, SIZE, 3)
 
 
 def test_a_damaged_prepared_folder_is_refused_in_one_line(tmp_path):

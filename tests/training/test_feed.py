@@ -47,12 +47,14 @@ def test_an_error_in_a_worker_keeps_its_own_one_line_message(tmp_path):
     assert str(raised.value) == (f"no item of {folder} decodes: check the files, or run diffusion-prepare to list them")
 
 
-def test_a_checkpoint_names_the_items_met_since_the_last_metrics_row(tmp_path, data):
+def test_a_checkpoint_names_the_items_met_since_the_last_metrics_row_and_the_next_row_too(tmp_path, data):
     (data / "cats" / "broken.png").write_text("not an image")
-    c = config(tmp_path, batch_size=9, max_steps=2, checkpoint_every=1, log_every=4, sample_every=0)
-    Trainer(c, TINY).train(stop_at_step=1)  # step 1 meets every file; no row is logged before the checkpoint
-    state = json.loads((tmp_path / "out" / "checkpoints" / "step-1" / "trainer_state.json").read_text())
+    c = config(tmp_path, batch_size=9, max_steps=4, checkpoint_every=1, log_every=4, sample_every=0)
+    Trainer(c, TINY).train()  # step 1 meets every file and checkpoints; the first metrics row is step 4's
+    state = json.loads((tmp_path / "out" / "checkpoints" / "step-2" / "trainer_state.json").read_text())
     assert list(state["skipped"]) == ["cats/broken.png"] and state["listing"] == "names"
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped_files"], r.get("skipped")) for r in rows] == [(4, 1, ["cats/broken.png"])]
 
 
 def test_two_processes_on_data_without_images_stop_with_the_same_line(tmp_path):

@@ -6,6 +6,7 @@ training, where `images.TrainingImages.batch` replaces it. ``validate=True`` dec
 instead (`files.scan`), leaving the unusable ones out, as versions before lazy reading did.
 """
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import numpy as np
 from .augment import fit, to_pixels
 from .files import IMAGE_EXTENSIONS, ScanReport, class_labels, load_image, printable, scan, walk_images
 from .images import TrainingImages
+
+logger = logging.getLogger(__package__)
 
 
 class ImageFolder(TrainingImages):
@@ -62,6 +65,8 @@ def list_folder(root: str | Path) -> ScanReport:
         ValueError: no image file at all.
     """
     root = Path(root)
+    if root.is_dir():
+        logger.info("listing %s ...", printable(str(root)))  # a network disk can take a while
     tables: list[Path] = []
     files, passed_over = walk_images(root, tables)
     if tables:  # a dataset's files beside images: which of the two is meant is not for us to guess

@@ -13,7 +13,6 @@ items that did not decode.
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -33,8 +32,6 @@ def open_data(config: TrainConfig, accelerator: Accelerator, size: tuple[int, in
     opened = {}
 
     def open_on_main() -> None:
-        if Path(config.data).is_dir():
-            logger.info("listing %s ...", printable(config.data))
         opened["images"] = _open(config, size)
 
     on_main(accelerator, open_on_main)

@@ -505,7 +505,13 @@ def test_a_real_sigint_keeps_the_finished_batches(tiny_rgb_model, tmp_path):
         "--out",
         str(out),
     ]
-    process = subprocess.Popen([sys.executable, str(ROOT / "sample.py"), *args], stderr=subprocess.PIPE, text=True)
+    # A child inherits an ignored SIGINT (pytest started as a background job of a script ignores it); a handled
+    # one is reset to the default at exec, which Python turns into KeyboardInterrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([sys.executable, str(ROOT / "sample.py"), *args], stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while not (out / "1.png").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

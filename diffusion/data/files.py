@@ -59,7 +59,11 @@ def walk_images(root: str | Path, tables: list[Path] | None = None) -> tuple[lis
             Path(directory) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not is_left_by_tools(n)
         ]
         if tables is not None:
-            tables += [Path(directory) / n for n in names if Path(n).suffix.lower() in TABLE_SUFFIXES]
+            tables += [
+                Path(directory) / n
+                for n in names
+                if Path(n).suffix.lower() in TABLE_SUFFIXES and not is_left_by_tools(n)
+            ]
     if passed_over:
         shown = [printable(p.relative_to(root).as_posix()) for p in passed_over[:5]]
         more = f" and {len(passed_over) - 5} more" if len(passed_over) > 5 else ""

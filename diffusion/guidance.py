@@ -10,6 +10,7 @@ so to every sampler. This module also resolves class labels and checks guidance 
 
 import math
 import numbers
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -67,16 +68,31 @@ def class_label_tensor(
     return torch.tensor([_class_id(item, num_classes, list(class_names)) for item in items], dtype=torch.long)
 
 
+def class_slug(name: str) -> str:
+    """A class name as a command line takes it unquoted: ``Food & Drink`` -> ``food-drink``."""
+    return re.sub(r"[^0-9a-z]+", "-", name.casefold()).strip("-")
+
+
 def _class_id(label: int | str, num_classes: int, class_names: list[str]) -> int:
+    """The id of a class given by id, by name, or by its name's `class_slug` (any case and punctuation)."""
     if isinstance(label, numbers.Integral) and not isinstance(label, bool):
         label = int(label)  # numpy integers too
     if isinstance(label, str) and label in class_names:
         return class_names.index(label)
+    slugged = [
+        i for i, name in enumerate(class_names) if isinstance(label, str) and class_slug(name) == class_slug(label)
+    ]
+    if len(slugged) > 1 and class_slug(label):
+        ambiguous = ", ".join(repr(class_names[i]) for i in slugged)
+        raise ValueError(f"class {label!r} could be any of {ambiguous}: give one of them exactly")
+    if len(slugged) == 1 and class_slug(label):
+        return slugged[0]
     if isinstance(label, str) and label.strip().isdigit():
         label = int(label)
     if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < num_classes:
         return label
-    names = f": {', '.join(class_names)}" if class_names else ""
+    shown = [name if class_slug(name) == name else f"{name} ({class_slug(name)})" for name in class_names]
+    names = f": {', '.join(shown)}" if class_names else ""
     raise ValueError(f"unknown class {label!r}; this model knows ids 0-{num_classes - 1}{names}")
 
 

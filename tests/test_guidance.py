@@ -10,7 +10,7 @@ from diffusers.guiders.guider_utils import rescale_noise_cfg
 from torch import nn
 
 from diffusion import DiffusionPipeline
-from diffusion.guidance import classifier_free_guidance
+from diffusion.guidance import class_label_tensor, class_slug, classifier_free_guidance
 from diffusion.metrics.classifier import Classifier
 from diffusion.models import UNet, UNetConfig
 from diffusion.schedulers import SCHEDULER_NAMES, NoiseSchedule, SchedulerConfig, get_scheduler
@@ -130,6 +130,21 @@ def test_class_names_and_ids_resolve():
     assert pipe.class_label_tensor(np.array([2, 0]), 2).tolist() == [2, 0]  # numpy integers
     assert pipe.class_label_tensor(np.int64(1), 2).tolist() == [1, 1]
     assert pipe.class_label_tensor(None, 3) is None
+
+
+def test_class_names_with_spaces_resolve_by_name_or_slug():
+    names = ["Food & Drink", "Smileys & Emotion", "Flags"]
+    for label in ("Food & Drink", "food-drink", "FOOD & drink", "food_drink"):
+        assert class_label_tensor(label, 1, 3, names).tolist() == [0], label
+    assert class_label_tensor(["smileys-emotion", "flags", "2"], 3, 3, names).tolist() == [1, 2, 2]
+    unknown = r"^unknown class 'food'; this model knows ids 0-2: Food & Drink \(food-drink\), "
+    with pytest.raises(ValueError, match=unknown + r"Smileys & Emotion \(smileys-emotion\), Flags \(flags\)$"):
+        class_label_tensor("food", 1, 3, names)
+    with pytest.raises(ValueError, match=r"^class 'food-drink' could be any of 'Food & Drink', 'food drink': give one "
+                       r"of them exactly$"):  # fmt: skip
+        class_label_tensor("food-drink", 1, 2, ["Food & Drink", "food drink"])
+    assert class_label_tensor("food drink", 1, 2, ["Food & Drink", "food drink"]).tolist() == [1]  # exact wins
+    assert class_slug("Travel & Places") == "travel-places" and class_slug("t-shirt") == "t-shirt"
 
 
 @pytest.mark.parametrize(

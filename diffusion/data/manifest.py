@@ -30,12 +30,19 @@ VERSION = 1
 IMAGE, LABEL, PATH = "image", "label", "path"  # the column names
 
 
+def prepared_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The manifest of ``folder`` when it is of this format (complete or not); None when there is none, or
+    it is another tool's ``manifest.json``."""
+    try:
+        manifest = read_manifest(folder)
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("format") == FORMAT else None
+
+
 def is_prepared(folder: str | Path) -> bool:
     """Whether ``folder`` has a manifest of this format (complete or not)."""
-    try:
-        return read_manifest(folder).get("format") == FORMAT
-    except (OSError, ValueError):
-        return False
+    return prepared_manifest(folder) is not None
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:

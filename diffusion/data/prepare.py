@@ -22,7 +22,7 @@ from .. import __version__
 from ..io.files import check_writable, sha256_of, undo_new_folders, write_json
 from .arrow import ArrowImages
 from .files import printable, warn_skipped
-from .manifest import FORMAT, MANIFEST, VERSION, check_complete, check_files, is_prepared, read_manifest
+from .manifest import FORMAT, MANIFEST, VERSION, check_complete, check_files, prepared_manifest, read_manifest
 from .shards import class_names, decode_shards, default_shard_size, quiet, read_shards
 from .sources import open_images, require_datasets
 
@@ -192,7 +192,8 @@ def _claim(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, An
             settings without ``overwrite``, or a complete one whose files are damaged.
     """
     where = printable(str(out))
-    if not is_prepared(out):
+    manifest = prepared_manifest(out)
+    if manifest is None:
         if any(path.name != LOCK for path in out.iterdir()):
             raise ValueError(
                 f"--out {where} is not empty and holds no prepared dataset; give a new or empty folder "
@@ -202,7 +203,6 @@ def _claim(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, An
     if overwrite:
         _remove_prepared(out)
         return None
-    manifest = read_manifest(out)
     difference = _difference(manifest.get("settings"), settings)
     if manifest.get("complete"):
         check_complete(out, manifest)

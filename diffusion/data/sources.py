@@ -19,7 +19,7 @@ from typing import Any
 from .files import IMAGE_EXTENSIONS, TABLE_SUFFIXES, is_left_by_tools, printable
 from .folder import ImageFolder
 from .images import TrainingImages
-from .manifest import check_complete, check_files, is_prepared, read_manifest
+from .manifest import check_complete, check_files, prepared_manifest
 
 logger = logging.getLogger(__package__)
 
@@ -45,8 +45,8 @@ def open_images(
     """
     path, options = Path(data), {"random_crop": random_crop, "hflip": hflip}
     columns = {"image_column": image_column, "label_column": label_column}
-    if is_prepared(path):  # our manifest: another tool's manifest.json beside images is no concern of ours
-        manifest = read_manifest(path)
+    manifest = prepared_manifest(path)  # ours only: another tool's manifest.json beside images is no concern
+    if manifest is not None:
         check_complete(path, manifest)
         check_files(path, manifest)  # sizes only: the checksums are diffusion-prepare's to verify
         dataset = require_datasets(data).load_from_disk(str(path))

@@ -21,16 +21,26 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
 
 
-def to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Convert any PIL mode to ``L`` (1 channel) or ``RGB`` (3); transparency is composited on white."""
+WHITE = (255, 255, 255)
+MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # the PIL mode of each channel count
+
+
+def to_mode(image: Image.Image, channels: int, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Convert any PIL mode to ``L`` (1 channel), ``RGB`` (3) or ``RGBA`` (4).
+
+    For 1 and 3 channels transparency is composited on ``background`` (an RGB colour); 4 channels keep it
+    (an image without an alpha channel becomes opaque).
+    """
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         image = _to_8bit(image)
     if "transparency" in image.info:  # a palette entry or colour key marks transparent pixels
         image = image.convert("RGBA")
+    if channels == 4:
+        return image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image.convert("L" if channels == 1 else "RGB")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba)
+    return image.convert(MODES[channels])
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

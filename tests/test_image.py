@@ -40,3 +40,12 @@ def test_png_metadata_and_a_looping_gif_are_written(tmp_path):
     save_gif([Image.new("L", (2, 2), v) for v in (0, 255)], tmp_path / "a.gif", duration_ms=50)
     with Image.open(tmp_path / "a.gif") as gif:
         assert gif.n_frames == 2 and gif.info["loop"] == 0 and gif.info["duration"] == 50
+
+
+def test_to_mode_composites_on_the_background_or_keeps_alpha():
+    rgba = Image.fromarray(np.array([[[0, 0, 0, 0], [200, 100, 50, 255]]], dtype=np.uint8), mode="RGBA")
+    assert np.asarray(to_mode(rgba, 3, (0, 0, 0))).tolist() == [[[0, 0, 0], [200, 100, 50]]]
+    assert np.asarray(to_mode(rgba, 3, (10, 20, 30))).tolist() == [[[10, 20, 30], [200, 100, 50]]]
+    assert np.asarray(to_mode(rgba, 4)).tolist() == [[[0, 0, 0, 0], [200, 100, 50, 255]]]
+    opaque = Image.fromarray(np.array([[[1, 2, 3]]], dtype=np.uint8), mode="RGB")
+    assert np.asarray(to_mode(opaque, 4)).tolist() == [[[1, 2, 3, 255]]]

@@ -2,7 +2,7 @@
 
 - ``classifier``: `diffusion.metrics.classifier.Classifier`, trained on the data set itself by
   bench/train_classifier.py; its ``feature_dim`` (128) penultimate features. Weights: a folder,
-  by default the shipped ``assets/fashion-mnist-classifier`` of a source checkout.
+  by default the shipped ``fashion-mnist-classifier`` (`diffusion.io.assets`: a wheel's or a checkout's).
 - ``inception``: torchvision's ImageNet Inception-v3; 2048-d pool3 features at 299x299. Weights: a
   local ``.pth`` state dict, by default torch hub's cache file for ``Inception_V3_Weights.IMAGENET1K_V1``.
 - ``efficientnet-lite0``: EfficientNet-Lite0 (ImageNet); 1280-d pooled features at 224x224. Weights:
@@ -39,12 +39,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import check_choice
+from ..io.assets import ASSETS
 from ..io.weights import load_checked
 from .classifier import Classifier
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_CLASSIFIER = Path(__file__).resolve().parents[2] / "assets" / "fashion-mnist-classifier"
+SHIPPED_CLASSIFIER = ASSETS / "fashion-mnist-classifier"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the RGB statistics torchvision's ImageNet weights are normalised with
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_SIZE = 299  # Inception-v3's input side
@@ -185,8 +186,9 @@ def load_classifier(path: Path | None, device: torch.device, batch_size: int) ->
     if path is None:
         if not SHIPPED_CLASSIFIER.is_dir():
             raise FileNotFoundError(
-                f"the shipped classifier is not at {SHIPPED_CLASSIFIER}; it comes with a source checkout. Pass the "
-                "folder of one trained by bench/train_classifier.py (extractor_path=, --extractor-path)"
+                f"the shipped classifier is not in this installation of pixel-diffusion (not at {SHIPPED_CLASSIFIER}); "
+                "update or reinstall it, or pass the folder of one trained by bench/train_classifier.py "
+                "(extractor_path=, --extractor-path)"
             )
         path = SHIPPED_CLASSIFIER
     classifier = Classifier.from_pretrained(path).to(device)

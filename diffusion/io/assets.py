@@ -1,0 +1,22 @@
+"""Where the shipped models are, in a wheel install and in a source checkout.
+
+The model folders live in the repository's ``assets/`` (the README and the model cards link there).
+pyproject.toml maps the package ``diffusion._assets`` to that folder, so a wheel installs them as package
+data, ``diffusion/_assets/NAME``; a source checkout (an editable install, or ``python sample.py`` from the
+repository root without installing) has them in ``assets/`` beside the package. Nothing is downloaded.
+"""
+
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1]  # the folder of the `diffusion` package
+
+
+def assets_root(package: Path = PACKAGE) -> Path:
+    """The folder of the shipped models for the `diffusion` package in the folder ``package``: its package
+    data (``_assets``) where a wheel installed it, else ``assets/`` of the source checkout around it. When
+    neither exists, the package data's place, so that a message names where the models belong."""
+    installed, checkout = package / "_assets", package.parent / "assets"
+    return checkout if checkout.is_dir() and not installed.is_dir() else installed
+
+
+ASSETS = assets_root()

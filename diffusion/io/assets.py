@@ -12,9 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1]  # the folder of the `diffusion` p
 
 
 def assets_root(package: Path = PACKAGE) -> Path:
-    """The folder of the shipped models for the `diffusion` package in the folder ``package``: its package
-    data (``_assets``) where a wheel installed it, else ``assets/`` of the source checkout around it. When
-    neither exists, the package data's place, so that a message names where the models belong."""
+    """The shipped models' folder for the `diffusion` package in ``package``: its package data where a wheel
+    installed it, else the source checkout's ``assets/`` (neither: the package data's place, for messages)."""
     installed, checkout = package / "_assets", package.parent / "assets"
     return checkout if checkout.is_dir() and not installed.is_dir() else installed
 

@@ -33,15 +33,16 @@ from typing import Any
 
 from ..models import UNet, UNetConfig
 from ..schedulers import Scheduler, get_scheduler
+from .assets import ASSETS
 from .checkpoint import check_checkpoint, read_state
 from .diffusers_folder import CLASS_NAMES_KEY, is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
 from .files import CorruptFolderError, read_json, verify_manifest, write_json, write_manifest
 from .weights import WEIGHTS_NAME, read_safetensors
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-# The models shipped in assets/, by the name that `from_pretrained` and ``--model`` take (a local folder
-# of the same name comes first); the first one is the default.
-SHIPPED_MODELS = {"fashion-mnist": ASSETS / "fashion-mnist"}
+# The shipped models (`diffusion.io.assets`: package data of a wheel, or assets/ of a source checkout), by
+# the name that `from_pretrained` and ``--model`` take (a local folder of the same name comes first); the
+# first one is the default.
+SHIPPED_MODELS = {"fashion-mnist": ASSETS / "fashion-mnist", "noto-emoji": ASSETS / "noto-emoji"}
 SHIPPED_MODEL = SHIPPED_MODELS["fashion-mnist"]
 FORMAT_NAME = "pixel-diffusion"
 FORMAT_VERSION = 1
@@ -103,8 +104,8 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
         shipped = SHIPPED_MODELS[name]
         if not shipped.is_dir():
             raise FileNotFoundError(
-                f"the shipped model {name} is not at {shipped}; it comes with a source checkout "
-                "(pip install -e .); otherwise pass the path of a trained model (--model PATH)"
+                f"the shipped model {name} is not in this installation of pixel-diffusion (not at {shipped}); "
+                "update or reinstall it to get the model, otherwise pass the path of a trained model (--model PATH)"
             )
         path = shipped
     if _is_hub_id(path):

@@ -1,5 +1,5 @@
-"""What `read_model_folder` reads besides our model folders: training checkpoints and Hugging Face Hub
-ids (the cache laid out by hand in tmp_path; nothing ever goes to the network)."""
+"""What `read_model_folder` reads besides our model folders: shipped models by name, training checkpoints
+and Hugging Face Hub ids (the cache laid out by hand in tmp_path; nothing ever goes to the network)."""
 
 import errno
 import importlib
@@ -17,8 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffusion import DiffusionPipeline, cli
+from diffusion.io import model_folder
+from diffusion.io.assets import ASSETS
 from diffusion.io.checkpoint import list_checkpoints
-from diffusion.io.model_folder import CHECKPOINT_SAMPLER, read_model_folder
+from diffusion.io.model_folder import CHECKPOINT_SAMPLER, SHIPPED_MODELS, read_model_folder
 from diffusion.training import TrainConfig, Trainer
 from diffusion.training.config import scheduler_config
 
@@ -372,3 +374,45 @@ def test_a_hub_id_loads_from_the_cache_when_the_hub_cannot_be_reached(exported, 
     assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["cat", "dog"]
     with pytest.raises(FileNotFoundError, match=r"not in the Hugging Face cache .* while the Hugging Face Hub cannot"):
         DiffusionPipeline.from_pretrained("someone/other")
+
+
+# ----- shipped models, by name -----
+
+
+def test_the_shipped_models_are_fashion_mnist_the_default_and_noto_emoji():
+    assert list(SHIPPED_MODELS) == ["fashion-mnist", "noto-emoji"]  # the first is the default
+    assert SHIPPED_MODELS == {"fashion-mnist": ASSETS / "fashion-mnist", "noto-emoji": ASSETS / "noto-emoji"}
+    assert model_folder.SHIPPED_MODEL == ASSETS / "fashion-mnist"
+
+
+def test_a_shipped_name_reads_its_folder_in_the_library_and_the_cli(tiny_conditional_model, tmp_path, monkeypatch):
+    monkeypatch.setitem(SHIPPED_MODELS, "noto-emoji", tiny_conditional_model)
+    monkeypatch.chdir(tmp_path)  # no local folder noto-emoji
+    unet, _, class_names = read_model_folder("noto-emoji")
+    assert class_names == ["cat", "dog"] and unet.config.num_classes == 2
+    assert DiffusionPipeline.from_pretrained("noto-emoji").class_names == ["cat", "dog"]
+    args = ["--model", "noto-emoji", "--class", "dog", "--num-images", "1", "--steps", "2", "--out", "out"]
+    assert cli.sample_main(args) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["0.png"]
+
+
+@pytest.mark.parametrize("name", [None, "fashion-mnist", "noto-emoji"])
+def test_a_shipped_model_missing_from_the_installation_is_one_line_naming_model_path(
+    name, tmp_path, monkeypatch, capsys
+):
+    for shipped in SHIPPED_MODELS:
+        monkeypatch.setitem(SHIPPED_MODELS, shipped, tmp_path / "site-packages" / "diffusion" / "_assets" / shipped)
+    monkeypatch.chdir(tmp_path)
+    where = tmp_path / "site-packages" / "diffusion" / "_assets" / (name or "fashion-mnist")
+    message = (
+        f"the shipped model {name or 'fashion-mnist'} is not in this installation of pixel-diffusion (not at {where}); "
+        "update or reinstall it to get the model, otherwise pass the path of a trained model (--model PATH)"
+    )
+    with pytest.raises(FileNotFoundError) as error:
+        read_model_folder(name)
+    assert str(error.value) == message
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        DiffusionPipeline.from_pretrained(name)
+    assert cli.sample_main([*(["--model", name] if name else []), "--num-images", "1", "--out", "out"]) == 2
+    assert capsys.readouterr().err == f"diffusion-sample: error: {message}\n"
+    assert not (tmp_path / "out").exists()

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .arguments import check_size
-from .image import to_mode
+from .image import MODES, to_mode
 from .models import UNetConfig
 from .rng import Generators, randn_tensor
 from .schedulers import Scheduler, registered_name
@@ -43,7 +43,9 @@ def effective_strength(strength: float | None, inpainting: bool) -> float:
 def images_to_tensor(images: ImageInput, channels: int, what: str = "image") -> torch.Tensor:
     """PIL image(s), or a float tensor ``(c, h, w)`` / ``(n, c, h, w)`` in [0, 1] -> ``(n, c, h, w)`` in [-1, 1].
 
-    PIL images are converted to the model's channels (see `diffusion.image.to_mode`).
+    PIL images are converted to the model's channels (see `diffusion.image.to_mode`): for 4 channels
+    (RGBA) alpha is kept, and an image without it is opaque (alpha 255); a model of another channel
+    count than 1, 3 or 4 takes tensors only.
 
     Raises:
         ValueError: for another type, wrong channels, values outside [0, 1] or unequal sizes.
@@ -64,6 +66,11 @@ def images_to_tensor(images: ImageInput, channels: int, what: str = "image") -> 
         return x * 2 - 1
     if not isinstance(images, Sequence) or not images or not all(isinstance(i, Image.Image) for i in images):
         raise ValueError(f"{what} must be a PIL image, a list of them, or a tensor, got {type(images).__name__}")
+    if channels not in MODES:
+        raise ValueError(
+            f"a PIL {what} converts to 1 (L), 3 (RGB) or 4 (RGBA) channels, and the model has {channels}; "
+            f"give a ({channels}, h, w) tensor instead"
+        )
     sizes = {i.size for i in images}
     if len(sizes) > 1:
         raise ValueError(f"{what}s must all have one size, got {sorted(sizes)}")

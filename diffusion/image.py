@@ -1,4 +1,8 @@
-"""Tensors <-> PIL images, grids, and PNG files with their provenance in the text metadata."""
+"""Tensors <-> PIL images, grids, and PNG files with their provenance in the text metadata.
+
+Images with transparency (RGBA, from 4-channel models) are shown on a grey checkerboard wherever a file
+cannot keep partial alpha or where many images meet: grids and GIFs (`on_checkerboard`).
+"""
 
 import math
 from collections.abc import Sequence
@@ -23,6 +27,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 WHITE = (255, 255, 255)
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # the PIL mode of each channel count
+CHECKER_SQUARE = 4  # side in pixels of the checkerboard squares transparency is shown on
+CHECKER_GREYS = (204, 153)  # the light and the dark squares; each image's top-left square is light
 
 
 def to_mode(image: Image.Image, channels: int, background: tuple[int, int, int] = WHITE) -> Image.Image:
@@ -50,14 +56,44 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """``(n, c, h, w)`` floats in [0, 1] -> ``L`` (c = 1) or ``RGB`` (c = 3) images."""
+    """``(n, c, h, w)`` floats in [0, 1] -> ``L`` (c = 1), ``RGB`` (c = 3) or ``RGBA`` (c = 4) images."""
+    if images.ndim != 4 or images.shape[1] not in MODES:
+        raise ValueError(
+            f"PIL images have 1 (L), 3 (RGB) or 4 (RGBA) channels, got a tensor of shape {tuple(images.shape)}; "
+            "keep it as a tensor"
+        )
     return [Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a) for a in to_uint8(images)]
 
 
+def has_alpha(image: Image.Image) -> bool:
+    """Whether ``image`` can be (partly) transparent: an alpha channel, or a transparent palette entry."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def checkerboard(size: tuple[int, int]) -> Image.Image:
+    """An ``RGB`` image of ``size`` (width, height) in `CHECKER_SQUARE` squares of the `CHECKER_GREYS`."""
+    width, height = size
+    rows, cols = np.indices((height, width)) // CHECKER_SQUARE
+    grey = np.where((rows + cols) % 2 == 0, *CHECKER_GREYS).astype(np.uint8)  # (h, w)
+    return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))  # (h, w, 3)
+
+
+def on_checkerboard(image: Image.Image) -> Image.Image:
+    """``image`` composited on a `checkerboard` of its size, as ``RGB``: transparency made visible."""
+    background = checkerboard(image.size).convert("RGBA")
+    return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+
+
 def make_grid(images: Sequence[Image.Image], nrow: int | None = None, padding: int = 2) -> Image.Image:
-    """Tile equally sized images into rows of ``nrow`` (default: as square as possible)."""
+    """Tile equally sized images into rows of ``nrow`` (default: as square as possible).
+
+    The grid has the images' mode; if any has transparency (`has_alpha`), every image is put
+    `on_checkerboard` and the grid is ``RGB``.
+    """
     if not images:
         raise ValueError("make_grid needs at least one image")
+    if any(has_alpha(image) for image in images):
+        images = [on_checkerboard(image) for image in images]
     nrow = nrow or math.ceil(math.sqrt(len(images)))
     ncol = math.ceil(len(images) / nrow)
     width, height = images[0].size
@@ -77,10 +113,13 @@ def save_png(image: Image.Image, path: str | Path, metadata: dict[str, str] | No
 
 
 def save_gif(frames: Sequence[Image.Image], path: str | Path, duration_ms: int = 120) -> None:
-    """Atomically write an animated GIF that loops forever, ``duration_ms`` per frame."""
+    """Atomically write an animated GIF that loops forever, ``duration_ms`` per frame.
+
+    GIF has no partial transparency: frames that have some (`has_alpha`) are put `on_checkerboard`.
+    """
     if not frames:
         raise ValueError("save_gif needs at least one frame")
-    first, *rest = frames
+    first, *rest = [on_checkerboard(frame) if has_alpha(frame) else frame for frame in frames]
     atomic_write(
         path, lambda tmp: first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=duration_ms, loop=0)
     )

@@ -300,8 +300,8 @@ class DiffusionPipeline:
         """Generate ``num_images`` images, or edit ``image``.
 
         Returns:
-            ``pil``: a list of ``num_images`` PIL images (mode ``L`` or ``RGB``); ``tensor``: float32
-            ``(n, c, h, w)`` in [0, 1] on the CPU; ``numpy``: float32 ``(n, h, w, c)`` in [0, 1].
+            ``pil``: a list of ``num_images`` PIL images (mode ``L``, ``RGB`` or ``RGBA``: 1, 3 or 4 channels);
+            ``tensor``: float32 ``(n, c, h, w)`` in [0, 1] on the CPU; ``numpy``: float32 ``(n, h, w, c)`` in [0, 1].
 
         Args:
             num_images: how many.
@@ -322,8 +322,8 @@ class DiffusionPipeline:
                 conditional, larger follows the class more closely. None means `DEFAULT_GUIDANCE_SCALE`
                 when ``class_labels`` are given. Each step then evaluates both branches in one batch.
             guidance_rescale: φ in [0, 1] of guidance rescale (Lin et al. 2024); 0 is off.
-            image: the image(s) to edit: a PIL image, a list, or a ``(c, h, w)`` / ``(n, c, h, w)`` tensor
-                in [0, 1]; one image serves all ``num_images``. Alone it is img2img (SDEdit).
+            image: the image(s) to edit: a PIL image (converted to the model's L, RGB or RGBA), a list, or a
+                ``(c, h, w)`` / ``(n, c, h, w)`` tensor in [0, 1]; one for all ``num_images``. Alone: img2img (SDEdit).
             strength: how much of the sampling to redo, in [0, 1]: 0 returns ``image``, 1 ignores it
                 (inpainting still keeps its known pixels). Default 0.8 for img2img, 1 for inpainting.
             mask_image: inpainting mask of the image's size, white (> 0.5) where to regenerate.
@@ -340,8 +340,8 @@ class DiffusionPipeline:
                 float for samplers with fractional timesteps.
 
         Raises:
-            ValueError: for an argument out of range, a class the model does not know, guidance for an
-                unconditional model, a mask of another size than the image, or a sampler that cannot edit.
+            ValueError: for an argument out of range, an unknown class, guidance for an unconditional model, a
+                mask not of the image's size, a sampler that cannot edit, or ``pil`` output without 1, 3 or 4 channels.
         """
         request = build_request(self, locals())  # every argument checked, once, before any work
         denoiser = self.denoiser(request.guidance_scale, guidance_rescale)

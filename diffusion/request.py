@@ -24,6 +24,7 @@ from .arguments import (
 )
 from .editing import DEFAULT_JUMP_LENGTH, Edit, edit_visit_order, effective_strength, prepare_edit
 from .guidance import RANDOM_CLASSES
+from .image import MODES
 from .rng import Generators, generators, randn_tensor, seed_list
 from .schedulers import Scheduler
 
@@ -111,6 +112,11 @@ def build_request(pipe: "DiffusionPipeline", call: dict[str, Any]) -> Request:
     order = edit_visit_order(len(sampler.timesteps), strength, inpainting, args.jump_length, args.resample)
     shape = (pipe.unet.config.in_channels, *(size or pipe.unet.config.sample_size))
     check_num_images(num_images, shape)
+    if args.output_type == "pil" and shape[0] not in MODES:
+        raise ValueError(
+            f"output_type='pil' makes L, RGB or RGBA images, and this model has {shape[0]} channels; "
+            "use output_type='tensor' or 'numpy'"
+        )
     check_latents(args.latents, (num_images, *shape))
     class_labels = args.class_labels
     if isinstance(class_labels, str) and class_labels == RANDOM_CLASSES:

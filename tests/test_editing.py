@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from diffusion import DiffusionPipeline
-from diffusion.editing import mask_to_tensor, renoise, start_index, visit_order
+from diffusion.editing import images_to_tensor, mask_to_tensor, renoise, start_index, visit_order
 from diffusion.schedulers import SCHEDULER_NAMES, get_scheduler, randn_tensor
 
 EDITING_SAMPLERS = [name for name in SCHEDULER_NAMES if name != "heun"]
@@ -229,3 +229,38 @@ def test_bad_editing_arguments_are_clear_errors(pipe, picture, kwargs, message):
 
 
 # ----- inversion and interpolation -----
+
+
+# ----- 4-channel (RGBA) models -----
+
+
+@pytest.fixture(scope="module")
+def rgba_pipe(make_tiny_pipeline):
+    """A tiny RGBA pipeline (in and out channels 4) that edits with DPM-Solver++."""
+    return make_tiny_pipeline(in_channels=4, out_channels=4, scheduler=get_scheduler("dpmsolver++", {}))
+
+
+def test_rgba_inputs_keep_their_alpha_and_other_images_become_opaque():
+    pixels = np.array([[[255, 0, 0, 0], [0, 255, 0, 51]]], dtype=np.uint8)  # (1, 2, 4)
+    x = images_to_tensor(Image.fromarray(pixels, mode="RGBA"), 4)
+    assert x.shape == (1, 4, 1, 2)
+    torch.testing.assert_close(x[0, 3], torch.tensor([[-1.0, 51 / 127.5 - 1]]), rtol=0, atol=0)
+    rgb = images_to_tensor(Image.new("RGB", (2, 1), (10, 20, 30)), 4)  # no alpha: opaque
+    assert rgb.shape == (1, 4, 1, 2) and (rgb[0, 3] == 1).all()
+    torch.testing.assert_close(rgb[0, :3, 0, 0], torch.tensor([10.0, 20.0, 30.0]) / 127.5 - 1, rtol=0, atol=0)
+    grey = images_to_tensor(Image.new("L", (2, 1), 7), 4)[0, :, 0, 0]  # grey to RGB, opaque
+    torch.testing.assert_close(grey, torch.tensor([7 / 127.5 - 1] * 3 + [1.0]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"image tensor must have shape \(n, 4, h, w\) or \(4, h, w\)"):
+        images_to_tensor(torch.rand(1, 3, 2, 2), 4)
+
+
+def test_img2img_and_inpainting_of_an_rgba_model_give_rgba_images(rgba_pipe, mask):
+    rng = np.random.default_rng(3)
+    picture = Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), mode="RGBA")
+    unchanged = rgba_pipe(1, 4, image=picture, strength=0.0)
+    assert unchanged[0].mode == "RGBA" and np.array_equal(np.asarray(unchanged[0]), np.asarray(picture))
+    edited = rgba_pipe(2, 4, image=picture, strength=0.5, seed=0)
+    assert [(image.mode, image.size) for image in edited] == [("RGBA", (8, 8))] * 2
+    inpainted = rgba_pipe(1, 4, image=picture, mask_image=mask, seed=0)  # an L mask, one for all 4 channels
+    keep = np.asarray(mask) == 0
+    assert inpainted[0].mode == "RGBA" and np.array_equal(np.asarray(inpainted[0])[keep], np.asarray(picture)[keep])

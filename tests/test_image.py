@@ -5,7 +5,18 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.image import make_grid, save_gif, save_png, to_mode, to_pil
+from diffusion.image import (
+    CHECKER_GREYS,
+    CHECKER_SQUARE,
+    checkerboard,
+    has_alpha,
+    make_grid,
+    on_checkerboard,
+    save_gif,
+    save_png,
+    to_mode,
+    to_pil,
+)
 
 
 def test_transparency_is_composited_on_white_and_high_bit_depth_is_scaled():
@@ -49,3 +60,62 @@ def test_to_mode_composites_on_the_background_or_keeps_alpha():
     assert np.asarray(to_mode(rgba, 4)).tolist() == [[[0, 0, 0, 0], [200, 100, 50, 255]]]
     opaque = Image.fromarray(np.array([[[1, 2, 3]]], dtype=np.uint8), mode="RGB")
     assert np.asarray(to_mode(opaque, 4)).tolist() == [[[1, 2, 3, 255]]]
+
+
+def test_four_channel_tensors_become_rgba_images_and_other_counts_are_refused():
+    x = torch.tensor([[[[0.0, 1.0]], [[0.5, 1.0]], [[1.0, 1.0]], [[0.0, 0.2]]]])  # (1, 4, 1, 2)
+    (image,) = to_pil(x)
+    assert image.mode == "RGBA" and np.asarray(image).tolist() == [[[0, 128, 255, 0], [255, 255, 255, 51]]]
+    with pytest.raises(ValueError, match=r"PIL images have 1 \(L\), 3 \(RGB\) or 4 \(RGBA\) channels, got a tensor "):
+        to_pil(torch.zeros(1, 2, 4, 4))
+
+
+def test_the_checkerboard_alternates_light_and_dark_squares():
+    pixels = np.asarray(checkerboard((2 * CHECKER_SQUARE + 1, CHECKER_SQUARE + 1)))  # (h, w, 3)
+    light, dark = CHECKER_GREYS
+    assert pixels.shape == (CHECKER_SQUARE + 1, 2 * CHECKER_SQUARE + 1, 3) and (light, dark) == (204, 153)
+    s = CHECKER_SQUARE
+    assert [pixels[0, 0, 0], pixels[0, s - 1, 0], pixels[0, s, 0], pixels[0, 2 * s, 0]] == [light, light, dark, light]
+    assert [pixels[s, 0, 0], pixels[s, s, 0]] == [dark, light]  # the next row of squares starts dark
+    assert (pixels == pixels[:, :, :1]).all()  # grey: R = G = B
+
+
+def test_an_rgba_grid_shows_transparency_on_a_checkerboard_and_is_rgb():
+    s, (light, dark) = CHECKER_SQUARE, CHECKER_GREYS
+    clear = Image.new("RGBA", (2 * s, s), (255, 0, 0, 0))  # fully transparent (red underneath)
+    opaque = Image.new("RGBA", (2 * s, s), (10, 20, 30, 255))
+    half = Image.new("RGBA", (2 * s, s), (0, 0, 0, 128))  # black at alpha 128/255 over the greys
+    grid = make_grid([clear, opaque, half], nrow=3, padding=1)
+    assert grid.mode == "RGB" and grid.size == (3 * (2 * s + 1) + 1, s + 2)
+    pixels = np.asarray(grid).astype(int)  # (h, w, 3)
+    tile = 2 * s + 1  # the x step from one image to the next
+    assert pixels[1, 1].tolist() == [light] * 3 and pixels[1, 1 + s].tolist() == [dark] * 3  # the clear image
+    assert pixels[1, 1 + tile].tolist() == [10, 20, 30] and pixels[s, tile + 2 * s].tolist() == [10, 20, 30]
+    # "Over" a grey g: black at alpha 128/255 leaves round(g * 127 / 255): 102 and 76.
+    half_pixels = [pixels[1, 1 + 2 * tile, 0], pixels[1, 1 + 2 * tile + s, 0]]
+    assert half_pixels == [round(light * 127 / 255), round(dark * 127 / 255)] == [102, 76]
+    assert pixels[0, 0].tolist() == [0, 0, 0]  # the padding stays black
+    # Opaque RGBA and plain RGB images tile to the same grid; a grid of L images stays L.
+    plain = make_grid([Image.new("RGB", (2, 2), (10, 20, 30))] * 2)
+    assert np.array_equal(np.asarray(make_grid([Image.new("RGBA", (2, 2), (10, 20, 30, 255))] * 2)), np.asarray(plain))
+    assert make_grid([Image.new("L", (2, 2), 9)]).mode == "L"
+
+
+def test_on_checkerboard_composites_any_mode_with_alpha():
+    light = CHECKER_GREYS[0]
+    la = Image.new("LA", (1, 1), (7, 0))  # grey with alpha, fully transparent
+    assert has_alpha(la) and not has_alpha(Image.new("RGB", (1, 1)))
+    assert np.asarray(on_checkerboard(la)).tolist() == [[[light] * 3]]
+
+
+def test_a_gif_of_rgba_frames_shows_them_on_the_checkerboard(tmp_path):
+    s, (light, dark) = CHECKER_SQUARE, CHECKER_GREYS
+    frames = [Image.new("RGBA", (2 * s, s), (0, 0, 0, 0)), Image.new("RGBA", (2 * s, s), (200, 40, 40, 255))]
+    save_gif(frames, tmp_path / "a.gif")
+    with Image.open(tmp_path / "a.gif") as gif:
+        assert gif.n_frames == 2
+        first = np.asarray(gif.convert("RGB"))
+        gif.seek(1)
+        second = np.asarray(gif.convert("RGB"))
+    assert first[0, 0].tolist() == [light] * 3 and first[0, s].tolist() == [dark] * 3
+    assert (second == [200, 40, 40]).all()

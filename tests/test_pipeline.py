@@ -7,7 +7,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffusion import DiffusionPipeline
-from diffusion.io.model_folder import SHIPPED_MODEL
+from diffusion.io.model_folder import SHIPPED_MODEL, write_model_folder
 from diffusion.models import UNet, UNetConfig
 from diffusion.schedulers import (
     SCHEDULER_NAMES,
@@ -294,3 +294,46 @@ def test_a_unet_assigned_after_compile_is_the_one_that_samples(make_pipeline):
     pipe.unet = UNet(pipe.unet.config).eval()
     after = pipe(1, 2, output_type="tensor")
     assert not torch.equal(before, after)  # the new weights sample
+
+
+# ----- 4-channel (RGBA) models -----
+
+
+@pytest.fixture(scope="module")
+def rgba_model(make_tiny_pipeline, tmp_path_factory):
+    """A tiny unconditional RGBA model folder (in_channels = out_channels = 4, 8x8, random weights)."""
+    pipe = make_tiny_pipeline(in_channels=4, out_channels=4)
+    path = tmp_path_factory.mktemp("rgba") / "model"
+    write_model_folder(path, pipe.unet, pipe.scheduler, "ddim", [])
+    return path
+
+
+def test_a_four_channel_model_makes_rgba_images(rgba_model):
+    pipe = DiffusionPipeline.from_pretrained(rgba_model)
+    assert (pipe.unet.config.in_channels, pipe.unet.config.out_channels) == (4, 4)
+    images = pipe(num_images=2, num_inference_steps=2, seed=0)
+    assert [(image.mode, image.size) for image in images] == [("RGBA", (8, 8))] * 2
+    tensor = pipe(num_images=2, num_inference_steps=2, seed=0, output_type="tensor")
+    assert tensor.shape == (2, 4, 8, 8)
+    expected = np.round(tensor[1].permute(1, 2, 0).numpy() * 255).astype(np.uint8)  # (8, 8, 4)
+    np.testing.assert_array_equal(np.asarray(images[1]), expected)
+    assert pipe(num_images=1, num_inference_steps=2, seed=0, output_type="numpy").shape == (1, 8, 8, 4)
+
+
+def test_a_four_channel_model_inverts_and_interpolates(rgba_model):
+    pipe = DiffusionPipeline.from_pretrained(rgba_model)
+    rgba = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 4), dtype=np.uint8), mode="RGBA")
+    latents = pipe.invert(rgba, num_inference_steps=2, fixed_point_iterations=0)
+    assert latents.shape == (1, 4, 8, 8) and latents.isfinite().all()
+    frames = pipe.interpolate(0, latents[0], num_frames=3, num_inference_steps=2)
+    assert [(frame.mode, frame.size) for frame in frames] == [("RGBA", (8, 8))] * 3
+
+
+def test_a_model_without_a_pil_mode_samples_tensors_and_refuses_pil(make_tiny_pipeline, monkeypatch):
+    pipe = make_tiny_pipeline(in_channels=2)
+    assert pipe(num_images=1, num_inference_steps=1, output_type="tensor").shape == (1, 2, 8, 8)
+    monkeypatch.setattr(pipe, "denoiser", lambda *a: pytest.fail("sampled before checking"))
+    with pytest.raises(ValueError, match="output_type='pil' makes L, RGB or RGBA images, and this model has 2 chan"):
+        pipe(num_images=1, num_inference_steps=1)
+    with pytest.raises(ValueError, match=r"a PIL image converts to 1 \(L\), 3 \(RGB\) or 4 \(RGBA\) channels, and "):
+        pipe(image=Image.new("RGB", (8, 8)), output_type="tensor")

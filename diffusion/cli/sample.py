@@ -8,20 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
 from ..arguments import MAX_NUM_IMAGES
-from ..data import DECODE_ERRORS, load_image
 from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH, effective_strength
 from ..guidance import RANDOM_CLASSES
-from ..image import make_grid, save_gif, save_png
-from ..io.files import check_writable, read_json
+from ..io.files import read_json
 from ..io.model_folder import SHIPPED_MODELS
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 from ..rng import seed_list
 from ..schedulers import SCHEDULER_NAMES, SCHEDULERS, resolve_scheduler_name
 from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, given_flags, named_as_flags, run_command
+from .sample_files import output_folder, read_image, write_batches, write_grid, write_interpolation
 
 DEFAULT_FRAMES = 8  # of --interpolate
 DEFAULT_NUM_IMAGES = 16
@@ -158,16 +155,6 @@ def _add_editing_arguments(parser: argparse.ArgumentParser) -> None:
     edit.add_argument("--frames", type=int, default=None, help=f"frames of --interpolate (default: {DEFAULT_FRAMES})")
 
 
-def _read_image(path: str, channels: int, flag: str) -> Image.Image:
-    """An input image for ``flag``, decoded as training data is (EXIF rotation, first frame)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{flag} {path} not found")
-    try:
-        return load_image(path, channels)
-    except DECODE_ERRORS as e:
-        raise ValueError(f"{flag} {path} is not a readable image ({type(e).__name__}: {e})") from None
-
-
 def _sampler_settings(args: argparse.Namespace) -> dict[str, object]:
     """The sampler settings --eta and --karras ask for."""
     settings: dict[str, object] = {"eta": args.eta} if args.eta is not None else {}
@@ -289,7 +276,7 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
     seeds = _seeds(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    out = _output_folder(args)
+    out = output_folder(args)
     pipe = _load_pipeline(args)
     if args.interpolate:
         return _interpolate(args, pipe, out, start)
@@ -301,11 +288,11 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
     sampler = args.scheduler or pipe.scheduler_name()
     _check_sampler_flags(args, sampler, "the model")
     call, meta = _sampling_call(args, pipe, sampler, guided=labels is not None)
-    images = _write_batches(pipe, call, seeds, labels, out, meta)
+    images = write_batches(pipe, call, seeds, labels, out, meta, FLAGS)
     where = f"{len(images)} image{'s' * (len(images) != 1)} to {out}/"
     if args.grid:
         grid_meta = {"seeds": f"{seeds[0]}..{seeds[-1]}", "sampler": sampler}
-        save_png(make_grid(images, nrow=columns or None), args.grid, grid_meta)
+        write_grid(images, args.grid, columns, grid_meta)
         where += f" and a grid to {args.grid}"
     karras = ", Karras σ" if args.karras else ""
     scale = meta.get("guidance_scale")
@@ -331,17 +318,6 @@ def _seeds(args: argparse.Namespace) -> Sequence[int]:
         return seed_list(0 if args.seed is None else args.seed, num_images)
 
 
-def _output_folder(args: argparse.Namespace) -> Path:
-    """--out, and the folder of --grid, checked writable before the model loads."""
-    out = Path(args.out)
-    check_writable(out)
-    if args.grid:
-        if Path(args.grid).is_dir():
-            raise ValueError(f"--grid {args.grid} is a folder; give a file name such as {Path(args.grid) / 'grid.png'}")
-        check_writable(Path(args.grid).parent)
-    return out
-
-
 def _load_pipeline(args: argparse.Namespace) -> DiffusionPipeline:
     pipe = DiffusionPipeline.from_pretrained(args.model, device=device_from_flag(args.device), dtype=DTYPES[args.dtype])
     if args.channels_last:
@@ -358,8 +334,8 @@ def _sampling_call(
     settings = _sampler_settings(args)
     jump_length = DEFAULT_JUMP_LENGTH if args.jump_length is None else args.jump_length
     channels = pipe.unet.config.in_channels
-    image = _read_image(args.init_image, channels, "--init-image") if args.init_image else None
-    mask = _read_image(args.mask, 1, "--mask") if args.mask else None
+    image = read_image(args.init_image, channels, "--init-image") if args.init_image else None
+    mask = read_image(args.mask, 1, "--mask") if args.mask else None
     strength = effective_strength(args.strength, inpainting=mask is not None) if image is not None else None
     with named_as_flags(FLAGS):
         scheduler = pipe.make_scheduler(sampler, **settings)
@@ -385,49 +361,6 @@ def _sampling_call(
     call |= {"guidance_rescale": args.guidance_rescale, "batch_size": args.batch_size, "image": image}
     call |= {"strength": args.strength, "mask_image": mask, "jump_length": jump_length, "resample": args.resample}
     return call, meta
-
-
-def _write_batches(
-    pipe: DiffusionPipeline,
-    call: dict[str, Any],
-    seeds: Sequence[int],
-    labels: list[str] | None,
-    out: Path,
-    meta: dict[str, Any],
-) -> list[Image.Image]:
-    """Sample ``seeds`` one batch (``call["batch_size"]``) per pipeline call, each image written as
-    OUT/<seed>.png (with ``meta``, its seed and class) as soon as its batch is done, so an interrupt keeps
-    them. Every image has its own seed, so batching does not change it."""
-    images: list[Image.Image] = []
-    bar: list[tqdm] = []  # made at the first model evaluation, once the pipeline has accepted the arguments
-
-    def advance(count: int) -> None:
-        if not bar:
-            bar.append(tqdm(total=len(seeds) * meta["nfe"], unit="step", desc="sampling"))
-        bar[0].update(count)
-
-    try:
-        for first in range(0, len(seeds), call["batch_size"]):
-            part = slice(first, first + call["batch_size"])
-            n = len(seeds[part])
-            with named_as_flags(FLAGS):
-                batch = pipe(
-                    num_images=n,
-                    seed=seeds[part],
-                    class_labels=labels[part] if labels else None,
-                    callback=lambda *_, n=n: advance(n),
-                    **call,
-                )
-            for i, image in enumerate(batch, start=first):
-                extra = {"seed": seeds[i]} | ({"class": labels[i]} if labels else {})
-                save_png(image, out / f"{seeds[i]}.png", meta | extra)
-                images.append(image)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"interrupted: {len(images)} of {len(seeds)} images written to {out}/") from None
-    finally:
-        for b in bar:
-            b.close()
-    return images
 
 
 def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, start: float) -> int:
@@ -463,8 +396,7 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
             progress=True,
         )
     meta = {"from": args.interpolate[0], "to": args.interpolate[1], "frames": num_frames, "steps": args.steps}
-    save_png(make_grid(frames, nrow=len(frames)), out / "interpolation.png", meta)
-    save_gif(frames, out / "interpolation.gif")
+    write_interpolation(frames, out, meta)
     print(
         f"wrote {out}/interpolation.png and {out}/interpolation.gif ({num_frames} frames) "
         f"in {time.perf_counter() - start:.1f} s"
@@ -492,7 +424,7 @@ def _interpolation_end(
             "--interpolate between images regenerates DDIM-inverted latents with ddim at eta 0; "
             "leave out --scheduler, --eta and --karras"
         )
-    image = _read_image(path, pipe.unet.config.in_channels, "--interpolate")
+    image = read_image(path, pipe.unet.config.in_channels, "--interpolate")
     with named_as_flags(FLAGS):
         return pipe.invert(image, args.steps, class_labels=labels, guidance_scale=args.guidance_scale)[0]
 

@@ -45,7 +45,8 @@ def load_reference_images(
     Args:
         folder: a folder tree of images (`diffusion.data.find_image_files`).
         num_images: how many to return.
-        channels: 1 (grey) or 3 (RGB); other modes are converted as for training.
+        channels: 1 (grey), 3 (RGB) or 4 (RGBA, alpha kept; images without it are opaque); other modes
+            are converted as for training.
         size: (height, width): each image is resized to cover it, then centre-cropped.
         seed: the shuffle's seed.
 
@@ -54,11 +55,11 @@ def load_reference_images(
 
     Raises:
         FileNotFoundError: ``folder`` is not a folder.
-        ValueError: fewer than ``num_images`` (readable) images, or ``channels`` other than 1 or 3.
+        ValueError: fewer than ``num_images`` (readable) images, or ``channels`` other than 1, 3 or 4.
     """
     folder = Path(folder)
-    if channels not in (1, 3):
-        raise ValueError(f"reference images can be loaded with 1 or 3 channels, not {channels}")
+    if channels not in (1, 3, 4):
+        raise ValueError(f"reference images can be loaded with 1, 3 or 4 channels, not {channels}")
     if not folder.is_dir():
         raise FileNotFoundError(f"reference folder {folder} not found (give a folder of real images)")
     files = find_image_files(folder)
@@ -125,6 +126,10 @@ def evaluate(
         kid_subset_size: rows per KID subset; None means ``min(1000, min(N, M) // 2)``.
         kid_num_subsets: KID subsets to average.
         progress: show the sampling progress bar.
+
+    A 4-channel (RGBA) model's samples and reference images keep their alpha up to the extractor: the
+    ImageNet extractors composite them on white before their features (`diffusion.metrics.features`);
+    a classifier trained on RGBA images takes the 4 channels as they are.
 
     A class-conditional model draws each image's class from its seed and is guided at
     `DEFAULT_GUIDANCE_SCALE` (``class_labels="random"``), so that its samples follow the data's classes.

@@ -11,9 +11,10 @@
 
 Nothing is downloaded at run time: missing weights are a `FileNotFoundError` saying where to put them.
 
-Every extractor takes images ``(n, c, h, w)`` in [-1, 1] with 1 or 3 channels (the ImageNet networks
-repeat a grey channel three times and resize to their own input size) and returns float32
-``(n, d)`` features on the CPU.
+Every extractor takes images ``(n, c, h, w)`` in [-1, 1] and returns float32 ``(n, d)`` features on the
+CPU. The ImageNet networks take 1, 3 or 4 channels: they repeat a grey channel three times, composite
+RGBA (a 4-channel model's images) on white, and resize to their own input size; the classifier takes
+the channels it was trained with.
 
 Comparability, honestly:
 
@@ -124,10 +125,17 @@ class NetworkExtractor:
 
 
 def _rgb_resized(x: torch.Tensor, side: int) -> torch.Tensor:
-    """``(b, 1 or 3, h, w)`` in [-1, 1] -> ``(b, 3, side, side)`` in [0, 1], grey repeated to RGB."""
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"images must have shape (batch, 1 or 3, height, width), got {tuple(x.shape)}")
-    x = (x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x) / 2 + 0.5  # (b, 3, h, w) in [0, 1]
+    """``(b, c, h, w)`` in [-1, 1], c = 1, 3 or 4 -> ``(b, 3, side, side)`` in [0, 1]: grey repeated to RGB,
+    RGBA composited on white (as `diffusion.image.to_mode` shows transparency to 3-channel models)."""
+    if x.ndim != 4 or x.shape[1] not in (1, 3, 4):
+        raise ValueError(
+            f"images must have shape (batch, channels, height, width) with 1, 3 or 4 channels, got {tuple(x.shape)}"
+        )
+    x = x / 2 + 0.5  # (b, c, h, w) in [0, 1]
+    if x.shape[1] == 4:
+        rgb, alpha = x[:, :3], x[:, 3:]
+        x = rgb * alpha + (1 - alpha)  # (b, 3, h, w): "over" a white background
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # (b, 3, h, w)
     # Bilinear with antialiasing: identical to plain bilinear when upsampling (28 -> 299), and no
     # aliasing when a large image is shrunk.
     return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
@@ -144,7 +152,7 @@ class InceptionFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(b, 1 or 3, h, w)`` in [-1, 1] -> ``(b, 2048)``."""
+        """``(b, c, h, w)`` in [-1, 1], c = 1, 3 or 4 (RGBA: composited on white) -> ``(b, 2048)``."""
         x = _rgb_resized(x, INCEPTION_SIZE)  # (b, 3, 299, 299) in [0, 1]
         # ImageNet normalisation, as torchvision's weights expect; the model's transform_input=True
         # then maps it to the (x - 0.5) / 0.5 scaling the ported Google weights were trained with.
@@ -159,7 +167,8 @@ class EfficientNetLite0Features(nn.Module):
         self.network = network
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(b, 1 or 3, h, w)`` in [-1, 1] -> ``(b, 1280)``, each value in [0, 6] (ReLU6, then a mean)."""
+        """``(b, c, h, w)`` in [-1, 1], c = 1, 3 or 4 (RGBA: composited on white) -> ``(b, 1280)``, each value
+        in [0, 6] (ReLU6, then a mean)."""
         x = _rgb_resized(x, EFFICIENTNET_SIZE)  # (b, 3, 224, 224) in [0, 1]
         # The weights were converted from the TensorFlow Lite models, which normalise with mean 127 and
         # std 128 on the 0..255 scale (efficientnet_lite_builder.py; timm uses 0.5 / 0.5 for them too),

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from diffusion import cli
-from diffusion.cli import sample as cli_sample
+from diffusion.cli import sample_files
 from diffusion.denoiser import Denoiser
 from diffusion.io import model_folder
 from diffusion.models import UNet
@@ -159,7 +159,7 @@ def test_a_full_disk_while_writing_images_is_one_line(tiny_rgb_model, tmp_path, 
     def full(image, path, *args, **kwargs):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr("diffusion.cli.sample.save_png", full)
+    monkeypatch.setattr("diffusion.cli.sample_files.save_png", full)
     assert (
         cli.sample_main(
             ["--model", str(tiny_rgb_model), "--out", str(tmp_path / "o"), "--steps", "2", "--num-images", "1"]
@@ -546,7 +546,7 @@ def test_shipped_models_are_listed_and_found_by_name(tmp_path, capsys, monkeypat
 
 def test_an_interrupt_while_writing_counts_the_files_on_disk(tiny_rgb_model, tmp_path, capsys, monkeypatch):
     written = []
-    save = cli_sample.save_png
+    save = sample_files.save_png
 
     def interrupted(image, path, meta):
         if len(written) == 5:  # the second file of the second batch
@@ -554,7 +554,7 @@ def test_an_interrupt_while_writing_counts_the_files_on_disk(tiny_rgb_model, tmp
         save(image, path, meta)
         written.append(path.name)
 
-    monkeypatch.setattr(cli_sample, "save_png", interrupted)
+    monkeypatch.setattr(sample_files, "save_png", interrupted)
     out = tmp_path / "o"
     args = [
         "--model",

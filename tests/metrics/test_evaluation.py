@@ -45,7 +45,7 @@ def test_unreadable_reference_files_are_skipped_with_a_warning(tmp_path, caplog)
     [
         ("{tmp}/none", 2, 1, FileNotFoundError, r"reference folder .*none not found"),
         ("{ref}", 13, 1, ValueError, r"reference folder .*real has 12 image files, fewer than the 13 asked for"),
-        ("{ref}", 2, 4, ValueError, "reference images can be loaded with 1 or 3 channels, not 4"),
+        ("{ref}", 2, 2, ValueError, "reference images can be loaded with 1, 3 or 4 channels, not 2"),
     ],
 )
 def test_reference_errors(reference_folder, tmp_path, folder, n, channels, error, message):
@@ -195,3 +195,30 @@ def test_a_class_conditional_model_is_measured_on_random_classes(tiny_conditiona
         (images * 2 - 1).flatten(1), real.flatten(1), "pixels", generator=torch.Generator().manual_seed(3)
     )
     assert result.fd == pytest.approx(expected.fd, rel=1e-5)
+
+
+def test_an_rgba_model_is_measured_against_rgba_reference_images(make_tiny_pipeline, reference_folder, tmp_path):
+    """Both sides reach the extractor with 4 channels; the reference keeps an image's alpha (opaque without)."""
+    pipe = make_tiny_pipeline(in_channels=4, out_channels=4)
+    seen = []
+
+    class Pixels:
+        name, description, feature_dim = "pixels", "raw pixels", 256
+
+        def features(self, images: torch.Tensor) -> torch.Tensor:
+            seen.append(images)
+            return images.flatten(1).float()
+
+    result = evaluate(pipe, reference_folder, 4, num_inference_steps=2, extractor=Pixels(), seed=1)
+    assert result.settings["channels"] == 4 and result.fd > 0
+    real, generated = seen
+    assert real.shape == generated.shape == (4, 4, 8, 8) and (real[:, 3] == 1).all()  # RGB files: opaque
+    expected = pipe(4, 2, seed=1, output_type="tensor") * 2 - 1
+    torch.testing.assert_close(generated, expected, rtol=0, atol=0)
+    pixels = np.zeros((2, 2, 4), dtype=np.uint8)
+    pixels[0, 0] = (10, 20, 30, 128)
+    for i in range(2):
+        Image.fromarray(pixels, mode="RGBA").save(tmp_path / f"{i}.png")
+    transparent = load_reference_images(tmp_path, 2, channels=4, size=(2, 2))
+    torch.testing.assert_close(transparent[0, :, 0, 0], torch.tensor([10.0, 20.0, 30.0, 128.0]) / 127.5 - 1)
+    assert (transparent[0, 3, 1, 1] == -1).all()  # fully transparent

@@ -16,6 +16,7 @@ from diffusion.metrics import (
     load_feature_extractor,
 )
 from diffusion.metrics.classifier import Classifier, ClassifierConfig
+from diffusion.metrics.features import _rgb_resized
 
 INCEPTION_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
 
@@ -155,12 +156,34 @@ def test_inception_rejects_files_that_are_not_its_state_dict(tmp_path):
         load_feature_extractor("inception", tmp_path / "partial.pth")
 
 
-def test_imagenet_extractors_refuse_images_that_are_neither_grey_nor_rgb(inception_weights):
+def test_imagenet_extractors_refuse_images_that_are_neither_grey_rgb_nor_rgba(inception_weights):
     extractor = load_feature_extractor("inception", inception_weights)
     with pytest.raises(
-        ValueError, match=r"images must have shape \(batch, 1 or 3, height, width\), got \(1, 2, 8, 8\)"
+        ValueError,
+        match=r"images must have shape \(batch, channels, height, width\) with 1, 3 or 4 channels, got \(1, 2, 8, 8\)",
     ):
         extractor.features(images(1, 2, 8))
+
+
+def test_rgba_images_are_composited_on_white_before_the_imagenet_networks():
+    # One pixel per case, (r, g, b, alpha) in [0, 1]: transparent red, opaque blue, grey at alpha 0.5.
+    rgba = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5]])  # (3, 4)
+    x = rgba.T.reshape(1, 4, 1, 3) * 2 - 1  # (1, 4, 1, 3) in [-1, 1]
+    out = _rgb_resized(x, 3)[0, :, 1].T  # (3, 3): the middle row, one RGB colour per pixel
+    # rgb · α + white · (1 - α): white, blue, and 0.5 · 0.5 + 0.5 = 0.75 grey; resizing 1x3 -> 3x3 repeats rows.
+    torch.testing.assert_close(out, torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.75, 0.75, 0.75]]))
+
+
+def test_inception_features_of_rgba_are_those_of_the_white_composite(inception_weights):
+    extractor = load_feature_extractor("inception", inception_weights)
+    rgba = images(2, 4, 16) / 2 + 0.5  # (2, 4, 16, 16) in [0, 1]
+    on_white = rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:])  # (2, 3, 16, 16)
+    features = extractor.features(rgba * 2 - 1)
+    assert features.shape == (2, 2048) and features.isfinite().all()
+    # Randomly initialised, the activations are ~1e-7 (see above): compare relatively to their scale; the two
+    # paths round [0, 1] <-> [-1, 1] differently, by a float32 ulp.
+    expected = extractor.features(on_white * 2 - 1)
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
 def test_missing_efficientnet_packages_name_the_pip_command(monkeypatch):

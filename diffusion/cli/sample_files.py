@@ -1,0 +1,98 @@
+"""The files of ``diffusion-sample``: its input images, and the PNGs, grids and GIFs it writes.
+
+A model's images are written as they come: ``L``, ``RGB``, or for a 4-channel model ``RGBA`` PNGs with
+their transparency. Grids and the interpolation GIF show transparency on a grey checkerboard
+(`diffusion.image.make_grid`, `diffusion.image.save_gif`).
+"""
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data import DECODE_ERRORS, load_image
+from ..image import make_grid, save_gif, save_png
+from ..io.files import check_writable
+from ..pipeline import DiffusionPipeline
+from .common import named_as_flags
+
+
+def read_image(path: str, channels: int, flag: str) -> Image.Image:
+    """An input image for ``flag``, decoded as training data is (EXIF rotation, first frame), in the mode of
+    ``channels`` (RGBA keeps its alpha; an image without one is opaque)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{flag} {path} not found")
+    try:
+        return load_image(path, channels)
+    except DECODE_ERRORS as e:
+        raise ValueError(f"{flag} {path} is not a readable image ({type(e).__name__}: {e})") from None
+
+
+def output_folder(args: argparse.Namespace) -> Path:
+    """--out, and the folder of --grid, checked writable before the model loads."""
+    out = Path(args.out)
+    check_writable(out)
+    if args.grid:
+        if Path(args.grid).is_dir():
+            raise ValueError(f"--grid {args.grid} is a folder; give a file name such as {Path(args.grid) / 'grid.png'}")
+        check_writable(Path(args.grid).parent)
+    return out
+
+
+def write_batches(
+    pipe: DiffusionPipeline,
+    call: dict[str, Any],
+    seeds: Sequence[int],
+    labels: list[str] | None,
+    out: Path,
+    meta: dict[str, Any],
+    flags: dict[str, str],
+) -> list[Image.Image]:
+    """Sample ``seeds`` one batch (``call["batch_size"]``) per pipeline call, each image written as
+    OUT/<seed>.png (with ``meta``, its seed and class) as soon as its batch is done, so an interrupt keeps
+    them; the pipeline's messages name the command's ``flags``. Every image has its own seed, so batching
+    does not change it."""
+    images: list[Image.Image] = []
+    bar: list[tqdm] = []  # made at the first model evaluation, once the pipeline has accepted the arguments
+
+    def advance(count: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=len(seeds) * meta["nfe"], unit="step", desc="sampling"))
+        bar[0].update(count)
+
+    try:
+        for first in range(0, len(seeds), call["batch_size"]):
+            part = slice(first, first + call["batch_size"])
+            n = len(seeds[part])
+            with named_as_flags(flags):
+                batch = pipe(
+                    num_images=n,
+                    seed=seeds[part],
+                    class_labels=labels[part] if labels else None,
+                    callback=lambda *_, n=n: advance(n),
+                    **call,
+                )
+            for i, image in enumerate(batch, start=first):
+                extra = {"seed": seeds[i]} | ({"class": labels[i]} if labels else {})
+                save_png(image, out / f"{seeds[i]}.png", meta | extra)
+                images.append(image)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted: {len(images)} of {len(seeds)} images written to {out}/") from None
+    finally:
+        for b in bar:
+            b.close()
+    return images
+
+
+def write_grid(images: Sequence[Image.Image], path: str | Path, columns: int, meta: dict[str, Any]) -> None:
+    """--grid: ``images`` in rows of ``columns`` (0: as square as possible), transparency on a checkerboard."""
+    save_png(make_grid(images, nrow=columns or None), path, meta)
+
+
+def write_interpolation(frames: Sequence[Image.Image], out: Path, meta: dict[str, Any]) -> None:
+    """OUT/interpolation.png (the frames in one row) and OUT/interpolation.gif, transparency on a checkerboard."""
+    save_png(make_grid(frames, nrow=len(frames)), out / "interpolation.png", meta)
+    save_gif(frames, out / "interpolation.gif")

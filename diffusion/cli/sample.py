@@ -248,7 +248,7 @@ def list_models() -> str:
     lines = []
     for i, (name, folder) in enumerate(SHIPPED_MODELS.items()):
         if not folder.is_dir():
-            lines.append(f"{name}: not installed (it comes with a source checkout: pip install -e .)")
+            lines.append(f"{name}: not in this installation of pixel-diffusion (not at {folder})")
             continue
         index, unet = read_json(folder / "model_index.json"), read_json(folder / "unet" / "config.json")
         classes = index.get("class_names") or []

@@ -526,10 +526,16 @@ def test_a_real_sigint_keeps_the_finished_batches(tiny_rgb_model, tmp_path):
 def test_shipped_models_are_listed_and_found_by_name(tmp_path, capsys, monkeypatch):
     assert cli.sample_main(["--list-models"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert listed == [
+    assert len(listed) == len(model_folder.SHIPPED_MODELS)
+    assert listed[0] == (
         "fashion-mnist: 10 classes (ankle-boot, bag, coat, dress, pullover, sandal, shirt, sneaker, t-shirt, "
         f"trouser); 1x28x28; sampler dpmsolver++3m-sde; {ROOT / 'assets' / 'fashion-mnist'}, the default"
-    ]
+    )
+    assert [line.split(":")[0] for line in listed] == list(model_folder.SHIPPED_MODELS)
+    monkeypatch.setitem(model_folder.SHIPPED_MODELS, "noto-emoji", tmp_path / "absent")
+    assert cli.sample_main(["--list-models"]) == 0
+    absent = capsys.readouterr().out.splitlines()[1]
+    assert absent == f"noto-emoji: not in this installation of pixel-diffusion (not at {tmp_path / 'absent'})"
     assert cli.sample_main(["--list-models", "--steps", "3"]) == 2
     args = ["--num-images", "1", "--steps", "2"]
     assert cli.sample_main([*args, "--model", "fashion-mnist", "--out", str(tmp_path / "named")]) == 0

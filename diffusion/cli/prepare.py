@@ -33,7 +33,22 @@ def prepare_parser() -> argparse.ArgumentParser:
         required=True,
         help="N or HxW: the stored image size; larger than the training size leaves slack for --random-crop",
     )
-    parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1: grayscale, 3: RGB (default: 3)")
+    parser.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3, 4),
+        default=3,
+        help="1: grayscale, 3: RGB, 4: RGBA with the alpha channel kept, so that training chooses the background "
+        "of transparent pixels (default: 3)",
+    )
+    parser.add_argument(
+        "--background",
+        choices=("white", "black"),
+        default="white",
+        help="what transparent pixels (RGBA, LA, palette images) are composited on for --channels 1 and 3, "
+        "stored so and recorded in manifest.json; for --background random at training, prepare --channels 4 "
+        "(default: white)",
+    )
     parser.add_argument(
         "--image-column", default=None, help="a dataset's image column (default: image, else its one Image column)"
     )
@@ -59,6 +74,7 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
                 args.out,
                 size=args.size,
                 channels=args.channels,
+                background=args.background,
                 image_column=args.image_column,
                 label_column=args.label_column,
                 workers=args.workers,

@@ -4,11 +4,22 @@
   (`folder.ImageFolder`), a prepared dataset (`manifest`, written by ``diffusion-prepare``), or a Hugging
   Face dataset (`arrow.ArrowImages`);
 - `files`: finding, decoding and validating image files;
-- `augment`: fitting to size, the seed-driven crop and flip, scaling to [-1, 1];
+- `augment`: fitting to size, the seed-driven crop, flip and background colour, scaling to [-1, 1];
 - `prepare`: ``diffusion-prepare``, which decodes a source once into a prepared dataset.
 """
 
-from .augment import augmentation, crop, fit, to_pixels, to_tensor, to_unit
+from .augment import (
+    BACKGROUNDS,
+    Background,
+    augmentation,
+    background_colour,
+    check_conversion,
+    crop,
+    fit,
+    to_pixels,
+    to_tensor,
+    to_unit,
+)
 from .files import (
     DECODE_ERRORS,
     IMAGE_EXTENSIONS,
@@ -29,15 +40,19 @@ from .manifest import MANIFEST, is_prepared, read_manifest
 from .sources import open_images
 
 __all__ = [
+    "BACKGROUNDS",
     "DECODE_ERRORS",
     "IMAGE_EXTENSIONS",
     "MANIFEST",
     "TOOL_FOLDERS",
+    "Background",
     "Batch",
     "ImageFolder",
     "ScanReport",
     "TrainingImages",
     "augmentation",
+    "background_colour",
+    "check_conversion",
     "class_labels",
     "crop",
     "find_image_files",

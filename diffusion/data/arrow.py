@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .augment import crop, fit, to_pixels
+from ..image import WHITE, to_mode
+from .augment import Background, check_conversion, crop, fit, to_pixels
 from .files import load_image
 from .images import TrainingImages
 
@@ -28,9 +29,13 @@ class ArrowImages(TrainingImages):
     Args:
         dataset: memory-mapped (``load_from_disk``, ``load_dataset``) or in memory.
         source: what the user gave, for messages.
+        channels: 1 and 3 composite transparency on ``background`` (random: a colour per item, from its
+            seed); 4 keep it as the alpha channel.
         image_column: the column of images; None: ``image``, else the one ``Image`` column.
         label_column: the column of labels; None: ``label`` if there is one, else unlabelled.
         shape: ``(h, w, c)`` of a prepared dataset's pixel column; None for an ``Image`` column.
+        composited_on: the background a prepared dataset's 1 or 3 channels were composited on (its
+            manifest's); None for RGBA pixels (``c`` 4), composited at reading, on ``background``.
     """
 
     def __init__(
@@ -42,35 +47,23 @@ class ArrowImages(TrainingImages):
         *,
         random_crop: bool = False,
         hflip: bool = True,
+        background: Background = "white",
         image_column: str | None = None,
         label_column: str | None = None,
         shape: tuple[int, int, int] | None = None,
+        composited_on: str | None = "white",
     ) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        check_conversion(channels, background)
         if dataset._indices is not None:  # a select()/shuffle() view: give it rows of its own
             dataset = dataset.flatten_indices()
         self.dataset, self.source, self.shape = dataset, source, shape
-        self.size, self.channels = size, channels
+        self.size, self.channels, self.background = size, channels, background
         self.random_crop, self.hflip = random_crop, hflip
         self.image_column = _image_column(dataset, source, image_column, shape is not None)
         if len(dataset) == 0:
             raise ValueError(f"{source} has no rows")
-        if shape is not None and shape[2] != channels:
-            raise ValueError(
-                f"{source} was prepared with {shape[2]} channel(s): train it with --channels {shape[2]}, or "
-                f"prepare it again with --channels {channels}"
-            )
-        if shape is not None and (shape[0] < size[0] or shape[1] < size[1]):
-            raise ValueError(
-                f"{source} was prepared at {shape[0]}x{shape[1]}, smaller than the training size {size[0]}x{size[1]}: "
-                f"prepare it again at --size {size[0]}x{size[1]} or larger"
-            )
-        if shape is not None and random_crop and tuple(shape[:2]) == tuple(size):
-            raise ValueError(
-                f"--random-crop needs slack, and {source} was prepared at the training size {size[0]}x{size[1]}: "
-                "prepare it at a larger --size, or leave --random-crop out"
-            )
+        if shape is not None:
+            _check_prepared(self, composited_on)
         self.labels, self.class_names, self.unlabelled_reason = _labels(dataset, source, label_column)
         self._chunks: tuple[np.ndarray, list] | None = None  # built on first use, in each worker process
 
@@ -85,7 +78,9 @@ class ArrowImages(TrainingImages):
             return self.dataset.data.column("path")[index].as_py()
         return f"row {index}"
 
-    def read(self, index: int, crop_at: tuple[float, float] | None) -> np.ndarray:
+    def read(
+        self, index: int, crop_at: tuple[float, float] | None, background: tuple[int, int, int] = WHITE
+    ) -> np.ndarray:
         starts, chunks = self._chunks or self._open()
         chunk = int(np.searchsorted(starts, index, side="right")) - 1
         row = index - int(starts[chunk])
@@ -94,14 +89,21 @@ class ArrowImages(TrainingImages):
             blob, file = data[row].as_py(), path[row].as_py()
             if blob is None and file is None:
                 raise ValueError("the row has no image")  # replaced as an image that does not decode is
-            image = load_image(io.BytesIO(blob) if blob is not None else file, self.channels)
+            image = load_image(io.BytesIO(blob) if blob is not None else file, self.channels, background)
             return to_pixels(fit(image, self.size, crop_at))
-        pixels = chunks[chunk][row]  # (h, w, c), a view into the Arrow file
+        pixels = self._fitted(chunks[chunk][row], crop_at)  # (h, w, c) as stored
+        if pixels.shape[2] == self.channels:
+            return pixels
+        # RGBA pixels at 1 or 3 channels: composited now, as a folder's file is when decoded
+        return to_pixels(to_mode(Image.fromarray(pixels), self.channels, background))
+
+    def _fitted(self, pixels: np.ndarray, crop_at: tuple[float, float] | None) -> np.ndarray:
+        """A prepared row's ``(h, w, c)`` pixels fitted to ``size``, with its stored channels."""
         if pixels.shape[:2] == tuple(self.size):
             return pixels
         if crop_at is not None and pixels.shape[0] >= self.size[0] and pixels.shape[1] >= self.size[1]:
             return crop(pixels, self.size, crop_at)  # a random crop takes its slack from the prepared size
-        return to_pixels(fit(Image.fromarray(pixels[:, :, 0] if self.channels == 1 else pixels), self.size, crop_at))
+        return to_pixels(fit(Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels), self.size, crop_at))
 
     def _open(self) -> tuple[np.ndarray, list]:
         """(the first row of each Arrow chunk; each chunk's pixels as an ``(n, h, w, c)`` array, or its
@@ -115,6 +117,41 @@ class ArrowImages(TrainingImages):
             chunks = [c.flatten().to_numpy(zero_copy_only=True).reshape(-1, *self.shape) for c in column.chunks]
         self._chunks = (starts, chunks)
         return self._chunks
+
+
+def _check_prepared(images: ArrowImages, composited_on: str | None) -> None:
+    """Refuse to train a prepared dataset at a size, channels or background its stored pixels cannot give.
+
+    Raises:
+        ValueError: naming the training flag to change, or how to prepare the dataset again.
+    """
+    (height, width, stored), size, source = images.shape, images.size, images.source
+    if stored != 4 and images.channels == 4:
+        raise ValueError(
+            f"{source} was prepared with {stored} channel(s), its transparency composited on {composited_on}: "
+            "prepare it with diffusion-prepare --channels 4 to train with --channels 4"
+        )
+    if stored != 4 and stored != images.channels:
+        raise ValueError(
+            f"{source} was prepared with {stored} channel(s): train it with --channels {stored}, or prepare it "
+            f"again with --channels {images.channels}"
+        )
+    if stored != 4 and images.background != composited_on:
+        raise ValueError(
+            f"{source} was prepared with its transparency composited on {composited_on}, so --background "
+            f"{images.background} cannot apply: train it with --background {composited_on}, or prepare it with "
+            "diffusion-prepare --channels 4 to choose the background at training time"
+        )
+    if height < size[0] or width < size[1]:
+        raise ValueError(
+            f"{source} was prepared at {height}x{width}, smaller than the training size {size[0]}x{size[1]}: "
+            f"prepare it again at --size {size[0]}x{size[1]} or larger"
+        )
+    if images.random_crop and (height, width) == tuple(size):
+        raise ValueError(
+            f"--random-crop needs slack, and {source} was prepared at the training size {size[0]}x{size[1]}: "
+            "prepare it at a larger --size, or leave --random-crop out"
+        )
 
 
 def _image_column(dataset: Any, source: str, given: str | None, prepared: bool) -> str:

@@ -1,20 +1,49 @@
-"""What training does to every image: fit it to size, crop and flip it as its seed says, scale it to [-1, 1].
+"""What training does to every image: fit it to size, crop and flip it as its seed says, composite its
+transparency on a background, scale it to [-1, 1].
 
 Every source (a folder, a Hugging Face dataset, a prepared dataset) goes through these, so that the same
 image gives the same training tensor whichever source holds it. The randomness of an item is a pure
-function of the augmentation seed the data order hands in with its index (`augmentation`), so a data
-order and its augmentations replay exactly after a resume, with or without workers.
+function of the augmentation seed the data order hands in with its index (`augmentation`, and
+`background_colour` for ``--background random``), so a data order and its augmentations replay exactly
+after a resume, with or without workers.
 """
+
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..image import WHITE
+
+# What transparency is composited on at 1 and 3 channels: a named colour, or one drawn per item from its seed.
+Background = Literal["white", "black", "random"]
+BACKGROUNDS = {"white": WHITE, "black": (0, 0, 0)}  # the named ones, as RGB
 
 
 def augmentation(seed: int) -> tuple[tuple[float, float], bool]:
     """(the crop position as fractions of the slack along (y, x); whether to flip) of an item's ``seed``."""
     fy, fx, flip = torch.rand(3, generator=torch.Generator().manual_seed(seed)).tolist()
     return (fy, fx), flip < 0.5
+
+
+def background_colour(background: Background, seed: int) -> tuple[int, int, int]:
+    """The RGB colour ``background`` means for the item of augmentation ``seed``: white or black, or for
+    ``random`` each channel uniform in [0, 255], drawn from the seed's generator after `augmentation`'s draws."""
+    if background != "random":
+        return BACKGROUNDS[background]
+    generator = torch.Generator().manual_seed(seed)
+    torch.rand(3, generator=generator)  # the crop and flip of `augmentation`: the colour comes after them
+    red, green, blue = torch.randint(0, 256, (3,), generator=generator).tolist()
+    return red, green, blue
+
+
+def check_conversion(channels: int, background: str) -> None:
+    """Raise a ValueError for channels other than 1, 3 or 4, or a background other than white, black or random."""
+    if channels not in (1, 3, 4):
+        raise ValueError(f"channels must be 1, 3 or 4, got {channels!r}")
+    if background not in (*BACKGROUNDS, "random"):
+        raise ValueError(f"background must be white, black or random, got {background!r}")
 
 
 def fit(image: Image.Image, size: tuple[int, int], crop_at: tuple[float, float] | None) -> Image.Image:
@@ -36,7 +65,7 @@ def fit(image: Image.Image, size: tuple[int, int], crop_at: tuple[float, float] 
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """``L`` / ``RGB`` image -> float32 ``(c, h, w)`` in [-1, 1]."""
+    """``L`` / ``RGB`` / ``RGBA`` image -> float32 ``(c, h, w)`` in [-1, 1]."""
     return to_unit(torch.from_numpy(to_pixels(image).copy()).permute(2, 0, 1))
 
 
@@ -56,7 +85,7 @@ def crop_corner(shape: tuple[int, int], size: tuple[int, int], crop_at: tuple[fl
 
 
 def to_pixels(image: Image.Image) -> np.ndarray:
-    """``L`` / ``RGB`` image -> ``(h, w, c)`` uint8."""
+    """``L`` / ``RGB`` / ``RGBA`` image -> ``(h, w, c)`` uint8."""
     array = np.asarray(image, dtype=np.uint8)
     return array[:, :, None] if array.ndim == 2 else array
 

@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
-from ..image import to_mode
+from ..image import WHITE, to_mode
 
 logger = logging.getLogger(__package__)  # "diffusion.data", for every module of the package
 
@@ -83,9 +83,10 @@ def walk_images(root: str | Path, tables: list[Path] | None = None) -> tuple[lis
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
-def load_image(path: str | Path | BinaryIO, channels: int) -> Image.Image:
+def load_image(path: str | Path | BinaryIO, channels: int, background: tuple[int, int, int] = WHITE) -> Image.Image:
     """Decode ``path`` (a file, or an open binary file) fully: first frame, EXIF orientation applied,
-    converted to ``channels``.
+    converted to ``channels`` (1 and 3 with transparency composited on the RGB colour ``background``; 4 keep
+    it, `image.to_mode`).
 
     Raises:
         OSError / ValueError / Image.DecompressionBombError: the file is not a usable image.
@@ -96,7 +97,7 @@ def load_image(path: str | Path | BinaryIO, channels: int) -> Image.Image:
             image.seek(0)
             image.load()
             image = ImageOps.exif_transpose(image)
-            return to_mode(image, channels)
+            return to_mode(image, channels, background)
 
 
 def printable(text: str) -> str:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .augment import fit, to_pixels
+from ..image import WHITE
+from .augment import Background, check_conversion, fit, to_pixels
 from .files import IMAGE_EXTENSIONS, ScanReport, class_labels, load_image, printable, scan, walk_images
 from .images import TrainingImages
 
@@ -19,7 +20,11 @@ logger = logging.getLogger(__package__)
 
 
 class ImageFolder(TrainingImages):
-    """A folder of images; ``report`` is what listing (or, with ``validate``, decoding) it found."""
+    """A folder of images; ``report`` is what listing (or, with ``validate``, decoding) it found.
+
+    ``channels`` 1 and 3 composite transparency on ``background`` (random: a colour per item, from its seed);
+    4 keep it as the alpha channel.
+    """
 
     def __init__(
         self,
@@ -30,11 +35,11 @@ class ImageFolder(TrainingImages):
         random_crop: bool = False,
         hflip: bool = True,
         validate: bool = False,
+        background: Background = "white",
     ) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        check_conversion(channels, background)
         self.root, self.source = Path(root), str(root)
-        self.size, self.channels = size, channels
+        self.size, self.channels, self.background = size, channels, background
         self.random_crop, self.hflip = random_crop, hflip
         self.validated = validate
         self.report = scan(root, size, channels) if validate else list_folder(root)
@@ -50,8 +55,10 @@ class ImageFolder(TrainingImages):
     def __len__(self) -> int:
         return len(self.report.files)
 
-    def read(self, index: int, crop_at: tuple[float, float] | None) -> np.ndarray:
-        return to_pixels(fit(load_image(self.report.files[index], self.channels), self.size, crop_at))
+    def read(
+        self, index: int, crop_at: tuple[float, float] | None, background: tuple[int, int, int] = WHITE
+    ) -> np.ndarray:
+        return to_pixels(fit(load_image(self.report.files[index], self.channels, background), self.size, crop_at))
 
     def name(self, index: int) -> str:
         return self.report.files[index].relative_to(self.root).as_posix()

@@ -8,7 +8,9 @@ A folder ``PREPARED`` written by ``diffusion-prepare`` holds::
     data-*.arrow
 
 Columns: ``image``, the pixels as a fixed-length ``uint8`` list of ``height * width * channels`` values
-in row-major (height, width, channels) order, the shape being the manifest's ``shape``; ``label``, a
+in row-major (height, width, channels) order, the shape being the manifest's ``shape``: 1 or 3 channels
+with transparency composited on the ``background`` of its settings (`prepared_settings`), or 4 (RGBA, the
+alpha channel kept, composited when training reads it); ``label``, a
 ``ClassLabel``, when the source has classes; ``path``, where each row came from. A fixed-length list is
 stored without offsets; datasets' ``Array3D`` stores an offset for every pixel row and column, which more
 than doubles the files.
@@ -38,6 +40,13 @@ def prepared_manifest(folder: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return manifest if manifest.get("format") == FORMAT else None
+
+
+def prepared_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The settings a manifest was prepared with; one written before the background was a setting was
+    prepared on white."""
+    settings = manifest.get("settings")
+    return {"background": "white"} | (settings if isinstance(settings, dict) else {})
 
 
 def is_prepared(folder: str | Path) -> bool:

@@ -21,8 +21,18 @@ from typing import Any
 from .. import __version__
 from ..io.files import check_writable, sha256_of, undo_new_folders, write_json
 from .arrow import ArrowImages
+from .augment import BACKGROUNDS
 from .files import printable, warn_skipped
-from .manifest import FORMAT, MANIFEST, VERSION, check_complete, check_files, prepared_manifest, read_manifest
+from .manifest import (
+    FORMAT,
+    MANIFEST,
+    VERSION,
+    check_complete,
+    check_files,
+    prepared_manifest,
+    prepared_settings,
+    read_manifest,
+)
 from .shards import class_names, decode_shards, default_shard_size, quiet, read_shards
 from .sources import open_images, require_datasets
 
@@ -47,6 +57,7 @@ def prepare(
     *,
     size: tuple[int, int],
     channels: int = 3,
+    background: str = "white",
     image_column: str | None = None,
     label_column: str | None = None,
     workers: int | None = None,
@@ -61,7 +72,9 @@ def prepare(
         out: the prepared dataset's folder: new, empty, or a preparation of the same settings (which is
             finished if interrupted, and checked against its manifest's checksums if complete).
         size: (height, width) of the stored images.
-        channels: 1 (grayscale) or 3 (RGB).
+        channels: 1 (grayscale) or 3 (RGB), transparency composited on ``background``; or 4 (RGBA, the alpha
+            channel kept: training composites it on the background it chooses).
+        background: white or black, for 1 and 3 channels.
         image_column, label_column: the columns of a dataset source (default: found by their type).
         workers: decoding processes (default: one per available core; 1 decodes in this process).
         shard_size: rows per shard (default: up to 1000, fewer when that many would pass 256 MiB).
@@ -78,7 +91,7 @@ def prepare(
             ``source`` decoding.
         FileNotFoundError: ``source`` does not exist.
     """
-    settings = _settings(source, size, channels, image_column, label_column)
+    settings = _settings(source, size, channels, background, image_column, label_column)
     size = (settings["size"][0], settings["size"][1])
     workers = _count("workers", workers, default=_available_cores())
     shard_size = _count("shard_size", shard_size, default=default_shard_size(size, channels))
@@ -90,7 +103,8 @@ def prepare(
             shutil.rmtree(out / PARTIAL, ignore_errors=True)  # left over if the last run stopped after its manifest
             return done
         require_datasets(source)
-        images = open_images(source, size=size, channels=channels, image_column=image_column, label_column=label_column)
+        columns = {"image_column": image_column, "label_column": label_column}
+        images = open_images(source, size=size, channels=channels, background=background, **columns)
         assert len(images) > 0, "open_images refuses a source without items"
         names = _names(images)
         shard_size = _begin(out, settings, names, _fingerprint(images), shard_size)
@@ -101,18 +115,32 @@ def prepare(
 
 
 def _settings(
-    source: str | os.PathLike, size: Sequence[int], channels: int, image_column: str | None, label_column: str | None
+    source: str | os.PathLike,
+    size: Sequence[int],
+    channels: int,
+    background: str,
+    image_column: str | None,
+    label_column: str | None,
 ) -> dict[str, Any]:
-    """What the prepared data depends on, as the manifest stores it; a local source by its absolute path."""
+    """What the prepared data depends on, as the manifest stores it; a local source by its absolute path, the
+    background as None for RGBA (nothing composited)."""
     if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
         raise ValueError(f"size must be (height, width) in positive integers, got {size!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if channels not in (1, 3, 4):
+        raise ValueError(f"channels must be 1, 3 or 4, got {channels!r}")
+    if background not in BACKGROUNDS:  # random is drawn per training item: prepare RGBA to train with it
+        raise ValueError(f"background must be white or black, got {background!r}")
+    if channels == 4 and background != "white":
+        raise ValueError(
+            f"--background {background} has no effect with --channels 4, which keeps transparency as the alpha "
+            "channel: leave --background out, or prepare at --channels 1 or 3"
+        )
     where = Path(source).resolve() if os.path.exists(source) else source
     return {
         "source": str(where),
         "size": [size[0], size[1]],
         "channels": channels,
+        "background": None if channels == 4 else background,
         "image_column": image_column,
         "label_column": label_column,
     }
@@ -203,7 +231,7 @@ def _claim(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, An
     if overwrite:
         _remove_prepared(out)
         return None
-    difference = _difference(manifest.get("settings"), settings)
+    difference = _difference(prepared_settings(manifest), settings)
     if manifest.get("complete"):
         check_complete(out, manifest)
         if difference:

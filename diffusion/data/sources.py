@@ -16,10 +16,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .augment import Background
 from .files import IMAGE_EXTENSIONS, TABLE_SUFFIXES, is_left_by_tools, printable
 from .folder import ImageFolder
 from .images import TrainingImages
-from .manifest import check_complete, check_files, prepared_manifest
+from .manifest import check_complete, check_files, prepared_manifest, prepared_settings
 
 logger = logging.getLogger(__package__)
 
@@ -33,29 +34,34 @@ def open_images(
     *,
     random_crop: bool = False,
     hflip: bool = True,
+    background: Background = "white",
     image_column: str | None = None,
     label_column: str | None = None,
 ) -> TrainingImages:
-    """The training images ``data`` names, fitted to ``size`` (height, width) with ``channels``.
+    """The training images ``data`` names, fitted to ``size`` (height, width) with ``channels``; at 1 and 3
+    channels, transparency is composited on ``background`` (random: a colour per item, from its seed).
 
     Raises:
         FileNotFoundError: ``data`` is neither a folder, a file of a dataset nor a Hub name.
-        ValueError: a source without images, an unknown column, an interrupted preparation, or a Hugging
-            Face source without the ``datasets`` package.
+        ValueError: a source without images, an unknown column, an interrupted preparation, a prepared dataset
+            whose stored pixels cannot give ``channels`` on ``background``, or a Hugging Face source without
+            the ``datasets`` package.
     """
-    path, options = Path(data), {"random_crop": random_crop, "hflip": hflip}
+    path, options = Path(data), {"random_crop": random_crop, "hflip": hflip, "background": background}
     columns = {"image_column": image_column, "label_column": label_column}
     manifest = prepared_manifest(path)  # ours only: another tool's manifest.json beside images is no concern
     if manifest is not None:
         check_complete(path, manifest)
         check_files(path, manifest)  # sizes only: the checksums are diffusion-prepare's to verify
         dataset = require_datasets(data).load_from_disk(str(path))
-        images = _arrow_images(dataset, data, size, channels, options, columns, tuple(manifest["shape"]))
+        composited_on = prepared_settings(manifest)["background"]
+        prepared = {"shape": tuple(manifest["shape"]), "composited_on": composited_on}
+        images = _arrow_images(dataset, data, size, channels, options | prepared, columns)
         images.known_skipped = int(manifest.get("counts", {}).get("skipped", 0))
         return images
     dataset = _huggingface_dataset(path, str(data))
     if dataset is not None:
-        return _arrow_images(dataset, data, size, channels, options, columns, None)
+        return _arrow_images(dataset, data, size, channels, options, columns)
     if image_column or label_column:
         flag = "--image-column" if image_column else "--label-column"
         raise ValueError(f"{flag} is for Hugging Face datasets; {printable(str(data))} is a folder of images")
@@ -63,11 +69,11 @@ def open_images(
 
 
 def _arrow_images(
-    dataset: Any, data: str | Path, size: tuple[int, int], channels: int, options: dict, columns: dict, shape
+    dataset: Any, data: str | Path, size: tuple[int, int], channels: int, options: dict, columns: dict
 ) -> TrainingImages:
     from .arrow import ArrowImages
 
-    return ArrowImages(dataset, printable(str(data)), size, channels, **options, **columns, shape=shape)
+    return ArrowImages(dataset, printable(str(data)), size, channels, **options, **columns)
 
 
 def _huggingface_dataset(path: Path, data: str) -> Any | None:

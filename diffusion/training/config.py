@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 from ..config import check_types, config_from_dict, config_to_dict, validate_literals
+from ..data import Background
 from ..io.files import read_json
 from ..io.model_folder import run_sampler
 from ..models import UNet, UNetConfig, preset
@@ -40,7 +41,8 @@ class TrainConfig:
     data: str = ""  # folder of images (searched recursively), prepared dataset, or Hugging Face dataset
     out: str = ""  # output folder for checkpoints, samples, logs and the final model
     image_size: tuple[int, int] | None = None  # N or HxW (height x width) to train at; None: the preset's size
-    channels: Literal[1, 3] = 3  # 1 grayscale, 3 RGB; images are converted
+    channels: Literal[1, 3, 4] = 3  # 1 grayscale, 3 RGB, 4 RGBA (alpha kept, 255 where opaque); images are converted
+    background: Background = "white"  # what transparency is composited on at 1/3 channels; random: seeded, per item
     random_crop: bool = False  # random instead of center crop after resizing the shorter side
     hflip: bool = True  # random horizontal flips
     num_workers: int = 0  # data-loading worker processes
@@ -129,6 +131,11 @@ class TrainConfig:
             raise ValueError(f"--cond-drop-prob must be in [0, 1], got {self.cond_drop_prob!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.channels == 4 and self.background != "white":
+            raise ValueError(
+                f"--background {self.background} has no effect with --channels 4, which keeps transparency as the "
+                "alpha channel: leave --background out, or train at --channels 1 or 3"
+            )
         if self.zero_terminal_snr and self.prediction_type == "epsilon":
             raise ValueError(
                 "--zero-terminal-snr needs --prediction-type v_prediction or sample: at zero SNR the noise "

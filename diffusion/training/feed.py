@@ -61,6 +61,7 @@ def _open(config: TrainConfig, size: tuple[int, int]) -> TrainingImages:
         config.channels,
         random_crop=config.random_crop,
         hflip=config.hflip,
+        background=config.background,
         image_column=config.image_column,
         label_column=config.label_column,
     )
@@ -73,7 +74,8 @@ def decoded_folder(images: TrainingImages, config: TrainConfig) -> ImageFolder |
         return None
     logger.info("decoding every file of %s, as the run being resumed did at its start ...", printable(config.data))
     c = config
-    return ImageFolder(c.data, images.size, c.channels, random_crop=c.random_crop, hflip=c.hflip, validate=True)
+    options = {"random_crop": c.random_crop, "hflip": c.hflip, "background": c.background}
+    return ImageFolder(c.data, images.size, c.channels, **options, validate=True)
 
 
 def micro_batches(

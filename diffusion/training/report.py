@@ -195,7 +195,9 @@ def model_card(
     config = _portable_paths(config, start_folder)
     height, width = unet.sample_size
     kind = "class-conditional" if class_names else "unconditional"
-    colour = "grayscale" if config.channels == 1 else "RGB"
+    colour = {1: "grayscale", 3: "RGB", 4: "RGBA"}[config.channels]
+    if config.channels != 4 and config.background != "white":
+        colour += ", transparency on " + ("black" if config.background == "black" else "a random colour per item")
     rows = [
         ("architecture", _architecture(config, unet, unet_overrides, parameters, len(class_names))),
         ("conditioning", _conditioning(config, class_names, guidance_scale)),

@@ -69,14 +69,57 @@ def test_python_m_entry_point(image_folder, tmp_path):
             ["--size", "0"],
             "argument --size/--prepare-size: expected N or HxW with positive sides, got '0' (see --help)",
         ),
-        (["--size", "8", "--channels", "2"], "argument --channels: invalid choice: 2 (choose from 1, 3) (see --help)"),
+        (
+            ["--size", "8", "--channels", "2"],
+            "argument --channels: invalid choice: 2 (choose from 1, 3, 4) (see --help)",
+        ),
+        (
+            ["--size", "8", "--background", "random"],
+            "argument --background: invalid choice: 'random' (choose from 'white', 'black') (see --help)",
+        ),
+        (
+            ["--size", "8", "--channels", "4", "--background", "black"],
+            "--background black has no effect with --channels 4, which keeps transparency as the alpha channel: "
+            "leave --background out, or prepare at --channels 1 or 3",
+        ),
     ],
 )
 def test_bad_flags_exit_2_in_one_line(image_folder, tmp_path, capsys, flags, error):
-    with pytest.raises(SystemExit) as stopped:
-        prepare_main([str(image_folder), "--out", str(tmp_path / "out"), *flags])
-    assert stopped.value.code == 2
+    try:
+        code = prepare_main([str(image_folder), "--out", str(tmp_path / "out"), *flags])
+    except SystemExit as stopped:  # argparse's own errors
+        code = stopped.code
+    assert code == 2
     assert capsys.readouterr().err == f"diffusion-prepare: error: {error}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_rgba_and_a_black_background_are_recorded_and_a_change_of_them_is_refused(tmp_path, capsys):
+    source = tmp_path / "images"
+    source.mkdir()
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[:4, :4] = (10, 20, 30, 255)  # the rest is fully transparent
+    Image.fromarray(rgba).save(source / "a.png")
+    rgba_out, black_out = tmp_path / "rgba", tmp_path / "black"
+    flags = ["--size", "8", "--workers", "1"]
+
+    assert prepare_main([str(source), "--out", str(rgba_out), "--channels", "4", *flags]) == 0
+    assert capsys.readouterr().out == f"prepared 1 images (0 skipped) of 8x8x4 into {rgba_out}\n"
+    assert json.loads((rgba_out / "manifest.json").read_text())["settings"]["background"] is None
+    assert prepare_main([str(source), "--out", str(black_out), "--background", "black", *flags]) == 0
+    assert capsys.readouterr().out == f"prepared 1 images (0 skipped) of 8x8x3 into {black_out}\n"
+    assert json.loads((black_out / "manifest.json").read_text())["settings"]["background"] == "black"
+
+    assert prepare_main([str(source), "--out", str(black_out), *flags]) == 2  # white, the default
+    assert capsys.readouterr().err == (
+        f"diffusion-prepare: error: {black_out} holds a dataset prepared with background black, not white: add "
+        "--overwrite to replace it, or give another --out\n"
+    )
+    assert prepare_main([str(source), "--out", str(rgba_out), *flags]) == 2
+    assert capsys.readouterr().err == (
+        f"diffusion-prepare: error: {rgba_out} holds a dataset prepared with channels 4, not 3: add --overwrite "
+        "to replace it, or give another --out\n"
+    )
 
 
 def test_missing_source_exits_2_and_creates_nothing(tmp_path, capsys):

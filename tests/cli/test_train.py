@@ -158,3 +158,31 @@ def test_train_counts_heads_with_head_channels_null_in_a_model_config(tiny_image
 def test_train_image_size_help_says_n_or_hxw():
     text = " ".join(cli.train_parser().format_help().split())
     assert "--image-size IMAGE_SIZE N or HxW (height x width) to train at; None: the preset's size" in text
+
+
+def test_train_background_and_channels_help_say_what_they_do():
+    text = " ".join(cli.train_parser().format_help().split())
+    assert (
+        "--channels {1,3,4} 1 grayscale, 3 RGB, 4 RGBA (alpha kept, 255 where opaque); images are converted "
+        "(default: 3)" in text
+    )
+    assert (
+        "--background {white,black,random} what transparency is composited on at 1/3 channels; random: seeded, per "
+        "item (default: 'white')" in text
+    )
+
+
+@pytest.mark.parametrize(
+    "args", [["--background", "black"], ["--channels", "4"], ["--channels", "1", "--background", "random"]]
+)
+def test_train_passes_background_and_channels_on(tiny_image_folder, tmp_path, recorded, args):
+    assert cli.train_main(train_base(tiny_image_folder, tmp_path / "out") + args) == 0
+    (trainer,) = recorded
+    channels = int(args[args.index("--channels") + 1]) if "--channels" in args else 3
+    background = args[args.index("--background") + 1] if "--background" in args else "white"
+    assert (trainer.config.channels, trainer.config.background) == (channels, background)
+    assert (trainer.unet_config.in_channels, trainer.dataset.channels, trainer.dataset.background) == (
+        channels,
+        channels,
+        background,
+    )

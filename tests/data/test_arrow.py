@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.data import ImageFolder, augmentation, crop, fit, load_image, to_pixels
+from diffusion.data import ImageFolder, augmentation, background_colour, crop, fit, load_image, to_pixels
 from diffusion.data.arrow import ArrowImages
+from diffusion.image import to_mode
 
 SOURCE = "src"  # what the messages call the dataset
 SEEDS = range(12)
@@ -97,6 +98,25 @@ def test_an_image_column_gives_what_a_folder_of_the_same_files_gives(tmp_path, s
     folder = ImageFolder(tmp_path / "folder", (8, 8), channels, random_crop=random_crop)
     assert torch.equal(folder.batch(keys).images, batch.images)
     assert [dataset.name(i) for i in range(3)] == ["row 0", "row 1", "row 2"]
+
+
+@pytest.mark.parametrize(("channels", "background"), [(3, "black"), (1, "random"), (4, "white")])
+def test_an_image_column_of_rgba_images_gives_what_a_folder_gives_on_its_background(tmp_path, channels, background):
+    arrays = [_noise(8, 8, 4, seed=s) for s in range(2)]  # alpha of every value, 0 and 255 included
+    for i, array in enumerate(arrays):
+        (tmp_path / "folder").mkdir(exist_ok=True)
+        Image.fromarray(array).save(tmp_path / "folder" / f"{i}.png")
+    dataset = ArrowImages(
+        _encoded([Image.fromarray(a) for a in arrays]), SOURCE, (8, 8), channels, background=background
+    )
+    folder = ImageFolder(tmp_path / "folder", (8, 8), channels, background=background)
+    keys = [(i, seed) for seed in SEEDS for i in range(2)]
+    batch = dataset.batch(keys)
+    assert batch.images.shape == (len(keys), channels, 8, 8)
+    assert torch.equal(folder.batch(keys).images, batch.images)
+    colour = (0, 0, 0) if background == "black" else background_colour(background, 0)
+    expected = to_pixels(to_mode(Image.fromarray(arrays[0]), channels, colour))
+    np.testing.assert_array_equal(dataset.read(0, None, colour), expected)
 
 
 def test_an_image_column_of_another_name_is_found_when_it_is_the_only_one():
@@ -216,7 +236,7 @@ def test_no_image_column_to_choose_is_one_line_naming_the_columns(columns):
 def test_an_empty_dataset_and_other_channel_counts_are_refused():
     with pytest.raises(ValueError, match=r"^src has no rows$"):
         ArrowImages(_encoded([]), SOURCE, (8, 8), 3)
-    with pytest.raises(ValueError, match=r"^channels must be 1 or 3, got 2$"):
+    with pytest.raises(ValueError, match=r"^channels must be 1, 3 or 4, got 2$"):
         ArrowImages(_encoded([Image.fromarray(_noise(8, 8))]), SOURCE, (8, 8), 2)
 
 
@@ -306,6 +326,69 @@ def test_prepared_with_other_channels_is_refused():
     message = "src was prepared with 3 channel(s): train it with --channels 3, or prepare it again with --channels 1"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         ArrowImages(_prepared(pixels), SOURCE, (8, 8), 1, shape=(8, 8, 3))
+
+
+def _rgba_noise(height: int, width: int, seed: int) -> np.ndarray:
+    """RGBA noise whose alpha takes every value, 0 and 255 included."""
+    return _noise(height, width, 4, seed)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("background", ["black", "random"])
+def test_prepared_rgba_with_random_crop_is_composited_on_each_items_background(channels, background):
+    pixels = np.stack([_rgba_noise(12, 16, seed=s) for s in range(2)])  # stored 12x16 RGBA, trained at 8x8
+    dataset = ArrowImages(
+        _prepared(pixels), SOURCE, (8, 8), channels, random_crop=True, background=background, shape=(12, 16, 4),
+        composited_on=None,
+    )  # fmt: skip
+    keys = [(i, seed) for i in range(2) for seed in SEEDS]
+    for (i, seed), got in zip(keys, _hwc(dataset.batch(keys).images), strict=True):
+        crop_at, flip = augmentation(seed)
+        colour = (0, 0, 0) if background == "black" else background_colour("random", seed)
+        window = to_pixels(to_mode(Image.fromarray(crop(pixels[i], (8, 8), crop_at)), channels, colour))
+        np.testing.assert_array_equal(got, window[:, ::-1] if flip else window, err_msg=f"item {i}, seed {seed}")
+
+
+def test_prepared_rgba_at_four_channels_is_as_stored():
+    pixels = np.stack([_rgba_noise(8, 8, seed=s) for s in range(2)])
+    dataset = ArrowImages(_prepared(pixels), SOURCE, (8, 8), 4, hflip=False, shape=(8, 8, 4), composited_on=None)
+    np.testing.assert_array_equal(_hwc(dataset.batch([(0, 0), (1, 1)]).images), pixels)
+
+
+@pytest.mark.parametrize(
+    ("channels", "background", "message"),
+    [
+        (
+            4,
+            "white",
+            "src was prepared with 3 channel(s), its transparency composited on white: prepare it with "
+            "diffusion-prepare --channels 4 to train with --channels 4",
+        ),
+        (
+            3,
+            "black",
+            "src was prepared with its transparency composited on white, so --background black cannot apply: train it "
+            "with --background white, or prepare it with diffusion-prepare --channels 4 to choose the background at "
+            "training time",
+        ),
+        (
+            3,
+            "random",
+            "src was prepared with its transparency composited on white, so --background random cannot apply: train "
+            "it with --background white, or prepare it with diffusion-prepare --channels 4 to choose the background "
+            "at training time",
+        ),
+    ],
+)
+def test_prepared_composited_pixels_refuse_another_background_or_four_channels(channels, background, message):
+    pixels = np.stack([_noise(8, 8, seed=s) for s in range(2)])
+    with pytest.raises(ValueError) as refused:
+        ArrowImages(_prepared(pixels), SOURCE, (8, 8), channels, background=background, shape=(8, 8, 3))
+    assert str(refused.value) == message
+    on_black = ArrowImages(
+        _prepared(pixels), SOURCE, (8, 8), 3, background="black", shape=(8, 8, 3), composited_on="black"
+    )
+    np.testing.assert_array_equal(on_black.pixels(1), pixels[1])  # composited on black, trained on black
 
 
 # ---------------------------------------------------------------------------------------------------

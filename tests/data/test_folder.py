@@ -464,10 +464,10 @@ def test_scan_skips_decompression_bombs(tmp_path, monkeypatch):
     ]
 
 
-@pytest.mark.parametrize("channels", [0, 2, 4])
+@pytest.mark.parametrize("channels", [0, 2, 5])
 def test_image_folder_rejects_other_channel_counts(tmp_path, channels):
     _write(tmp_path / "a.png", _noise(8, 8))
-    with pytest.raises(ValueError, match=f"channels must be 1 or 3, got {channels}"):
+    with pytest.raises(ValueError, match=f"channels must be 1, 3 or 4, got {channels}"):
         ImageFolder(tmp_path, (8, 8), channels)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.data import Batch, ImageFolder, augmentation, crop, scan, to_unit
+from diffusion.data import Batch, ImageFolder, augmentation, background_colour, crop, scan, to_unit
 
 SEEDS = range(16)  # enough seeds that both flip outcomes and several crop positions occur
 
@@ -146,3 +146,73 @@ def test_a_source_where_nothing_decodes_raises(tmp_path):
         dataset.batch([(1, 0)])
     with pytest.raises(ValueError, match="no item of"):
         dataset[(0, 0)]
+
+
+# ----- transparency: the background of 1 and 3 channels, the alpha channel of 4 -----
+
+
+def _rgba(seed: int = 0) -> np.ndarray:
+    """An 8x8 RGBA noise image: fully transparent in its top-left 3x3 corner, half at (7, 7), opaque elsewhere."""
+    array = np.dstack([_noise(8, 8, seed), np.full((8, 8), 255, dtype=np.uint8)])
+    array[:3, :3, 3] = 0
+    array[7, 7, 3] = 128
+    return array
+
+
+def _on(colour: tuple[int, int, int], channels: int) -> tuple[int, ...]:
+    """``colour`` as the pixel of an image of ``channels``: RGB, or PIL's luma of it (ITU-R 601-2)."""
+    return colour if channels == 3 else (Image.new("RGB", (1, 1), colour).convert("L").getpixel((0, 0)),)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("background", ["white", "black", "random"])
+def test_transparent_pixels_are_the_background_colour_of_each_item(tmp_path, channels, background):
+    array = _rgba()
+    _write(tmp_path / "a.png", array)
+    dataset = ImageFolder(tmp_path, (8, 8), channels, hflip=False, background=background)
+    batch = dataset.batch([(0, seed) for seed in SEEDS])
+    named = {"white": (255, 255, 255), "black": (0, 0, 0)}
+    for seed, image in zip(SEEDS, batch.images, strict=True):
+        colour = named[background] if background in named else background_colour("random", seed)
+        corner = torch.tensor(_on(colour, channels), dtype=torch.uint8)[:, None, None].expand(channels, 3, 3)
+        assert torch.equal(image[:, :3, :3], corner), seed
+        if channels == 3:  # opaque pixels are the file's
+            assert torch.equal(image[:, 3:7, 3:7], _chw(array[3:7, 3:7, :3]))
+    corners = {tuple(image[:, 0, 0].tolist()) for image in batch.images}
+    assert len(corners) == (len(SEEDS) if background == "random" else 1)  # 16 seeds, 16 colours (and lumas)
+
+
+def test_a_random_background_is_the_seeds_in_any_batch_and_instance(tmp_path):
+    _write(tmp_path / "a.png", _rgba())
+    keys = [(0, 5), (0, 9), (0, 5)]
+    batch = ImageFolder(tmp_path, (8, 8), 3, hflip=False, background="random").batch(keys)
+    again = ImageFolder(tmp_path, (8, 8), 3, hflip=False, background="random").batch([keys[1]])
+    assert batch.images[:, :, 0, 0].tolist() == [list(background_colour("random", seed)) for _, seed in keys]
+    assert torch.equal(batch.images[0], batch.images[2]) and torch.equal(again.images[0], batch.images[1])
+    assert background_colour("random", 5) != background_colour("random", 9)
+
+
+def test_an_undecodable_item_is_replaced_on_its_own_keys_background(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    _write(tmp_path / "b.png", _rgba())
+    dataset = ImageFolder(tmp_path, (8, 8), 3, hflip=False, background="random")
+    replaced = dataset.batch([(0, 3)])
+    assert replaced.skipped[0][0] == "a.png"
+    assert torch.equal(replaced.images[0], dataset.batch([(1, 3)]).images[0])
+    assert replaced.images[0, :, 0, 0].tolist() == list(background_colour("random", 3))
+
+
+def test_four_channels_keep_the_files_alpha_and_an_opaque_file_gets_255(tmp_path):
+    rgba, rgb = _rgba(), _noise(8, 8, seed=1)
+    _write(tmp_path / "a.png", rgba)
+    _write(tmp_path / "b.png", rgb)
+    palette = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8), mode="P")
+    palette.putpalette([v for i in range(256) for v in (i, 255 - i, i // 2)])
+    palette.save(tmp_path / "c.png", transparency=0)  # palette entry 0 (the top-left pixel) is transparent
+    batch = ImageFolder(tmp_path, (8, 8), 4, hflip=False).batch([(0, 0), (1, 1), (2, 2)])
+    assert batch.images.shape == (3, 4, 8, 8) and batch.images.dtype == torch.uint8
+    assert torch.equal(batch.images[0], _chw(rgba))  # alpha 0, 128 and 255 as in the file
+    assert torch.equal(batch.images[1], _chw(np.dstack([rgb, np.full((8, 8), 255, dtype=np.uint8)])))
+    alpha = batch.images[2, 3]
+    assert alpha[0, 0].item() == 0 and alpha.flatten()[1:].tolist() == [255] * 63
+    assert batch.images[2, :3, 0, 1].tolist() == [1, 254, 0]  # entry 1 of the palette

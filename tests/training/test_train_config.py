@@ -50,3 +50,17 @@ def test_a_batch_the_processes_cannot_share_is_refused():
     message = r"^--batch-size 6 must be divisible by --grad-accum \(2\) times the number of processes \(2\)$"
     with pytest.raises(ValueError, match=message):
         model_config(c, num_processes=2)
+
+
+def test_a_background_is_one_of_its_choices_and_refused_with_four_channels():
+    with pytest.raises(ValueError, match=r"^unknown background 'grey'; expected one of 'white', 'black', 'random'$"):
+        run(background="grey")
+    with pytest.raises(ValueError) as refused:
+        run(channels=4, background="random")
+    assert str(refused.value) == (
+        "--background random has no effect with --channels 4, which keeps transparency as the alpha channel: leave "
+        "--background out, or train at --channels 1 or 3"
+    )
+    assert (run(channels=4).background, run().background) == ("white", "white")
+    unet = model_config(run(channels=4))
+    assert (unet.in_channels, unet.out_channels) == (4, None)  # None: as many as in_channels

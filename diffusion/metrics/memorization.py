@@ -12,7 +12,10 @@ space (flattened pixels, or a network's features):
   Models", section 5), who divide the nearest distance by an average over several nearest training images;
   here the second nearest alone. The ratio, not the distance, is the test because a copy is close to *one*
   training image, while a blend of several (or a plain, common image) is about as close to its second
-  neighbour as to its first; a small ratio means "this one", whatever the distance's scale in the space;
+  neighbour as to its first; a small ratio means "this one", whatever the distance's scale in the space.
+  Its blind spot: a training image with a near-duplicate (an emoji and its skin-tone variations) has a
+  second neighbour almost as near as the first, so a copy of it is not counted here; (a) and (c) still
+  show it;
 - (c) ``closest``: the samples nearest to the training set, each with its nearest training image.
 """
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .arguments import check_size
-from .image import MODES, to_mode
+from .image import MODES, WHITE, to_mode
 from .models import UNetConfig
 from .rng import Generators, randn_tensor
 from .schedulers import Scheduler, registered_name
@@ -40,12 +40,15 @@ def effective_strength(strength: float | None, inpainting: bool) -> float:
     return 1.0 if inpainting else DEFAULT_STRENGTH
 
 
-def images_to_tensor(images: ImageInput, channels: int, what: str = "image") -> torch.Tensor:
+def images_to_tensor(
+    images: ImageInput, channels: int, what: str = "image", background: tuple[int, int, int] = WHITE
+) -> torch.Tensor:
     """PIL image(s), or a float tensor ``(c, h, w)`` / ``(n, c, h, w)`` in [0, 1] -> ``(n, c, h, w)`` in [-1, 1].
 
-    PIL images are converted to the model's channels (see `diffusion.image.to_mode`): for 4 channels
-    (RGBA) alpha is kept, and an image without it is opaque (alpha 255); a model of another channel
-    count than 1, 3 or 4 takes tensors only.
+    PIL images are converted to the model's channels (see `diffusion.image.to_mode`): for 1 and 3 channels
+    transparency is composited on the RGB colour ``background`` (the pipeline passes its model's,
+    `diffusion.image.input_background`); for 4 channels (RGBA) alpha is kept, and an image without it is
+    opaque (alpha 255); a model of another channel count than 1, 3 or 4 takes tensors only.
 
     Raises:
         ValueError: for another type, wrong channels, values outside [0, 1] or unequal sizes.
@@ -74,7 +77,7 @@ def images_to_tensor(images: ImageInput, channels: int, what: str = "image") -> 
     sizes = {i.size for i in images}
     if len(sizes) > 1:
         raise ValueError(f"{what}s must all have one size, got {sorted(sizes)}")
-    arrays = [np.asarray(to_mode(i, channels), dtype=np.float32) for i in images]
+    arrays = [np.asarray(to_mode(i, channels, background), dtype=np.float32) for i in images]
     x = torch.from_numpy(np.stack(arrays)).reshape(len(images), *arrays[0].shape[:2], channels)
     return x.permute(0, 3, 1, 2) / 127.5 - 1  # (n, c, h, w)
 
@@ -192,15 +195,17 @@ def prepare_edit(
     size: tuple[int, int] | None,
     unet: UNetConfig,
     sampler: Scheduler,
+    background: tuple[int, int, int] = WHITE,
 ) -> Edit:
-    """Check and convert an editing call's inputs for ``unet`` and the ``sampler`` (timesteps set).
+    """Check and convert an editing call's inputs for ``unet`` and the ``sampler`` (timesteps set); PIL images
+    with transparency are composited on ``background`` at 1 and 3 channels (`images_to_tensor`).
 
     Raises:
         ValueError: for image or mask counts other than 1 or ``num_images``, sides the model cannot
             take, a ``size`` other than the image's, strength outside [0, 1], a mask of another size, or a
             sampler with more than one evaluation per step (Heun), where editing cannot start or jump back.
     """
-    x0 = images_to_tensor(image, unet.in_channels)
+    x0 = images_to_tensor(image, unet.in_channels, background=background)
     if len(x0) not in (1, num_images):
         raise ValueError(f"got {len(x0)} images for {num_images} outputs; give one, or one per output")
     x0 = x0.expand(num_images, *x0.shape[1:])

@@ -7,6 +7,7 @@ cannot keep partial alpha or where many images meet: grids and GIFs (`on_checker
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,7 +27,12 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 WHITE = (255, 255, 255)
+BLACK = (0, 0, 0)
+# What transparency is composited on at 1 and 3 channels: a named colour, or one drawn per item from its seed
+# (`diffusion.data.augment.background_colour`); a model records the one it was trained on.
+Background = Literal["white", "black", "random"]
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # the PIL mode of each channel count
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")  # the PIL modes with an alpha channel
 CHECKER_SQUARE = 4  # side in pixels of the checkerboard squares transparency is shown on
 CHECKER_GREYS = (204, 153)  # the light and the dark squares; each image's top-left square is light
 
@@ -35,18 +41,34 @@ def to_mode(image: Image.Image, channels: int, background: tuple[int, int, int] 
     """Convert any PIL mode to ``L`` (1 channel), ``RGB`` (3) or ``RGBA`` (4).
 
     For 1 and 3 channels transparency is composited on ``background`` (an RGB colour); 4 channels keep it
-    (an image without an alpha channel becomes opaque).
+    (an image without an alpha channel becomes opaque), with RGB 0 wherever alpha is 0, as Pillow's
+    premultiplied resize leaves it: what a file stores under full transparency never matters.
+
+    Raises:
+        ValueError: ``channels`` other than 1, 3 or 4.
     """
+    if channels not in MODES:
+        raise ValueError(f"images convert to 1 (L), 3 (RGB) or 4 (RGBA) channels, not {channels!r}")
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         image = _to_8bit(image)
     if "transparency" in image.info:  # a palette entry or colour key marks transparent pixels
         image = image.convert("RGBA")
     if channels == 4:
-        return image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = np.array(image.convert("RGBA"))  # (h, w, 4)
+        rgba[rgba[:, :, 3] == 0] = 0
+        return Image.fromarray(rgba)  # (h, w, 4) uint8: RGBA
+    if image.mode in ALPHA_MODES:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba)
     return image.convert(MODES[channels])
+
+
+def input_background(background: Background | None) -> tuple[int, int, int]:
+    """The RGB colour that the transparency of a 1- or 3-channel model's input images (img2img, inversion,
+    evaluation references) is composited on, for a model trained on ``background`` (white, black, random;
+    None: white): its own colour, and white for random, which has no one colour: give such a model opaque
+    images, or train it with ``--channels 4``."""
+    return BLACK if background == "black" else WHITE
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -67,7 +89,7 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 def has_alpha(image: Image.Image) -> bool:
     """Whether ``image`` can be (partly) transparent: an alpha channel, or a transparent palette entry."""
-    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    return image.mode in ALPHA_MODES or "transparency" in image.info
 
 
 def checkerboard(size: tuple[int, int]) -> Image.Image:

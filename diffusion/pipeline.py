@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from .editing import (
     images_to_tensor,
 )
 from .guidance import RANDOM_CLASSES, check_guidance, class_label_tensor
-from .image import to_pil
+from .image import Background, input_background, to_pil
 from .io.diffusers_folder import save_diffusers
 from .io.model_folder import FORMAT_NAME, read_model_folder, write_model_folder
 from .latents import check_fixed_point_iterations, interpolation_end, interpolation_latents, invert_batches
@@ -74,15 +74,23 @@ class DiffusionPipeline:
         unet: the noise predictor.
         scheduler: the default sampler; any other is one argument away (``scheduler="ddpm"``).
         class_names: the training folder's class names, if any.
+        background: what training composited transparency on at 1 and 3 channels (``--background``: white,
+            black or random); the transparency of PIL images given to editing and `invert` is composited
+            on it, and on white for random (`diffusion.image.input_background`).
     """
 
-    def __init__(self, unet: UNet, scheduler: Scheduler, class_names: Sequence[str] = ()) -> None:
+    def __init__(
+        self, unet: UNet, scheduler: Scheduler, class_names: Sequence[str] = (), background: Background = "white"
+    ) -> None:
         num_classes = unet.config.num_classes
         if class_names and num_classes is not None and len(class_names) != num_classes:
             raise ValueError(f"got {len(class_names)} class names for a model of {num_classes} classes")
+        if background not in get_args(Background):
+            raise ValueError(f"background must be one of {', '.join(get_args(Background))}, got {background!r}")
         self.unet = unet.eval()
         self.scheduler = scheduler
         self.class_names = list(class_names)
+        self.background = background
         self.memory_format = torch.contiguous_format  # of the UNet's inputs; see `to`
         self._compiled: tuple[UNet, Callable[..., torch.Tensor]] | None = None  # (unet, its compiled form)
 
@@ -192,11 +200,11 @@ class DiffusionPipeline:
         """
         if format == "diffusers":
             registered, _ = resolve_scheduler_name(self.scheduler_name())
-            save_diffusers(self.unet, registered, self.scheduler, path, self.class_names)
+            save_diffusers(self.unet, registered, self.scheduler, path, self.class_names, background=self.background)
             return
         if format != FORMAT_NAME:
             raise ValueError(f"unknown format {format!r}; expected {FORMAT_NAME!r} or 'diffusers'")
-        write_model_folder(path, self.unet, self.scheduler, self.scheduler_name(), self.class_names)
+        write_model_folder(path, self.unet, self.scheduler, self.scheduler_name(), self.class_names, self.background)
 
     @classmethod
     def from_pretrained(
@@ -322,8 +330,9 @@ class DiffusionPipeline:
                 conditional, larger follows the class more closely. None means `DEFAULT_GUIDANCE_SCALE`
                 when ``class_labels`` are given. Each step then evaluates both branches in one batch.
             guidance_rescale: φ in [0, 1] of guidance rescale (Lin et al. 2024); 0 is off.
-            image: the image(s) to edit: a PIL image (converted to the model's L, RGB or RGBA), a list, or a
-                ``(c, h, w)`` / ``(n, c, h, w)`` tensor in [0, 1]; one for all ``num_images``. Alone: img2img (SDEdit).
+            image: the image(s) to edit: a PIL image (converted to the model's L, RGB or RGBA; transparency on
+                `background`), a list, or a ``(c, h, w)`` / ``(n, c, h, w)`` tensor in [0, 1]; one for all
+                ``num_images``. Alone: img2img (SDEdit).
             strength: how much of the sampling to redo, in [0, 1]: 0 returns ``image``, 1 ignores it
                 (inpainting still keeps its known pixels). Default 0.8 for img2img, 1 for inpainting.
             mask_image: inpainting mask of the image's size, white (> 0.5) where to regenerate.
@@ -386,7 +395,7 @@ class DiffusionPipeline:
         than 100 plain steps, at less cost.
 
         Args:
-            images: PIL image(s) or a ``(n, c, h, w)`` tensor in [0, 1].
+            images: PIL image(s) (transparency on `background`) or a ``(n, c, h, w)`` tensor in [0, 1].
             num_inference_steps: n, the DDIM steps.
             class_labels, guidance_scale: as in `__call__`, for a class-conditional model.
             fixed_point_iterations: extra model evaluations per step that refine ε̂; 0 is plain DDIM inversion.
@@ -396,7 +405,7 @@ class DiffusionPipeline:
         Returns:
             float32 ``(n, c, h, w)`` latents on the CPU, of unit variance like sampling's initial noise.
         """
-        x0 = images_to_tensor(images, self.unet.config.in_channels)
+        x0 = images_to_tensor(images, self.unet.config.in_channels, background=input_background(self.background))
         check_size(tuple(x0.shape[-2:]), self.unet.config, "the image")
         labels = self.class_label_tensor(class_labels, len(x0))
         scale = self._guidance(labels, guidance_scale, 0.0)

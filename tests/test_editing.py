@@ -9,6 +9,7 @@ from PIL import Image
 
 from diffusion import DiffusionPipeline
 from diffusion.editing import images_to_tensor, mask_to_tensor, renoise, start_index, visit_order
+from diffusion.image import to_mode
 from diffusion.schedulers import SCHEDULER_NAMES, get_scheduler, randn_tensor
 
 EDITING_SAMPLERS = [name for name in SCHEDULER_NAMES if name != "heun"]
@@ -254,13 +255,24 @@ def test_rgba_inputs_keep_their_alpha_and_other_images_become_opaque():
         images_to_tensor(torch.rand(1, 3, 2, 2), 4)
 
 
+def test_rgba_inputs_of_one_and_three_channel_models_are_composited_on_the_background_given():
+    pixels = np.array([[[200, 0, 0, 0], [0, 255, 0, 255]]], dtype=np.uint8)  # transparent red, opaque green
+    image = Image.fromarray(pixels)
+    assert images_to_tensor(image, 3)[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]  # white by default
+    black = images_to_tensor(image, 3, background=(0, 0, 0))[0]  # (3, 1, 2)
+    assert black[:, 0, 0].tolist() == [-1.0, -1.0, -1.0] and black[:, 0, 1].tolist() == [-1.0, 1.0, -1.0]
+    assert images_to_tensor(image, 1, background=(0, 0, 0))[0, 0, 0, 0].item() == -1.0
+
+
 def test_img2img_and_inpainting_of_an_rgba_model_give_rgba_images(rgba_pipe, mask):
     rng = np.random.default_rng(3)
     picture = Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), mode="RGBA")
+    read = np.asarray(to_mode(picture, 4))  # as the model reads it: RGB 0 under its one pixel of alpha 0
+    assert (np.asarray(picture)[:, :, 3] == 0).sum() == 1 and (read[read[:, :, 3] == 0] == 0).all()
     unchanged = rgba_pipe(1, 4, image=picture, strength=0.0)
-    assert unchanged[0].mode == "RGBA" and np.array_equal(np.asarray(unchanged[0]), np.asarray(picture))
+    assert unchanged[0].mode == "RGBA" and np.array_equal(np.asarray(unchanged[0]), read)
     edited = rgba_pipe(2, 4, image=picture, strength=0.5, seed=0)
     assert [(image.mode, image.size) for image in edited] == [("RGBA", (8, 8))] * 2
     inpainted = rgba_pipe(1, 4, image=picture, mask_image=mask, seed=0)  # an L mask, one for all 4 channels
     keep = np.asarray(mask) == 0
-    assert inpainted[0].mode == "RGBA" and np.array_equal(np.asarray(inpainted[0])[keep], np.asarray(picture)[keep])
+    assert inpainted[0].mode == "RGBA" and np.array_equal(np.asarray(inpainted[0])[keep], read[keep])

@@ -6,10 +6,13 @@ import torch
 from PIL import Image
 
 from diffusion.image import (
+    BLACK,
     CHECKER_GREYS,
     CHECKER_SQUARE,
+    WHITE,
     checkerboard,
     has_alpha,
+    input_background,
     make_grid,
     on_checkerboard,
     save_gif,
@@ -60,6 +63,34 @@ def test_to_mode_composites_on_the_background_or_keeps_alpha():
     assert np.asarray(to_mode(rgba, 4)).tolist() == [[[0, 0, 0, 0], [200, 100, 50, 255]]]
     opaque = Image.fromarray(np.array([[[1, 2, 3]]], dtype=np.uint8), mode="RGB")
     assert np.asarray(to_mode(opaque, 4)).tolist() == [[[1, 2, 3, 255]]]
+
+
+def test_four_channels_drop_what_a_png_stores_under_full_transparency_as_a_resize_does(tmp_path):
+    pixels = np.array([[[255, 255, 255, 0], [200, 100, 50, 255], [255, 255, 255, 128]]], dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as png:
+        assert np.asarray(png)[0, 0].tolist() == [255, 255, 255, 0]  # the file keeps white under alpha 0
+        rgba = to_mode(png, 4)
+    assert np.asarray(rgba).tolist() == [[[0, 0, 0, 0], [200, 100, 50, 255], [255, 255, 255, 128]]]
+    # Pillow resizes RGBA premultiplied (as `diffusion.data.fit` does, bicubic): RGB 0 under alpha 0.
+    wide = np.repeat(np.repeat(pixels, 4, axis=1), 2, axis=0)  # (2, 12, 4): 4 columns of each pixel
+    resized = np.asarray(Image.fromarray(wide).resize((6, 2), Image.Resampling.BICUBIC))
+    assert resized[:, 0].tolist() == [[0, 0, 0, 0]] * 2
+    la = Image.fromarray(np.array([[[90, 0]]], dtype=np.uint8), mode="LA")  # grey 90 under alpha 0
+    assert np.asarray(to_mode(la, 4)).tolist() == [[[0, 0, 0, 0]]]
+
+
+@pytest.mark.parametrize("channels", [0, 2, 5])
+def test_to_mode_refuses_a_channel_count_without_an_image_mode(channels):
+    with pytest.raises(ValueError) as refused:
+        to_mode(Image.new("RGB", (1, 1)), channels)
+    assert str(refused.value) == f"images convert to 1 (L), 3 (RGB) or 4 (RGBA) channels, not {channels}"
+
+
+def test_a_models_inputs_are_composited_on_its_background_and_on_white_for_random():
+    assert (BLACK, WHITE) == ((0, 0, 0), (255, 255, 255))
+    backgrounds = {name: input_background(name) for name in ("white", "black", "random", None)}
+    assert backgrounds == {"white": WHITE, "black": BLACK, "random": WHITE, None: WHITE}
 
 
 def test_four_channel_tensors_become_rgba_images_and_other_counts_are_refused():

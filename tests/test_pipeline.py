@@ -337,3 +337,43 @@ def test_a_model_without_a_pil_mode_samples_tensors_and_refuses_pil(make_tiny_pi
         pipe(num_images=1, num_inference_steps=1)
     with pytest.raises(ValueError, match=r"a PIL image converts to 1 \(L\), 3 \(RGB\) or 4 \(RGBA\) channels, and "):
         pipe(image=Image.new("RGB", (8, 8)), output_type="tensor")
+
+
+# ----- the background a model was trained on -----
+
+
+@pytest.mark.parametrize(
+    ("background", "recorded", "value"), [("white", None, 1.0), ("black", "black", 0.0), ("random", "random", 1.0)]
+)
+def test_transparent_inputs_are_composited_on_the_models_background(
+    make_tiny_pipeline, tmp_path, background, recorded, value
+):
+    """The folder records a background other than white; editing and inversion composite an RGBA image on
+    it (on white for random, which has no one colour), as training composited its images."""
+    tiny = make_tiny_pipeline(in_channels=3)
+    DiffusionPipeline(tiny.unet, tiny.scheduler, background=background).save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "model_index.json").read_text()).get("background") == recorded
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "m")
+    assert pipe.background == background
+    clear = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red
+    kept = pipe(image=clear, strength=0, num_inference_steps=2, output_type="tensor")  # strength 0: the image
+    assert kept.shape == (1, 3, 8, 8) and (kept == value).all()
+    solid = torch.full((1, 3, 8, 8), value)  # the background colour as a tensor in [0, 1]
+    latents = pipe.invert(clear, 2, fixed_point_iterations=0)
+    torch.testing.assert_close(latents, pipe.invert(solid, 2, fixed_point_iterations=0), rtol=0, atol=0)
+
+
+def test_an_unknown_background_is_refused(make_tiny_pipeline, tmp_path):
+    tiny = make_tiny_pipeline()
+    with pytest.raises(ValueError) as refused:
+        DiffusionPipeline(tiny.unet, tiny.scheduler, background="grey")
+    assert str(refused.value) == "background must be one of white, black, random, got 'grey'"
+    tiny.save_pretrained(tmp_path / "m")
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps(index | {"background": "grey"}))
+    with pytest.raises(ValueError) as refused:
+        DiffusionPipeline.from_pretrained(tmp_path / "m")
+    assert (
+        str(refused.value)
+        == f"{tmp_path / 'm' / 'model_index.json'}: background must be one of white, black, random, got 'grey'"
+    )

@@ -12,6 +12,7 @@ import torch
 from ..arguments import MAX_NUM_IMAGES
 from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH, effective_strength
 from ..guidance import RANDOM_CLASSES
+from ..image import MODES, input_background
 from ..io.files import read_json
 from ..io.model_folder import SHIPPED_MODELS
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
@@ -319,7 +320,15 @@ def _seeds(args: argparse.Namespace) -> Sequence[int]:
 
 
 def _load_pipeline(args: argparse.Namespace) -> DiffusionPipeline:
+    """--model, refused unless its images are ones this command can read and write (L, RGB, RGBA)."""
     pipe = DiffusionPipeline.from_pretrained(args.model, device=device_from_flag(args.device), dtype=DTYPES[args.dtype])
+    channels = pipe.unet.config.in_channels
+    if channels not in MODES:
+        raise ValueError(
+            f"--model {args.model} makes {channels}-channel images, and diffusion-sample reads and writes images of "
+            "1 (L), 3 (RGB) or 4 (RGBA) channels: give another --model, or sample this one from Python with "
+            "DiffusionPipeline and output_type='tensor'"
+        )
     if args.channels_last:
         pipe.to(memory_format=torch.channels_last)
     if args.compile:
@@ -334,7 +343,8 @@ def _sampling_call(
     settings = _sampler_settings(args)
     jump_length = DEFAULT_JUMP_LENGTH if args.jump_length is None else args.jump_length
     channels = pipe.unet.config.in_channels
-    image = read_image(args.init_image, channels, "--init-image") if args.init_image else None
+    colour = input_background(pipe.background)
+    image = read_image(args.init_image, channels, "--init-image", colour) if args.init_image else None
     mask = read_image(args.mask, 1, "--mask") if args.mask else None
     strength = effective_strength(args.strength, inpainting=mask is not None) if image is not None else None
     with named_as_flags(FLAGS):
@@ -424,7 +434,7 @@ def _interpolation_end(
             "--interpolate between images regenerates DDIM-inverted latents with ddim at eta 0; "
             "leave out --scheduler, --eta and --karras"
         )
-    image = read_image(path, pipe.unet.config.in_channels, "--interpolate")
+    image = read_image(path, pipe.unet.config.in_channels, "--interpolate", input_background(pipe.background))
     with named_as_flags(FLAGS):
         return pipe.invert(image, args.steps, class_labels=labels, guidance_scale=args.guidance_scale)[0]
 

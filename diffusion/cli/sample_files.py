@@ -14,19 +14,20 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data import DECODE_ERRORS, load_image
-from ..image import make_grid, save_gif, save_png
+from ..image import WHITE, make_grid, save_gif, save_png
 from ..io.files import check_writable
 from ..pipeline import DiffusionPipeline
 from .common import named_as_flags
 
 
-def read_image(path: str, channels: int, flag: str) -> Image.Image:
+def read_image(path: str, channels: int, flag: str, background: tuple[int, int, int] = WHITE) -> Image.Image:
     """An input image for ``flag``, decoded as training data is (EXIF rotation, first frame), in the mode of
-    ``channels`` (RGBA keeps its alpha; an image without one is opaque)."""
+    ``channels``: 1 and 3 composite transparency on the RGB colour ``background`` (the model's,
+    `diffusion.image.input_background`), RGBA keeps its alpha (an image without one is opaque)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{flag} {path} not found")
     try:
-        return load_image(path, channels)
+        return load_image(path, channels, background)
     except DECODE_ERRORS as e:
         raise ValueError(f"{flag} {path} is not a readable image ({type(e).__name__}: {e})") from None
 

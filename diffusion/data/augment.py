@@ -8,17 +8,14 @@ function of the augmentation seed the data order hands in with its index (`augme
 after a resume, with or without workers.
 """
 
-from typing import Literal
-
 import numpy as np
 import torch
 from PIL import Image
 
-from ..image import WHITE
+from ..image import BLACK, WHITE, Background
 
-# What transparency is composited on at 1 and 3 channels: a named colour, or one drawn per item from its seed.
-Background = Literal["white", "black", "random"]
-BACKGROUNDS = {"white": WHITE, "black": (0, 0, 0)}  # the named ones, as RGB
+# The named backgrounds (`Background`: these, or random, a colour per item), as RGB.
+BACKGROUNDS = {"white": WHITE, "black": BLACK}
 
 
 def augmentation(seed: int) -> tuple[tuple[float, float], bool]:
@@ -38,12 +35,22 @@ def background_colour(background: Background, seed: int) -> tuple[int, int, int]
     return red, green, blue
 
 
-def check_conversion(channels: int, background: str) -> None:
-    """Raise a ValueError for channels other than 1, 3 or 4, or a background other than white, black or random."""
+def check_conversion(channels: int, background: str, backgrounds: tuple[str, ...] = (*BACKGROUNDS, "random")) -> None:
+    """Raise a ValueError for channels other than 1, 3 or 4, or a background not in ``backgrounds`` (by
+    default white, black or random)."""
     if channels not in (1, 3, 4):
         raise ValueError(f"channels must be 1, 3 or 4, got {channels!r}")
-    if background not in (*BACKGROUNDS, "random"):
-        raise ValueError(f"background must be white, black or random, got {background!r}")
+    if background not in backgrounds:
+        raise ValueError(f"background must be {', '.join(backgrounds[:-1])} or {backgrounds[-1]}, got {background!r}")
+
+
+def background_with_rgba(background: str, command: str) -> str:
+    """Why ``--background`` given with ``--channels 4`` is refused; ``command`` is the verb of the way out
+    (train, prepare)."""
+    return (
+        f"--background {background} has no effect with --channels 4, which keeps transparency as the alpha "
+        f"channel: leave --background out, or {command} at --channels 1 or 3"
+    )
 
 
 def fit(image: Image.Image, size: tuple[int, int], crop_at: tuple[float, float] | None) -> Image.Image:

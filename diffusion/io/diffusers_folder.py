@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 
 CLASS_NAMES_KEY = "_class_names"  # in an exported model_index.json; diffusers ignores "_" keys
+BACKGROUND_KEY = "_background"  # there too, when the model was trained on another background than white
 
 
 def is_diffusers_folder(index: dict[str, Any]) -> bool:
@@ -253,6 +254,7 @@ def save_diffusers(
     class_names: Sequence[str] = (),
     *,
     nearest: bool = True,
+    background: str = "white",
 ) -> str:
     """Write a folder that ``diffusers.DDPMPipeline.from_pretrained`` loads, and this package too, at a
     new or empty ``path`` (`write_folder`). Returns the name of the sampler exported.
@@ -260,6 +262,7 @@ def save_diffusers(
     Args:
         name: ``scheduler``'s registered name (`SCHEDULERS`).
         class_names: stored as ``_class_names`` in ``model_index.json`` for `read_model_folder`.
+        background: what training composited transparency on; stored as ``_background`` when not white.
         nearest: export a sampler diffusers would run differently as the one `nearest_exportable` picks,
             with a warning; if False, it is refused.
 
@@ -285,6 +288,8 @@ def save_diffusers(
     }
     if class_names:
         index[CLASS_NAMES_KEY] = list(class_names)
+    if background != "white":
+        index[BACKGROUND_KEY] = background
 
     def write(folder: Path) -> None:
         (folder / "unet").mkdir()

@@ -2,7 +2,8 @@
 
 It follows diffusers' pipeline layout so that it can grow into a diffusers export::
 
-    model_index.json              format name and version, component classes, default sampler, class names
+    model_index.json              format name and version, component classes, default sampler, class names,
+                                  and the background training composited transparency on (absent: white)
     unet/config.json              UNetConfig fields (num_classes for a class-conditional model)
     unet/model.safetensors        weights (the EMA weights for a trained model)
     scheduler/scheduler_config.json  the noise schedule and the default sampler's settings
@@ -29,13 +30,20 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from ..image import Background
 from ..models import UNet, UNetConfig
 from ..schedulers import Scheduler, get_scheduler
 from .assets import ASSETS
 from .checkpoint import check_checkpoint, read_state
-from .diffusers_folder import CLASS_NAMES_KEY, is_diffusers_folder, load_diffusers_scheduler, load_diffusers_unet
+from .diffusers_folder import (
+    BACKGROUND_KEY,
+    CLASS_NAMES_KEY,
+    is_diffusers_folder,
+    load_diffusers_scheduler,
+    load_diffusers_unet,
+)
 from .files import CorruptFolderError, read_json, verify_manifest, write_json, write_manifest
 from .weights import WEIGHTS_NAME, read_safetensors
 
@@ -65,9 +73,15 @@ _HUB_BIN_WEIGHTS = "unet/diffusion_pytorch_model.bin"
 
 
 def write_model_folder(
-    path: str | Path, unet: UNet, scheduler: Scheduler, scheduler_name: str, class_names: list[str]
+    path: str | Path,
+    unet: UNet,
+    scheduler: Scheduler,
+    scheduler_name: str,
+    class_names: list[str],
+    background: Background = "white",
 ) -> None:
-    """Write the folder; ``scheduler_name`` is the default sampler's name (an alias where one matches)."""
+    """Write the folder; ``scheduler_name`` is the default sampler's name (an alias where one matches);
+    ``background``, what training composited transparency on, is recorded when it is not white."""
     path = Path(path)
     (path / "scheduler").mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(path / "unet")
@@ -83,13 +97,13 @@ def write_model_folder(
         "scheduler": ["diffusion", type(scheduler).__name__],
         "default_scheduler": scheduler_name,
         "class_names": class_names,
-    }
+    } | ({"background": background} if background != "white" else {})
     write_json(path / "model_index.json", index)
     write_manifest(path, [f"unet/{WEIGHTS_NAME}"])
 
 
-def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[str]]:
-    """(UNet, default scheduler, class names) of a model folder, a diffusers folder, a training
+def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[str], Background]:
+    """(UNet, default scheduler, class names, background) of a model folder, a diffusers folder, a training
     checkpoint, a shipped model's name (`SHIPPED_MODELS`) or a Hugging Face Hub id (see the module
     docstring); None is the first shipped model.
 
@@ -124,7 +138,8 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
     if is_diffusers_folder(index):  # a diffusers DDPMPipeline / DDIMPipeline folder
         unet = load_diffusers_unet(path / "unet")
         scheduler = load_diffusers_scheduler(path / "scheduler" / "scheduler_config.json")
-        return unet, scheduler, _class_names(index, CLASS_NAMES_KEY, path / "model_index.json")
+        where = path / "model_index.json"
+        return unet, scheduler, _class_names(index, CLASS_NAMES_KEY, where), _background(index, BACKGROUND_KEY, where)
     if index.get("format") != FORMAT_NAME:
         raise ValueError(f"{path}/model_index.json is not a {FORMAT_NAME} model index")
     if index.get("format_version") != FORMAT_VERSION:
@@ -143,7 +158,8 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
     scheduler_config = read_json(path / "scheduler" / "scheduler_config.json")
     scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     scheduler = get_scheduler(index.get("default_scheduler", "dpmsolver++"), scheduler_config)
-    return unet, scheduler, _class_names(index, "class_names", path / "model_index.json")
+    where = path / "model_index.json"
+    return unet, scheduler, _class_names(index, "class_names", where), _background(index, "background", where)
 
 
 def _class_names(data: dict[str, Any], key: str, where: Path) -> list[str]:
@@ -154,9 +170,17 @@ def _class_names(data: dict[str, Any], key: str, where: Path) -> list[str]:
     return names
 
 
-def read_checkpoint(path: Path) -> tuple[UNet, Scheduler, list[str]]:
-    """(UNet, default scheduler, class names) of a training checkpoint: the model folder its run would
-    write at that step. The weights are the EMA's, copied into a fresh UNet as the trainer does.
+def _background(data: dict[str, Any], key: str, where: Path) -> Background:
+    """``data[key]`` (absent: white, as every model before the setting), checked to be a background."""
+    background = data.get(key, "white")
+    if background not in get_args(Background):
+        raise ValueError(f"{where}: {key} must be one of {', '.join(get_args(Background))}, got {background!r}")
+    return background
+
+
+def read_checkpoint(path: Path) -> tuple[UNet, Scheduler, list[str], Background]:
+    """(UNet, default scheduler, class names, background) of a training checkpoint: the model folder its run
+    would write at that step. The weights are the EMA's, copied into a fresh UNet as the trainer does.
 
     Raises:
         CorruptFolderError: a file differs from the checkpoint's manifest.
@@ -179,7 +203,8 @@ def read_checkpoint(path: Path) -> tuple[UNet, Scheduler, list[str]]:
     ema.pop("__num_updates__", None)  # the EMA's update count (training/ema.py), not a weight
     unet = UNet(config)
     unet.load_weights(ema)  # EMA.copy_to: the fp32 shadow of every parameter, by name
-    return unet, scheduler, _class_names(state, "class_names", path / "trainer_state.json")
+    where = path / "trainer_state.json"
+    return unet, scheduler, _class_names(state, "class_names", where), _background(state["config"], "background", where)
 
 
 def run_sampler(run: Mapping[str, Any]) -> Scheduler:

@@ -21,6 +21,7 @@ import torch
 
 from ..data import DECODE_ERRORS, find_image_files, fit, load_image, to_tensor, warn_skipped
 from ..guidance import RANDOM_CLASSES
+from ..image import WHITE, input_background
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 from ..rng import seed_list
 from .distances import KID_NUM_SUBSETS, QualityResult, compare_features
@@ -36,7 +37,12 @@ def _check_int(name: str, value: object, minimum: int, why: str = "") -> int:
 
 
 def load_reference_images(
-    folder: str | Path, num_images: int, channels: int, size: tuple[int, int], seed: int = 0
+    folder: str | Path,
+    num_images: int,
+    channels: int,
+    size: tuple[int, int],
+    seed: int = 0,
+    background: tuple[int, int, int] = WHITE,
 ) -> torch.Tensor:
     """``num_images`` images drawn from ``folder`` (recursively) by a shuffle seeded with ``seed``.
 
@@ -49,6 +55,10 @@ def load_reference_images(
             are converted as for training.
         size: (height, width): each image is resized to cover it, then centre-cropped.
         seed: the shuffle's seed.
+        background: the RGB colour transparency is composited on at 1 and 3 channels. `evaluate` passes the
+            model's (`diffusion.image.input_background`): white for a model trained on random backgrounds,
+            which has no one colour, so give such a model opaque reference images (or train it with
+            ``--channels 4``).
 
     Returns:
         float32 ``(num_images, channels, height, width)`` in [-1, 1].
@@ -74,7 +84,7 @@ def load_reference_images(
         if len(images) == num_images:
             break
         try:
-            image = load_image(files[i], channels)
+            image = load_image(files[i], channels, background)
         except DECODE_ERRORS as e:
             skipped.append((files[i], f"{type(e).__name__}: {e}"))
             continue
@@ -127,6 +137,8 @@ def evaluate(
         kid_num_subsets: KID subsets to average.
         progress: show the sampling progress bar.
 
+    Reference images with transparency are composited on the model's background at 1 and 3 channels
+    (`DiffusionPipeline.background`; white for random, see `load_reference_images`).
     A 4-channel (RGBA) model's samples and reference images keep their alpha up to the extractor: the
     ImageNet extractors composite them on white before their features (`diffusion.metrics.features`);
     a classifier trained on RGBA images takes the 4 channels as they are.
@@ -155,7 +167,7 @@ def evaluate(
 
     # Every check on the user's input happens above or in the next line, before anything is logged, so
     # that a mistake is one line on stderr.
-    reference_features = _reference_features(extractor, reference, num_reference, channels, size, seed)  # (M, d)
+    reference_features = _reference_features(extractor, reference, num_reference, pipe, seed)  # (M, d)
     logger.info("embedded %d reference images from %s at %dx%d", num_reference, reference, *size)
     logger.info("generating %d images (%s, %d steps)", num_images, sampler, num_inference_steps)
     features, classes = _sample_features(
@@ -220,11 +232,13 @@ def _pipeline(
 
 
 def _reference_features(
-    extractor: FeatureExtractor, folder: str | Path, num_reference: int, channels: int, size: tuple[int, int], seed: int
+    extractor: FeatureExtractor, folder: str | Path, num_reference: int, pipe: DiffusionPipeline, seed: int
 ) -> torch.Tensor:
-    """The features ``(M, d)`` of the reference images, which also proves that the extractor takes the
-    model's images before any sampling."""
-    real = load_reference_images(folder, num_reference, channels, size, seed)  # (M, c, h, w) in [-1, 1]
+    """The features ``(M, d)`` of the reference images, drawn for ``pipe``'s model (its channels, size and
+    background), which also proves that the extractor takes the model's images before any sampling."""
+    channels, size = pipe.unet.config.in_channels, tuple(pipe.unet.config.sample_size)
+    background = input_background(pipe.background)
+    real = load_reference_images(folder, num_reference, channels, size, seed, background)  # (M, c, h, w) in [-1, 1]
     try:
         return extractor.features(real)  # (M, d)
     except ValueError as e:  # e.g. the shipped 1-channel Fashion-MNIST classifier and an RGB model

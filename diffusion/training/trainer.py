@@ -393,11 +393,11 @@ class Trainer:
         return self.dataset.class_names if self.config.class_cond else []
 
     def _pipeline(self) -> DiffusionPipeline:
-        """The EMA weights in a fresh fp32 UNet, with the run's default sampler."""
+        """The EMA weights in a fresh fp32 UNet, with the run's default sampler and background."""
         unet = UNet(self.unet_config)
         self.ema.copy_to(unet)
         scheduler = DPMSolverMultistepScheduler(scheduler_config(self.config))
-        return DiffusionPipeline(unet, scheduler, self.class_names)
+        return DiffusionPipeline(unet, scheduler, self.class_names, self.config.background)
 
     def _write_samples(self, step: int) -> None:
         pipe = self._pipeline().to(self.accelerator.device)  # on the training device, not the CPU

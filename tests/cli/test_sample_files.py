@@ -1,5 +1,6 @@
 """`diffusion.cli.sample_files` through sample.py: what a 4-channel (RGBA) model writes, with real transparency
-in its PNGs and on a checkerboard in its grids and GIFs."""
+in its PNGs and on a checkerboard in its grids and GIFs; the input images of a model trained on another background
+than white; models whose channels no image has."""
 
 from pathlib import Path
 
@@ -16,13 +17,12 @@ from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDIMScheduler
 
 
-@pytest.fixture(scope="module")
-def rgba_model(tmp_path_factory) -> Path:
-    """A tiny unconditional RGBA model folder: in and out channels 4, 8x8, random weights (torch seed 0)."""
+def model_folder(path: Path, channels: int, background: str = "white") -> Path:
+    """A tiny unconditional model folder: in and out ``channels``, 8x8, random weights (torch seed 0)."""
     torch.manual_seed(0)
     config = UNetConfig(
-        in_channels=4,
-        out_channels=4,
+        in_channels=channels,
+        out_channels=channels,
         sample_size=(8, 8),
         base_channels=16,
         channel_mult=(1, 2),
@@ -30,9 +30,13 @@ def rgba_model(tmp_path_factory) -> Path:
         attention_levels=(),
         norm_groups=8,
     )
-    path = tmp_path_factory.mktemp("rgba") / "model"
-    write_model_folder(path, UNet(config), DDIMScheduler(), "ddim", [])
+    write_model_folder(path, UNet(config), DDIMScheduler(), "ddim", [], background)
     return path
+
+
+@pytest.fixture(scope="module")
+def rgba_model(tmp_path_factory) -> Path:
+    return model_folder(tmp_path_factory.mktemp("rgba") / "model", 4)
 
 
 def test_pngs_of_an_rgba_model_keep_transparency_and_its_grid_shows_a_checkerboard(rgba_model, tmp_path):
@@ -73,4 +77,32 @@ def test_an_rgba_model_edits_an_rgba_init_image(rgba_model, tmp_path):
     assert cli.sample_main([*args, "--init-image", str(tmp_path / "in.png"), "--strength", "0"]) == 0
     with Image.open(out / "0.png") as edited:
         assert edited.mode == "RGBA"
-        np.testing.assert_array_equal(np.asarray(edited), pixels)  # strength 0 returns the image, alpha and all
+        # strength 0 returns the image, alpha and all, as the model reads it: RGB 0 where alpha is 0
+        np.testing.assert_array_equal(np.asarray(edited), pixels * (pixels[:, :, 3:] > 0))
+        assert (pixels[:, :, 3] == 0).sum() == 1
+
+
+@pytest.mark.parametrize(("background", "colour"), [("black", 0), ("white", 255), ("random", 255)])
+def test_an_rgba_init_image_is_composited_on_the_models_background(tmp_path, background, colour):
+    model = model_folder(tmp_path / "model", 3, background)
+    pixels = np.zeros((8, 8, 4), dtype=np.uint8)
+    pixels[:4] = (255, 255, 255, 0)  # transparent top half (white underneath)
+    pixels[4:] = (10, 20, 30, 255)
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    args = ["--model", str(model), "--steps", "2", "--num-images", "1", "--out", str(tmp_path / "o")]
+    assert cli.sample_main([*args, "--init-image", str(tmp_path / "in.png"), "--strength", "0"]) == 0
+    with Image.open(tmp_path / "o" / "0.png") as edited:  # strength 0 returns the image as the model reads it
+        assert edited.mode == "RGB"
+        assert np.asarray(edited)[:4].tolist() == [[[colour] * 3] * 8] * 4
+        assert np.asarray(edited)[4:].tolist() == [[[10, 20, 30]] * 8] * 4
+
+
+@pytest.mark.parametrize("flags", [["--num-images", "1"], ["--interpolate", "0", "1"]])
+def test_a_model_whose_channels_no_image_has_is_refused_at_load_in_one_line(tmp_path, capsys, flags):
+    model = model_folder(tmp_path / "model", 2)
+    assert cli.sample_main(["--model", str(model), "--steps", "2", "--out", str(tmp_path / "o"), *flags]) == 2
+    assert capsys.readouterr().err == (
+        f"diffusion-sample: error: --model {model} makes 2-channel images, and diffusion-sample reads and writes "
+        "images of 1 (L), 3 (RGB) or 4 (RGBA) channels: give another --model, or sample this one from Python with "
+        "DiffusionPipeline and output_type='tensor'\n"
+    )

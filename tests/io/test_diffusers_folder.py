@@ -485,10 +485,14 @@ def test_diffusers_loads_an_export_with_class_names_as_its_two_components(make_t
     assert DiffusionPipeline.from_pretrained(tmp_path / "hf").class_names == ["shoe", "bag", "coat"]
 
 
-def test_save_pretrained_for_diffusers_keeps_the_class_names(make_tiny_pipeline, tmp_path):
-    pipe = make_tiny_pipeline(CLASSES, DDIMScheduler(), attention_levels=(1,))
-    pipe.save_pretrained(tmp_path / "hf", format="diffusers")
-    assert DiffusionPipeline.from_pretrained(tmp_path / "hf").class_names == ["shoe", "bag", "coat"]
+def test_save_pretrained_for_diffusers_keeps_the_class_names_and_background(make_tiny_pipeline, tmp_path):
+    tiny = make_tiny_pipeline(CLASSES, DDIMScheduler(), attention_levels=(1,))
+    DiffusionPipeline(tiny.unet, tiny.scheduler, tiny.class_names, "black").save_pretrained(
+        tmp_path / "hf", "diffusers"
+    )
+    assert json.loads((tmp_path / "hf" / "model_index.json").read_text())["_background"] == "black"
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "hf")
+    assert (loaded.class_names, loaded.background) == (["shoe", "bag", "coat"], "black")
 
 
 def test_unipc_exports_with_a_warning_and_samples_the_same_in_a_diffusers_loop(make_tiny_pipeline, tmp_path, caplog):

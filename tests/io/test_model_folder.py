@@ -102,15 +102,16 @@ def test_the_checkpoint_sampler_is_the_trainers(tiny_pipeline, tmp_path):
     itself: the two must agree for every schedule setting a run can change."""
     run = TrainConfig(
         data="d", out="o", num_train_timesteps=500, beta_schedule="cosine", zero_terminal_snr=True,
-        prediction_type="v_prediction",
+        prediction_type="v_prediction", background="black",
     )  # fmt: skip
     unet = tiny_pipeline.unet
     ema = {n: p.detach().clone() for n, p in unet.named_parameters()} | {"__num_updates__": torch.tensor(3)}
     save_file(ema, tmp_path / "ema.safetensors")
     state = {"step": 3, "config": run.to_dict(), "unet": unet.config.to_dict(), "class_names": []}
     (tmp_path / "trainer_state.json").write_text(json.dumps(state))  # no manifest: an older checkpoint
-    _, scheduler, _ = read_model_folder(tmp_path)
+    _, scheduler, _, background = read_model_folder(tmp_path)
     assert scheduler.config == scheduler_config(run) and CHECKPOINT_SAMPLER == "dpmsolver++3m-sde"
+    assert background == "black"  # the run's, as its model folder records it
 
 
 def test_a_damaged_or_foreign_checkpoint_is_one_clear_error(runs, tmp_path):
@@ -388,7 +389,7 @@ def test_the_shipped_models_are_fashion_mnist_the_default_and_noto_emoji():
 def test_a_shipped_name_reads_its_folder_in_the_library_and_the_cli(tiny_conditional_model, tmp_path, monkeypatch):
     monkeypatch.setitem(SHIPPED_MODELS, "noto-emoji", tiny_conditional_model)
     monkeypatch.chdir(tmp_path)  # no local folder noto-emoji
-    unet, _, class_names = read_model_folder("noto-emoji")
+    unet, _, class_names, _ = read_model_folder("noto-emoji")
     assert class_names == ["cat", "dog"] and unet.config.num_classes == 2
     assert DiffusionPipeline.from_pretrained("noto-emoji").class_names == ["cat", "dog"]
     args = ["--model", "noto-emoji", "--class", "dog", "--num-images", "1", "--steps", "2", "--out", "out"]

@@ -222,3 +222,29 @@ def test_an_rgba_model_is_measured_against_rgba_reference_images(make_tiny_pipel
     transparent = load_reference_images(tmp_path, 2, channels=4, size=(2, 2))
     torch.testing.assert_close(transparent[0, :, 0, 0], torch.tensor([10.0, 20.0, 30.0, 128.0]) / 127.5 - 1)
     assert (transparent[0, 3, 1, 1] == -1).all()  # fully transparent
+
+
+@pytest.mark.parametrize(("background", "value"), [("white", 1.0), ("black", -1.0), ("random", 1.0)])
+def test_reference_transparency_is_composited_on_the_models_background(make_tiny_pipeline, tmp_path, background, value):
+    """As the model's training images were: on black for black, on white for white and random (no one colour)."""
+    tiny = make_tiny_pipeline()
+    pipe = DiffusionPipeline(tiny.unet, tiny.scheduler, background=background)
+    pixels = np.zeros((8, 8, 4), dtype=np.uint8)
+    pixels[:, :, :3], pixels[4:, :, 3] = 255, 255  # white, transparent in the top half, opaque below
+    for i in range(4):
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+    seen = []
+
+    class Pixels:
+        name, description, feature_dim = "pixels", "raw pixels", 64
+
+        def features(self, images: torch.Tensor) -> torch.Tensor:
+            seen.append(images)
+            return images.flatten(1).float()
+
+    evaluate(pipe, tmp_path, 4, num_inference_steps=1, extractor=Pixels(), seed=0)
+    real = seen[0]  # (4, 1, 8, 8) in [-1, 1]
+    assert real.shape == (4, 1, 8, 8)
+    assert (real[:, :, :4] == value).all() and (real[:, :, 4:] == 1).all()
+    black = load_reference_images(tmp_path, 2, 1, (8, 8), background=(0, 0, 0))
+    assert (black[:, :, :4] == -1).all() and (black[:, :, 4:] == 1).all()

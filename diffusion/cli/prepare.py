@@ -4,6 +4,7 @@ dataset that training reads memory-mapped."""
 import argparse
 from collections.abc import Sequence
 
+from ..data import BACKGROUNDS
 from ..data.prepare import prepare
 from .common import ArgumentParser, _size, named_as_flags, run_command
 
@@ -43,11 +44,11 @@ def prepare_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--background",
-        choices=("white", "black"),
-        default="white",
+        choices=tuple(BACKGROUNDS),
+        default=None,
         help="what transparent pixels (RGBA, LA, palette images) are composited on for --channels 1 and 3, "
-        "stored so and recorded in manifest.json; for --background random at training, prepare --channels 4 "
-        "(default: white)",
+        "stored so and recorded in manifest.json; refused with --channels 4, which keeps the alpha channel. For "
+        "--background random at training, prepare --channels 4 (default: white)",
     )
     parser.add_argument(
         "--image-column", default=None, help="a dataset's image column (default: image, else its one Image column)"

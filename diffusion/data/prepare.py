@@ -21,7 +21,7 @@ from typing import Any
 from .. import __version__
 from ..io.files import check_writable, sha256_of, undo_new_folders, write_json
 from .arrow import ArrowImages
-from .augment import BACKGROUNDS
+from .augment import BACKGROUNDS, background_with_rgba, check_conversion
 from .files import printable, warn_skipped
 from .manifest import (
     FORMAT,
@@ -57,7 +57,7 @@ def prepare(
     *,
     size: tuple[int, int],
     channels: int = 3,
-    background: str = "white",
+    background: str | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
     workers: int | None = None,
@@ -74,7 +74,7 @@ def prepare(
         size: (height, width) of the stored images.
         channels: 1 (grayscale) or 3 (RGB), transparency composited on ``background``; or 4 (RGBA, the alpha
             channel kept: training composites it on the background it chooses).
-        background: white or black, for 1 and 3 channels.
+        background: white or black, for 1 and 3 channels; None is white there, and the only value 4 takes.
         image_column, label_column: the columns of a dataset source (default: found by their type).
         workers: decoding processes (default: one per available core; 1 decodes in this process).
         shard_size: rows per shard (default: up to 1000, fewer when that many would pass 256 MiB).
@@ -102,23 +102,32 @@ def prepare(
             logger.info("%s already holds this dataset, prepared with the same settings", printable(str(out)))
             shutil.rmtree(out / PARTIAL, ignore_errors=True)  # left over if the last run stopped after its manifest
             return done
-        require_datasets(source)
-        columns = {"image_column": image_column, "label_column": label_column}
-        images = open_images(source, size=size, channels=channels, background=background, **columns)
-        assert len(images) > 0, "open_images refuses a source without items"
-        names = _names(images)
-        shard_size = _begin(out, settings, names, _fingerprint(images), shard_size)
-        plan = [range(start, min(start + shard_size, len(images))) for start in range(0, len(images), shard_size)]
-        with quiet():
-            decode_shards(images, names, out / PARTIAL, plan, (size[0], size[1], channels), workers, progress)
-            return _finish(out, images, settings, len(plan))
+        return _decode(source, out, settings, shard_size, workers, progress)
+
+
+def _decode(
+    source: str | os.PathLike, out: Path, settings: dict[str, Any], shard_size: int, workers: int, progress: bool
+) -> dict[str, Any]:
+    """Decode ``source`` into ``out`` as ``settings`` say (or finish an interrupted preparation), holding its
+    lock; returns the manifest."""
+    require_datasets(source)
+    size, channels = (settings["size"][0], settings["size"][1]), settings["channels"]
+    columns = {"image_column": settings["image_column"], "label_column": settings["label_column"]}
+    images = open_images(source, size=size, channels=channels, background=settings["background"] or "white", **columns)
+    assert len(images) > 0, "open_images refuses a source without items"
+    names = _names(images)
+    shard_size = _begin(out, settings, names, _fingerprint(images), shard_size)
+    plan = [range(start, min(start + shard_size, len(images))) for start in range(0, len(images), shard_size)]
+    with quiet():
+        decode_shards(images, names, out / PARTIAL, plan, (size[0], size[1], channels), workers, progress)
+        return _finish(out, images, settings, len(plan))
 
 
 def _settings(
     source: str | os.PathLike,
     size: Sequence[int],
     channels: int,
-    background: str,
+    background: str | None,
     image_column: str | None,
     label_column: str | None,
 ) -> dict[str, Any]:
@@ -126,21 +135,16 @@ def _settings(
     background as None for RGBA (nothing composited)."""
     if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
         raise ValueError(f"size must be (height, width) in positive integers, got {size!r}")
-    if channels not in (1, 3, 4):
-        raise ValueError(f"channels must be 1, 3 or 4, got {channels!r}")
-    if background not in BACKGROUNDS:  # random is drawn per training item: prepare RGBA to train with it
-        raise ValueError(f"background must be white or black, got {background!r}")
-    if channels == 4 and background != "white":
-        raise ValueError(
-            f"--background {background} has no effect with --channels 4, which keeps transparency as the alpha "
-            "channel: leave --background out, or prepare at --channels 1 or 3"
-        )
+    if channels == 4 and background is not None:
+        raise ValueError(background_with_rgba(background, "prepare"))
+    # random is drawn per training item: prepare RGBA (--channels 4) to train with it
+    check_conversion(channels, "white" if background is None else background, tuple(BACKGROUNDS))
     where = Path(source).resolve() if os.path.exists(source) else source
     return {
         "source": str(where),
         "size": [size[0], size[1]],
         "channels": channels,
-        "background": None if channels == 4 else background,
+        "background": None if channels == 4 else background or "white",
         "image_column": image_column,
         "label_column": label_column,
     }

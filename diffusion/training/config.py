@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 from ..config import check_types, config_from_dict, config_to_dict, validate_literals
-from ..data import Background
+from ..data import Background, background_with_rgba
 from ..io.files import read_json
 from ..io.model_folder import run_sampler
 from ..models import UNet, UNetConfig, preset
@@ -132,10 +132,7 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
         if self.channels == 4 and self.background != "white":
-            raise ValueError(
-                f"--background {self.background} has no effect with --channels 4, which keeps transparency as the "
-                "alpha channel: leave --background out, or train at --channels 1 or 3"
-            )
+            raise ValueError(background_with_rgba(self.background, "train"))
         if self.zero_terminal_snr and self.prediction_type == "epsilon":
             raise ValueError(
                 "--zero-terminal-snr needs --prediction-type v_prediction or sample: at zero SNR the noise "
@@ -215,6 +212,8 @@ def unused_settings(
     run, or a cosine schedule inside it, still sets every step's learning rate: the trainer warns instead.
     """
     found = {}
+    if config.channels == 4:  # white, the default, is the only background TrainConfig lets through
+        found["background"] = background_with_rgba(config.background, "train")
     run = f"the run ({'' if exact else 'at most '}{total_steps} steps)"
     if not config.class_cond:
         found["cond_drop_prob"] = (

@@ -195,15 +195,12 @@ def model_card(
     config = _portable_paths(config, start_folder)
     height, width = unet.sample_size
     kind = "class-conditional" if class_names else "unconditional"
-    colour = {1: "grayscale", 3: "RGB", 4: "RGBA"}[config.channels]
-    if config.channels != 4 and config.background != "white":
-        colour += ", transparency on " + ("black" if config.background == "black" else "a random colour per item")
     rows = [
         ("architecture", _architecture(config, unet, unet_overrides, parameters, len(class_names))),
         ("conditioning", _conditioning(config, class_names, guidance_scale)),
         ("weights", f"EMA of the training weights (decay {config.ema_decay:g}), float32, `unet/model.safetensors`"),
         ("diffusion", _diffusion(config, sampler, sampler_steps)),
-        ("data", f"`{config.data}`: {images:,} images ({skipped} skipped), fitted to {height}x{width} {colour}"),
+        ("data", _data(config, images, skipped, (height, width))),
         ("trained by", f"pixel-diffusion {__version__} `train.py` on {device} x {processes} process(es), "
          f"precision {PRECISIONS[config.mixed_precision]}"),
     ]  # fmt: skip
@@ -231,6 +228,14 @@ def model_card(
             "",
         ]
     )
+
+
+def _data(config: TrainConfig, images: int, skipped: int, size: tuple[int, int]) -> str:
+    """The card's data row: the source, its image count, the size and colours trained at, the background."""
+    colour = {1: "grayscale", 3: "RGB", 4: "RGBA"}[config.channels]
+    if config.channels != 4 and config.background != "white":
+        colour += ", transparency on " + ("black" if config.background == "black" else "a random colour per item")
+    return f"`{config.data}`: {images:,} images ({skipped} skipped), fitted to {size[0]}x{size[1]} {colour}"
 
 
 def _portable_paths(config: TrainConfig, start_folder: str | None) -> TrainConfig:

@@ -82,6 +82,11 @@ def test_python_m_entry_point(image_folder, tmp_path):
             "--background black has no effect with --channels 4, which keeps transparency as the alpha channel: "
             "leave --background out, or prepare at --channels 1 or 3",
         ),
+        (
+            ["--size", "8", "--channels", "4", "--background", "white"],  # the default, typed: refused too
+            "--background white has no effect with --channels 4, which keeps transparency as the alpha channel: "
+            "leave --background out, or prepare at --channels 1 or 3",
+        ),
     ],
 )
 def test_bad_flags_exit_2_in_one_line(image_folder, tmp_path, capsys, flags, error):

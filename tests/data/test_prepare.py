@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion.data import augmentation, open_images
+from diffusion.data import open_images
 from diffusion.data.prepare import prepare
 
 prepare_module = importlib.import_module("diffusion.data.prepare")
@@ -166,75 +166,6 @@ def test_grayscale_unlabelled_folder_has_no_label_column(tmp_path):
     assert dataset.column_names == ["image", "path"]
     assert dataset["path"] == ["0.png", "1.png", "2.png"]
     np.testing.assert_array_equal(stored_pixels(tmp_path / "out", (6, 4, 1)), expected_pixels(root, (6, 4), 1))
-
-
-def transparent_folder(root: Path) -> dict[str, np.ndarray]:
-    """8x8 files with transparency (RGBA: a transparent corner, one pixel half so; LA of random alpha) and an
-    opaque RGB one; their RGBA pixels."""
-    rng = np.random.default_rng(5)
-    rgba = rng.integers(0, 256, (8, 8, 4), dtype=np.uint8)
-    rgba[:, :, 3] = 255
-    rgba[:3, :3, 3], rgba[7, 7, 3] = 0, 128
-    gray, alpha = rng.integers(0, 256, (8, 8), dtype=np.uint8), rng.integers(0, 256, (8, 8), dtype=np.uint8)
-    rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    root.mkdir()
-    Image.fromarray(rgba).save(root / "a.png")
-    Image.fromarray(np.dstack([gray, alpha]), mode="LA").save(root / "b.png")
-    Image.fromarray(rgb).save(root / "c.png")
-    opaque = np.full((8, 8, 1), 255, dtype=np.uint8)
-    return {"a.png": rgba, "b.png": np.dstack([gray, gray, gray, alpha]), "c.png": np.dstack([rgb, opaque])}
-
-
-def test_four_channels_store_the_alpha_channel(tmp_path):
-    files = transparent_folder(tmp_path / "images")
-    manifest = prepare(tmp_path / "images", tmp_path / "out", size=SIZE, channels=4, workers=1)
-    assert manifest["shape"] == [8, 8, 4] and manifest["settings"]["background"] is None
-    np.testing.assert_array_equal(stored_pixels(tmp_path / "out", (8, 8, 4)), np.stack(list(files.values())))
-
-
-@pytest.mark.parametrize(("background", "colour"), [("white", 255), ("black", 0)])
-def test_one_and_three_channels_store_transparency_on_the_background(tmp_path, background, colour):
-    files = transparent_folder(tmp_path / "images")
-    manifest = prepare(tmp_path / "images", tmp_path / "out", size=SIZE, background=background, workers=1)
-    assert manifest["settings"]["background"] == background
-    stored = stored_pixels(tmp_path / "out", (8, 8, 3))
-    assert (stored[0, :3, :3] == colour).all()  # a.png's transparent corner
-    np.testing.assert_array_equal(stored[0, 3:7, 3:7], files["a.png"][3:7, 3:7, :3])  # opaque: as in the file
-    np.testing.assert_array_equal(stored[2], files["c.png"][:, :, :3])
-
-
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("background", ["white", "black", "random"])
-def test_an_rgba_preparation_gives_the_batches_of_its_folder_on_any_background(tmp_path, channels, background):
-    transparent_folder(tmp_path / "images")
-    prepare(tmp_path / "images", tmp_path / "out", size=SIZE, channels=4, workers=1)
-    keys = [(i, seed) for seed in range(8) for i in range(3)]  # seeds that flip and seeds that do not
-    folder = open_images(tmp_path / "images", SIZE, channels, background=background).batch(keys)
-    prepared = open_images(tmp_path / "out", SIZE, channels, background=background).batch(keys)
-    assert prepared.images.shape == (len(keys), channels, 8, 8)
-    np.testing.assert_array_equal(prepared.images.numpy(), folder.images.numpy())  # pixel for pixel
-    a_png = zip(keys[::3], prepared.images[::3], strict=True)  # item 0 of each seed
-    corners = {tuple(image[:, 0, -1 if augmentation(seed)[1] else 0].tolist()) for (_, seed), image in a_png}
-    assert len(corners) == (8 if background == "random" else 1)  # its transparent corner, flipped or not
-
-
-def test_a_manifest_from_before_the_background_setting_was_prepared_on_white(image_folder, tmp_path, monkeypatch):
-    out = tmp_path / "prepared"
-    manifest = prepare(image_folder, out, size=SIZE, workers=1)
-    del manifest["settings"]["background"]  # as versions without the setting wrote it
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    calls = counting_calls(monkeypatch)
-
-    assert prepare(image_folder, out, size=SIZE, workers=1) == manifest and calls == []  # the same preparation
-    with pytest.raises(ValueError) as refused:
-        prepare(image_folder, out, size=SIZE, background="black", workers=1)
-    assert str(refused.value) == (
-        f"{out} holds a dataset prepared with background white, not black: add --overwrite to replace it, or "
-        "give another --out"
-    )
-    with pytest.raises(ValueError, match=r"composited on white, so --background black cannot apply: train it with "):
-        open_images(out, SIZE, 3, background="black")
-    assert len(open_images(out, SIZE, 3)) == 5
 
 
 def test_huggingface_dataset_source(tmp_path):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from diffusion.training.config import TrainConfig, lr_factor, model_config, total_steps
+from diffusion.training.config import TrainConfig, lr_factor, model_config, total_steps, unused_settings
 
 
 def run(**fields) -> TrainConfig:
@@ -64,3 +64,13 @@ def test_a_background_is_one_of_its_choices_and_refused_with_four_channels():
     assert (run(channels=4).background, run().background) == ("white", "white")
     unet = model_config(run(channels=4))
     assert (unet.in_channels, unet.out_channels) == (4, None)  # None: as many as in_channels
+
+
+def test_a_background_typed_with_four_channels_is_unused_even_white():
+    """White, the default, is what a 4-channel run holds, so train.py refuses --background when it was typed."""
+    four = run(channels=4)
+    assert unused_settings(four, model_config(four))["background"] == (
+        "--background white has no effect with --channels 4, which keeps transparency as the alpha channel: leave "
+        "--background out, or train at --channels 1 or 3"
+    )
+    assert "background" not in unused_settings(run(background="black"), model_config(run()))

@@ -57,15 +57,19 @@ def test_train_py_with_four_channels_writes_an_rgba_model(tmp_path, data, capsys
     assert pipe(num_images=2, num_inference_steps=2, output_type="tensor", seed=0).shape == (2, 4, 8, 8)
     train = json.loads((out / "train_config.json").read_text())["train"]
     assert (train["channels"], train["background"]) == (4, "white")
+    assert (
+        "background" not in json.loads((out / "model" / "model_index.json").read_text()) and pipe.background == "white"
+    )
     assert ": 8 images (0 skipped), fitted to 8x8 RGBA |" in (out / "model" / "README.md").read_text()
 
 
-def test_a_background_with_four_channels_is_refused_in_one_line(tmp_path, data, capsys):
-    argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--channels", "4", "--background", "black"]
+@pytest.mark.parametrize("background", ["black", "white"])
+def test_a_background_with_four_channels_is_refused_in_one_line(tmp_path, data, capsys, background):
+    argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--channels", "4", "--background", background]
     assert train_main([*argv, "--max-steps", "2"]) == 2
     assert capsys.readouterr().err == (
-        "diffusion-train: error: --background black has no effect with --channels 4, which keeps transparency as "
-        "the alpha channel: leave --background out, or train at --channels 1 or 3\n"
+        f"diffusion-train: error: --background {background} has no effect with --channels 4, which keeps "
+        "transparency as the alpha channel: leave --background out, or train at --channels 1 or 3\n"
     )
     assert not (tmp_path / "out").exists()
 
@@ -108,6 +112,11 @@ def test_a_prepared_rgba_dataset_trains_on_black_as_its_folder_does(tmp_path, da
     assert losses(tmp_path / "prepared") == losses(tmp_path / "folder")
     card = (tmp_path / "prepared" / "model" / "README.md").read_text()
     assert "fitted to 8x8 RGB, transparency on black |" in card
+    # The model, and a checkpoint read as one, record the background its inputs are composited on.
+    model, (_, checkpoint) = tmp_path / "prepared" / "model", list_checkpoints(tmp_path / "prepared")[-1]
+    assert json.loads((model / "model_index.json").read_text())["background"] == "black"
+    assert DiffusionPipeline.from_pretrained(model).background == "black"
+    assert DiffusionPipeline.from_pretrained(checkpoint).background == "black"
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,13 @@ PACKAGE = Path(__file__).resolve().parents[1]  # the folder of the `diffusion` p
 
 def assets_root(package: Path = PACKAGE) -> Path:
     """The shipped models' folder for the `diffusion` package in ``package``: its package data where a wheel
-    installed it, else the source checkout's ``assets/`` (neither: the package data's place, for messages)."""
+    installed it, else the source checkout's ``assets/`` (neither: the package data's place, for messages).
+
+    A checkout is a folder with ``pyproject.toml`` beside the package: the ``assets/`` beside a package
+    installed in site-packages belongs to whatever other distribution put it there."""
     installed, checkout = package / "_assets", package.parent / "assets"
-    return checkout if checkout.is_dir() and not installed.is_dir() else installed
+    in_checkout = checkout.is_dir() and (package.parent / "pyproject.toml").is_file()
+    return checkout if in_checkout and not installed.is_dir() else installed
 
 
 ASSETS = assets_root()

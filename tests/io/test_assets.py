@@ -37,7 +37,14 @@ def test_an_installed_wheel_reads_its_package_data(tmp_path):
 
 def test_a_source_checkout_reads_assets_beside_the_package(tmp_path):
     make_folders(tmp_path / "checkout", "diffusion/io", "assets/fashion-mnist")
+    (tmp_path / "checkout" / "pyproject.toml").write_text("[project]\nname = 'pixel-diffusion'\n")
     assert assets_root(tmp_path / "checkout" / "diffusion") == tmp_path / "checkout" / "assets"
+
+
+def test_a_wheel_without_package_data_never_takes_another_distributions_assets_folder(tmp_path):
+    site = tmp_path / "site-packages"
+    make_folders(site, "diffusion/io", "assets/fashion-mnist")  # no diffusion/_assets, no pyproject.toml
+    assert assets_root(site / "diffusion") == site / "diffusion" / "_assets"
 
 
 def test_without_either_the_package_datas_place_is_named(tmp_path):

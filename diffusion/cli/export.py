@@ -63,6 +63,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
                 out,
                 pipe.class_names,
                 nearest=args.scheduler is None,  # the model's own sampler: the nearest one, with a warning
+                background=pipe.background,
             )
         print(f"wrote {out}/ for diffusers ({exported}): load it with DDPMPipeline.from_pretrained")
         return 0

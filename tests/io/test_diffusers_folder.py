@@ -664,3 +664,12 @@ def test_a_class_conditional_export_keeps_the_class_embedding_and_warns(make_tin
     torch.testing.assert_close(
         back(2, 3, class_labels=[2, 0], output_type="tensor"), pipe(2, 3, class_labels=[2, 0], output_type="tensor")
     )
+
+
+def test_the_export_command_keeps_the_background(make_tiny_pipeline, tmp_path):
+    tiny = make_tiny_pipeline(CLASSES, DDIMScheduler(), attention_levels=(1,))
+    DiffusionPipeline(tiny.unet, tiny.scheduler, tiny.class_names, "black").save_pretrained(tmp_path / "ours")
+    argv = ["--model", str(tmp_path / "ours"), "--to", "diffusers", "--out", str(tmp_path / "hf")]
+    assert cli.export_main(argv) == 0
+    assert json.loads((tmp_path / "hf" / "model_index.json").read_text())["_background"] == "black"
+    assert DiffusionPipeline.from_pretrained(tmp_path / "hf").background == "black"

@@ -15,6 +15,20 @@ from diffusion.pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
 from diffusion.schedulers import SCHEDULERS
 
 
+class Pixels:
+    """A pluggable extractor: the raw pixels. It keeps every batch it is given in ``seen``."""
+
+    name, description = "pixels", "raw pixels"
+
+    def __init__(self, feature_dim: int = 64) -> None:
+        self.feature_dim = feature_dim
+        self.seen: list[torch.Tensor] = []
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.append(images)
+        return images.flatten(1).float()
+
+
 def test_reference_images_are_a_seeded_draw_converted_like_training_data(reference_folder):
     real = load_reference_images(reference_folder, 5, channels=1, size=(8, 8), seed=3)
     assert real.shape == (5, 1, 8, 8) and real.dtype == torch.float32
@@ -103,14 +117,6 @@ def test_evaluate_matches_the_pieces_it_is_made_of(tiny_model, tiny_classifier, 
 
 
 def test_evaluate_takes_an_extractor_object_and_a_loaded_pipeline(tiny_model, reference_folder):
-    class Pixels:
-        """A pluggable extractor: the raw pixels."""
-
-        name, description, feature_dim = "pixels", "raw pixels", 64
-
-        def features(self, images: torch.Tensor) -> torch.Tensor:
-            return images.flatten(1).float()
-
     pipe = DiffusionPipeline.from_pretrained(tiny_model)
     result = evaluate(pipe, reference_folder, 4, num_inference_steps=1, extractor=Pixels(), kid_subset_size=3)
     assert (result.extractor, result.feature_dim, result.kid_subset_size) == ("pixels", 64, 3)
@@ -179,12 +185,6 @@ def test_a_class_conditional_model_is_measured_on_random_classes(tiny_conditiona
     """Its images are those of class_labels="random" at the default guidance, and the settings say so."""
     pipe = tiny_conditional_pipeline
 
-    class Pixels:
-        name, description, feature_dim = "pixels", "raw pixels", 64
-
-        def features(self, images: torch.Tensor) -> torch.Tensor:
-            return images.flatten(1).float()
-
     result = evaluate(pipe, reference_folder, 6, num_inference_steps=2, extractor=Pixels(), seed=3)
     assert result.settings["class_labels"] == "random"
     assert result.settings["guidance_scale"] == DEFAULT_GUIDANCE_SCALE
@@ -200,18 +200,10 @@ def test_a_class_conditional_model_is_measured_on_random_classes(tiny_conditiona
 def test_an_rgba_model_is_measured_against_rgba_reference_images(make_tiny_pipeline, reference_folder, tmp_path):
     """Both sides reach the extractor with 4 channels; the reference keeps an image's alpha (opaque without)."""
     pipe = make_tiny_pipeline(in_channels=4, out_channels=4)
-    seen = []
-
-    class Pixels:
-        name, description, feature_dim = "pixels", "raw pixels", 256
-
-        def features(self, images: torch.Tensor) -> torch.Tensor:
-            seen.append(images)
-            return images.flatten(1).float()
-
-    result = evaluate(pipe, reference_folder, 4, num_inference_steps=2, extractor=Pixels(), seed=1)
+    extractor = Pixels(256)
+    result = evaluate(pipe, reference_folder, 4, num_inference_steps=2, extractor=extractor, seed=1)
     assert result.settings["channels"] == 4 and result.fd > 0
-    real, generated = seen
+    real, generated = extractor.seen
     assert real.shape == generated.shape == (4, 4, 8, 8) and (real[:, 3] == 1).all()  # RGB files: opaque
     expected = pipe(4, 2, seed=1, output_type="tensor") * 2 - 1
     torch.testing.assert_close(generated, expected, rtol=0, atol=0)
@@ -233,17 +225,9 @@ def test_reference_transparency_is_composited_on_the_models_background(make_tiny
     pixels[:, :, :3], pixels[4:, :, 3] = 255, 255  # white, transparent in the top half, opaque below
     for i in range(4):
         Image.fromarray(pixels).save(tmp_path / f"{i}.png")
-    seen = []
-
-    class Pixels:
-        name, description, feature_dim = "pixels", "raw pixels", 64
-
-        def features(self, images: torch.Tensor) -> torch.Tensor:
-            seen.append(images)
-            return images.flatten(1).float()
-
-    evaluate(pipe, tmp_path, 4, num_inference_steps=1, extractor=Pixels(), seed=0)
-    real = seen[0]  # (4, 1, 8, 8) in [-1, 1]
+    extractor = Pixels()
+    evaluate(pipe, tmp_path, 4, num_inference_steps=1, extractor=extractor, seed=0)
+    real = extractor.seen[0]  # (4, 1, 8, 8) in [-1, 1]
     assert real.shape == (4, 1, 8, 8)
     assert (real[:, :, :4] == value).all() and (real[:, :, 4:] == 1).all()
     black = load_reference_images(tmp_path, 2, 1, (8, 8), background=(0, 0, 0))

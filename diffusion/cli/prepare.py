@@ -44,11 +44,12 @@ def prepare_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--background",
-        choices=tuple(BACKGROUNDS),
+        choices=(*BACKGROUNDS, "random"),  # random is refused by prepare() in one line naming the way out
         default=None,
         help="what transparent pixels (RGBA, LA, palette images) are composited on for --channels 1 and 3, "
-        "stored so and recorded in manifest.json; refused with --channels 4, which keeps the alpha channel. For "
-        "--background random at training, prepare --channels 4 (default: white)",
+        "stored so and recorded in manifest.json; refused with --channels 4, which keeps the alpha channel. "
+        "random is refused: it is drawn per item at training time, so prepare --channels 4 without --background "
+        "and train with --background random (default: white)",
     )
     parser.add_argument(
         "--image-column", default=None, help="a dataset's image column (default: image, else its one Image column)"

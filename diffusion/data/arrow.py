@@ -5,7 +5,8 @@ Two kinds of image column are read:
 - an ``Image`` feature (encoded PNG/JPEG bytes, or a file path): each item is decoded and fitted as a
   folder's file is (`files.load_image`, `augment.fit`);
 - a prepared dataset's pixel column (`manifest`): fixed-length uint8 lists of a known shape, seen as one
-  numpy array per Arrow record batch without a copy, so that reading an item is an index and a slice.
+  numpy array per Arrow record batch without a copy, so that reading an item is an index and a slice (and,
+  for RGBA of a manifest with `manifest.stale_transparent_rgb`, RGB zeroed under alpha 0 in each batch).
 
 Labels come from a ``ClassLabel`` column (its names are the class names), or from an integer or string
 column, whose sorted distinct values become the classes.
@@ -20,7 +21,7 @@ from PIL import Image
 from ..image import WHITE, to_mode
 from .augment import Background, check_conversion, crop, fit, to_pixels
 from .files import load_image
-from .images import TrainingImages
+from .images import Batch, TrainingImages
 
 
 class ArrowImages(TrainingImages):
@@ -36,6 +37,9 @@ class ArrowImages(TrainingImages):
         shape: ``(h, w, c)`` of a prepared dataset's pixel column; None for an ``Image`` column.
         composited_on: the background a prepared dataset's 1 or 3 channels were composited on (its
             manifest's); None for RGBA pixels (``c`` 4), composited at reading, on ``background``.
+        prepared_from: the source a prepared dataset was prepared from (its manifest's), for messages.
+        stale_rgb: a prepared dataset's RGBA may keep RGB under alpha 0 (`manifest.stale_transparent_rgb`):
+            it is zeroed, as `diffusion.image.to_mode` gives a file's pixels.
     """
 
     def __init__(
@@ -52,6 +56,8 @@ class ArrowImages(TrainingImages):
         label_column: str | None = None,
         shape: tuple[int, int, int] | None = None,
         composited_on: str | None = "white",
+        prepared_from: str | None = None,
+        stale_rgb: bool = False,
     ) -> None:
         check_conversion(channels, background)
         if dataset._indices is not None:  # a select()/shuffle() view: give it rows of its own
@@ -59,6 +65,9 @@ class ArrowImages(TrainingImages):
         self.dataset, self.source, self.shape = dataset, source, shape
         self.size, self.channels, self.background = size, channels, background
         self.random_crop, self.hflip = random_crop, hflip
+        self.prepared_from = prepared_from
+        # Compositing at 1 and 3 channels, and a resize (premultiplied), already ignore RGB under alpha 0.
+        self.zero_transparent_rgb = stale_rgb and shape is not None and shape[2] == 4 and channels == 4
         self.image_column = _image_column(dataset, source, image_column, shape is not None)
         if len(dataset) == 0:
             raise ValueError(f"{source} has no rows")
@@ -77,6 +86,17 @@ class ArrowImages(TrainingImages):
         if "path" in self.dataset.column_names and self.shape is not None:
             return self.dataset.data.column("path")[index].as_py()
         return f"row {index}"
+
+    def batch(self, keys: list[tuple[int, int]]) -> Batch:
+        batch = super().batch(keys)
+        if self.zero_transparent_rgb:
+            rgba = batch.images  # (b, 4, h, w) uint8
+            rgba[:, :3].mul_(rgba[:, 3:].clamp(max=1))  # times 0 where alpha is 0, else times 1
+        return batch
+
+    def pixels(self, index: int) -> np.ndarray:
+        pixels = super().pixels(index)  # (h, w, c)
+        return pixels * (pixels[:, :, 3:] > 0) if self.zero_transparent_rgb else pixels
 
     def read(
         self, index: int, crop_at: tuple[float, float] | None, background: tuple[int, int, int] = WHITE
@@ -122,35 +142,39 @@ class ArrowImages(TrainingImages):
 def _check_prepared(images: ArrowImages, composited_on: str | None) -> None:
     """Refuse to train a prepared dataset at a size, channels or background its stored pixels cannot give.
 
+    The way out names the dataset's own source: preparing the prepared dataset again would give the same
+    stored pixels, and the same refusal.
+
     Raises:
         ValueError: naming the training flag to change, or how to prepare the dataset again.
     """
     (height, width, stored), size, source = images.shape, images.size, images.source
+    again = f"prepare {images.prepared_from or 'its source'} again with diffusion-prepare"
     if stored != 4 and images.channels == 4:
         raise ValueError(
             f"{source} was prepared with {stored} channel(s), its transparency composited on {composited_on}: "
-            "prepare it with diffusion-prepare --channels 4 to train with --channels 4"
+            f"{again} --channels 4 to train with --channels 4"
         )
     if stored != 4 and stored != images.channels:
         raise ValueError(
-            f"{source} was prepared with {stored} channel(s): train it with --channels {stored}, or prepare it "
-            f"again with --channels {images.channels}"
+            f"{source} was prepared with {stored} channel(s): train it with --channels {stored}, or {again} "
+            f"--channels {images.channels}"
         )
     if stored != 4 and images.background != composited_on:
         raise ValueError(
             f"{source} was prepared with its transparency composited on {composited_on}, so --background "
-            f"{images.background} cannot apply: train it with --background {composited_on}, or prepare it with "
-            "diffusion-prepare --channels 4 to choose the background at training time"
+            f"{images.background} cannot apply: train it with --background {composited_on}, or {again} "
+            "--channels 4 to choose the background at training time"
         )
     if height < size[0] or width < size[1]:
         raise ValueError(
             f"{source} was prepared at {height}x{width}, smaller than the training size {size[0]}x{size[1]}: "
-            f"prepare it again at --size {size[0]}x{size[1]} or larger"
+            f"{again} --size {size[0]}x{size[1]} or larger"
         )
     if images.random_crop and (height, width) == tuple(size):
         raise ValueError(
             f"--random-crop needs slack, and {source} was prepared at the training size {size[0]}x{size[1]}: "
-            "prepare it at a larger --size, or leave --random-crop out"
+            f"{again} --size larger than {size[0]}x{size[1]}, or leave --random-crop out"
         )
 
 

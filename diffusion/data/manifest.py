@@ -3,6 +3,7 @@
 A folder ``PREPARED`` written by ``diffusion-prepare`` holds::
 
     manifest.json          this module's: format, version, settings, shape, counts, skipped files, checksums
+                           and, at 4 channels, ``rgb_0_under_alpha_0`` (`stale_transparent_rgb`)
     dataset_info.json      datasets' own files (``Dataset.save_to_disk``), so that
     state.json             ``datasets.load_from_disk(PREPARED)`` reads it as any other dataset
     data-*.arrow
@@ -10,7 +11,7 @@ A folder ``PREPARED`` written by ``diffusion-prepare`` holds::
 Columns: ``image``, the pixels as a fixed-length ``uint8`` list of ``height * width * channels`` values
 in row-major (height, width, channels) order, the shape being the manifest's ``shape``: 1 or 3 channels
 with transparency composited on the ``background`` of its settings (`prepared_settings`), or 4 (RGBA, the
-alpha channel kept, composited when training reads it); ``label``, a
+alpha channel kept, composited when training reads it; RGB 0 wherever alpha is 0); ``label``, a
 ``ClassLabel``, when the source has classes; ``path``, where each row came from. A fixed-length list is
 stored without offsets; datasets' ``Array3D`` stores an offset for every pixel row and column, which more
 than doubles the files.
@@ -30,6 +31,9 @@ MANIFEST = "manifest.json"
 FORMAT = "pixel-diffusion-prepared"
 VERSION = 1
 IMAGE, LABEL, PATH = "image", "label", "path"  # the column names
+# True in a 4-channel manifest whose stored RGB is 0 wherever alpha is 0, as `diffusion.image.to_mode` gives it.
+# A key beside the format version, not a new version: every version reads every manifest, with it or without.
+RGB_0_UNDER_ALPHA_0 = "rgb_0_under_alpha_0"
 
 
 def prepared_manifest(folder: str | Path) -> dict[str, Any] | None:
@@ -47,6 +51,13 @@ def prepared_settings(manifest: dict[str, Any]) -> dict[str, Any]:
     prepared on white."""
     settings = manifest.get("settings")
     return {"background": "white"} | (settings if isinstance(settings, dict) else {})
+
+
+def stale_transparent_rgb(manifest: dict[str, Any]) -> bool:
+    """Whether a manifest's stored RGBA may keep, under alpha 0, the RGB its source files held: one written
+    before `RGB_0_UNDER_ALPHA_0`, or that finished a preparation such a version began. Reading zeroes it."""
+    shape = manifest.get("shape")
+    return isinstance(shape, list) and shape[-1:] == [4] and manifest.get(RGB_0_UNDER_ALPHA_0) is not True
 
 
 def is_prepared(folder: str | Path) -> bool:

@@ -26,6 +26,7 @@ from .files import printable, warn_skipped
 from .manifest import (
     FORMAT,
     MANIFEST,
+    RGB_0_UNDER_ALPHA_0,
     VERSION,
     check_complete,
     check_files,
@@ -74,7 +75,8 @@ def prepare(
         size: (height, width) of the stored images.
         channels: 1 (grayscale) or 3 (RGB), transparency composited on ``background``; or 4 (RGBA, the alpha
             channel kept: training composites it on the background it chooses).
-        background: white or black, for 1 and 3 channels; None is white there, and the only value 4 takes.
+        background: white or black, for 1 and 3 channels; None is white there, and the only value 4 takes
+            (random is drawn per item at training time: prepare 4 channels to train with it).
         image_column, label_column: the columns of a dataset source (default: found by their type).
         workers: decoding processes (default: one per available core; 1 decodes in this process).
         shard_size: rows per shard (default: up to 1000, fewer when that many would pass 256 MiB).
@@ -135,9 +137,13 @@ def _settings(
     background as None for RGBA (nothing composited)."""
     if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
         raise ValueError(f"size must be (height, width) in positive integers, got {size!r}")
+    if background == "random":  # drawn per item from its augmentation seed: only training knows it
+        raise ValueError(
+            "--background random is drawn per item at training time, so a preparation cannot store it: prepare "
+            "with --channels 4 and no --background, then train with --channels 1 or 3 and --background random"
+        )
     if channels == 4 and background is not None:
         raise ValueError(background_with_rgba(background, "prepare"))
-    # random is drawn per training item: prepare RGBA (--channels 4) to train with it
     check_conversion(channels, "white" if background is None else background, tuple(BACKGROUNDS))
     where = Path(source).resolve() if os.path.exists(source) else source
     return {
@@ -307,7 +313,14 @@ def _listing_sha256(names: list[str], fingerprint: str | None) -> str:
 def _header(settings: dict[str, Any], complete: bool) -> dict[str, Any]:
     """The manifest's fields that say what it is, as every manifest of a preparation starts."""
     created_by = f"pixel-diffusion {__version__}"
-    return {"format": FORMAT, "version": VERSION, "complete": complete, "created_by": created_by, "settings": settings}
+    rgba = {RGB_0_UNDER_ALPHA_0: True} if settings["channels"] == 4 else {}  # as `diffusion.image.to_mode` gives it
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "complete": complete,
+        "created_by": created_by,
+        "settings": settings,
+    } | rgba
 
 
 def _begin(out: Path, settings: dict[str, Any], names: list[str], fingerprint: str | None, shard_size: int) -> int:
@@ -360,6 +373,8 @@ def _finish(out: Path, images: Any, settings: dict[str, Any], count: int) -> dic
         "skipped": skipped,
         "files": {path.name: {"bytes": path.stat().st_size, "sha256": sha256_of(path)} for path in files},
     }
+    if RGB_0_UNDER_ALPHA_0 not in read_manifest(out):  # begun by a version whose shards may keep RGB under alpha 0
+        manifest.pop(RGB_0_UNDER_ALPHA_0, None)
     write_json(out / MANIFEST, manifest)
     shutil.rmtree(out / PARTIAL)
     return manifest

@@ -20,7 +20,7 @@ from .augment import Background
 from .files import IMAGE_EXTENSIONS, TABLE_SUFFIXES, is_left_by_tools, printable
 from .folder import ImageFolder
 from .images import TrainingImages
-from .manifest import check_complete, check_files, prepared_manifest, prepared_settings
+from .manifest import check_complete, check_files, prepared_manifest, prepared_settings, stale_transparent_rgb
 
 logger = logging.getLogger(__package__)
 
@@ -54,8 +54,13 @@ def open_images(
         check_complete(path, manifest)
         check_files(path, manifest)  # sizes only: the checksums are diffusion-prepare's to verify
         dataset = require_datasets(data).load_from_disk(str(path))
-        composited_on = prepared_settings(manifest)["background"]
-        prepared = {"shape": tuple(manifest["shape"]), "composited_on": composited_on}
+        settings = prepared_settings(manifest)
+        prepared = {
+            "shape": tuple(manifest["shape"]),
+            "composited_on": settings["background"],
+            "prepared_from": printable(str(settings["source"])) if settings.get("source") else None,
+            "stale_rgb": stale_transparent_rgb(manifest),
+        }
         images = _arrow_images(dataset, data, size, channels, options | prepared, columns)
         images.known_skipped = int(manifest.get("counts", {}).get("skipped", 0))
         return images

@@ -74,8 +74,16 @@ def test_python_m_entry_point(image_folder, tmp_path):
             "argument --channels: invalid choice: 2 (choose from 1, 3, 4) (see --help)",
         ),
         (
-            ["--size", "8", "--background", "random"],
-            "argument --background: invalid choice: 'random' (choose from 'white', 'black') (see --help)",
+            ["--size", "8", "--background", "blue"],
+            "argument --background: invalid choice: 'blue' (choose from 'white', 'black', 'random') (see --help)",
+        ),
+        *(
+            (
+                ["--size", "8", *channels, "--background", "random"],
+                "--background random is drawn per item at training time, so a preparation cannot store it: prepare "
+                "with --channels 4 and no --background, then train with --channels 1 or 3 and --background random",
+            )
+            for channels in ([], ["--channels", "4"])
         ),
         (
             ["--size", "8", "--channels", "4", "--background", "black"],

@@ -21,6 +21,7 @@ from diffusion.data.arrow import ArrowImages
 from diffusion.image import to_mode
 
 SOURCE = "src"  # what the messages call the dataset
+ORIGIN = "/data/faces"  # what a prepared dataset's manifest says it was prepared from
 SEEDS = range(12)
 
 
@@ -261,8 +262,8 @@ def test_random_crop_on_a_dataset_prepared_at_the_training_size_is_refused_in_on
     pixels = np.stack([_noise(8, 12, seed=s) for s in range(2)])
     with pytest.raises(
         ValueError,
-        match=r"^--random-crop needs slack, and src was prepared at the training size 8x12: "
-        r"prepare it at a larger --size, or leave --random-crop out$",
+        match=r"^--random-crop needs slack, and src was prepared at the training size 8x12: prepare its source "
+        r"again with diffusion-prepare --size larger than 8x12, or leave --random-crop out$",
     ):
         ArrowImages(_prepared(pixels, 1), SOURCE, (8, 12), 3, random_crop=True, shape=(8, 12, 3))
 
@@ -311,8 +312,10 @@ def test_prepared_larger_without_random_crop_is_fitted(channels):
 def test_prepared_smaller_than_the_training_size_is_refused_in_one_line(random_crop):
     pixels = np.stack([_noise(12, 16, seed=s) for s in range(2)])  # 12 high, trained 16 high
     with pytest.raises(ValueError, match=r"^src was prepared at 12x16, smaller than the training size 16x8: prepare "
-                       r"it again at --size 16x8 or larger$"):  # fmt: skip
-        ArrowImages(_prepared(pixels), SOURCE, (16, 8), 3, random_crop=random_crop, shape=(12, 16, 3))
+                       r"/data/faces again with diffusion-prepare --size 16x8 or larger$"):  # fmt: skip
+        ArrowImages(
+            _prepared(pixels), SOURCE, (16, 8), 3, random_crop=random_crop, shape=(12, 16, 3), prepared_from=ORIGIN
+        )
 
 
 def test_prepared_labels_come_from_its_class_label():
@@ -323,72 +326,12 @@ def test_prepared_labels_come_from_its_class_label():
 
 def test_prepared_with_other_channels_is_refused():
     pixels = np.stack([_noise(8, 8, seed=s) for s in range(2)])
-    message = "src was prepared with 3 channel(s): train it with --channels 3, or prepare it again with --channels 1"
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        ArrowImages(_prepared(pixels), SOURCE, (8, 8), 1, shape=(8, 8, 3))
-
-
-def _rgba_noise(height: int, width: int, seed: int) -> np.ndarray:
-    """RGBA noise whose alpha takes every value, 0 and 255 included."""
-    return _noise(height, width, 4, seed)
-
-
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("background", ["black", "random"])
-def test_prepared_rgba_with_random_crop_is_composited_on_each_items_background(channels, background):
-    pixels = np.stack([_rgba_noise(12, 16, seed=s) for s in range(2)])  # stored 12x16 RGBA, trained at 8x8
-    dataset = ArrowImages(
-        _prepared(pixels), SOURCE, (8, 8), channels, random_crop=True, background=background, shape=(12, 16, 4),
-        composited_on=None,
-    )  # fmt: skip
-    keys = [(i, seed) for i in range(2) for seed in SEEDS]
-    for (i, seed), got in zip(keys, _hwc(dataset.batch(keys).images), strict=True):
-        crop_at, flip = augmentation(seed)
-        colour = (0, 0, 0) if background == "black" else background_colour("random", seed)
-        window = to_pixels(to_mode(Image.fromarray(crop(pixels[i], (8, 8), crop_at)), channels, colour))
-        np.testing.assert_array_equal(got, window[:, ::-1] if flip else window, err_msg=f"item {i}, seed {seed}")
-
-
-def test_prepared_rgba_at_four_channels_is_as_stored():
-    pixels = np.stack([_rgba_noise(8, 8, seed=s) for s in range(2)])
-    dataset = ArrowImages(_prepared(pixels), SOURCE, (8, 8), 4, hflip=False, shape=(8, 8, 4), composited_on=None)
-    np.testing.assert_array_equal(_hwc(dataset.batch([(0, 0), (1, 1)]).images), pixels)
-
-
-@pytest.mark.parametrize(
-    ("channels", "background", "message"),
-    [
-        (
-            4,
-            "white",
-            "src was prepared with 3 channel(s), its transparency composited on white: prepare it with "
-            "diffusion-prepare --channels 4 to train with --channels 4",
-        ),
-        (
-            3,
-            "black",
-            "src was prepared with its transparency composited on white, so --background black cannot apply: train it "
-            "with --background white, or prepare it with diffusion-prepare --channels 4 to choose the background at "
-            "training time",
-        ),
-        (
-            3,
-            "random",
-            "src was prepared with its transparency composited on white, so --background random cannot apply: train "
-            "it with --background white, or prepare it with diffusion-prepare --channels 4 to choose the background "
-            "at training time",
-        ),
-    ],
-)
-def test_prepared_composited_pixels_refuse_another_background_or_four_channels(channels, background, message):
-    pixels = np.stack([_noise(8, 8, seed=s) for s in range(2)])
-    with pytest.raises(ValueError) as refused:
-        ArrowImages(_prepared(pixels), SOURCE, (8, 8), channels, background=background, shape=(8, 8, 3))
-    assert str(refused.value) == message
-    on_black = ArrowImages(
-        _prepared(pixels), SOURCE, (8, 8), 3, background="black", shape=(8, 8, 3), composited_on="black"
+    message = (
+        "src was prepared with 3 channel(s): train it with --channels 3, or prepare /data/faces again with "
+        "diffusion-prepare --channels 1"
     )
-    np.testing.assert_array_equal(on_black.pixels(1), pixels[1])  # composited on black, trained on black
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        ArrowImages(_prepared(pixels), SOURCE, (8, 8), 1, shape=(8, 8, 3), prepared_from=ORIGIN)
 
 
 # ---------------------------------------------------------------------------------------------------

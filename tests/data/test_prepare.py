@@ -294,7 +294,7 @@ def test_default_shard_size(size, channels, rows):
     [
         ({"size": (8, 0)}, "size must be (height, width) in positive integers, got (8, 0)"),
         ({"size": SIZE, "channels": 2}, "channels must be 1, 3 or 4, got 2"),
-        ({"size": SIZE, "background": "random"}, "background must be white or black, got 'random'"),
+        ({"size": SIZE, "background": "blue"}, "background must be white or black, got 'blue'"),
         (
             {"size": SIZE, "channels": 4, "background": "black"},
             "--background black has no effect with --channels 4, which keeps transparency as the alpha channel: "

@@ -8,17 +8,24 @@
 folders, read at the model's size with transparency on white, as training reads them. The parts, each
 timed:
 
-1. samples: --num-images images with a class each, in class order in blocks whose sizes differ by at most
-   one; image i uses seed --seed + i; the model's own sampler and guidance unless given. Cached in --work.
+1. samples: --num-images images with a class each, the classes in the test split's proportions (largest
+   remainder), in class order; image i uses seed --seed + i; the model's own sampler and guidance unless
+   given. Cached in --work.
 2. FD and KID in EfficientNet-Lite0 features against all of test/. Floors: a seeded draw of as many
    training images (so FD is at the same N) against test/, and test/ against itself split in two halves by
-   a seeded shuffle (FD at half the test count: compare its KID, which is unbiased, not its FD).
+   a seeded shuffle of emoji groups (an emoji and its skin-tone variants stay in one half; FD at half the
+   test count: compare its KID, which is unbiased, not its FD).
 3. class agreement: a color `Classifier` trained on train/ by bench/train_classifier.py (cached in --work)
-   names the requested class; its accuracy on test/ is the ceiling, and agreement / ceiling the summary.
+   names the requested class; its accuracy on test/ is the ceiling, and agreement / ceiling the summary,
+   over all images and balanced (the mean of the per-class shares, so the large People & Body class does
+   not speak for the rest).
 4. memorization (`diffusion.metrics.memorization`): each sample's nearest training images in pixels (in
    [0, 1], flattened) and in the same features: (a) the share nearer than the median test image, (b) the
    share of near copies (nearest / second nearest < 1/3); the same figures for test/ as the reference.
-   --work/closest-pairs.png shows the 8 samples nearest in pixels, each beside its training image.
+   --work/closest-pairs.png shows the 8 samples nearest in pixels, each beside its training image, among the
+   samples with as much ink as a training image: the (nearly) blank samples, with a smaller share of ink
+   pixels (a channel darker than `INK`) than the least-inked training image, are counted and left out of the
+   picture, since a blank is near every pale training image without copying any.
 
 Prints Markdown tables and the wall time of each part; --write-card FILE replaces the text between
 ``<!-- quality -->`` and ``<!-- /quality -->`` in FILE with them and the command.
@@ -49,6 +56,8 @@ BEGIN, END = "<!-- quality -->", "<!-- /quality -->"
 EXTRACTOR = "efficientnet-lite0"
 NUM_PAIRS = 8  # sample/training pairs in closest-pairs.png
 UPSCALE = 3  # closest-pairs.png's pixels per image pixel (nearest neighbour)
+INK = 0.9  # a pixel with a channel below this (in [0, 1], on white) is ink
+SKIN_TONES = {"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"}  # Fitzpatrick modifiers in Noto's file names
 
 
 class Split:
@@ -91,9 +100,36 @@ def parse_guidance(text: str) -> float | None:
     return value
 
 
-def class_labels(num_images: int, num_classes: int) -> list[int]:
-    """Image i's class ``i * num_classes // num_images``: class order, blocks differing in size by at most one."""
-    return [i * num_classes // num_images for i in range(num_images)]
+def class_labels(num_images: int, counts: list[int]) -> list[int]:
+    """``num_images`` class labels in class order, each class's share that of ``counts`` (largest remainder)."""
+    total = sum(counts)
+    shares = [num_images * c / total for c in counts]
+    sizes = [int(s) for s in shares]
+    by_remainder = sorted(range(len(counts)), key=lambda c: sizes[c] - shares[c])  # largest remainder first
+    for c in by_remainder[: num_images - sum(sizes)]:
+        sizes[c] += 1
+    return [c for c, size in enumerate(sizes) for _ in range(size)]
+
+
+def emoji_group(name: str) -> str:
+    """A file name without its skin-tone modifiers (U+1F3FB..U+1F3FF), so an emoji's variants share a group."""
+    parts = Path(name).stem.split("-")
+    return "-".join(p for p in parts if p not in SKIN_TONES)
+
+
+def halves_by_group(names: list[str], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two index sets of about half of ``names`` each: whole emoji groups in a seeded order, the first groups
+    until half the images are in, the rest in the second."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(emoji_group(name), []).append(i)
+    members = list(groups.values())
+    order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed)).tolist()
+    first: list[int] = []
+    second: list[int] = []
+    for g in order:
+        (first if len(first) < len(names) / 2 else second).extend(members[g])
+    return torch.tensor(first), torch.tensor(second)
 
 
 def fingerprint(*parts: object) -> str:
@@ -119,12 +155,13 @@ def cached(path: Path, make):
     return value
 
 
-def generate(pipe: DiffusionPipeline, args: argparse.Namespace, key: str) -> dict:
-    """``{"images": (n, 3, h, w) in [0, 1], "labels": (n,), "seconds": float}``, from --work or sampled now."""
+def generate(pipe: DiffusionPipeline, args: argparse.Namespace, counts: list[int], key: str) -> dict:
+    """``{"images": (n, 3, h, w) in [0, 1], "labels": (n,), "seconds": float}``, from --work or sampled now, the
+    classes in the proportions of ``counts``."""
     sampler = args.sampler or pipe.scheduler_name()
 
     def make() -> dict:
-        labels = class_labels(args.num_images, len(pipe.class_names))
+        labels = class_labels(args.num_images, counts)
         start = time.perf_counter()
         images = pipe(
             args.num_images, args.steps, sampler, class_labels=labels, guidance_scale=args.guidance,
@@ -154,14 +191,14 @@ def train_classifier(args: argparse.Namespace, size: tuple[int, int]) -> Classif
     return Classifier.from_pretrained(out).eval()
 
 
-def quality_rows(sampled: torch.Tensor, train: torch.Tensor, test: torch.Tensor, seed: int) -> list:
-    """(label, `QualityResult`) for the samples' features and the two floors, each against the test features."""
+def quality_rows(sampled: torch.Tensor, train: torch.Tensor, test: torch.Tensor, halves: tuple, seed: int) -> list:
+    """(label, `QualityResult`) for the samples' features and the two floors, each against the test features;
+    ``halves`` are the two index sets of the test split's half-vs-half floor."""
 
     def compare(a: torch.Tensor, b: torch.Tensor) -> QualityResult:
         return compare_features(a, b, EXTRACTOR, generator=torch.Generator().manual_seed(seed))
 
     draw = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(sampled)]
-    halves = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed)).tensor_split(2)
     return [
         ("samples vs test split", compare(sampled, test)),
         (f"training split ({len(draw)}, seeded draw) vs test split: floor", compare(train[draw], test)),
@@ -178,26 +215,33 @@ def quality_table(rows: list) -> str:
 
 
 @torch.inference_mode()
-def agreement(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, int]:
-    """(share of images the classifier assigns to ``labels``, the worst class's share, that class)."""
+def agreement(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
+    """Class -> the share of its images the classifier assigns to it."""
     predicted = torch.cat([classifier(batch * 2 - 1).argmax(dim=1) for batch in images.split(500)])
     hits = (predicted == labels).double()
-    per_class = {c: hits[labels == c].mean().item() for c in labels.unique().tolist()}
-    worst = min(per_class, key=per_class.get)
-    return hits.mean().item(), per_class[worst], worst
+    return {c: hits[labels == c].mean().item() for c in labels.unique().tolist()}
 
 
-def agreement_table(samples: tuple, test: tuple, class_names: list[str]) -> str:
-    (overall, worst, c), (ceiling, test_worst, t) = samples, test
-    return "\n".join(
-        [
-            "| images | classifier names the class | worst class |",
-            "|---|---:|---|",
-            f"| samples (the requested class) | {overall:.1%} | {worst:.1%} {class_names[c]} |",
-            f"| test split (its own class): the ceiling | {ceiling:.1%} | {test_worst:.1%} {class_names[t]} |",
-            f"| agreement / ceiling | {overall / ceiling if ceiling else float('nan'):.3f} | |",
-        ]
-    )
+def agreement_table(samples: dict, test: dict, sample_labels: torch.Tensor, test_labels: torch.Tensor,
+                    class_names: list[str]) -> str:  # fmt: skip
+    """All-image and balanced agreement of the samples and the test split, their ratios, and each class."""
+
+    def overall(per_class: dict, labels: torch.Tensor) -> float:
+        return sum(per_class[c] * (labels == c).sum().item() for c in per_class) / len(labels)
+
+    def balanced(per_class: dict) -> float:
+        return sum(per_class.values()) / len(per_class)
+
+    rows = [
+        ("samples (the requested class)", overall(samples, sample_labels), balanced(samples)),
+        ("test split (its own class): the ceiling", overall(test, test_labels), balanced(test)),
+    ]
+    rows.append(("agreement / ceiling", rows[0][1] / rows[1][1], rows[0][2] / rows[1][2]))
+    lines = ["| images | all images | balanced (mean over classes) |", "|---|---:|---:|"]
+    lines += [f"| {label} | {a:.3f} | {b:.3f} |" for label, a, b in rows]
+    lines += ["", "| class | samples | test split |", "|---|---:|---:|"]
+    lines += [f"| {class_names[c]} | {samples.get(c, float('nan')):.1%} | {test[c]:.1%} |" for c in sorted(test)]
+    return "\n".join(lines)
 
 
 def memorization_table(reports: dict[str, MemorizationReport]) -> str:
@@ -214,17 +258,26 @@ def memorization_table(reports: dict[str, MemorizationReport]) -> str:
     return "\n".join(lines)
 
 
-def pairs_table(report: MemorizationReport, labels: torch.Tensor, train: Split, class_names: list[str]) -> str:
+def ink_share(images: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` each image's share of pixels with a channel darker than `INK` (images ``(n, 3, h, w)`` on white)."""
+    return (images < INK).any(dim=1).flatten(1).double().mean(dim=1)
+
+
+def pairs_table(report: MemorizationReport, inked: torch.Tensor, labels: torch.Tensor, train: Split,
+                class_names: list[str]) -> str:  # fmt: skip
+    """The closest pairs of ``report`` (made of the samples ``inked`` indexes), by the samples' own numbers."""
     lines = ["| sample | requested class | nearest training image | pixel L2 | d1/d2 |", "|---:|---|---|---:|---:|"]
     for sample, image, distance in report.closest:
-        name = class_names[labels[sample]]
-        lines.append(f"| {sample} | {name} | {train.names[image]} | {distance:.3f} | {report.ratios[sample]:.3f} |")
+        number, ratio = inked[sample].item(), report.ratios[sample]
+        lines.append(
+            f"| {number} | {class_names[labels[number]]} | {train.names[image]} | {distance:.3f} | {ratio:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def save_pairs(report: MemorizationReport, samples: torch.Tensor, train: torch.Tensor, path: Path) -> None:
-    """The closest pairs, sample left and training image right (a grey line between), upscaled `UPSCALE` x, four
-    pairs per row."""
+    """The closest pairs of ``report`` (made of ``samples``), sample left and training image right (a grey line
+    between), upscaled `UPSCALE` x, four pairs per row."""
     line = torch.full((3, samples.shape[2], 1), 0.5)  # (3, h, 1)
     pairs = torch.stack(
         [torch.cat([samples[s], line, train[t]], dim=2) for s, t, _ in report.closest]
@@ -280,12 +333,20 @@ def measure(args: argparse.Namespace, timer: Timer) -> tuple[dict, list[str]]:
         pipe = DiffusionPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
         if pipe.unet.config.num_classes is None:
             raise SystemExit(f"{args.model} is unconditional; give a class-conditional --model")
+        if pipe.unet.config.in_channels != 3 or pipe.background != "white":
+            raise SystemExit(
+                f"{args.model} makes {pipe.unet.config.in_channels}-channel images on {pipe.background}; this bench "
+                "compares RGB on white, as the data is read: give a model trained with --channels 3 --background white"
+            )
         size, names = tuple(pipe.unet.config.sample_size), list(pipe.class_names)
         train, test = Split(args.data / "train", size, names), Split(args.data / "test", size, names)
     with timer.part("samples"):
         sampler = args.sampler or pipe.scheduler_name()
-        key = fingerprint(Path(args.model), sampler, args.steps, args.guidance, args.num_images, args.seed, dtype)
-        row = generate(pipe, args, key)
+        counts = torch.bincount(test.labels, minlength=len(names)).tolist()
+        key = fingerprint(
+            Path(args.model), sampler, args.steps, args.guidance, args.num_images, args.seed, dtype, counts
+        )
+        row = generate(pipe, args, counts, key)
         samples, labels = row["images"], row["labels"]  # (n, 3, h, w) in [0, 1], (n,)
     with timer.part(f"{EXTRACTOR} features"):
         extractor = load_feature_extractor(EXTRACTOR, device=args.device)
@@ -294,19 +355,30 @@ def measure(args: argparse.Namespace, timer: Timer) -> tuple[dict, list[str]]:
         test_f = features(extractor, test.images, args.work / f"features-test-{data_key}.pt")  # (t, 1280)
         sample_f = features(extractor, samples, args.work / f"features-samples-{key}.pt")  # (n, 1280)
     with timer.part("FD and KID"):
-        quality = quality_table(quality_rows(sample_f, train_f, test_f, args.seed))
+        halves = halves_by_group(test.names, args.seed)
+        quality = quality_table(quality_rows(sample_f, train_f, test_f, halves, args.seed))
     with timer.part("classifier"):
         classifier = train_classifier(args, size)
         agree = agreement(classifier, samples, labels), agreement(classifier, test.images, test.labels)
+        agree_table = agreement_table(*agree, labels, test.labels, names)
     with timer.part("memorization"):
         spaces = {"pixels": (samples, train.images, test.images), EXTRACTOR: (sample_f, train_f, test_f)}
         reports = {
             space: memorization_report(*(x.flatten(1) for x in vectors), num_pairs=NUM_PAIRS)
             for space, vectors in spaces.items()
         }
-        save_pairs(reports["pixels"], samples, train.images, args.work / "closest-pairs.png")
-    pairs = pairs_table(reports["pixels"], labels, train, names)
-    return row, [quality, agreement_table(*agree, names), memorization_table(reports), pairs]
+        least = ink_share(train.images).min().item()  # the least-inked training image's share of ink pixels
+        inked = (ink_share(samples) >= least).nonzero().squeeze(1)  # (k,) the samples that are not (nearly) blank
+        shown = memorization_report(samples[inked].flatten(1), train.images.flatten(1), test.images.flatten(1),
+                                    num_pairs=NUM_PAIRS)  # fmt: skip
+        save_pairs(shown, samples[inked], train.images, args.work / "closest-pairs.png")
+    blank = len(samples) - len(inked)
+    pairs = (
+        f"{blank} of {len(samples)} samples ({blank / len(samples):.1%}) are blank or nearly so: less of their pixels "
+        f"are ink (a channel below {INK}) than the {least:.1%} of the least-inked training image. The {NUM_PAIRS} "
+        f"other samples nearest a training image in pixels:\n\n" + pairs_table(shown, inked, labels, train, names)
+    )
+    return row, [quality, agree_table, memorization_table(reports), pairs]
 
 
 def main() -> None:
@@ -319,8 +391,8 @@ def main() -> None:
         f"Sampling the {len(row['images'])} images took {row['seconds']:.1f} s (when they were made; cached since)."
     )
     times = ["| part | seconds |", "|---|---:|", *(f"| {k} | {v:.1f} |" for k, v in timer.seconds.items())]
-    pairs = f"The {NUM_PAIRS} closest pairs (sample left, training image right): {args.work / 'closest-pairs.png'}"
-    text = "\n\n".join([f"```bash\n{command}\n```", *tables, pairs, sampled, "\n".join(times)])
+    picture = f"The {NUM_PAIRS} closest pairs (sample left, training image right): {args.work / 'closest-pairs.png'}"
+    text = "\n\n".join([f"```bash\n{command}\n```", *tables, picture, sampled, "\n".join(times)])
     print(f"\n{text}")
     if args.write_card is not None:
         write_card(args.write_card, text)

@@ -8,7 +8,8 @@ same wall time, then measured by FD and KID against the held-out test split.
 first trains 30 steps to measure its images per second, then trains anew for the number of steps that
 fills --minutes at that rate (cosine learning rate to 0, so every run ends annealed), and is measured with
 ``diffusion-evaluate`` (--num-images samples with a class drawn per image, the model's sampler and 20
-steps, efficientnet-lite0 features, against the test split). Runs are resumed from --work when rerun.
+steps, efficientnet-lite0 features, against the test split). A rerun with the same --minutes reuses the runs
+and results in --work (``CONFIG-MINUTESmin``).
 Prints a Markdown table: configuration, parameters, images per second, steps, epochs, wall time,
 FD@N, KID@N.
 """
@@ -79,7 +80,7 @@ def main() -> None:
             train(args.data, probe, preset, side, 30)
         rate = images_per_second(probe)
         steps = int(args.minutes * 60 * rate / BATCH)
-        out = args.work / name
+        out = args.work / f"{name}-{args.minutes:g}min"  # another --minutes is another run, not this one resumed
         timing = out / "wall.json"
         if not timing.is_file():
             timing.parent.mkdir(parents=True, exist_ok=True)

@@ -27,11 +27,60 @@ quality = _load("noto_emoji_quality")
 train_classifier = _load("train_classifier")
 
 
-@pytest.mark.parametrize(("num_images", "sizes"), [(90, {10}), (1000, {111, 112}), (5, {0, 1})])
-def test_class_labels_come_in_class_order_in_near_equal_blocks(num_images, sizes):
-    labels = quality.class_labels(num_images, 9)
+@pytest.mark.parametrize(
+    ("num_images", "counts", "sizes"),
+    [
+        (90, [1] * 9, [10] * 9),
+        (1000, [8, 16, 27, 13, 26, 224, 17, 22, 22], [21, 43, 72, 35, 69, 597, 45, 59, 59]),  # the Noto test split
+        (5, [1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0, 0, 0]),  # ties go to the first classes
+        (4, [3, 1], [3, 1]),
+        (3, [1, 0, 2], [1, 0, 2]),
+    ],
+)
+def test_class_labels_follow_the_counts_in_class_order(num_images, counts, sizes):
+    labels = quality.class_labels(num_images, counts)
     assert len(labels) == num_images and labels == sorted(labels)
-    assert {Counter(labels)[c] for c in range(9)} == sizes
+    assert [Counter(labels)[c] for c in range(len(counts))] == sizes
+
+
+@pytest.mark.parametrize(
+    ("name", "group"),
+    [
+        ("1f44b.png", "1f44b"),
+        ("People & Body/1f44b-1f3fd.png", "1f44b"),
+        ("1f3c3-1f3fb-200d-2640-fe0f.png", "1f3c3-200d-2640-fe0f"),
+        ("1f9d1-1f3ff-200d-1f91d-200d-1f9d1-1f3fb.png", "1f9d1-200d-1f91d-200d-1f9d1"),
+        ("1f1e6-1f1e8.png", "1f1e6-1f1e8"),
+    ],
+)
+def test_emoji_group_drops_only_the_skin_tone_modifiers(name, group):
+    assert quality.emoji_group(name) == group
+
+
+def test_halves_by_group_keeps_an_emoji_and_its_skin_tones_in_one_half():
+    names = ["a.png", "a-1f3fb.png", "a-1f3ff.png", "b.png", "c.png", "c-1f3fc.png", "d.png", "e.png"]
+    first, second = quality.halves_by_group(names, seed=0)
+    assert sorted(first.tolist() + second.tolist()) == list(range(8))  # every image once
+    halves = [{quality.emoji_group(names[i]) for i in half.tolist()} for half in (first, second)]
+    assert not halves[0] & halves[1]  # no group in both
+    assert len(first) >= 4 and len(second) >= 1  # groups fill the first half to at least half the images
+    assert torch.equal(first, quality.halves_by_group(names, seed=0)[0])  # seeded
+
+
+def test_agreement_table_gives_all_image_and_balanced_ratios():
+    samples, test = {0: 1.0, 1: 0.5}, {0: 1.0, 1: 1.0}
+    sample_labels, test_labels = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1])
+    table = quality.agreement_table(samples, test, sample_labels, test_labels, ["cat", "dog"])
+    assert "| samples (the requested class) | 0.875 | 0.750 |" in table  # (3 * 1 + 0.5) / 4; (1 + 0.5) / 2
+    assert "| agreement / ceiling | 0.875 | 0.750 |" in table
+    assert "| dog | 50.0% | 100.0% |" in table
+
+
+def test_ink_share_counts_pixels_with_a_dark_channel():
+    images = torch.ones(2, 3, 2, 2)
+    images[0, 1, 0, 0] = 0.5  # one of four pixels has a dark channel
+    images[1, :, 1, 1] = 0.95  # pale, not ink
+    assert quality.ink_share(images).tolist() == [0.25, 0.0]
 
 
 @pytest.mark.parametrize(("text", "value"), [("default", None), ("0", 0.0), ("1.5", 1.5)])
@@ -129,3 +178,12 @@ def test_flipped_mirrors_a_seeded_half():
     assert torch.equal(mirrored | (out == images).flatten(1).all(1), torch.ones(16, dtype=torch.bool))
     expected = torch.rand(16, generator=torch.Generator().manual_seed(0)) < 0.5  # the draw flipped() makes
     assert torch.equal(mirrored, expected)
+
+
+def test_pairs_table_numbers_the_pairs_by_the_samples_own_indices():
+    samples, train = torch.zeros(3, 4), torch.eye(4)
+    samples[1] = train[2]  # the only inked sample (index 1 of the subset below) copies training image 2
+    report = memorization_report(samples[[0, 1]], train, train[:2], num_pairs=1)
+    split = argparse.Namespace(names=["a.png", "b.png", "c.png", "d.png"])
+    table = quality.pairs_table(report, torch.tensor([0, 2]), torch.tensor([0, 1, 1]), split, ["x", "y"])
+    assert table.splitlines()[2] == "| 2 | y | c.png | 0.000 | 0.000 |"

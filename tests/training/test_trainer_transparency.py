@@ -125,13 +125,13 @@ def test_a_prepared_rgba_dataset_trains_on_black_as_its_folder_does(tmp_path, da
         (
             ["--background", "random"],
             "was prepared with its transparency composited on white, so --background random cannot apply: train it "
-            "with --background white, or prepare it with diffusion-prepare --channels 4 to choose the background at "
-            "training time",
+            "with --background white, or prepare {source} again with diffusion-prepare --channels 4 to choose the "
+            "background at training time",
         ),
         (
             ["--channels", "4"],
-            "was prepared with 3 channel(s), its transparency composited on white: prepare it with diffusion-prepare "
-            "--channels 4 to train with --channels 4",
+            "was prepared with 3 channel(s), its transparency composited on white: prepare {source} again with "
+            "diffusion-prepare --channels 4 to train with --channels 4",
         ),
     ],
 )
@@ -142,5 +142,6 @@ def test_a_prepared_rgb_dataset_refuses_another_background_in_one_line_naming_th
     prepare(data, prepared, size=(8, 8), channels=3, workers=1)
     argv = ["--data", str(prepared), "--out", str(tmp_path / "out"), "--preset", "tiny", "--image-size", "8"]
     assert train_main([*argv, "--max-steps", "2", *flags]) == 2
-    assert capsys.readouterr().err == f"diffusion-train: error: {prepared} {message}\n"
+    expected = message.format(source=data.resolve())
+    assert capsys.readouterr().err == f"diffusion-train: error: {prepared} {expected}\n"
     assert not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@
 - `Trainer.train`: the outline below, each line one piece;
 - ``_set_up``: seeds, the model, AdamW with the learning-rate schedule (`config.lr_factor`), the fp32
   EMA and the noise schedule;
-- ``_resume``: loads the checkpoint ``--resume`` picks (`checkpointing.py`) and tidies ``OUT`` for the
+- ``_resume``: loads the checkpoint ``--resume`` picks (`trainer_checkpoints.py`) and tidies ``OUT`` for the
   history that continues (`outputs.py`);
 - ``_step``: one optimiser step: ``grad_accum`` micro-batches of `training_loss` (`loss.py`, the whole
   objective), backward under accelerate's precision handling, gradient clipping, AdamW, the learning-rate
@@ -25,7 +25,6 @@ import dataclasses
 import importlib.util
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -37,24 +36,16 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..data import printable, to_unit
-from ..io.checkpoint import (
-    begin_checkpoint,
-    check_resume_path,
-    commit_checkpoint,
-    pending_checkpoint,
-    read_state,
-    resolve_resume,
-)
+from ..data import to_unit
+from ..io.checkpoint import check_resume_path, resolve_resume
 from ..io.files import check_writable, write_json
 from ..models import UNet
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
 from ..schedulers import DEFAULT_STEPS, DPMSolverMultistepScheduler, NoiseSchedule
-from .checkpointing import RunState, check_same_run, read_rng_states, read_run_state, write_rng_states, write_run_state
 from .config import TrainConfig, lr_factor, model_config, scheduler_config, total_steps, unused_settings
 from .ema import EMA
 from .errors import TrainingError
-from .feed import SkippedItems, decoded_folder, micro_batches, open_data
+from .feed import SkippedItems, micro_batches, open_data
 from .loss import training_loss
 from .outputs import (
     LOSS_CURVE,
@@ -73,6 +64,7 @@ from .outputs import (
 from .processes import agree_to_stop, any_process, on_main
 from .report import length_warnings, model_card, startup_lines, working_folder
 from .safety import disk_errors, install_stop_handlers, restore_handlers
+from .trainer_checkpoints import load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +174,7 @@ class Trainer:
         resume_from = on_main(self.accelerator, lambda: resolve_resume(self.out, c.resume))
         start, resumed = 0, None
         if resume_from is not None:
-            resumed = self._load_checkpoint(resume_from)
+            resumed = load_checkpoint(self, resume_from)
             start = int(resumed["step"])
             logger.info("resuming from %s (step %d)%s", resume_from, start, " [--resume auto]" * (c.resume == "auto"))
 
@@ -261,7 +253,7 @@ class Trainer:
             return True
         if step % c.checkpoint_every == 0 and step < self.total_steps:
             self._check_losses(step, loss)  # never a checkpoint of weights that a NaN reached
-            self._save_checkpoint(step)
+            save_checkpoint(self, step)
         if c.sample_every and step % c.sample_every == 0:
             self._check_losses(step, loss)  # on every process: they all stop, or none does
             if acc.is_main_process:
@@ -292,7 +284,7 @@ class Trainer:
         acc = self.accelerator
         self._open_outputs()  # when no step ran (a finished run started again), before anything is written
         self._check_losses(step)
-        self._save_checkpoint(step)
+        save_checkpoint(self, step)
         if stop["signal"] is not None:
             raise KeyboardInterrupt(f"stopped by {stop['signal']} at step {step}; checkpoint written")
         if step < self.total_steps:
@@ -303,87 +295,6 @@ class Trainer:
                 write_loss_curve(self.out)
         acc.end_training()
         return self.out / MODEL
-
-    # ----- checkpoints -----
-
-    def _run_state(self) -> RunState:
-        acc = self.accelerator
-        model = acc.unwrap_model(self.model)
-        return RunState(model, self.optimizer, self.lr_scheduler, acc.scaler, self.ema, self.generator)
-
-    def _save_checkpoint(self, step: int) -> None:
-        """Write ``checkpoints/step-N``; a failed write (disk full, permissions) is a `TrainingError`.
-
-        A step already on disk in this ``OUT`` is not written again (a loop that ended on a checkpoint, a
-        finished run started again): replacing a complete checkpoint is the one write a crash could spoil.
-        """
-        if step == self.saved_step:
-            return
-        try:
-            with disk_errors(f"the checkpoint of step {step}"):
-                self._write_checkpoint(step)
-        except TrainingError:
-            if self.accelerator.is_main_process:
-                shutil.rmtree(pending_checkpoint(self.out, step), ignore_errors=True)  # give the space back
-            raise
-        self.saved_step = step
-
-    def _write_checkpoint(self, step: int) -> None:
-        acc = self.accelerator
-        if acc.is_main_process:
-            begin_checkpoint(self.out, step)
-        acc.wait_for_everyone()
-        tmp = pending_checkpoint(self.out, step)
-        write_rng_states(tmp, self._run_state(), acc.process_index)
-        self.skipped.share(acc)  # every process's, in the checkpoint
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            write_run_state(tmp, self._run_state())
-            state = {
-                "step": step,
-                "world_size": acc.num_processes,
-                "dataset_size": len(self.dataset),
-                "config": self.config.to_dict(),
-                "unet": self.unet_config.to_dict(),
-                "class_names": self.class_names,
-                "skipped": self.skipped.known,  # items that did not decode so far, and why
-                # How the data was read: by name (an item decoded when used), or a folder decoded at start.
-                "listing": "decoded" if getattr(self.dataset, "validated", False) else "names",
-                "manifest": True,  # so that a step-N without its manifest.json is known to be damaged
-                "elapsed_s": round(self._elapsed(), 3),  # training time of this history, summed over resumes
-            }
-            write_json(tmp / "trainer_state.json", state)
-            commit_checkpoint(tmp, self.config.keep_checkpoints)
-            logger.info("checkpoint written: %s", tmp.with_name(f"step-{step}"))
-        acc.wait_for_everyone()
-
-    def _load_checkpoint(self, path: Path) -> dict:
-        """Load the checkpoint ``path`` of this same run (`check_same_run`) and return its ``trainer_state.json``."""
-        acc = self.accelerator
-        state = read_state(path)
-        self.skipped = SkippedItems(state.get("skipped"))
-        if state.get("listing", "decoded") == "decoded" and state.get("dataset_size") != len(self.dataset):
-            self._decode_folder()  # a run that began by decoding its folder goes on with the same images
-        check_same_run(path, state, self.config, self.unet_config, self.class_names, self.dataset, acc.num_processes)
-        run = self._run_state()
-        read_run_state(path, run)
-        read_rng_states(path, run, acc.process_index)
-        self.generator = run.generator
-        return state
-
-    def _decode_folder(self) -> None:
-        """Make the data the folder's decodable images, as versions that decoded every file at start listed
-        them, with the length of the run that follows from their number."""
-        decoded = decoded_folder(self.dataset, self.config)
-        if decoded is None:
-            return
-        root = Path(self.config.data)
-        self.dataset = decoded
-        self.skipped = SkippedItems(
-            {printable(p.relative_to(root).as_posix()): why for p, why in decoded.report.skipped}
-        )
-        self.steps_per_epoch = len(decoded) / self.config.batch_size
-        self.total_steps = total_steps(self.config, self.steps_per_epoch)
 
     # ----- outputs -----
 

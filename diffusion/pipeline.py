@@ -3,7 +3,7 @@
 `__call__` checks its arguments once (`diffusion.request`), then, batch by batch, runs the one sampling
 loop (`diffusion.sampling`) with the UNet as a `diffusion.denoiser.Denoiser` (dtype, memory format,
 classifier-free guidance). Editing hooks into that loop (`diffusion.editing`); `invert` and `interpolate`
-check their arguments and call `diffusion.latents`. The folder format is `diffusion.io.model_folder`.
+check their arguments in `diffusion.latent_calls`. The folder format is `diffusion.io.model_folder`.
 """
 
 import dataclasses
@@ -19,34 +19,24 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .arguments import (
-    check_batch_size,
-    check_batch_size_argument,
     check_device,
     check_eta,
     check_generator,
     check_num_images,
     check_placement,
-    check_progress,
     check_repaint,
     check_scheduler_overrides,
-    check_size,
 )
-from .config import is_positive_int
 from .denoiser import Denoiser
-from .editing import (
-    DEFAULT_JUMP_LENGTH,
-    ImageInput,
-    edit_visit_order,
-    images_to_tensor,
-)
-from .guidance import RANDOM_CLASSES, check_guidance, class_label_tensor
+from .editing import DEFAULT_JUMP_LENGTH, ImageInput, edit_visit_order
+from .guidance import check_guidance, class_label_tensor
 from .image import Background, input_background, to_pil
 from .io.diffusers_folder import save_diffusers
 from .io.model_folder import FORMAT_NAME, read_model_folder, write_model_folder
-from .latents import check_fixed_point_iterations, interpolation_end, interpolation_latents, invert_batches
+from .latent_calls import interpolation_arguments, invert_images, seed_noise
 from .models import UNet
 from .request import build_request
-from .rng import generators, randn_tensor, seed_list
+from .rng import generators, seed_list
 from .sampling import sampling_loop
 from .schedulers import (
     DEFAULT_STEPS,
@@ -54,6 +44,7 @@ from .schedulers import (
     Scheduler,
     SchedulerConfig,
     get_scheduler,
+    registered_name,
     resolve_scheduler_name,
     scheduler_name,
 )
@@ -76,7 +67,7 @@ class DiffusionPipeline:
         class_names: the training folder's class names, if any.
         background: what training composited transparency on at 1 and 3 channels (``--background``: white,
             black or random); the transparency of PIL images given to editing and `invert` is composited
-            on it, and on white for random (`diffusion.image.input_background`).
+            on it, and on white for random (`input_colour`).
     """
 
     def __init__(
@@ -101,6 +92,11 @@ class DiffusionPipeline:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
+
+    @property
+    def input_colour(self) -> tuple[int, int, int]:
+        """The RGB that an RGBA input's transparency is composited on at 1 and 3 channels (`input_background`)."""
+        return input_background(self.background)
 
     def to(
         self,
@@ -191,20 +187,26 @@ class DiffusionPipeline:
 
     # ----- the model folder (diffusion.io.model_folder) -----
 
-    def save_pretrained(self, path: str | Path, format: Literal["pixel-diffusion", "diffusers"] = FORMAT_NAME) -> None:
+    def save_pretrained(
+        self, path: str | Path, format: Literal["pixel-diffusion", "diffusers"] = FORMAT_NAME, *, nearest: bool = True
+    ) -> str:
         """Write the model folder described in `diffusion.io.model_folder`, or with ``format="diffusers"``
-        a folder that ``diffusers.DDPMPipeline.from_pretrained`` loads (`diffusion.io.diffusers_folder`).
+        a folder that ``diffusers.DDPMPipeline.from_pretrained`` loads (`diffusion.io.diffusers_folder`); return
+        the name of the sampler written. For diffusers, a sampler it would run differently is written as the
+        nearest one it runs as we do, with a warning, or with ``nearest=False`` refused (`save_diffusers`).
 
         Raises:
             ValueError: for an unknown format, or a model or sampler diffusers cannot express.
         """
         if format == "diffusers":
-            registered, _ = resolve_scheduler_name(self.scheduler_name())
-            save_diffusers(self.unet, registered, self.scheduler, path, self.class_names, background=self.background)
-            return
+            name, scheduler, classes = registered_name(self.scheduler), self.scheduler, self.class_names
+            return save_diffusers(
+                self.unet, name, scheduler, path, classes, nearest=nearest, background=self.background
+            )
         if format != FORMAT_NAME:
             raise ValueError(f"unknown format {format!r}; expected {FORMAT_NAME!r} or 'diffusers'")
         write_model_folder(path, self.unet, self.scheduler, self.scheduler_name(), self.class_names, self.background)
+        return self.scheduler_name()
 
     @classmethod
     def from_pretrained(
@@ -367,7 +369,7 @@ class DiffusionPipeline:
         bar.close()
         return self._output(torch.cat(outputs), output_type)  # (num_images, c, h, w) in [0, 1]
 
-    # ----- the initial noise: inversion and interpolation (`diffusion.latents`) -----
+    # ----- the initial noise: inversion and interpolation (`diffusion.latent_calls`) -----
 
     @torch.inference_mode()
     def invert(
@@ -405,23 +407,11 @@ class DiffusionPipeline:
         Returns:
             float32 ``(n, c, h, w)`` latents on the CPU, of unit variance like sampling's initial noise.
         """
-        x0 = images_to_tensor(images, self.unet.config.in_channels, background=input_background(self.background))
-        check_size(tuple(x0.shape[-2:]), self.unet.config, "the image")
-        labels = self.class_label_tensor(class_labels, len(x0))
-        scale = self._guidance(labels, guidance_scale, 0.0)
-        check_batch_size_argument(batch_size)
-        check_fixed_point_iterations(fixed_point_iterations)
-        check_progress(progress)
-        sampler = self.make_scheduler("ddim", eta=0.0)
-        sampler.set_timesteps(num_inference_steps)
-        batch_size = check_batch_size(self.unet.config, batch_size, len(x0), labels is not None, x0.shape[-2:])
-        return invert_batches(self.denoiser(scale), sampler, x0, labels, fixed_point_iterations, batch_size, progress)
+        return invert_images(self, locals())  # every argument checked, once, before any work
 
     def noise_for_seed(self, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The initial noise ``(c, h, w)`` that sampling with ``seed`` starts from (per-image generators)."""
-        height, width = check_size(size, self.unet.config) if size is not None else self.unet.config.sample_size
-        shape = (1, self.unet.config.in_channels, height, width)
-        return randn_tensor(shape, self.generators(1, [seed]), dtype=torch.float32)[0]
+        return seed_noise(self.unet.config, seed, size)
 
     def interpolate(
         self,
@@ -447,36 +437,7 @@ class DiffusionPipeline:
         Raises:
             ValueError: for fewer than 2 frames, a stochastic sampler, or latents of the wrong shape.
         """
-        if not is_positive_int(num_frames) or num_frames < 2:
-            raise ValueError(f"num_frames must be an integer >= 2, got {num_frames!r}")
-        check_num_images(num_frames, name="num_frames")
-        for name in ("seed", "generator", "latents", "num_images"):
-            if name in kwargs:
-                raise ValueError(f"interpolate takes no {name}: the frames come from start and end")
-        if isinstance(kwargs.get("class_labels"), str) and kwargs["class_labels"] == RANDOM_CLASSES:
-            if not isinstance(start, int) or isinstance(start, bool):
-                raise ValueError("class_labels='random' in interpolate draws the start seed's class; start is a latent")
-            kwargs["class_labels"] = int(self.random_class_labels(1, [start])[0])  # one class for every frame
-        sampler = self._sampler(scheduler, kwargs.pop("eta", None))
-        if sampler.stochastic:
-            raise ValueError(
-                f"interpolation needs a deterministic sampler, and {self.scheduler_name(sampler)} adds fresh noise at "
-                "every step; use ddim (eta 0), dpmsolver++2m, dpmsolver++3m, unipc or euler"
-            )
-        size = kwargs.get("size")
-        ends = [
-            interpolation_end(name, point, size, self.noise_for_seed)
-            for name, point in (("start", start), ("end", end))
-        ]
-        if ends[0].shape != ends[1].shape or ends[0].ndim != 3:
-            shapes = [tuple(e.shape) for e in ends]
-            raise ValueError(f"start and end must be latents of one (c, h, w) shape, got {shapes}")
-        if not all(torch.isfinite(e).all() for e in ends):
-            raise ValueError("start and end latents must be finite; they hold NaN or infinite values")
-        check_num_images(num_frames, tuple(ends[0].shape), name="num_frames")
-        latents = interpolation_latents(ends[0], ends[1], num_frames)
-        kwargs.setdefault("size", tuple(latents.shape[-2:]))  # inverted images may have their own size
-        return self(num_frames, num_inference_steps, sampler, latents=latents, **kwargs)
+        return self(**interpolation_arguments(self, locals()))  # every argument checked, once, before any work
 
     @staticmethod
     def _output(images: torch.Tensor, output_type: OutputType) -> list[Image.Image] | torch.Tensor | np.ndarray:

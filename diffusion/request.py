@@ -24,7 +24,7 @@ from .arguments import (
 )
 from .editing import DEFAULT_JUMP_LENGTH, Edit, edit_visit_order, effective_strength, prepare_edit
 from .guidance import RANDOM_CLASSES
-from .image import MODES, input_background
+from .image import MODES
 from .rng import Generators, generators, randn_tensor, seed_list
 from .schedulers import Scheduler
 
@@ -104,7 +104,7 @@ def build_request(pipe: "DiffusionPipeline", call: dict[str, Any]) -> Request:
     edit, strength = None, args.strength
     if args.image is not None:
         strength = effective_strength(strength, inpainting=args.mask_image is not None)
-        colour = input_background(pipe.background)  # what an RGBA image is composited on at 1 and 3 channels
+        colour = pipe.input_colour  # what an RGBA image is composited on at 1 and 3 channels
         edit = prepare_edit(args.image, args.mask_image, strength, num_images, size, pipe.unet.config, sampler, colour)
         size = tuple(edit.image.shape[-2:])
     inpainting = edit is not None and edit.mask is not None

@@ -40,6 +40,7 @@ LAYERS = [
         "diffusion.editing",
         "diffusion.io.model_folder",
         "diffusion.latents",
+        "diffusion.latent_calls",
         "diffusion.arguments",
     },
     {"diffusion.training", "diffusion.metrics.evaluation", "diffusion.evaluation"},

@@ -363,6 +363,27 @@ def test_transparent_inputs_are_composited_on_the_models_background(
     torch.testing.assert_close(latents, pipe.invert(solid, 2, fixed_point_iterations=0), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    ("background", "colour"), [("white", (255, 255, 255)), ("black", (0, 0, 0)), ("random", (255, 255, 255))]
+)
+def test_input_colour_is_the_models_background_and_white_for_random(make_tiny_pipeline, background, colour):
+    """What the transparency of an RGBA input is composited on at 1 and 3 channels: random has no one colour."""
+    tiny = make_tiny_pipeline()
+    assert DiffusionPipeline(tiny.unet, tiny.scheduler, background=background).input_colour == colour
+
+
+def test_input_colour_without_a_recorded_background_is_white(make_tiny_pipeline, tmp_path):
+    """A pipeline made without a background, and a model folder that records none (those written before the
+    setting), composite on white."""
+    tiny = make_tiny_pipeline()
+    assert (tiny.background, tiny.input_colour) == ("white", (255, 255, 255))
+    DiffusionPipeline(tiny.unet, tiny.scheduler, background="black").save_pretrained(tmp_path / "m")
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    del index["background"]
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps(index))
+    assert DiffusionPipeline.from_pretrained(tmp_path / "m").input_colour == (255, 255, 255)
+
+
 def test_an_unknown_background_is_refused(make_tiny_pipeline, tmp_path):
     tiny = make_tiny_pipeline()
     with pytest.raises(ValueError) as refused:
@@ -377,3 +398,22 @@ def test_an_unknown_background_is_refused(make_tiny_pipeline, tmp_path):
         str(refused.value)
         == f"{tmp_path / 'm' / 'model_index.json'}: background must be one of white, black, random, got 'grey'"
     )
+
+
+def test_save_pretrained_returns_the_sampler_written_and_refuses_the_nearest_when_told(
+    make_tiny_pipeline, tmp_path, caplog
+):
+    """A sampler diffusers runs differently is written as the nearest one it runs as we do, or refused with
+    ``nearest=False`` (as diffusion-export does for a sampler named by --scheduler), writing nothing."""
+    pipe = make_tiny_pipeline(attention_levels=(1,))
+    pipe.scheduler = pipe.make_scheduler("euler")
+    assert pipe.save_pretrained(tmp_path / "ours") == "euler"
+    with caplog.at_level("WARNING"):
+        assert pipe.save_pretrained(tmp_path / "hf", format="diffusers") == "ddim"
+    assert "diffusers runs the euler sampler differently: exporting ddim, the nearest" in caplog.text
+    assert DiffusionPipeline.from_pretrained(tmp_path / "hf").scheduler_name() == "ddim"
+    with pytest.raises(ValueError, match=r"^the euler sampler cannot be exported: .* \(ddim is the nearest\)$"):
+        pipe.save_pretrained(tmp_path / "refused", format="diffusers", nearest=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "ours"]
+    pipe.scheduler = pipe.make_scheduler("dpmsolver++2m")
+    assert pipe.save_pretrained(tmp_path / "exact", format="diffusers", nearest=False) == "dpmsolver++2m"

@@ -4,10 +4,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..io.diffusers_folder import check_new_folder, save_diffusers, write_folder
+from ..io.diffusers_folder import check_new_folder, write_folder
 from ..io.files import check_writable
 from ..pipeline import DiffusionPipeline
-from ..schedulers import registered_name
 from .common import ArgumentParser, named_as_flags, run_command
 
 
@@ -56,15 +55,9 @@ def export_main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {out}/ ({pipe.scheduler_name()}): load it with DiffusionPipeline.from_pretrained")
             return 0
         with named_as_flags({"the ddpm sampler": "--scheduler ddpm"}):  # the way out of a spacing refusal
-            exported = save_diffusers(
-                pipe.unet,
-                registered_name(pipe.scheduler),
-                pipe.scheduler,
-                out,
-                pipe.class_names,
-                nearest=args.scheduler is None,  # the model's own sampler: the nearest one, with a warning
-                background=pipe.background,
-            )
+            # The model's own sampler goes as the nearest one diffusers runs as we do, with a warning; one
+            # named by --scheduler as it is, or not at all.
+            exported = pipe.save_pretrained(out, format="diffusers", nearest=args.scheduler is None)
         print(f"wrote {out}/ for diffusers ({exported}): load it with DDPMPipeline.from_pretrained")
         return 0
 

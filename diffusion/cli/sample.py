@@ -12,7 +12,7 @@ import torch
 from ..arguments import MAX_NUM_IMAGES
 from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH, effective_strength
 from ..guidance import RANDOM_CLASSES
-from ..image import MODES, input_background
+from ..image import MODES
 from ..io.files import read_json
 from ..io.model_folder import SHIPPED_MODELS
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
@@ -343,8 +343,7 @@ def _sampling_call(
     settings = _sampler_settings(args)
     jump_length = DEFAULT_JUMP_LENGTH if args.jump_length is None else args.jump_length
     channels = pipe.unet.config.in_channels
-    colour = input_background(pipe.background)
-    image = read_image(args.init_image, channels, "--init-image", colour) if args.init_image else None
+    image = read_image(args.init_image, channels, "--init-image", pipe.input_colour) if args.init_image else None
     mask = read_image(args.mask, 1, "--mask") if args.mask else None
     strength = effective_strength(args.strength, inpainting=mask is not None) if image is not None else None
     with named_as_flags(FLAGS):
@@ -434,7 +433,7 @@ def _interpolation_end(
             "--interpolate between images regenerates DDIM-inverted latents with ddim at eta 0; "
             "leave out --scheduler, --eta and --karras"
         )
-    image = read_image(path, pipe.unet.config.in_channels, "--interpolate", input_background(pipe.background))
+    image = read_image(path, pipe.unet.config.in_channels, "--interpolate", pipe.input_colour)
     with named_as_flags(FLAGS):
         return pipe.invert(image, args.steps, class_labels=labels, guidance_scale=args.guidance_scale)[0]
 

@@ -21,7 +21,7 @@ import torch
 
 from ..data import DECODE_ERRORS, find_image_files, fit, load_image, to_tensor, warn_skipped
 from ..guidance import RANDOM_CLASSES
-from ..image import WHITE, input_background
+from ..image import WHITE
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 from ..rng import seed_list
 from .distances import KID_NUM_SUBSETS, QualityResult, compare_features
@@ -56,7 +56,7 @@ def load_reference_images(
         size: (height, width): each image is resized to cover it, then centre-cropped.
         seed: the shuffle's seed.
         background: the RGB colour transparency is composited on at 1 and 3 channels. `evaluate` passes the
-            model's (`diffusion.image.input_background`): white for a model trained on random backgrounds,
+            model's (`DiffusionPipeline.input_colour`): white for a model trained on random backgrounds,
             which has no one colour, so give such a model opaque reference images (or train it with
             ``--channels 4``).
 
@@ -148,7 +148,8 @@ def evaluate(
 
     Returns:
         The `QualityResult`; its ``settings`` record the model, sampler, steps, seed, dtype, device,
-        image size, extractor and reference folder (and the class sampling, for a conditional model).
+        image size, channels, background, extractor and reference folder (and the class sampling, for a
+        conditional model).
 
     Raises:
         FileNotFoundError: a missing model, reference folder or extractor weights.
@@ -185,6 +186,7 @@ def evaluate(
         "device": str(pipe.device),
         "image_size": list(size),
         "channels": channels,
+        "background": pipe.background,
         "extractor_description": extractor.description,
     }
     return compare_features(
@@ -237,8 +239,8 @@ def _reference_features(
     """The features ``(M, d)`` of the reference images, drawn for ``pipe``'s model (its channels, size and
     background), which also proves that the extractor takes the model's images before any sampling."""
     channels, size = pipe.unet.config.in_channels, tuple(pipe.unet.config.sample_size)
-    background = input_background(pipe.background)
-    real = load_reference_images(folder, num_reference, channels, size, seed, background)  # (M, c, h, w) in [-1, 1]
+    colour = pipe.input_colour  # what transparency is composited on at 1 and 3 channels
+    real = load_reference_images(folder, num_reference, channels, size, seed, colour)  # (M, c, h, w) in [-1, 1]
     try:
         return extractor.features(real)  # (M, d)
     except ValueError as e:  # e.g. the shipped 1-channel Fashion-MNIST classifier and an RGB model

@@ -38,8 +38,9 @@ def test_module_entry_prints_labelled_numbers_and_writes_the_json(
     assert set(data) == {
         "fd", "kid", "kid_std", "num_images", "num_reference", "extractor", "extractor_description", "feature_dim",
         "kid_subset_size", "kid_num_subsets", "label", "kid_label", "model", "reference", "scheduler", "steps", "nfe",
-        "seed", "dtype", "device", "image_size", "channels", "seconds",
+        "seed", "dtype", "device", "image_size", "channels", "background", "seconds",
     }  # fmt: skip
+    assert data["background"] == "white"  # the tiny model's, as its model folder records it (absent: white)
     assert (data["label"], data["kid_label"], data["num_images"], data["num_reference"]) == ("FD@8", "KID@8", 8, 8)
     assert (data["extractor"], data["feature_dim"], data["scheduler"], data["steps"], data["seed"]) == (
         "classifier",

@@ -99,6 +99,7 @@ def test_evaluate_matches_the_pieces_it_is_made_of(tiny_model, tiny_classifier, 
         "device": "cpu",
         "image_size": [8, 8],
         "channels": 1,
+        "background": "white",
         "extractor_description": load_feature_extractor("classifier", tiny_classifier).description,
     }
     extractor = load_feature_extractor("classifier", tiny_classifier)
@@ -226,7 +227,8 @@ def test_reference_transparency_is_composited_on_the_models_background(make_tiny
     for i in range(4):
         Image.fromarray(pixels).save(tmp_path / f"{i}.png")
     extractor = Pixels()
-    evaluate(pipe, tmp_path, 4, num_inference_steps=1, extractor=extractor, seed=0)
+    result = evaluate(pipe, tmp_path, 4, num_inference_steps=1, extractor=extractor, seed=0)
+    assert result.settings["background"] == background  # the model's own, random included
     real = extractor.seen[0]  # (4, 1, 8, 8) in [-1, 1]
     assert real.shape == (4, 1, 8, 8)
     assert (real[:, :, :4] == value).all() and (real[:, :, 4:] == 1).all()

@@ -5,6 +5,7 @@ version, which stored the files' RGB under alpha 0, reads as its folder does."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from test_prepare import SIZE, counting_calls, interrupt_after_first_shard, stor
 
 from diffusion.data import augmentation, background_colour, open_images
 from diffusion.data.manifest import RGB_0_UNDER_ALPHA_0
-from diffusion.data.prepare import prepare
-from diffusion.data.shards import _dataset
+from diffusion.data.prepare import PARTIAL, prepare
+from diffusion.data.shards import SHARD, _dataset, shard_path
 from diffusion.io.files import sha256_of
 
 pytest.importorskip("datasets")
@@ -192,14 +193,28 @@ def test_a_preparation_finished_after_an_earlier_version_began_it_is_zeroed_when
             prepare(tmp_path / "images", out, size=SIZE, channels=4, workers=1, shard_size=1)
     begun = json.loads((out / "manifest.json").read_text())
     assert begun[RGB_0_UNDER_ALPHA_0] is True and begun["complete"] is False
-    if begun_by_earlier_version:  # whose first shard kept the file's RGB under alpha 0
+    if begun_by_earlier_version:  # whose first shard (a.png) kept the file's RGB under alpha 0
         del begun[RGB_0_UNDER_ALPHA_0]
         (out / "manifest.json").write_text(json.dumps(begun))
+        shard = shard_path(out / PARTIAL, 0)
+        committed = (shard / SHARD).read_text()
+        shutil.rmtree(shard)
+        raw = np.array(Image.open(tmp_path / "images" / "a.png").convert("RGBA"))  # (h, w, 4) as the file holds it
+        _dataset(raw[None], None, ["a.png"], None).save_to_disk(str(shard))
+        (shard / SHARD).write_text(committed)
+        kept = stored_pixels(shard, (8, 8, 4))[0]
+        assert (kept[:3, :3, 3] == 0).all() and (kept[:3, :3, :3] > 0).any()  # the file's RGB under alpha 0
 
     manifest = prepare(tmp_path / "images", out, size=SIZE, channels=4, workers=1)
     assert (RGB_0_UNDER_ALPHA_0 in manifest) is not begun_by_earlier_version
+    stored = stored_pixels(out, (8, 8, 4))  # (3, h, w, 4)
+    clear = stored[:, :, :, 3] == 0
+    assert bool((stored[clear][:, :3] > 0).any()) is begun_by_earlier_version  # kept from the earlier shard
     batch = open_images(out, SIZE, 4, hflip=False).batch([(i, 0) for i in range(3)])
-    np.testing.assert_array_equal(batch.images.permute(0, 2, 3, 1).numpy(), np.stack(list(files.values())))
+    got = batch.images.permute(0, 2, 3, 1).numpy()  # (3, h, w, 4)
+    assert (got[clear][:, :3] == 0).all()  # RGB exactly 0 where alpha is 0
+    np.testing.assert_array_equal(got[~clear], stored[~clear])  # the rest as stored
+    np.testing.assert_array_equal(got, np.stack(list(files.values())))
 
 
 @pytest.mark.parametrize(("channels", "background"), [(4, "white"), (3, "random"), (3, "black")])

@@ -21,19 +21,21 @@ from noto_emoji_quality import (
     EXTRACTOR,
     Split,
     agreement,
+    check_model,
     features,
     fingerprint,
     generate,
     train_classifier,
 )
 
+from diffusion.io.checkpoint import list_checkpoints
 from diffusion.metrics import compare_features, load_feature_extractor
 from diffusion.pipeline import DiffusionPipeline
 
 
 def checkpoints(run: Path) -> list[Path]:
-    """``run/checkpoints/step-N`` folders in step order; exits with one line when there are none."""
-    found = sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.removeprefix("step-")))
+    """``run``'s complete checkpoints in step order; exits with one line when there are none."""
+    found = [path for _, path in list_checkpoints(run)]
     if not found:
         raise SystemExit(f"no checkpoints in {run / 'checkpoints'}; give a training run's --out folder as --run")
     return found
@@ -58,6 +60,7 @@ def main() -> None:
     rows, test_f, floor = [], None, None
     for folder in checkpoints(args.run):
         pipe = DiffusionPipeline.from_pretrained(folder, device=args.device, dtype=dtype)
+        check_model(pipe, folder)
         if test_f is None:  # the data, features, floor and classifier, once
             size, names = tuple(pipe.unet.config.sample_size), list(pipe.class_names)
             train, test = Split(args.data / "train", size, names), Split(args.data / "test", size, names)
@@ -66,7 +69,9 @@ def main() -> None:
             train_f = features(extractor, train.images, args.work / f"features-train-{data_key}.pt")
             test_f = features(extractor, test.images, args.work / f"features-test-{data_key}.pt")
             draw = torch.randperm(len(train_f), generator=torch.Generator().manual_seed(args.seed))[: args.num_images]
-            floor = compare_features(train_f[draw], test_f, EXTRACTOR, generator=torch.Generator().manual_seed(0))
+            floor = compare_features(
+                train_f[draw], test_f, EXTRACTOR, generator=torch.Generator().manual_seed(args.seed)
+            )
             classifier = train_classifier(args, size)
             counts = torch.bincount(test.labels, minlength=len(names)).tolist()
         key = fingerprint(folder, pipe.scheduler_name(), args.steps, None, args.num_images, args.seed, dtype, counts)

@@ -13,8 +13,8 @@ timed:
    given. Cached in --work.
 2. FD and KID in EfficientNet-Lite0 features against all of test/. Floors: a seeded draw of as many
    training images (so FD is at the same N) against test/, and test/ against itself split in two halves by
-   a seeded shuffle of emoji groups (an emoji and its skin-tone variants stay in one half; FD at half the
-   test count: compare its KID, which is unbiased, not its FD).
+   a seeded shuffle of emoji (an emoji and its skin-tone variations stay in one half, by split.json's
+   groups; FD at half the test count: compare its KID, which is unbiased, not its FD).
 3. class agreement: a color `Classifier` trained on train/ by bench/train_classifier.py (cached in --work)
    names the requested class; its accuracy on test/ is the ceiling, and agreement / ceiling the summary,
    over all images and balanced (the mean of the per-class shares, so the large People & Body class does
@@ -33,7 +33,9 @@ Prints Markdown tables and the wall time of each part; --write-card FILE replace
 
 import argparse
 import hashlib
+import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- quality -->", "<!-- /quality -->"
 EXTRACTOR = "efficientnet-lite0"
 NUM_PAIRS = 8  # sample/training pairs in closest-pairs.png
+PAIRS = "closest-pairs.png"  # the picture of them, in --work and beside the --write-card file
 UPSCALE = 3  # closest-pairs.png's pixels per image pixel (nearest neighbour)
 INK = 0.9  # a pixel with a channel below this (in [0, 1], on white) is ink
 SKIN_TONES = {"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"}  # Fitzpatrick modifiers in Noto's file names
@@ -100,6 +103,17 @@ def parse_guidance(text: str) -> float | None:
     return value
 
 
+def check_model(pipe: DiffusionPipeline, name: object) -> None:
+    """Exits with one line unless ``pipe`` is class-conditional and makes RGB on white, as the data is read."""
+    if pipe.unet.config.num_classes is None:
+        raise SystemExit(f"{name} is unconditional; give a class-conditional model")
+    if pipe.unet.config.in_channels != 3 or pipe.background != "white":
+        raise SystemExit(
+            f"{name} makes {pipe.unet.config.in_channels}-channel images on {pipe.background}; this bench compares "
+            "RGB on white, as the data is read: give a model trained with --channels 3 --background white"
+        )
+
+
 def class_labels(num_images: int, counts: list[int]) -> list[int]:
     """``num_images`` class labels in class order, each class's share that of ``counts`` (largest remainder)."""
     total = sum(counts)
@@ -111,19 +125,28 @@ def class_labels(num_images: int, counts: list[int]) -> list[int]:
     return [c for c, size in enumerate(sizes) for _ in range(size)]
 
 
-def emoji_group(name: str) -> str:
-    """A file name without its skin-tone modifiers (U+1F3FB..U+1F3FF), so an emoji's variants share a group."""
-    parts = Path(name).stem.split("-")
-    return "-".join(p for p in parts if p not in SKIN_TONES)
+def emoji_group(name: str, groups: dict[str, str]) -> str:
+    """The emoji of image file ``name`` (``category/file.png``): its entry in ``groups`` (file name -> its emoji's
+    own file, from split.json), else the name without skin-tone modifiers and variation selectors (data
+    prepared before split.json recorded groups; a few variations, such as couples', are named otherwise)."""
+    if Path(name).name in groups:
+        return groups[Path(name).name]
+    return "-".join(p for p in Path(name).stem.split("-") if p not in SKIN_TONES and p != "fe0f")
 
 
-def halves_by_group(names: list[str], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two index sets of about half of ``names`` each: whole emoji groups in a seeded order, the first groups
+def read_groups(data: Path) -> dict[str, str]:
+    """``data/split.json``'s ``groups`` (each image's emoji), or ``{}`` where it has none."""
+    path = data / "split.json"
+    return json.loads(path.read_text()).get("groups", {}) if path.is_file() else {}
+
+
+def halves_by_group(names: list[str], seed: int, groups: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two index sets of about half of ``names`` each: whole emoji (`emoji_group`) in a seeded order, the first
     until half the images are in, the rest in the second."""
-    groups: dict[str, list[int]] = {}
+    members_of: dict[str, list[int]] = {}
     for i, name in enumerate(names):
-        groups.setdefault(emoji_group(name), []).append(i)
-    members = list(groups.values())
+        members_of.setdefault(emoji_group(name, groups), []).append(i)
+    members = list(members_of.values())
     order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed)).tolist()
     first: list[int] = []
     second: list[int] = []
@@ -134,11 +157,12 @@ def halves_by_group(names: list[str], seed: int) -> tuple[torch.Tensor, torch.Te
 
 def fingerprint(*parts: object) -> str:
     """A short name for cached files made from ``parts``: a path by its full name and the last change of its
-    files (Markdown notes aside, so that --write-card into a model's own README keeps its samples cached)."""
+    files (Markdown notes and `PAIRS` aside, so that --write-card into a model's own folder keeps its samples
+    cached)."""
     text = []
     for part in parts:
         if isinstance(part, Path) and part.exists():
-            files = [p for p in [part, *part.rglob("*")] if p.suffix != ".md"]
+            files = [p for p in [part, *part.rglob("*")] if p.suffix != ".md" and p.name != PAIRS]
             part = f"{part.resolve()}@{max(p.stat().st_mtime_ns for p in files)}"
         text.append(str(part))
     return hashlib.sha1("|".join(text).encode()).hexdigest()[:12]
@@ -224,23 +248,29 @@ def agreement(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor
 
 def agreement_table(samples: dict, test: dict, sample_labels: torch.Tensor, test_labels: torch.Tensor,
                     class_names: list[str]) -> str:  # fmt: skip
-    """All-image and balanced agreement of the samples and the test split, their ratios, and each class."""
+    """All-image and balanced agreement of the samples and the test split, their ratios, and each class. Balanced
+    is the mean over the test split's classes; a class with no sample makes the samples' balanced figure nan."""
 
     def overall(per_class: dict, labels: torch.Tensor) -> float:
         return sum(per_class[c] * (labels == c).sum().item() for c in per_class) / len(labels)
 
     def balanced(per_class: dict) -> float:
-        return sum(per_class.values()) / len(per_class)
+        return sum(per_class.get(c, float("nan")) for c in test) / len(test)
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")
 
     rows = [
         ("samples (the requested class)", overall(samples, sample_labels), balanced(samples)),
         ("test split (its own class): the ceiling", overall(test, test_labels), balanced(test)),
     ]
-    rows.append(("agreement / ceiling", rows[0][1] / rows[1][1], rows[0][2] / rows[1][2]))
+    rows.append(("agreement / ceiling", ratio(rows[0][1], rows[1][1]), ratio(rows[0][2], rows[1][2])))
     lines = ["| images | all images | balanced (mean over classes) |", "|---|---:|---:|"]
     lines += [f"| {label} | {a:.3f} | {b:.3f} |" for label, a, b in rows]
-    lines += ["", "| class | samples | test split |", "|---|---:|---:|"]
-    lines += [f"| {class_names[c]} | {samples.get(c, float('nan')):.1%} | {test[c]:.1%} |" for c in sorted(test)]
+    lines += ["", "| class | samples | test split | samples / test split |", "|---|---:|---:|---:|"]
+    for c in sorted(test):
+        share = samples.get(c, float("nan"))
+        lines.append(f"| {class_names[c]} | {share:.1%} | {test[c]:.1%} | {ratio(share, test[c]):.2f} |")
     return "\n".join(lines)
 
 
@@ -303,6 +333,14 @@ def write_card(path: Path, text: str) -> None:
     path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
 
 
+def pairs_picture(args: argparse.Namespace) -> str:
+    """The line that shows --work/closest-pairs.png; with --write-card, a copy beside the card, linked by name."""
+    if args.write_card is None:
+        return f"The {NUM_PAIRS} closest pairs (sample left, training image right): {args.work / PAIRS}"
+    shutil.copyfile(args.work / PAIRS, args.write_card.parent / PAIRS)
+    return f"![the {NUM_PAIRS} closest pairs, sample left, training image right]({PAIRS})"
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with train/ and test/ category folders")
@@ -331,13 +369,7 @@ def measure(args: argparse.Namespace, timer: Timer) -> tuple[dict, list[str]]:
     with timer.part("load model and data"):
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
         pipe = DiffusionPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
-        if pipe.unet.config.num_classes is None:
-            raise SystemExit(f"{args.model} is unconditional; give a class-conditional --model")
-        if pipe.unet.config.in_channels != 3 or pipe.background != "white":
-            raise SystemExit(
-                f"{args.model} makes {pipe.unet.config.in_channels}-channel images on {pipe.background}; this bench "
-                "compares RGB on white, as the data is read: give a model trained with --channels 3 --background white"
-            )
+        check_model(pipe, args.model)
         size, names = tuple(pipe.unet.config.sample_size), list(pipe.class_names)
         train, test = Split(args.data / "train", size, names), Split(args.data / "test", size, names)
     with timer.part("samples"):
@@ -355,7 +387,7 @@ def measure(args: argparse.Namespace, timer: Timer) -> tuple[dict, list[str]]:
         test_f = features(extractor, test.images, args.work / f"features-test-{data_key}.pt")  # (t, 1280)
         sample_f = features(extractor, samples, args.work / f"features-samples-{key}.pt")  # (n, 1280)
     with timer.part("FD and KID"):
-        halves = halves_by_group(test.names, args.seed)
+        halves = halves_by_group(test.names, args.seed, read_groups(args.data))
         quality = quality_table(quality_rows(sample_f, train_f, test_f, halves, args.seed))
     with timer.part("classifier"):
         classifier = train_classifier(args, size)
@@ -371,7 +403,7 @@ def measure(args: argparse.Namespace, timer: Timer) -> tuple[dict, list[str]]:
         inked = (ink_share(samples) >= least).nonzero().squeeze(1)  # (k,) the samples that are not (nearly) blank
         shown = memorization_report(samples[inked].flatten(1), train.images.flatten(1), test.images.flatten(1),
                                     num_pairs=NUM_PAIRS)  # fmt: skip
-        save_pairs(shown, samples[inked], train.images, args.work / "closest-pairs.png")
+        save_pairs(shown, samples[inked], train.images, args.work / PAIRS)
     blank = len(samples) - len(inked)
     pairs = (
         f"{blank} of {len(samples)} samples ({blank / len(samples):.1%}) are blank or nearly so: less of their pixels "
@@ -391,8 +423,7 @@ def main() -> None:
         f"Sampling the {len(row['images'])} images took {row['seconds']:.1f} s (when they were made; cached since)."
     )
     times = ["| part | seconds |", "|---|---:|", *(f"| {k} | {v:.1f} |" for k, v in timer.seconds.items())]
-    picture = f"The {NUM_PAIRS} closest pairs (sample left, training image right): {args.work / 'closest-pairs.png'}"
-    text = "\n\n".join([f"```bash\n{command}\n```", *tables, picture, sampled, "\n".join(times)])
+    text = "\n\n".join([f"```bash\n{command}\n```", *tables, pairs_picture(args), sampled, "\n".join(times)])
     print(f"\n{text}")
     if args.write_card is not None:
         write_card(args.write_card, text)

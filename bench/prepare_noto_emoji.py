@@ -8,7 +8,8 @@ RGBA PNGs of ``package/img/google/64/``, one folder per category of ``package/em
 skin-tone swatches, left out), skin-tone variations beside their emoji, and a fixed, seeded 10% of each
 category's emoji (with their skin tones) held out as the test split, never trained on. Beside them:
 ``LICENSE-images`` (the images: Apache License 2.0), ``LICENSE-packaging`` (emoji.json and the package: MIT,
-the package's own LICENSE file) and ``split.json`` (the held-out files).
+the package's own LICENSE file) and ``split.json`` (the held-out files, and ``groups``: each image's emoji, named
+by its own image, which its skin-tone variations share; their names alone do not always show it).
 """
 
 import argparse
@@ -62,11 +63,12 @@ def split(groups: list[list[str]], fraction: float, seed: int, category: str) ->
 def prepare(tarball_path: Path, out: Path, fraction: float = 0.1, seed: int = 0) -> dict[str, dict[str, int]]:
     """Write the class folders, the licence files and ``split.json``; return each split's count per category."""
     counts: dict[str, dict[str, int]] = {"train": {}, "test": {}}
-    held_out = {}
+    held_out, group_of = {}, {}
     with tarfile.open(tarball_path) as tarball:
         members = set(tarball.getnames())
         for category, groups in categories(tarball).items():
             groups = [[n for n in group if IMAGES + n in members] for group in groups]
+            group_of |= {n: group[0] for group in groups for n in group}  # each image -> its emoji's own image
             test = split([g for g in groups if g], fraction, seed, category)
             held_out[category] = sorted(test)
             names = sorted(n for group in groups for n in group)
@@ -80,7 +82,8 @@ def prepare(tarball_path: Path, out: Path, fraction: float = 0.1, seed: int = 0)
         licence = tarball.extractfile("package/LICENSE").read() if "package/LICENSE" in members else b""
     (out / "LICENSE-images").write_text(IMAGES_LICENCE.format(package=PACKAGE))
     (out / "LICENSE-packaging").write_bytes(licence or b"MIT licence: https://github.com/iamcal/emoji-data\n")
-    (out / "split.json").write_text(json.dumps({"seed": seed, "test_fraction": fraction, "test": held_out}, indent=1))
+    split_record = {"seed": seed, "test_fraction": fraction, "test": held_out, "groups": group_of}
+    (out / "split.json").write_text(json.dumps(split_record, indent=1))
     return counts
 
 

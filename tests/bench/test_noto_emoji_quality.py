@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -48,23 +49,41 @@ def test_class_labels_follow_the_counts_in_class_order(num_images, counts, sizes
     [
         ("1f44b.png", "1f44b"),
         ("People & Body/1f44b-1f3fd.png", "1f44b"),
-        ("1f3c3-1f3fb-200d-2640-fe0f.png", "1f3c3-200d-2640-fe0f"),
-        ("1f9d1-1f3ff-200d-1f91d-200d-1f9d1-1f3fb.png", "1f9d1-200d-1f91d-200d-1f9d1"),
+        ("1f3c3-1f3fb-200d-2640-fe0f.png", "1f3c3-200d-2640"),
+        ("1f574-fe0f.png", "1f574"),  # its variations drop the fe0f: 1f574-1f3fb.png
+        ("1f574-1f3fb.png", "1f574"),
         ("1f1e6-1f1e8.png", "1f1e6-1f1e8"),
     ],
 )
-def test_emoji_group_drops_only_the_skin_tone_modifiers(name, group):
-    assert quality.emoji_group(name) == group
+def test_emoji_group_by_name_drops_skin_tones_and_variation_selectors(name, group):
+    assert quality.emoji_group(name, {}) == group
+
+
+def test_emoji_group_takes_split_json_groups_first():
+    groups = {"1f9d1-1f3fb-200d-2764-fe0f-200d-1f48b-200d-1f9d1-1f3fc.png": "1f48f.png"}  # a couple's variation
+    assert quality.emoji_group("People & Body/1f9d1-1f3fb-200d-2764-fe0f-200d-1f48b-200d-1f9d1-1f3fc.png", groups) == (
+        "1f48f.png"
+    )
+    assert quality.emoji_group("1f44b-1f3fd.png", groups) == "1f44b"  # not in groups: by name
 
 
 def test_halves_by_group_keeps_an_emoji_and_its_skin_tones_in_one_half():
-    names = ["a.png", "a-1f3fb.png", "a-1f3ff.png", "b.png", "c.png", "c-1f3fc.png", "d.png", "e.png"]
-    first, second = quality.halves_by_group(names, seed=0)
+    names = ["a.png", "a-1f3fb.png", "a-1f3ff.png", "b.png", "c.png", "x-y.png", "d.png", "e.png"]
+    groups = {"x-y.png": "c.png"}  # named otherwise, grouped by split.json
+    first, second = quality.halves_by_group(names, 0, groups)
     assert sorted(first.tolist() + second.tolist()) == list(range(8))  # every image once
-    halves = [{quality.emoji_group(names[i]) for i in half.tolist()} for half in (first, second)]
-    assert not halves[0] & halves[1]  # no group in both
+    halves = [{quality.emoji_group(names[i], groups) for i in half.tolist()} for half in (first, second)]
+    assert not halves[0] & halves[1]  # no emoji in both
     assert len(first) >= 4 and len(second) >= 1  # groups fill the first half to at least half the images
-    assert torch.equal(first, quality.halves_by_group(names, seed=0)[0])  # seeded
+    assert torch.equal(first, quality.halves_by_group(names, 0, groups)[0])  # seeded
+
+
+def test_read_groups_reads_split_json_or_gives_none(tmp_path):
+    assert quality.read_groups(tmp_path) == {}
+    (tmp_path / "split.json").write_text(json.dumps({"seed": 0, "test": {}}))  # prepared before groups
+    assert quality.read_groups(tmp_path) == {}
+    (tmp_path / "split.json").write_text(json.dumps({"groups": {"a-1f3fb.png": "a.png"}}))
+    assert quality.read_groups(tmp_path) == {"a-1f3fb.png": "a.png"}
 
 
 def test_agreement_table_gives_all_image_and_balanced_ratios():
@@ -73,7 +92,14 @@ def test_agreement_table_gives_all_image_and_balanced_ratios():
     table = quality.agreement_table(samples, test, sample_labels, test_labels, ["cat", "dog"])
     assert "| samples (the requested class) | 0.875 | 0.750 |" in table  # (3 * 1 + 0.5) / 4; (1 + 0.5) / 2
     assert "| agreement / ceiling | 0.875 | 0.750 |" in table
-    assert "| dog | 50.0% | 100.0% |" in table
+    assert "| dog | 50.0% | 100.0% | 0.50 |" in table
+
+
+def test_agreement_table_is_nan_where_a_class_has_no_sample_or_the_ceiling_is_zero():
+    samples, test = {0: 1.0}, {0: 0.0, 1: 1.0}  # class 1 drew no sample; the classifier never names class 0
+    table = quality.agreement_table(samples, test, torch.tensor([0, 0]), torch.tensor([0, 1]), ["cat", "dog"])
+    assert "| samples (the requested class) | 1.000 | nan |" in table
+    assert "| cat | 100.0% | 0.0% | nan |" in table and "| dog | nan% | 100.0% | nan |" in table
 
 
 def test_ink_share_counts_pixels_with_a_dark_channel():
@@ -187,3 +213,19 @@ def test_pairs_table_numbers_the_pairs_by_the_samples_own_indices():
     split = argparse.Namespace(names=["a.png", "b.png", "c.png", "d.png"])
     table = quality.pairs_table(report, torch.tensor([0, 2]), torch.tensor([0, 1, 1]), split, ["x", "y"])
     assert table.splitlines()[2] == "| 2 | y | c.png | 0.000 | 0.000 |"
+
+
+def _pipe(num_classes, in_channels, background):
+    config = argparse.Namespace(num_classes=num_classes, in_channels=in_channels)
+    return argparse.Namespace(unet=argparse.Namespace(config=config), background=background)
+
+
+def test_check_model_refuses_unconditional_rgba_and_other_backgrounds_in_one_line():
+    quality.check_model(_pipe(9, 3, "white"), "m")  # accepted
+    with pytest.raises(SystemExit, match=r"^m is unconditional; give a class-conditional model$"):
+        quality.check_model(_pipe(None, 3, "white"), "m")
+    for channels, background in ((4, "white"), (3, "black"), (1, "white")):
+        with pytest.raises(
+            SystemExit, match=f"^m makes {channels}-channel images on {background}; .* --background white$"
+        ):
+            quality.check_model(_pipe(9, channels, background), "m")

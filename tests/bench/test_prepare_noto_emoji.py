@@ -68,6 +68,8 @@ def test_writes_class_folders_with_a_seeded_test_split_that_keeps_skin_tones_tog
     assert not set(train["Food & Drink"]) & set(test["Food & Drink"])
     split = json.loads((tmp_path / "out" / "split.json").read_text())
     assert split["test"] == test and split["seed"] == 0
+    assert split["groups"]["p0-1f3fb.png"] == split["groups"]["p0-1f3fc.png"] == split["groups"]["p0.png"] == "p0.png"
+    assert split["groups"]["p1.png"] == "p1.png" and len(split["groups"]) == 25  # every image, Component aside
     assert (tmp_path / "out" / "LICENSE-packaging").read_bytes() == b"The MIT License (MIT)\n"
     assert "Apache License, Version 2.0" in (tmp_path / "out" / "LICENSE-images").read_text()
     image = Image.open(tmp_path / "out" / "train" / "Food & Drink" / train["Food & Drink"][0])

@@ -18,6 +18,9 @@ from .models.unet import MAX_SIDE
 # attention's cost grows with the square of the pixel count, 4096x per attention layer at 8x the sides.
 MAX_SIZE_FACTOR = 8
 
+# The UNet precisions by their short names: the commands' --dtype and the web app's dtype choice.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 def check_size(size: object, unet: UNetConfig, what: str = "size") -> tuple[int, int]:
     """``size`` as ``(height, width)`` if the model can sample it: positive ints, multiples of its downsampling

@@ -202,8 +202,9 @@ def prepare_edit(
 
     Raises:
         ValueError: for image or mask counts other than 1 or ``num_images``, sides the model cannot
-            take, a ``size`` other than the image's, strength outside [0, 1], a mask of another size, or a
-            sampler with more than one evaluation per step (Heun), where editing cannot start or jump back.
+            take, a ``size`` other than the image's, strength outside [0, 1], a mask of another size or with no
+            white pixel, or a sampler with more than one evaluation per step (Heun), where editing cannot start
+            or jump back.
     """
     x0 = images_to_tensor(image, unet.in_channels, background=background)
     if len(x0) not in (1, num_images):
@@ -225,5 +226,10 @@ def prepare_edit(
         mask = mask_to_tensor(mask_image, (height, width))
         if len(mask) not in (1, num_images):
             raise ValueError(f"got {len(mask)} masks for {num_images} outputs; give one, or one per output")
+        if not mask.any():
+            raise ValueError(
+                "the mask has no white pixel (above one half), so inpainting would keep the whole image: paint the "
+                "area to regenerate white, or leave the mask out for img2img"
+            )
         mask = mask.expand(num_images, *mask.shape[1:])
     return Edit(x0, mask, start_index(len(sampler.timesteps), strength))

@@ -7,7 +7,7 @@ cannot keep partial alpha or where many images meet: grids and GIFs (`on_checker
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -145,3 +145,12 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, duration_ms: int =
     atomic_write(
         path, lambda tmp: first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=duration_ms, loop=0)
     )
+
+
+def save_interpolation(
+    frames: Sequence[Image.Image], folder: str | Path, metadata: dict[str, Any] | None = None
+) -> None:
+    """``folder/interpolation.png`` (the frames in one row, with ``metadata``) and ``folder/interpolation.gif``,
+    transparency on a checkerboard."""
+    save_png(make_grid(frames, nrow=len(frames)), Path(folder) / "interpolation.png", metadata)
+    save_gif(frames, Path(folder) / "interpolation.gif")

@@ -181,6 +181,12 @@ def test_inpainting_keeps_every_unmasked_pixel(pipe, picture, mask, name, resamp
         assert not np.array_equal(np.array(image)[~keep], np.array(picture)[~keep])  # the hole is new
 
 
+@pytest.mark.parametrize("grey", [0, 127])  # black, and a grey that is not above one half
+def test_a_mask_with_nothing_to_regenerate_is_refused(pipe, picture, grey):
+    with pytest.raises(ValueError, match=r"^the mask has no white pixel \(above one half\), so inpainting would"):
+        pipe(1, 4, image=picture, mask_image=Image.new("L", (8, 8), grey))
+
+
 def test_repaint_resampling_costs_resample_times_the_evaluations(pipe, picture, mask):
     seen = []
     pipe(1, 6, image=picture, mask_image=mask, resample=3, jump_length=2, callback=lambda i, t, s: seen.append(i))

@@ -43,9 +43,9 @@ LAYERS = [
         "diffusion.latent_calls",
         "diffusion.arguments",
     },
-    {"diffusion.training", "diffusion.metrics.evaluation", "diffusion.evaluation"},
+    {"diffusion.training", "diffusion.metrics.evaluation", "diffusion.evaluation", "diffusion.app"},
     {"diffusion.cli"},
-    {"diffusion.evaluate", "diffusion.prepare"},
+    {"diffusion.evaluate", "diffusion.prepare", "diffusion.app.__main__"},
 ]
 
 

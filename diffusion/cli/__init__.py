@@ -1,10 +1,10 @@
 """Command-line entry points: the only package that parses arguments.
 
-``diffusion-train`` / ``train.py``, ``diffusion-sample`` / ``sample.py``, ``diffusion-evaluate`` /
-``python -m diffusion.evaluate``, ``diffusion-export`` and ``diffusion-prepare`` / ``python -m
-diffusion.prepare`` land here. Flags are generated from the config dataclasses, with each field's comment
-as its help. Errors a user can fix (bad paths, bad values) are printed as one line and exit with status 2;
-no traceback.
+``diffusion-app`` / ``python -m diffusion.app``, ``diffusion-train`` / ``train.py``, ``diffusion-sample`` /
+``sample.py``, ``diffusion-evaluate`` / ``python -m diffusion.evaluate``, ``diffusion-export`` and
+``diffusion-prepare`` / ``python -m diffusion.prepare`` land here. Flags are generated from the config
+dataclasses, with each field's comment as its help. Errors a user can fix (bad paths, bad values) are printed
+as one line and exit with status 2; no traceback.
 """
 
 import importlib
@@ -16,6 +16,8 @@ from .common import add_dataclass_arguments, field_comments
 # Each command's module is imported on first use, so that ``sample.py`` does not pay for the trainer's
 # imports (accelerate) at start-up.
 _COMMANDS = {
+    "app_main": "app",
+    "app_parser": "app",
     "evaluate_main": "evaluate",
     "evaluate_parser": "evaluate",
     "export_main": "export",
@@ -41,6 +43,8 @@ __all__ = [
     "DEFAULT_STEPS",
     "DEFAULT_STRENGTH",
     "add_dataclass_arguments",
+    "app_main",
+    "app_parser",
     "evaluate_main",
     "evaluate_parser",
     "export_main",

@@ -173,9 +173,6 @@ def _memory_detail(error: BaseException) -> str:
     return f"tried to allocate {asked.group(1)}" if asked else (text.strip().splitlines() or [type(error).__name__])[0]
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 DEVICES = ("auto", "cpu", "cuda", "mps")  # --device choices; auto: CUDA, else Apple's MPS, else the CPU
 
 

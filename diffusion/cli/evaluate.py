@@ -5,12 +5,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..arguments import DTYPES
 from ..io.files import check_writable, write_json
 from ..metrics import EXTRACTORS, QualityResult
 from ..metrics.evaluation import evaluate
 from ..pipeline import DEFAULT_STEPS
 from ..schedulers import SCHEDULER_NAMES
-from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, named_as_flags, run_command
+from .common import DEVICES, ArgumentParser, device_from_flag, named_as_flags, run_command
 
 
 def evaluate_parser() -> argparse.ArgumentParser:

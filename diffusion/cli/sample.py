@@ -9,17 +9,17 @@ from typing import Any
 
 import torch
 
-from ..arguments import MAX_NUM_IMAGES
+from ..arguments import DTYPES, MAX_NUM_IMAGES
 from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH, effective_strength
 from ..guidance import RANDOM_CLASSES
-from ..image import MODES
+from ..image import MODES, save_interpolation
 from ..io.files import read_json
 from ..io.model_folder import SHIPPED_MODELS
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 from ..rng import seed_list
 from ..schedulers import SCHEDULER_NAMES, SCHEDULERS, resolve_scheduler_name
-from .common import DEVICES, DTYPES, ArgumentParser, device_from_flag, given_flags, named_as_flags, run_command
-from .sample_files import output_folder, read_image, write_batches, write_grid, write_interpolation
+from .common import DEVICES, ArgumentParser, device_from_flag, given_flags, named_as_flags, run_command
+from .sample_files import output_folder, read_image, write_batches, write_grid
 
 DEFAULT_FRAMES = 8  # of --interpolate
 DEFAULT_NUM_IMAGES = 16
@@ -405,7 +405,7 @@ def _interpolate(args: argparse.Namespace, pipe: DiffusionPipeline, out: Path, s
             progress=True,
         )
     meta = {"from": args.interpolate[0], "to": args.interpolate[1], "frames": num_frames, "steps": args.steps}
-    write_interpolation(frames, out, meta)
+    save_interpolation(frames, out, meta)
     print(
         f"wrote {out}/interpolation.png and {out}/interpolation.gif ({num_frames} frames) "
         f"in {time.perf_counter() - start:.1f} s"

@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data import DECODE_ERRORS, load_image
-from ..image import WHITE, make_grid, save_gif, save_png
+from ..image import WHITE, make_grid, save_png
 from ..io.files import check_writable
 from ..pipeline import DiffusionPipeline
 from .common import named_as_flags
@@ -91,9 +91,3 @@ def write_batches(
 def write_grid(images: Sequence[Image.Image], path: str | Path, columns: int, meta: dict[str, Any]) -> None:
     """--grid: ``images`` in rows of ``columns`` (0: as square as possible), transparency on a checkerboard."""
     save_png(make_grid(images, nrow=columns or None), path, meta)
-
-
-def write_interpolation(frames: Sequence[Image.Image], out: Path, meta: dict[str, Any]) -> None:
-    """OUT/interpolation.png (the frames in one row) and OUT/interpolation.gif, transparency on a checkerboard."""
-    save_png(make_grid(frames, nrow=len(frames)), out / "interpolation.png", meta)
-    save_gif(frames, out / "interpolation.gif")

@@ -212,3 +212,11 @@ def check_repaint(jump_length: object, resample: object) -> None:
         raise ValueError(f"jump_length and resample must be positive integers, got {jump_length!r}, {resample!r}")
     if resample > MAX_RESAMPLE:
         raise ValueError(f"resample must be at most {MAX_RESAMPLE}, got {resample}")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed: a `MemoryError`, `torch.OutOfMemoryError` (CUDA, MPS), or
+    the `RuntimeError` of torch's CPU allocator."""
+    return isinstance(error, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )

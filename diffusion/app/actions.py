@@ -24,6 +24,7 @@ from .outbox import Outbox
 
 Progress = Callable[[int, int], None]  # (model evaluations done, of how many)
 INTERPOLATION_SAMPLER = "ddim"  # deterministic at eta 0, and the sampler that regenerates inverted images
+INVERSION_EVALUATIONS = 2  # per step of `DiffusionPipeline.invert` at its default: one fixed-point iteration
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,20 @@ class Limits:
     max_images: int = 16  # images (or interpolation frames) per request
     max_steps: int = 250  # sampler steps per request
     max_size: int = 256  # pixels on the longer side of an uploaded image
+
+    @property
+    def max_evaluations(self) -> int:
+        """Model evaluations per request: the work of ``max_images`` images of ``max_steps`` steps, however a
+        request spends it (RePaint's resampling and inverting images cost evaluations too)."""
+        return self.max_images * self.max_steps
+
+    def check_evaluations(self, evaluations: int) -> None:
+        if evaluations > self.max_evaluations:
+            raise ValueError(
+                f"this request needs {evaluations:,} model evaluations; this app does at most "
+                f"{self.max_evaluations:,} per request (diffusion-app --max-images x --max-steps): ask for fewer "
+                "images, steps or RePaint resamples"
+            )
 
     def check(self, num_images: int | None = None, steps: int | None = None, image: Image.Image | None = None) -> None:
         if num_images is not None and num_images > self.max_images:
@@ -134,14 +149,15 @@ def _sample(
 ) -> Result:
     """One pipeline call for ``s`` (and an edit: image, mask_image, strength, resample, jump_length)."""
     limits.check(num_images=s.num_images, steps=s.steps)
-    start = time.perf_counter()
     pipe = shelf.load(s.model, s.dtype)
+    start = time.perf_counter()
     labels, names = class_labels(pipe, s.class_choice, s.seed, s.num_images)
     editing = editing or {}
     inpainting = editing.get("mask_image") is not None
     strength = effective_strength(editing["strength"], inpainting) if editing else None
     repaint = {"jump_length": editing.get("jump_length", DEFAULT_JUMP_LENGTH), "resample": editing.get("resample", 1)}
     nfe = pipe.num_model_evaluations(s.steps, s.sampler, strength=strength, inpainting=inpainting, **repaint)
+    limits.check_evaluations(nfe * s.num_images)
     total = math.ceil(s.num_images / max(s.batch_size, 1)) * nfe
     images = pipe(
         num_images=s.num_images,
@@ -218,18 +234,20 @@ def interpolate(
     for end in ends:
         if isinstance(end, Image.Image):
             limits.check(image=end)
-    start = time.perf_counter()
     pipe = shelf.load(s.model, s.dtype)
+    start = time.perf_counter()
     labels = None if s.class_choice == NO_CLASS else s.class_choice
     if labels == RANDOM_CLASSES and not isinstance(ends[0], int):
         raise ValueError("class random draws the start seed's class, and the start is an image: choose a class")
     if labels == RANDOM_CLASSES and not isinstance(ends[1], int):
         labels = int(pipe.random_class_labels(1, [ends[0]])[0])  # the class the frames are drawn with
-    latents = [
-        end if isinstance(end, int) else pipe.invert(end, s.steps, class_labels=labels, **_guidance(s, labels))[0]
-        for end in ends
-    ]
     nfe = pipe.num_model_evaluations(s.steps, s.sampler)
+    images = [end for end in ends if not isinstance(end, int)]
+    limits.check_evaluations(nfe * s.num_images + INVERSION_EVALUATIONS * s.steps * len(images))
+    guidance = {"guidance_scale": s.guidance_scale} if labels is not None else {}
+    latents = [
+        end if isinstance(end, int) else pipe.invert(end, s.steps, class_labels=labels, **guidance)[0] for end in ends
+    ]
     frames = pipe.interpolate(
         latents[0],
         latents[1],
@@ -245,4 +263,6 @@ def interpolate(
     strip, gif = outbox.interpolation(frames, {"from": what[0], "to": what[1], "frames": len(frames), "steps": s.steps})
     captions = [f"frame {i} of {len(frames)}: {what[0]} → {what[1]}" for i in range(len(frames))]
     summary = _summary(len(frames), "frames", s, nfe, labels is not None, time.perf_counter() - start)
+    if images:
+        summary += f", after inverting {len(images)} image(s) in {INVERSION_EVALUATIONS * s.steps} NFE each"
     return Result(frames, captions, [strip, gif], [strip, gif], summary)

@@ -2,6 +2,7 @@
 and kept, per dtype, for the next requests."""
 
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ class ModelShelf:
         self.device = device or torch.device("cpu")
         self.keep = keep
         self._loaded: OrderedDict[tuple[str, str], DiffusionPipeline] = OrderedDict()
+        self._lock = threading.Lock()  # Gradio calls from worker threads: one load of a model at a time
 
     @property
     def default(self) -> str:
@@ -45,12 +47,13 @@ class ModelShelf:
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         key = (name, dtype)
-        if key not in self._loaded:
-            self._loaded[key] = DiffusionPipeline.from_pretrained(name, device=self.device, dtype=DTYPES[dtype])
-            while len(self._loaded) > self.keep:
-                self._loaded.popitem(last=False)
-        self._loaded.move_to_end(key)
-        return self._loaded[key]
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = DiffusionPipeline.from_pretrained(name, device=self.device, dtype=DTYPES[dtype])
+                while len(self._loaded) > self.keep:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
 
     def folder(self, name: str) -> Path:
         """Where model ``name`` is on disk."""

@@ -4,6 +4,7 @@ and interpolation strips and GIFs, in a folder of its own under one temporary ro
 import itertools
 import shutil
 import tempfile
+import weakref
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,12 +16,15 @@ from ..image import save_interpolation, save_png
 
 
 class Outbox:
-    """Request folders under ``root`` (default: a new temporary folder); only the newest ``keep`` are kept, so
-    a long-running app does not fill the disk."""
+    """Request folders under ``root`` (default: a new temporary folder, removed with the outbox); only the
+    newest ``keep`` are kept, so a long-running app does not fill the disk. Gradio serves copies of the files
+    from its own cache, so removing a folder does not break a page that shows its images."""
 
     def __init__(self, root: Path | None = None, keep: int = 32) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="diffusion-app-")) if root is None else Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        if root is None:  # a temporary folder of its own: removed when the outbox goes, or at exit
+            weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True)
         self.keep = keep
         self._numbers = itertools.count()
 

@@ -6,15 +6,15 @@ model. Every sampling event shares one queue slot, so one request samples at a t
 their place shown. A bad value shows the library's one-line message in the page (`gradio.Error`).
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import torch
 
-from ..arguments import DTYPES
+from ..arguments import DTYPES, is_out_of_memory
 from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from ..schedulers import SCHEDULER_NAMES
@@ -23,20 +23,25 @@ from .actions import Limits, Result, Sampling
 from .models import ModelShelf, class_choices, default_class, describe, model_card, model_config
 from .outbox import Outbox
 
-SAMPLING = {"concurrency_limit": 1, "concurrency_id": "sampling"}  # one sampling request at a time
+SAMPLING = {"concurrency_limit": 1, "concurrency_id": "sampling"}  # one sampling request at a time, of any tab
 MAX_GUIDANCE = 10.0
+MAX_UPLOAD = "20mb"  # per uploaded file; --max-size bounds the pixels
+PROGRESS = gr.Progress()  # the default that marks a handler's progress argument for Gradio
+SETTINGS = [f.name for f in dataclasses.fields(Sampling)]  # the shared settings, in the handlers' order
 
 
 def page_errors(action: Callable[..., Any]) -> Callable[..., Any]:
     """``action`` with the library's input errors shown in the page as their one-line message."""
 
-    @functools.wraps(action)  # Gradio reads the signature (its gr.Progress argument) through the wrapper
+    @functools.wraps(action)  # Gradio finds the gr.Progress argument in the signature, through __wrapped__
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return action(*args, **kwargs)
         except (ValueError, FileNotFoundError) as error:
             raise gr.Error(str(error), print_exception=False) from None
-        except torch.OutOfMemoryError:
+        except (MemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                raise
             message = "out of memory: ask for fewer images, a smaller batch size or bf16"
             raise gr.Error(message, print_exception=False) from None
 
@@ -56,7 +61,7 @@ def build_app(shelf: ModelShelf, limits: Limits | None = None, outbox: Outbox | 
     which `launch` must allow Gradio to serve: ``allowed_paths=[app.outbox.root]``)."""
     limits, outbox = limits or Limits(), outbox or Outbox()
     pipe = shelf.load(shelf.default)
-    with gr.Blocks(title="pixel-diffusion", delete_cache=(3600, 3600)) as app:
+    with gr.Blocks(title="pixel-diffusion", delete_cache=(3600, 3600), analytics_enabled=False) as app:
         app.outbox = outbox
         gr.Markdown("# pixel-diffusion\nGenerate and edit images with your own diffusion models.")
         with gr.Row():
@@ -82,18 +87,17 @@ def build_app(shelf: ModelShelf, limits: Limits | None = None, outbox: Outbox | 
                     interpolate_tab(shelf, limits, outbox, settings)
                     info = model_tab(shelf, pipe)
         model.change(
-            page_errors(lambda name: _model_changed(shelf, name)),
-            inputs=model,
+            page_errors(lambda name, dtype: _model_changed(shelf, name, dtype)),
+            inputs=[model, dtype],
             outputs=[class_choice, sampler, *info],
             api_name="model_info",
         )
     return app
 
 
-def _sampling(values: list[Any]) -> Sampling:
-    names = ("model", "sampler", "steps", "class_choice", "guidance_scale", "guidance_rescale", "seed")
-    names += ("num_images", "batch_size", "dtype")
-    return Sampling.from_page(**dict(zip(names, values, strict=True)))
+def _sampling(values: dict[str, Any]) -> Sampling:
+    """The shared settings among a handler's arguments (``locals()``)."""
+    return Sampling.from_page(**{name: values[name] for name in SETTINGS})
 
 
 def generate_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: list[Any], tabs: gr.Tabs) -> None:
@@ -105,28 +109,31 @@ def generate_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: li
         download = gr.File(label="Download (each PNG carries its settings; images.zip has them all)")
         send = gr.Button("Send the selected image to Edit", elem_id="send-to-edit")
         paths = gr.State([])
-        selected = gr.State(0)
+        selected = gr.State(None)  # the path of the image selected in the gallery
 
     @page_errors
-    def generate(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        result = actions.generate(shelf, _sampling(list(values)), limits, outbox, _reporter(progress))
-        return _gallery(result), result.summary, [str(p) for p in result.download], [str(p) for p in result.paths]
+    def generate(
+        model, sampler, steps, class_choice, guidance_scale, guidance_rescale, seed, num_images, batch_size, dtype,
+        progress=PROGRESS,
+    ) -> tuple[Any, ...]:  # fmt: skip
+        result = actions.generate(shelf, _sampling(locals()), limits, outbox, _reporter(progress))
+        paths = [str(p) for p in result.paths]
+        return _gallery(result), result.summary, [str(p) for p in result.download], paths, None
 
-    run.click(generate, settings, [gallery, summary, download, paths], api_name="generate", **SAMPLING)
+    run.click(generate, settings, [gallery, summary, download, paths, selected], api_name="generate", **SAMPLING)
 
-    def chosen(event: gr.SelectData) -> int:
-        return event.index
+    def chosen(paths: list[str], event: gr.SelectData) -> str | None:
+        return paths[event.index] if event.index < len(paths) else None
 
-    gallery.select(chosen, None, selected, api_name=False)
+    gallery.select(chosen, paths, selected, api_name=False)
     editor = edit_tab(shelf, limits, outbox, settings)
 
-    def send_to_edit(paths: list[str], index: int) -> tuple[Any, Any]:
-        if not paths:
-            raise gr.Error("there is no image to send yet: generate some first", print_exception=False)
-        path = paths[min(index, len(paths) - 1)]
+    def send_to_edit(path: str | None) -> tuple[Any, Any]:
+        if path is None:
+            raise gr.Error("select an image in the gallery first", print_exception=False)
         return {"background": path, "layers": [], "composite": path}, gr.Tabs(selected="edit")
 
-    send.click(send_to_edit, [paths, selected], [editor, tabs], api_name=False)
+    send.click(send_to_edit, selected, [editor, tabs], api_name=False)
 
 
 def edit_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: list[Any]) -> gr.ImageEditor:
@@ -152,20 +159,15 @@ def edit_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: list[A
         download = gr.File(label="Download")
 
     @page_errors
-    def edit(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        *shared, value, how, strength, resample, jump_length = values
+    def edit(
+        model, sampler, steps, class_choice, guidance_scale, guidance_rescale, seed, num_images, batch_size, dtype,
+        value, how, strength, resample, jump_length, progress=PROGRESS,
+    ) -> tuple[Any, ...]:  # fmt: skip
         image, mask = _editor_image(value, how == "inpaint")
+        strength = strength if how == "img2img" else None
+        s = _sampling(locals())
         result = actions.edit(
-            shelf,
-            _sampling(shared),
-            limits,
-            outbox,
-            image,
-            mask,
-            strength if how == "img2img" else None,
-            resample,
-            jump_length,
-            _reporter(progress),
+            shelf, s, limits, outbox, image, mask, strength, resample, jump_length, _reporter(progress)
         )
         return _gallery(result), result.summary, [str(p) for p in result.download]
 
@@ -177,9 +179,12 @@ def edit_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: list[A
 def _editor_image(value: dict[str, Any] | None, inpaint: bool) -> tuple[Any, Any]:
     """(image, mask) of the image editor's value: its background, and the painted layers for inpainting."""
     background = (value or {}).get("background")
-    if background is None:
-        return None, None
-    return background, actions.painted_mask(background, value.get("layers") or []) if inpaint else None
+    if background is None or not inpaint:
+        return background, None
+    mask = actions.painted_mask(background, value.get("layers") or [])
+    if mask.getbbox() is None:
+        raise ValueError("nothing is painted on the image: paint the area to regenerate, or choose img2img")
+    return background, mask
 
 
 def interpolate_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: list[Any]) -> None:
@@ -199,14 +204,17 @@ def interpolate_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings:
         summary = gr.Markdown(elem_id="interpolate-summary")
 
     @page_errors
-    def interpolate(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        *shared, start, end, count, first, last = values
-        shared[7] = count  # the frames are the images of this request
+    def interpolate(
+        model, sampler, steps, class_choice, guidance_scale, guidance_rescale, seed, num_images, batch_size, dtype,
+        start, end, frames, first, last, progress=PROGRESS,
+    ) -> tuple[Any, ...]:  # fmt: skip
+        num_images = frames  # the frames are the images of this request
+        s = _sampling(locals())
         ends = (
             first if first is not None else actions.whole_number(start, "start seed"),
             last if last is not None else actions.whole_number(end, "end seed"),
         )
-        result = actions.interpolate(shelf, _sampling(shared), limits, outbox, ends, _reporter(progress))
+        result = actions.interpolate(shelf, s, limits, outbox, ends, _reporter(progress))
         return str(result.paths[0]), str(result.paths[1]), result.summary
 
     inputs = [*settings, start_seed, end_seed, frames, start_image, end_image]
@@ -222,8 +230,8 @@ def model_tab(shelf: ModelShelf, pipe: Any) -> list[Any]:
     return [summary, config, card]
 
 
-def _model_changed(shelf: ModelShelf, name: str) -> tuple[Any, ...]:
-    pipe = shelf.load(name)
+def _model_changed(shelf: ModelShelf, name: str, dtype: str) -> tuple[Any, ...]:
+    pipe = shelf.load(name, dtype)
     folder = shelf.folder(name)
     return (
         gr.Dropdown(choices=class_choices(pipe), value=default_class(pipe)),
@@ -240,5 +248,10 @@ def launch(
     """Serve ``app`` (queued: one sampling request at a time); returns what `gradio.Blocks.launch` returns."""
     outbox_root: Path = app.outbox.root
     return app.queue(max_size=32).launch(
-        server_name=host, server_port=port, share=share, allowed_paths=[str(outbox_root)], **options
+        server_name=host,
+        server_port=port,
+        share=share,
+        allowed_paths=[str(outbox_root)],
+        max_file_size=MAX_UPLOAD,
+        **options,
     )

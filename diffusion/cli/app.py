@@ -71,5 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as e:
         if "port" not in str(e).lower():
             raise
-        raise ValueError(f"cannot serve on port {args.port} ({e}); give another --port") from None
+        raise ValueError(
+            f"cannot serve on {args.host} port {args.port}: it is in use or not allowed; give another --port"
+        ) from None
     return 0

@@ -17,6 +17,7 @@ from typing import Any, NoReturn, get_args, get_origin, get_type_hints
 import torch
 
 from .. import __version__
+from ..arguments import is_out_of_memory
 from ..config import literal_choices
 from ..io.files import undo_new_folders
 from ..training.errors import TrainingError
@@ -24,10 +25,6 @@ from ..training.errors import TrainingError
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, TrainingError)
 # OSErrors that are the machine's state, not a bug: reported in one line.
 MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
-# What torch raises when an allocation fails: caught last, so that a run too big for the machine ends in
-# one line instead of a traceback. Sizes a command can check beforehand are refused before any work.
-MEMORY_ERRORS = (MemoryError, torch.OutOfMemoryError)
-CPU_ALLOCATION_FAILED = "can't allocate memory"  # torch's CPU allocator, as a RuntimeError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -156,8 +153,10 @@ def run_command(prog: str, main: Callable[[], int]) -> int:
         message = f"{e.strerror or e}{where}; free space or fix permissions, then run again"
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
-    except (*MEMORY_ERRORS, RuntimeError) as e:
-        if not isinstance(e, MEMORY_ERRORS) and CPU_ALLOCATION_FAILED not in str(e):
+    # Caught last, so that a run too big for the machine ends in one line instead of a traceback. Sizes a
+    # command can check beforehand are refused before any work.
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(e):
             raise
         print(f"{prog}: error: out of memory ({_memory_detail(e)}); use a smaller --batch-size", file=sys.stderr)
         return 2

@@ -54,12 +54,26 @@ def test_the_batch_size_does_not_change_the_images(shelf, outbox, settings):
     assert np.array_equal(pixels(one.images), pixels(all_at_once.images))
 
 
+@pytest.mark.parametrize(("sampler", "nfe"), [("ddim", 4), ("heun", 7)])  # Heun: 2n - 1 evaluations
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
-def test_progress_counts_every_model_evaluation_of_every_batch(shelf, outbox, settings, batch_size):
+def test_progress_counts_every_model_evaluation_of_every_batch(shelf, outbox, settings, batch_size, sampler, nfe):
     seen = []
-    generate(shelf, settings(batch_size=batch_size), LIMITS, outbox, lambda done, total: seen.append((done, total)))
-    total = math.ceil(3 / batch_size) * 4
-    assert seen == [(i, total) for i in range(1, total + 1)]
+    s = settings(batch_size=batch_size, sampler=sampler)
+    result = generate(shelf, s, LIMITS, outbox, lambda done, total: seen.append((done, total)))
+    total = math.ceil(3 / batch_size) * nfe
+    assert seen == [(i, total) for i in range(1, total + 1)] and f"{nfe} NFE per image" in result.summary
+
+
+def test_a_request_may_do_the_work_of_max_images_at_max_steps(shelf, outbox, settings):
+    picture = Image.new("L", (8, 8), 50)
+    mask = Image.new("L", (8, 8), 255)
+    s = settings(class_choice="none", num_images=8, steps=20)
+    with pytest.raises(ValueError) as error:  # RePaint at resample 2 doubles the 8 x 20 evaluations allowed
+        edit(shelf, s, LIMITS, outbox, picture, mask, resample=2, jump_length=2)
+    assert str(error.value) == (
+        "this request needs 320 model evaluations; this app does at most 160 per request (diffusion-app "
+        "--max-images x --max-steps): ask for fewer images, steps or RePaint resamples"
+    )
 
 
 def test_an_unconditional_model_takes_no_class_and_no_guidance(shelf, outbox, settings, tiny_model):
@@ -79,8 +93,8 @@ def test_an_unconditional_model_takes_no_class_and_no_guidance(shelf, outbox, se
             "9 images were asked for; this app makes at most 8 per request (diffusion-app --max-images)",
         ),
         ({"steps": 21}, "21 steps were asked for; this app runs at most 20 per request (diffusion-app --max-steps)"),
-        ({"class_choice": "cow"}, "cow"),
-        ({"sampler": "nope"}, "nope"),
+        ({"class_choice": "cow"}, "unknown class 'cow'; this model knows ids 0-1: cat, dog"),
+        ({"sampler": "nope"}, "unknown scheduler 'nope'; expected one of 'ddpm', 'ddim'"),
         ({"steps": 0}, "num_inference_steps"),
         ({"batch_size": 0}, "batch_size"),
         ({"model": "no/such/folder"}, "unknown model 'no/such/folder'"),
@@ -138,7 +152,11 @@ def test_painted_mask_is_white_where_any_layer_has_paint(picture):
 def test_inpainting_keeps_the_unpainted_pixels_and_is_the_pipelines_own(shelf, outbox, settings, picture):
     mask = painted_mask(picture, [painted((2, 2, 6, 6))])
     s = settings(class_choice="none", num_images=2)
-    result = edit(shelf, s, LIMITS, outbox, picture, mask, resample=2, jump_length=2)
+    seen = []
+    result = edit(
+        shelf, s, LIMITS, outbox, picture, mask, resample=2, jump_length=2, progress=lambda *p: seen.append(p)
+    )
+    assert seen[-1] == (8, 8) and len(seen) == 8  # one batch of RePaint's 8 evaluations
     keep = np.array(mask) == 0
     grey = np.array(picture.convert("L"))
     for image in result.images:
@@ -197,14 +215,18 @@ def test_interpolating_two_seeds_gives_their_images_at_the_ends(shelf, outbox, s
     assert result.captions[0] == "frame 0 of 4: 3 → 11" and "ddim, 4 steps" in result.summary
 
 
-def test_interpolating_from_an_image_inverts_it(shelf, outbox, settings, picture):
-    s = settings(class_choice="none", num_images=2, batch_size=2)
+@pytest.mark.parametrize("choice", ["none", "cat"])
+def test_interpolating_from_an_image_inverts_it_with_the_frames_class(shelf, outbox, settings, picture, choice):
+    s = settings(class_choice=choice, num_images=2, batch_size=2, guidance_rescale=0.5)
     result = interpolate(shelf, s, LIMITS, outbox, (picture, 5))
     pipe = DiffusionPipeline.from_pretrained(s.model)
-    start = pipe.invert(picture, 4)[0]
-    own = pipe.interpolate(start, 5, num_frames=2, num_inference_steps=4)
+    guided = {"class_labels": "cat", "guidance_scale": 1.5} if choice == "cat" else {}
+    start = pipe.invert(picture, 4, **guided)[0]
+    rescale = {"guidance_rescale": 0.5} if guided else {}
+    own = pipe.interpolate(start, 5, num_frames=2, num_inference_steps=4, **guided, **rescale)
     assert np.array_equal(pixels(result.images), pixels(own))
     assert result.captions[-1] == "frame 1 of 2: image → 5"
+    assert result.summary.endswith(", after inverting 1 image(s) in 8 NFE each")
 
 
 def test_a_random_class_needs_a_start_seed(shelf, outbox, settings, picture):

@@ -104,7 +104,7 @@ def test_an_empty_mask_is_refused_with_the_librarys_message(served, tiny_conditi
     image = gradio_client.handle_file(str(tmp_path / "grey.png"))
     editor = {"background": image, "layers": [], "composite": image}
     values = [str(tiny_conditional_model), "ddim", 4, "none", 1.5, 0.0, 0, 1, 1, "fp32", editor, "inpaint", 0.8, 1, 10]
-    with pytest.raises(gradio_client.exceptions.AppError, match="the mask has no white pixel"):
+    with pytest.raises(gradio_client.exceptions.AppError, match=r"^nothing is painted on the image: paint the area"):
         served[0].predict(*values, api_name="/edit")
 
 
@@ -117,29 +117,52 @@ def test_interpolation_between_two_seeds_gives_a_strip_and_a_gif(served, tiny_co
 
 
 def test_the_model_tab_follows_the_chosen_model(served, tiny_model):
-    classes, sampler, summary, config, card = served[0].predict(str(tiny_model), api_name="/model_info")
+    classes, sampler, summary, config, card = served[0].predict(str(tiny_model), "bf16", api_name="/model_info")
     assert (classes["choices"], classes["value"], sampler["value"]) == ([["none", "none"]], "none", "ddim")
     assert "| classes | none (unconditional) |" in summary and '"num_classes": null' in config
-    assert card.endswith("has no model card (README.md).")
+    assert card.endswith("has no model card (README.md).") and "| dtype, device | bfloat16, cpu |" in summary
 
 
-def test_requests_sample_one_at_a_time(served, tiny_conditional_model, monkeypatch):
-    """Three requests at once: the queue runs them one after the other, never two together."""
+def test_requests_of_every_tab_sample_one_at_a_time(served, tiny_conditional_model, monkeypatch, tmp_path):
+    """A generation, an interpolation and an edit at once: the queue runs them one after the other."""
     spans = []
 
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        result = generate_action(*args, **kwargs)
-        spans.append((start, time.perf_counter()))
-        return result
+    def timed(action):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            result = action(*args, **kwargs)
+            spans.append((start, time.perf_counter()))
+            return result
 
-    generate_action = actions.generate
-    monkeypatch.setattr(actions, "generate", timed)
-    model = str(tiny_conditional_model)
+        return run
+
+    for name in ("generate", "interpolate", "edit"):
+        monkeypatch.setattr(actions, name, timed(getattr(actions, name)))
+    Image.new("L", (8, 8), 100).save(tmp_path / "grey.png")
+    image = gradio_client.handle_file(str(tmp_path / "grey.png"))
+    shared = [str(tiny_conditional_model), "ddim", 20, "cat", 1.5, 0.0, 0, 6, 1, "fp32"]
     jobs = [
-        served[0].submit(model, "ddim", 20, "cat", 1.5, 0.0, seed, 6, 1, "fp32", api_name="/generate")
-        for seed in (0, 100, 200)
+        served[0].submit(*shared, api_name="/generate"),
+        served[0].submit(*shared, 2, 9, 6, None, None, api_name="/interpolate"),
+        served[0].submit(
+            *shared, {"background": image, "layers": [], "composite": image}, "img2img", 0.8, 1, 10, api_name="/edit"
+        ),
     ]
-    assert [len(job.result()[0]) for job in jobs] == [6, 6, 6]
+    (gallery, *_), (_, _, frames), (edited, *_) = [job.result() for job in jobs]
+    assert (len(gallery), frames.split(" in ")[0], len(edited)) == (6, "6 frames", 6)
     spans.sort()
     assert len(spans) == 3 and all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+
+
+def test_gradio_passes_a_progress_tracker_to_every_sampling_handler(served):
+    from gradio.helpers import special_args
+
+    handlers = {
+        fn.api_name: fn.fn for fn in served[1].fns.values() if fn.api_name in ("generate", "edit", "interpolate")
+    }
+    assert sorted(handlers) == ["edit", "generate", "interpolate"]
+    assert {name: special_args(fn)[1] for name, fn in handlers.items()} == {
+        "generate": 10,
+        "edit": 15,
+        "interpolate": 15,
+    }

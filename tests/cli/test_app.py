@@ -74,4 +74,6 @@ def test_the_module_entry_serves_the_page_on_localhost(tiny_conditional_model):
     finally:
         server.send_signal(signal.SIGINT)
         output, _ = server.communicate(timeout=30)
-    assert server.returncode == 0, output  # Gradio closes the server on Ctrl-C and returns
+    # Ctrl-C while Gradio serves: it closes the server and returns (0); while it is still starting: one line (130).
+    assert (server.returncode, "Traceback" in output) in ((0, False), (130, False)), output
+    assert server.returncode == 0 or output.rstrip().endswith("diffusion-app: interrupted")

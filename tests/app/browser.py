@@ -34,7 +34,6 @@ from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 WebDriver = webdriver.Remote
-INSTALL = "apt-get install chromium chromium-driver"
 # Seconds after a click by which its work counts as done if nothing has shown progress: an event whose outputs
 # are all on a tab not yet opened (so not yet rendered) has no status tracker to show it.
 GRACE = 1.5
@@ -55,7 +54,7 @@ def chromium_driver(window: tuple[int, int] = (1280, 1600)) -> WebDriver:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if browser is None or driver is None:
-        pytest.skip(f"the browser tests need Chromium and its driver on PATH: {INSTALL}")
+        pytest.skip("the browser tests need Chromium and its driver on PATH: apt-get install chromium chromium-driver")
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never look for (or download) a browser
     options = webdriver.ChromeOptions()
     options.binary_location = browser
@@ -75,35 +74,23 @@ def wait_for_app(driver: WebDriver, url: str, timeout: float = 60) -> None:
 def find(driver: WebDriver, name: str, timeout: float = 10) -> WebElement:
     """The displayed component labelled ``name``, or with elem_id ``name[1:]`` when ``name`` starts with '#'."""
     if name.startswith("#"):
-        path = f"//*[@id={_literal(name[1:])}]"
-    else:
-        label = f"//*[@data-testid='block-info' or @data-testid='block-label'][normalize-space()={_literal(name)}]"
-        path = f"{label}/ancestor::*[*[@data-testid='status-tracker']][1]"
-
-    def shown(d: WebDriver) -> WebElement | None:
-        return next((e for e in d.find_elements(By.XPATH, path) if e.is_displayed()), None)
-
-    return WebDriverWait(driver, timeout, ignored_exceptions=[StaleElementReferenceException]).until(
-        shown, f"no displayed component {name!r} on the page"
-    )
+        return _shown(driver, f"//*[@id={_literal(name[1:])}]", f"component {name!r}", timeout)
+    label = f"//*[@data-testid='block-info' or @data-testid='block-label'][normalize-space()={_literal(name)}]"
+    return _shown(driver, f"{label}/ancestor::*[*[@data-testid='status-tracker']][1]", f"component {name!r}", timeout)
 
 
 def choose(driver: WebDriver, label: str, value: str) -> None:
     """Pick the option shown as ``value`` in a Dropdown (a combobox and a listbox) or a Radio."""
     block = find(driver, label)
-    radios = block.find_elements(By.CSS_SELECTOR, "input[type=radio]")
-    if radios:
-        block.find_element(By.XPATH, f".//label[normalize-space()={_literal(value)}]").click()
-        WebDriverWait(driver, 5).until(
-            lambda d: any(r.is_selected() and r.get_attribute("value") == value for r in radios)
-        )
+    if block.find_elements(By.CSS_SELECTOR, "input[type=radio]"):
+        option = block.find_element(By.XPATH, f".//label[normalize-space()={_literal(value)}]")
+        option.click()
+        WebDriverWait(driver, 5).until(lambda d: option.find_element(By.TAG_NAME, "input").is_selected())
         return
     box = block.find_element(By.CSS_SELECTOR, "input[role=combobox]")
     box.click()
-    options = f"#{box.get_attribute('aria-controls')} [role=option]"
-    option = f"{options}[aria-label={_css_string(value)}]"
-    WebDriverWait(driver, 5).until(lambda d: d.find_elements(By.CSS_SELECTOR, option), f"no option {value!r}")
-    driver.find_element(By.CSS_SELECTOR, option).click()
+    listbox = f"//*[@id={_literal(box.get_attribute('aria-controls'))}]"
+    _shown(driver, f"{listbox}//*[@role='option'][@aria-label={_literal(value)}]", f"option {value!r}", 5).click()
     WebDriverWait(driver, 5).until(lambda d: box.get_attribute("value") == value)
 
 
@@ -124,9 +111,7 @@ def select_tab(driver: WebDriver, name: str) -> None:
 def click_button(driver: WebDriver, text: str) -> None:
     """Click the displayed button reading ``text`` (not a tab), and start watching for the work it starts."""
     path = f"//button[normalize-space()={_literal(text)}][not(@role='tab')][not(ancestor-or-self::*[@aria-hidden])]"
-    button = WebDriverWait(driver, 10).until(
-        lambda d: next((b for b in d.find_elements(By.XPATH, path) if b.is_displayed()), None), f"no button {text!r}"
-    )
+    button = _shown(driver, path, f"button {text!r}")
     driver.execute_script(WATCH, PENDING, GRACE * 1000)
     button.click()
 
@@ -202,10 +187,7 @@ def editor(driver: WebDriver, name: str | None = None) -> WebElement:
     """An ImageEditor: the one named ``name``, else the first displayed one."""
     if name is not None:
         return find(driver, name)
-    path = "//*[*[@data-testid='status-tracker']][.//*[contains(@class, 'pixi-target')]]"
-    return WebDriverWait(driver, 10).until(
-        lambda d: next((e for e in d.find_elements(By.XPATH, path) if e.is_displayed()), None), "no image editor"
-    )
+    return _shown(driver, "//*[*[@data-testid='status-tracker']][.//*[contains(@class, 'pixi-target')]]", "editor")
 
 
 def upload_to_editor(driver: WebDriver, path: str, name: str | None = None, timeout: float = 30) -> None:
@@ -247,6 +229,13 @@ def paint_stroke(
     chain.release().perform()
 
 
+def _shown(driver: WebDriver, path: str, what: str, timeout: float = 10) -> WebElement:
+    """The first displayed element at XPath ``path``, waiting up to ``timeout`` seconds for one."""
+    return WebDriverWait(driver, timeout, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: next((e for e in d.find_elements(By.XPATH, path) if e.is_displayed()), None), f"no displayed {what}"
+    )
+
+
 def _thumbnails(driver: WebDriver, name: str) -> list[WebElement]:
     # The grid holds each image once; the preview strip (after a thumbnail is clicked) repeats them.
     return find(driver, name).find_elements(By.CSS_SELECTOR, ".grid-container button.thumbnail-item img")
@@ -257,7 +246,3 @@ def _literal(value: str) -> str:
     if "'" not in value:
         return f"'{value}'"
     return "concat(" + ', "\'", '.join(f"'{part}'" for part in value.split("'")) + ")"
-
-
-def _css_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -26,6 +26,7 @@ from .outbox import Outbox
 SAMPLING = {"concurrency_limit": 1, "concurrency_id": "sampling"}  # one sampling request at a time, of any tab
 MAX_GUIDANCE = 10.0
 MAX_UPLOAD = "20mb"  # per uploaded file; --max-size bounds the pixels
+CSS = ".pixels img { image-rendering: pixelated; }"  # small images scaled up show their pixels, unblurred
 PROGRESS = gr.Progress()  # the default that marks a handler's progress argument for Gradio
 SETTINGS = [f.name for f in dataclasses.fields(Sampling)]  # the shared settings, in the handlers' order
 
@@ -104,9 +105,11 @@ def generate_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: li
     """The Generate tab, and the Edit tab that its selected image can be sent to."""
     with gr.Tab("Generate", id="generate"):
         run = gr.Button("Generate", variant="primary", elem_id="generate-button")
-        gallery = gr.Gallery(label="Images", columns=4, format="png", elem_id="generate-gallery", height="auto")
+        gallery = gr.Gallery(
+            label="Images", columns=8, format="png", elem_id="generate-gallery", elem_classes="pixels", height="auto"
+        )
         summary = gr.Markdown(elem_id="generate-summary")
-        download = gr.File(label="Download (each PNG carries its settings; images.zip has them all)")
+        download = gr.File(label="Download (each PNG carries its settings; images.zip has them all)", height=180)
         send = gr.Button("Send the selected image to Edit", elem_id="send-to-edit")
         paths = gr.State([])
         selected = gr.State(None)  # the path of the image selected in the gallery
@@ -120,7 +123,10 @@ def generate_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: li
         paths = [str(p) for p in result.paths]
         return _gallery(result), result.summary, [str(p) for p in result.download], paths, None
 
-    run.click(generate, settings, [gallery, summary, download, paths, selected], api_name="generate", **SAMPLING)
+    event = run.click(
+        generate, settings, [gallery, summary, download, paths, selected], api_name="generate", **SAMPLING
+    )
+    event.then(lambda: gr.Gallery(selected_index=None), None, gallery, api_name=False)  # the grid, not a preview
 
     def chosen(paths: list[str], event: gr.SelectData) -> str | None:
         return paths[event.index] if event.index < len(paths) else None
@@ -145,10 +151,12 @@ def edit_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: list[A
                 type="pil",
                 image_mode="RGBA",
                 sources=("upload", "clipboard"),
-                brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
+                brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=3),  # image pixels
                 elem_id="edit-editor",
             )
-            results = gr.Gallery(label="Results", columns=2, format="png", elem_id="edit-gallery", height="auto")
+            results = gr.Gallery(
+                label="Results", columns=2, format="png", elem_id="edit-gallery", elem_classes="pixels", height="auto"
+            )
         with gr.Row():
             mode = gr.Radio(["inpaint", "img2img"], value="inpaint", label="Edit")
             strength = gr.Slider(0, 1, DEFAULT_STRENGTH, step=0.05, label="Strength (img2img)")
@@ -156,7 +164,7 @@ def edit_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: list[A
             jump_length = gr.Number(DEFAULT_JUMP_LENGTH, precision=0, label="RePaint jump length")
         run = gr.Button("Edit", variant="primary", elem_id="edit-button")
         summary = gr.Markdown(elem_id="edit-summary")
-        download = gr.File(label="Download")
+        download = gr.File(label="Download", height=180)
 
     @page_errors
     def edit(
@@ -199,8 +207,10 @@ def interpolate_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings:
             start_image = gr.Image(label="Start image (instead of the seed)", type="pil", image_mode="RGBA")
             end_image = gr.Image(label="End image (instead of the seed)", type="pil", image_mode="RGBA")
         run = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")
-        strip = gr.Image(label="Frames", type="filepath", format="png", elem_id="interpolate-strip")
-        gif = gr.Image(label="GIF", type="filepath", elem_id="interpolate-gif")
+        strip = gr.Image(
+            label="Frames", type="filepath", format="png", elem_id="interpolate-strip", elem_classes="pixels"
+        )
+        gif = gr.Image(label="GIF", type="filepath", elem_id="interpolate-gif", elem_classes="pixels")
         summary = gr.Markdown(elem_id="interpolate-summary")
 
     @page_errors
@@ -253,5 +263,6 @@ def launch(
         share=share,
         allowed_paths=[str(outbox_root)],
         max_file_size=MAX_UPLOAD,
+        css=CSS,
         **options,
     )

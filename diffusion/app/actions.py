@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..data import DECODE_ERRORS, load_image
 from ..editing import DEFAULT_JUMP_LENGTH, effective_strength
 from ..guidance import RANDOM_CLASSES
 from ..pipeline import DiffusionPipeline
@@ -49,10 +50,12 @@ class Limits:
                 "images, steps or RePaint resamples"
             )
 
-    def check(self, num_images: int | None = None, steps: int | None = None, image: Image.Image | None = None) -> None:
+    def check(
+        self, num_images: int | None = None, steps: int | None = None, image: Image.Image | None = None, what="images"
+    ) -> None:
         if num_images is not None and num_images > self.max_images:
             raise ValueError(
-                f"{num_images} images were asked for; this app makes at most {self.max_images} per request "
+                f"{num_images} {what} were asked for; this app makes at most {self.max_images} per request "
                 "(diffusion-app --max-images): ask for fewer"
             )
         if steps is not None and steps > self.max_steps:
@@ -87,6 +90,9 @@ class Sampling:
         """The page's values with the whole numbers checked: a number box may send a float or nothing."""
         for name in ("steps", "seed", "num_images", "batch_size"):
             values[name] = whole_number(values[name], name.replace("_", " "))
+        for name in ("guidance_scale", "guidance_rescale"):
+            if not isinstance(values[name], numbers.Real) or isinstance(values[name], bool):
+                raise ValueError(f"{name.replace('_', ' ')} must be a number, got {values[name]!r}")
         return cls(**values)
 
 
@@ -104,6 +110,15 @@ def whole_number(value: object, name: str) -> int:
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
         return int(value)
     raise ValueError(f"{name} must be a whole number, got {value!r}")
+
+
+def upload(path: str, what: str) -> Image.Image:
+    """An uploaded image file, decoded as training data and `sample.py`'s inputs are (EXIF rotation, first
+    frame), as RGBA: the pipeline converts it to the model's mode."""
+    try:
+        return load_image(path, 4)
+    except DECODE_ERRORS as error:
+        raise ValueError(f"{what} is not a readable image ({type(error).__name__}: {error})") from None
 
 
 def class_labels(pipe: DiffusionPipeline, choice: str, seed: int, num_images: int) -> tuple[str | None, list[str]]:
@@ -230,7 +245,7 @@ def interpolate(
     """The Interpolate tab: ``s.num_images`` frames between two seeds or images (DDIM-inverted), sampled with
     DDIM at eta 0 (``s.sampler`` is ignored)."""
     s = replace(s, sampler=INTERPOLATION_SAMPLER)
-    limits.check(num_images=s.num_images, steps=s.steps)
+    limits.check(num_images=s.num_images, steps=s.steps, what="frames")
     for end in ends:
         if isinstance(end, Image.Image):
             limits.check(image=end)

@@ -83,7 +83,8 @@ def describe(pipe: DiffusionPipeline, name: str, folder: Path) -> str:
     rows = [
         ("model", f"`{name}` (`{folder}`)"),
         ("parameters", f"{parameters:,}"),
-        ("images", f"{height}x{width}, {config.in_channels} channel(s), transparency on {pipe.background}"),
+        ("images", f"{height}x{width}, {config.in_channels} channel(s)"),
+        ("background", f"{pipe.background} (what transparency was composited on in training)"),
         ("classes", classes),
         ("default sampler", f"`{pipe.scheduler_name()}`, {DEFAULT_STEPS} steps"),
         ("dtype, device", f"{str(pipe.dtype).removeprefix('torch.')}, {pipe.device}"),

@@ -162,6 +162,10 @@ def edit_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: list[A
             strength = gr.Slider(0, 1, DEFAULT_STRENGTH, step=0.05, label="Strength (img2img)")
             resample = gr.Number(1, precision=0, label="RePaint resample")
             jump_length = gr.Number(DEFAULT_JUMP_LENGTH, precision=0, label="RePaint jump length")
+        gr.Markdown(
+            "Edits use the settings on the left, the Class too: choose `none` to keep the image's own content "
+            "unguided, as `sample.py --init-image` does."
+        )
         run = gr.Button("Edit", variant="primary", elem_id="edit-button")
         summary = gr.Markdown(elem_id="edit-summary")
         download = gr.File(label="Download", height=180)
@@ -198,14 +202,17 @@ def _editor_image(value: dict[str, Any] | None, inpaint: bool) -> tuple[Any, Any
 def interpolate_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings: list[Any]) -> None:
     """The Interpolate tab: frames between two seeds, or two uploaded images, with DDIM."""
     with gr.Tab("Interpolate", id="interpolate"):
-        gr.Markdown("Frames along the path between two seeds, or two uploaded images (inverted with DDIM).")
+        gr.Markdown(
+            "Frames along the path between two seeds, or two uploaded images (inverted with DDIM). Interpolation "
+            "always samples with DDIM at eta 0, whatever the Sampler setting, so that each frame is deterministic."
+        )
         with gr.Row():
             start_seed = gr.Number(0, precision=0, label="Start seed")
             end_seed = gr.Number(1, precision=0, label="End seed")
             frames = gr.Number(8, precision=0, label="Frames")
         with gr.Row():
-            start_image = gr.Image(label="Start image (instead of the seed)", type="pil", image_mode="RGBA")
-            end_image = gr.Image(label="End image (instead of the seed)", type="pil", image_mode="RGBA")
+            start_image = gr.Image(label="Start image (instead of the seed)", type="filepath", format="png")
+            end_image = gr.Image(label="End image (instead of the seed)", type="filepath", format="png")
         run = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")
         strip = gr.Image(
             label="Frames", type="filepath", format="png", elem_id="interpolate-strip", elem_classes="pixels"
@@ -218,11 +225,11 @@ def interpolate_tab(shelf: ModelShelf, limits: Limits, outbox: Outbox, settings:
         model, sampler, steps, class_choice, guidance_scale, guidance_rescale, seed, num_images, batch_size, dtype,
         start, end, frames, first, last, progress=PROGRESS,
     ) -> tuple[Any, ...]:  # fmt: skip
-        num_images = frames  # the frames are the images of this request
+        num_images = actions.whole_number(frames, "frames")  # the frames are the images of this request
         s = _sampling(locals())
         ends = (
-            first if first is not None else actions.whole_number(start, "start seed"),
-            last if last is not None else actions.whole_number(end, "end seed"),
+            actions.upload(first, "the start image") if first else actions.whole_number(start, "start seed"),
+            actions.upload(last, "the end image") if last else actions.whole_number(end, "end seed"),
         )
         result = actions.interpolate(shelf, s, limits, outbox, ends, _reporter(progress))
         return str(result.paths[0]), str(result.paths[1]), result.summary

@@ -1,6 +1,7 @@
 """``diffusion-app`` / ``python -m diffusion.app``: the local web page (`diffusion.app`)."""
 
 import argparse
+import signal
 from collections.abc import Sequence
 
 from .common import DEVICES, ArgumentParser, device_from_flag, run_command
@@ -50,12 +51,16 @@ def app_main(argv: Sequence[str] | None = None) -> int:
     return run_command("diffusion-app", lambda: _serve(args))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _serve(args: argparse.Namespace) -> int:
     for flag in ("max_images", "max_steps", "max_size"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
     try:
         from ..app import Limits, ModelShelf, build_app, launch
     except ModuleNotFoundError as e:
@@ -66,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
     for name in args.model:
         shelf.load(name)  # a folder that is not a model is refused now, not on the page
     app = build_app(shelf, Limits(args.max_images, args.max_steps, args.max_size))
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does, and the files go
     try:
         launch(app, args.host, args.port, args.share)
     except OSError as e:

@@ -1,5 +1,6 @@
 """The app's actions without the page: each is one pipeline call, so its images are the pipeline's own."""
 
+import dataclasses
 import math
 import zipfile
 
@@ -8,7 +9,17 @@ import pytest
 from PIL import Image
 
 from diffusion import DiffusionPipeline
-from diffusion.app.actions import Limits, class_labels, edit, generate, interpolate, painted_mask, whole_number
+from diffusion.app.actions import (
+    Limits,
+    Sampling,
+    class_labels,
+    edit,
+    generate,
+    interpolate,
+    painted_mask,
+    upload,
+    whole_number,
+)
 
 LIMITS = Limits(max_images=8, max_steps=20, max_size=16)
 
@@ -68,6 +79,7 @@ def test_a_request_may_do_the_work_of_max_images_at_max_steps(shelf, outbox, set
     picture = Image.new("L", (8, 8), 50)
     mask = Image.new("L", (8, 8), 255)
     s = settings(class_choice="none", num_images=8, steps=20)
+    assert len(edit(shelf, s, LIMITS, outbox, picture, mask).images) == 8  # 8 x 20 evaluations: the most
     with pytest.raises(ValueError) as error:  # RePaint at resample 2 doubles the 8 x 20 evaluations allowed
         edit(shelf, s, LIMITS, outbox, picture, mask, resample=2, jump_length=2)
     assert str(error.value) == (
@@ -102,9 +114,24 @@ def test_an_unconditional_model_takes_no_class_and_no_guidance(shelf, outbox, se
     ],
 )
 def test_bad_settings_raise_one_line_messages(shelf, outbox, settings, changes, message):
-    with pytest.raises(ValueError, match=None) as error:
+    with pytest.raises(ValueError) as error:
         generate(shelf, settings(**changes), LIMITS, outbox)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["guidance_scale", "guidance_rescale"])
+def test_guidance_from_the_page_must_be_a_number(settings, name):
+    values = {f.name: getattr(settings(), f.name) for f in dataclasses.fields(Sampling)} | {name: None}
+    with pytest.raises(ValueError, match=rf"^{name.replace('_', ' ')} must be a number, got None$"):
+        Sampling.from_page(**values)
+
+
+def test_an_unreadable_upload_is_a_one_line_error(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"^the start image is not a readable image \(UnidentifiedImageError: "):
+        upload(str(tmp_path / "notes.png"), "the start image")
+    Image.new("LA", (4, 4), (10, 128)).save(tmp_path / "grey.png")
+    assert upload(str(tmp_path / "grey.png"), "x").getpixel((0, 0)) == (10, 10, 10, 128)
 
 
 @pytest.mark.parametrize(("value", "expected"), [(3, 3), (3.0, 3), (-2.0, -2)])
@@ -227,6 +254,11 @@ def test_interpolating_from_an_image_inverts_it_with_the_frames_class(shelf, out
     assert np.array_equal(pixels(result.images), pixels(own))
     assert result.captions[-1] == "frame 1 of 2: image → 5"
     assert result.summary.endswith(", after inverting 1 image(s) in 8 NFE each")
+
+
+def test_too_many_frames_are_named_frames(shelf, outbox, settings):
+    with pytest.raises(ValueError, match=r"^9 frames were asked for; this app makes at most 8 per request"):
+        interpolate(shelf, settings(num_images=9), LIMITS, outbox, (1, 2))
 
 
 def test_a_random_class_needs_a_start_seed(shelf, outbox, settings, picture):

@@ -43,7 +43,7 @@ def test_the_model_tab_describes_the_model(tiny_conditional_pipeline, tiny_condi
     text = describe(tiny_conditional_pipeline, "tiny", tiny_conditional_model)
     parameters = sum(p.numel() for p in tiny_conditional_pipeline.unet.parameters())
     assert f"| parameters | {parameters:,} |" in text
-    assert "| images | 8x8, 1 channel(s), transparency on white |" in text
+    assert "| images | 8x8, 1 channel(s) |" in text and "| background | white (what transparency" in text
     assert "| classes | cat, dog |" in text and "| default sampler | `ddim`, 20 steps |" in text
     config = json.loads(model_config(tiny_conditional_pipeline))
     assert config["unet"]["num_classes"] == 2 and config["unet"]["sample_size"] == [8, 8]

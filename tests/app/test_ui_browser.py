@@ -22,25 +22,28 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def url():
+def url(tmp_path_factory):
     """``python -m diffusion.app`` with no flags (the shipped model) on a free local port."""
     pytest.importorskip("gradio")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "diffusion.app", "--port", str(port)]
-    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    address, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 60
-    while server.poll() is None and time.monotonic() < deadline:
+    log = tmp_path_factory.mktemp("server") / "output.txt"
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+    address, deadline, answered = f"http://127.0.0.1:{port}/", time.monotonic() + 60, False
+    while not answered and server.poll() is None and time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(address, timeout=2)
-            break
+            answered = urllib.request.urlopen(address, timeout=2).status == 200
         except OSError:
             time.sleep(0.3)
-    assert server.poll() is None, server.stdout.read()
-    yield address
-    server.send_signal(signal.SIGINT)
-    server.communicate(timeout=30)
+    try:
+        assert answered, log.read_text()
+        yield address
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,9 @@ def driver(url):
 
 @pytest.fixture(scope="module")
 def screenshots(tmp_path_factory):
-    return Path(os.environ.get("APP_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder = Path(os.environ.get("APP_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def test_one_click_on_generate_shows_the_shipped_models_images(driver):
@@ -81,7 +86,7 @@ def test_a_class_and_a_seed_give_the_pipelines_own_images(driver, screenshots):
     ]
     summary = b.text(driver, "#generate-summary")
     assert summary.startswith("4 images in ") and "20 NFE per image" in summary
-    driver.save_screenshot(str(screenshots / "generate.png"))
+    assert driver.save_screenshot(str(screenshots / "generate.png"))
     with Image.open(screenshots / "generate.png") as shot:
         assert shot.width == 1400 and shot.height > 1000  # the viewport
 
@@ -113,7 +118,29 @@ def test_a_painted_stroke_inpaints_only_under_the_paint(driver, screenshots):
     assert np.array_equal(after[:8], before[:8]) and np.array_equal(after[21:], before[21:])  # far from the stroke
     assert not np.array_equal(after[12:17, 8:21], before[12:17, 8:21])  # under it
     assert b.text(driver, "#edit-summary").startswith("2 images in ")
-    driver.save_screenshot(str(screenshots / "edit.png"))
+    assert driver.save_screenshot(str(screenshots / "edit.png"))
+
+
+def test_an_uploaded_image_is_inpainted_where_painted_and_img2img_redraws_it(driver, tmp_path):
+    picture = Image.fromarray(np.tile(np.arange(0, 252, 9, dtype=np.uint8), (28, 1)))  # a horizontal ramp
+    picture.save(tmp_path / "ramp.png")
+    b.clear_editor(driver)  # Gradio's editor must be empty before an upload replaces a sent image
+    b.upload_to_editor(driver, str(tmp_path / "ramp.png"))
+    b.paint_stroke(driver, [(14, 4), (14, 24)], picture.size)  # a vertical stroke down the middle
+    b.click_button(driver, "Edit")
+    after = np.array(b.gallery_images(driver, "#edit-gallery")[0])
+    assert np.array_equal(after[:, :9], np.array(picture)[:, :9]) and np.array_equal(
+        after[:, 20:], np.array(picture)[:, 20:]
+    )
+    assert not np.array_equal(after[6:23, 12:17], np.array(picture)[6:23, 12:17])
+    b.choose(driver, "Edit", "img2img")
+    b.click_button(driver, "Edit")
+    redrawn = np.array(b.gallery_images(driver, "#edit-gallery")[0])
+    assert b.text(driver, "#edit-summary").startswith("2 images in ") and "16 NFE per image" in b.text(
+        driver, "#edit-summary"
+    )
+    assert not np.array_equal(redrawn[:, :9], np.array(picture)[:, :9])  # img2img redraws the whole image
+    b.choose(driver, "Edit", "inpaint")
 
 
 def test_the_model_picker_switches_models_and_the_model_tab_follows(driver, screenshots):
@@ -129,7 +156,7 @@ def test_the_model_picker_switches_models_and_the_model_tab_follows(driver, scre
     classes = [caption.split(" · ")[1] for caption in b.gallery_captions(driver)]
     pipe = DiffusionPipeline.from_pretrained("noto-emoji")
     assert classes == [pipe.class_names[i] for i in pipe.random_class_labels(16, 0).tolist()]
-    driver.save_screenshot(str(screenshots / "noto-emoji.png"))  # the README's picture
+    assert driver.save_screenshot(str(screenshots / "noto-emoji.png"))  # the README's picture
     b.select_tab(driver, "Model")
     assert "| parameters | 1,115,235 |" not in b.text(driver, "#model-summary")  # rendered as a table, not Markdown
     assert "1,115,235" in b.text(driver, "#model-summary")

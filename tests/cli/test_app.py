@@ -27,7 +27,8 @@ def test_the_defaults_serve_this_machine_only_and_never_share():
     [
         (["--max-images", "0"], "diffusion-app: error: --max-images must be a positive integer, got 0"),
         (["--max-steps", "-1"], "diffusion-app: error: --max-steps must be a positive integer, got -1"),
-        (["--port", "70000"], "diffusion-app: error: --port must be in 0..65535, got 70000"),
+        (["--port", "70000"], "diffusion-app: error: --port must be in 1..65535, got 70000"),
+        (["--port", "0"], "diffusion-app: error: --port must be in 1..65535, got 0"),
     ],
 )
 def test_bad_flags_are_one_line_errors(argv, message, capsys):
@@ -36,7 +37,7 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
 
 
 def test_a_folder_that_is_not_a_model_is_refused_before_serving(tmp_path, capsys):
-    assert cli.app_main(["--model", str(tmp_path), "--port", "0"]) == 2
+    assert cli.app_main(["--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("diffusion-app: error: ") and str(tmp_path) in err and err.count("\n") == 1
 
@@ -45,7 +46,7 @@ def test_without_gradio_it_names_the_extra_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ModuleNotFoundError
     for name in [m for m in sys.modules if m.startswith("diffusion.app")]:
         monkeypatch.delitem(sys.modules, name)
-    assert cli.app_main(["--port", "0"]) == 2
+    assert cli.app_main([]) == 2
     assert capsys.readouterr().err == (
         "diffusion-app: error: diffusion-app needs Gradio: pip install 'pixel-diffusion[app]'\n"
     )

@@ -4,6 +4,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -58,9 +59,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_module_entry_serves_the_page_on_localhost(tiny_conditional_model):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and `kill`
+def test_the_module_entry_serves_the_page_on_localhost_and_stops_cleanly(tiny_conditional_model, stop):
     pytest.importorskip("gradio")
     port = free_port()
+    outboxes = set(Path(tempfile.gettempdir()).glob("diffusion-app-*"))
     command = [sys.executable, "-m", "diffusion.app", "--model", str(tiny_conditional_model), "--port", str(port)]
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -73,8 +76,9 @@ def test_the_module_entry_serves_the_page_on_localhost(tiny_conditional_model):
         assert page is not None, server.stdout.read() if server.poll() is not None else "no answer in 60 s"
         assert '<meta property="og:title" content="pixel-diffusion" />' in page  # the Blocks title
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(stop)
         output, _ = server.communicate(timeout=30)
-    # Ctrl-C while Gradio serves: it closes the server and returns (0); while it is still starting: one line (130).
+    # Stopped while Gradio serves: it closes the server and returns (0); while it is still starting: one line (130).
     assert (server.returncode, "Traceback" in output) in ((0, False), (130, False)), output
     assert server.returncode == 0 or output.rstrip().endswith("diffusion-app: interrupted")
+    assert set(Path(tempfile.gettempdir()).glob("diffusion-app-*")) == outboxes  # its temporary files are gone

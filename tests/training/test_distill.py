@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from diffusion.schedulers import NoiseSchedule, SchedulerConfig
+from diffusion.schedulers import DDIMScheduler, NoiseSchedule, SchedulerConfig
+from diffusion.schedulers.ddim import DDIMConfig
 from diffusion.training.distill import (
     ddim_step,
     distillation_grid,
@@ -87,3 +88,24 @@ def test_a_distillation_round_reduces_the_students_error_against_the_teachers_ta
     after = error()
     assert after < before / 5, (before, after)  # 0.00628 -> 0.00037 when written
     assert all(p.grad is None for p in unet.parameters())  # the teacher is never trained
+
+
+def test_the_grid_and_steps_are_the_stock_ddim_samplers():
+    """The student samples with `DDIMScheduler` as it is (trailing spacing, η = 0, ᾱ = 1 after the last step):
+    its N steps, and the teacher's 2N, visit the grid's levels and take `ddim_step`'s steps."""
+    x0 = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(6))
+
+    def model(z, t):  # an x_0 predictor that depends on its input
+        return torch.tanh(z + x0)
+
+    for steps in (4, 8):
+        sampler = DDIMScheduler(DDIMConfig(prediction_type="sample"))
+        sampler.set_timesteps(steps)
+        grid = distillation_grid(steps // 2, 1000)  # a teacher of `steps` steps
+        assert sampler.timesteps.tolist() == grid[:-1].tolist()
+        ours = theirs = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(7))
+        for i, t in enumerate(sampler.timesteps):
+            theirs = sampler.step(model(theirs, t), t, theirs).prev_sample
+            levels = [noise_level(SCHEDULE, grid[k : k + 1].expand(2), ours) for k in (i, i + 1)]
+            ours = ddim_step(model(ours, t), ours, *levels)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)

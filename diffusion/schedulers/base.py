@@ -109,6 +109,14 @@ class VPStep:
     alpha_prod_t_prev: float  # ᾱ_{t'}; `final_alpha_cumprod()` at t' = FINAL
 
 
+def trailing_timesteps(num_train_timesteps: int, n: int) -> np.ndarray:
+    """The "trailing" spacing's n timesteps, from T - 1 down: round(arange(T, 0, -T/n)) - 1, as diffusers."""
+    # np.arange with a float step sometimes returns n + 1 values, the extra one ≈ 0 (-1 after the shift; e.g.
+    # T = 1000, n = 61 in diffusers). The first n values are diffusers' values.
+    T = num_train_timesteps
+    return np.round(np.arange(T, 0, -T / n)[:n]).astype(np.int64) - 1
+
+
 def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     """Dynamic thresholding of x̂_0 (Saharia et al. 2022, sec. 2.3), as diffusers' `_threshold_sample`.
 
@@ -299,9 +307,7 @@ class Scheduler(abc.ABC):
         if spacing == "leading":
             timesteps = np.arange(n, dtype=np.int64)[::-1] * (T // n) + self.config.steps_offset
         elif spacing == "trailing":
-            # np.arange with a float step sometimes returns n + 1 values, the extra one ≈ 0 (-1 after the
-            # shift; e.g. T = 1000, n = 61 in diffusers). The first n values are diffusers' values.
-            timesteps = np.round(np.arange(T, 0, -T / n)[:n]).astype(np.int64) - 1
+            timesteps = trailing_timesteps(T, n)
         else:
             assert spacing == "linspace", spacing
             timesteps = np.round(np.linspace(0, T - 1, n))[::-1].astype(np.int64)

@@ -90,22 +90,66 @@ def test_a_distillation_round_reduces_the_students_error_against_the_teachers_ta
     assert all(p.grad is None for p in unet.parameters())  # the teacher is never trained
 
 
-def test_the_grid_and_steps_are_the_stock_ddim_samplers():
-    """The student samples with `DDIMScheduler` as it is (trailing spacing, η = 0, ᾱ = 1 after the last step):
-    its N steps, and the teacher's 2N, visit the grid's levels and take `ddim_step`'s steps."""
+@pytest.mark.parametrize("n", [3, 4, 24, 48])
+def test_the_students_levels_are_the_stock_ddim_samplers_and_the_middles_its_teachers(n):
+    grid = distillation_grid(n, 1000)
+    student, teacher = DDIMScheduler(), DDIMScheduler()
+    student.set_timesteps(n)
+    teacher.set_timesteps(2 * n)
+    assert grid[0::2].tolist() == [*student.timesteps.tolist(), -1]
+    assert grid[1::2].tolist() == teacher.timesteps[1::2].tolist()
+
+
+def test_a_student_step_is_the_stock_ddim_step():
+    """The student samples with `DDIMScheduler` as it is (η = 0, ᾱ = 1 after the last step): its steps are
+    `ddim_step` between the grid's even levels."""
     x0 = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(6))
 
     def model(z, t):  # an x_0 predictor that depends on its input
         return torch.tanh(z + x0)
 
-    for steps in (4, 8):
-        sampler = DDIMScheduler(DDIMConfig(prediction_type="sample"))
-        sampler.set_timesteps(steps)
-        grid = distillation_grid(steps // 2, 1000)  # a teacher of `steps` steps
-        assert sampler.timesteps.tolist() == grid[:-1].tolist()
-        ours = theirs = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(7))
-        for i, t in enumerate(sampler.timesteps):
-            theirs = sampler.step(model(theirs, t), t, theirs).prev_sample
-            levels = [noise_level(SCHEDULE, grid[k : k + 1].expand(2), ours) for k in (i, i + 1)]
-            ours = ddim_step(model(ours, t), ours, *levels)
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    sampler = DDIMScheduler(DDIMConfig(prediction_type="sample"))
+    sampler.set_timesteps(3)
+    levels = distillation_grid(3, 1000)[0::2]
+    ours = theirs = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(7))
+    for i, t in enumerate(sampler.timesteps):
+        theirs = sampler.step(model(theirs, t), t, theirs).prev_sample
+        ours = ddim_step(
+            model(ours, t), ours, *(noise_level(SCHEDULE, levels[k : k + 1].expand(2), ours) for k in (i, i + 1))
+        )
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def replayed(seed: int, shape: tuple[int, ...], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ε and the student steps `distillation_loss` draws from a generator seeded ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g), torch.randint(0, n, (shape[0],), generator=g)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_a_student_that_predicts_exactly_what_a_perfect_teacher_implies_has_zero_loss(prediction_type):
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 2 - 1
+    schedule = NoiseSchedule(SchedulerConfig(prediction_type=prediction_type))
+
+    def student(z, t, labels):  # the ε, v or x_0 of the z it is given, from the true x
+        return schedule.training_target(
+            x, (z - schedule.add_noise(x, 0 * x, t)) / (1 - schedule.alphas_cumprod[t]).sqrt().reshape(-1, 1, 1, 1), t
+        )
+
+    loss = distillation_loss(
+        student, prediction_type, lambda z, t, labels: x, schedule, x, None, torch.Generator().manual_seed(9), 4
+    )
+    assert loss.dtype == torch.float32 and loss.item() < 1e-8
+
+
+def test_the_loss_is_the_truncated_snr_weighted_error():
+    """A perfect teacher's target is x; a student that predicts x_0 = 0 errs by x², weighted max(SNR_t, 1)."""
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(10)) * 2 - 1
+    loss = distillation_loss(
+        lambda z, t, labels: torch.zeros_like(z), "sample", lambda z, t, labels: x, SCHEDULE, x, None,
+        torch.Generator().manual_seed(11), 4,
+    )  # fmt: skip
+    _, step = replayed(11, x.shape, 4)
+    bar = SCHEDULE.alphas_cumprod[distillation_grid(4, 1000)[2 * step]]
+    expected = (torch.clamp(bar / (1 - bar), min=1).float() * x.square().mean(dim=(1, 2, 3))).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)

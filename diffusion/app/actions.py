@@ -136,10 +136,12 @@ def _guidance(s: Sampling, labels: str | int | None) -> dict[str, float | None]:
     return {"guidance_scale": s.guidance_scale, "guidance_rescale": s.guidance_rescale} if labels is not None else {}
 
 
-def _counter(progress: Progress | None, total: int) -> Callable[[int, int, Any], None] | None:
-    """The pipeline's ``callback``: one call per model evaluation of a batch, reported as (done, total)."""
+def _counter(progress: Progress | None, s: Sampling, nfe: int) -> Callable[[int, int, Any], None] | None:
+    """The pipeline's ``callback``: one call per model evaluation of a batch, reported as (done, total), where
+    total is ``nfe`` evaluations for each of the request's batches."""
     if progress is None:
         return None
+    total = math.ceil(s.num_images / max(s.batch_size, 1)) * nfe
     done = [0]
 
     def callback(*_: Any) -> None:
@@ -173,7 +175,6 @@ def _sample(
     repaint = {"jump_length": editing.get("jump_length", DEFAULT_JUMP_LENGTH), "resample": editing.get("resample", 1)}
     nfe = pipe.num_model_evaluations(s.steps, s.sampler, strength=strength, inpainting=inpainting, **repaint)
     limits.check_evaluations(nfe * s.num_images)
-    total = math.ceil(s.num_images / max(s.batch_size, 1)) * nfe
     images = pipe(
         num_images=s.num_images,
         num_inference_steps=s.steps,
@@ -181,7 +182,7 @@ def _sample(
         seed=s.seed,
         batch_size=s.batch_size,
         class_labels=labels,
-        callback=_counter(progress, total),
+        callback=_counter(progress, s, nfe),
         **_guidance(s, labels),
         **editing,
     )
@@ -271,7 +272,7 @@ def interpolate(
         scheduler=s.sampler,
         class_labels=labels,
         batch_size=s.batch_size,
-        callback=_counter(progress, math.ceil(s.num_images / max(s.batch_size, 1)) * nfe),
+        callback=_counter(progress, s, nfe),
         **_guidance(s, labels),
     )
     what = [str(end) if isinstance(end, int) else "image" for end in ends]

@@ -12,7 +12,7 @@ import torch
 
 from .config import is_positive_int, type_error, type_problem
 from .models import UNetConfig
-from .models.unet import MAX_SIDE
+from .models.unet_config import MAX_SIDE
 
 # Sampling or editing sides may be at most this many times the model's trained ones (and at most `MAX_SIDE`):
 # attention's cost grows with the square of the pixel count, 4096x per attention layer at 8x the sides.

@@ -6,7 +6,8 @@ from .diffusers_map import (
     from_diffusers_state_dict,
     to_diffusers_state_dict,
 )
-from .unet import PRESETS, UNet, UNetConfig, preset
+from .unet import UNet
+from .unet_config import PRESETS, UNetConfig, preset
 
 __all__ = [
     "PRESETS",

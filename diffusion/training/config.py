@@ -20,7 +20,7 @@ from ..data import Background, background_with_rgba
 from ..io.files import read_json
 from ..io.model_folder import run_sampler
 from ..models import UNet, UNetConfig, preset
-from ..models.unet import MAX_SIDE
+from ..models.unet_config import MAX_SIDE
 from ..schedulers import DPMSolverConfig
 
 # Limits that refuse, before any work, values that no run could finish or fit (docs/reliability.md).

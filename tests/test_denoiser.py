@@ -63,3 +63,20 @@ def test_inputs_take_the_unets_memory_format_on_both_paths(make_tiny_pipeline):
         pipe.denoiser(2.0)(x, t, labels)  # both branches, concatenated
     handle.remove()
     assert layouts == [True, True]
+
+
+def test_a_guidance_embedded_unet_is_guided_in_one_pass_with_w_as_its_input(make_tiny_pipeline):
+    pipe = make_tiny_pipeline(("a", "b", "c"), guidance_embedding=True)
+    torch.nn.init.normal_(pipe.unet.guidance_embed.linear_2.weight, std=0.5)  # so that w changes the output
+    x, t, labels = torch.randn(2, 1, 8, 8), torch.tensor(500), torch.tensor([0, 2])
+    with torch.no_grad():
+        batches, handle = forwards(pipe.unet)
+        guided = pipe.denoiser(2.5)(x, t, labels)
+        handle.remove()
+        assert batches == [(2, torch.float32)]  # one branch: no null-class half
+        assert torch.equal(guided, pipe.unet(x, t.expand(2), labels, guidance_scale=2.5))
+        assert (guided - pipe.unet(x, t.expand(2), labels)).abs().max() > 1e-3
+        assert torch.equal(pipe.denoiser(1.0)(x, t, labels), pipe.unet(x, t.expand(2), labels))
+        assert torch.equal(pipe.denoiser(0.0)(x, t, labels), pipe.unet(x, t.expand(2)))  # the null class
+        assert torch.equal(pipe.denoiser(2.5)(x, t, None), pipe.unet(x, t.expand(2)))  # no labels: no w
+    assert pipe.denoiser().guidance_embedded and not make_tiny_pipeline(("a",)).denoiser().guidance_embedded

@@ -17,10 +17,13 @@ from .editing import images_to_tensor
 from .guidance import RANDOM_CLASSES
 from .latents import check_fixed_point_iterations, interpolation_end, interpolation_latents, invert_batches
 from .models import UNetConfig
+from .request import call_guidance, call_sampler
 from .rng import generators, randn_tensor, seed_list
 
 if TYPE_CHECKING:
     from .pipeline import DiffusionPipeline
+
+INVERSION_STEPS = 50  # `DiffusionPipeline.invert`'s DDIM steps when none are given (a distilled model: its own)
 
 
 def seed_noise(unet: UNetConfig, seed: int, size: tuple[int, int] | None) -> torch.Tensor:
@@ -39,15 +42,18 @@ def invert_images(pipe: "DiffusionPipeline", call: dict[str, Any]) -> torch.Tens
     x0 = images_to_tensor(args.images, config.in_channels, background=pipe.input_colour)  # (n, c, h, w)
     check_size(tuple(x0.shape[-2:]), config, "the image")
     labels = pipe.class_label_tensor(args.class_labels, len(x0))
-    scale = pipe._guidance(labels, args.guidance_scale, 0.0)
+    scale = call_guidance(pipe, labels, args.guidance_scale, 0.0)
     check_batch_size_argument(args.batch_size)
     check_fixed_point_iterations(args.fixed_point_iterations)
     check_progress(args.progress)
+    steps = args.num_inference_steps
+    steps = INVERSION_STEPS if steps is None and pipe.sampling is None else pipe.check_steps(steps)
     sampler = pipe.make_scheduler("ddim", eta=0.0)
-    sampler.set_timesteps(args.num_inference_steps)
-    batch_size = check_batch_size(config, args.batch_size, len(x0), labels is not None, x0.shape[-2:])
-    iterations = args.fixed_point_iterations
-    return invert_batches(pipe.denoiser(scale), sampler, x0, labels, iterations, batch_size, args.progress)
+    sampler.set_timesteps(steps)
+    two_branches = labels is not None and not config.guidance_embedding
+    batch_size = check_batch_size(config, args.batch_size, len(x0), two_branches, x0.shape[-2:])
+    denoiser, iterations = pipe.denoiser(scale, num_inference_steps=steps), args.fixed_point_iterations
+    return invert_batches(denoiser, sampler, x0, labels, iterations, batch_size, args.progress)
 
 
 def interpolation_arguments(pipe: "DiffusionPipeline", call: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +71,7 @@ def interpolation_arguments(pipe: "DiffusionPipeline", call: dict[str, Any]) -> 
         if not isinstance(args.start, int) or isinstance(args.start, bool):
             raise ValueError("class_labels='random' in interpolate draws the start seed's class; start is a latent")
         kwargs["class_labels"] = int(pipe.random_class_labels(1, [args.start])[0])  # one class for every frame
-    sampler = pipe._sampler(args.scheduler, kwargs.pop("eta", None))
+    sampler = call_sampler(pipe, args.scheduler, kwargs.pop("eta", None))
     if sampler.stochastic:
         raise ValueError(
             f"interpolation needs a deterministic sampler, and {pipe.scheduler_name(sampler)} adds fresh noise at "

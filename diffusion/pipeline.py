@@ -4,12 +4,15 @@
 loop (`diffusion.sampling`) with the UNet as a `diffusion.denoiser.Denoiser` (dtype, memory format,
 classifier-free guidance). Editing hooks into that loop (`diffusion.editing`); `invert` and `interpolate`
 check their arguments in `diffusion.latent_calls`. The folder format is `diffusion.io.model_folder`.
+
+A distilled ("few-step") model carries a `SamplingRecord` and one UNet per trained step count: a call
+samples with the UNet of its step count, and a guidance-distilled one folds guidance into one pass.
 """
 
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -20,8 +23,6 @@ from tqdm.auto import tqdm
 
 from .arguments import (
     check_device,
-    check_eta,
-    check_generator,
     check_num_images,
     check_placement,
     check_repaint,
@@ -29,13 +30,15 @@ from .arguments import (
 )
 from .denoiser import Denoiser
 from .editing import DEFAULT_JUMP_LENGTH, ImageInput, edit_visit_order
-from .guidance import check_guidance, class_label_tensor
-from .image import Background, input_background, to_pil
+from .guidance import class_label_tensor
+from .image import Background, input_background
 from .io.diffusers_folder import save_diffusers
-from .io.model_folder import FORMAT_NAME, read_model_folder, write_model_folder
+from .io.model_folder import FORMAT_NAME, check_step_unets, read_model, write_model_folder
+from .io.sampling_record import SamplingRecord
 from .latent_calls import interpolation_arguments, invert_images, seed_noise
 from .models import UNet
-from .request import build_request
+from .request import DEFAULT_GUIDANCE_SCALE as DEFAULT_GUIDANCE_SCALE  # re-exported: a public name
+from .request import OutputType, build_request, call_sampler, draw_classes, output_images
 from .rng import generators, seed_list
 from .sampling import sampling_loop
 from .schedulers import (
@@ -51,12 +54,6 @@ from .schedulers import (
 
 logger = logging.getLogger(__name__)
 
-OutputType = Literal["pil", "tensor", "numpy"]
-# Classifier-free guidance scale when class labels are given: on the shipped model it follows the requested
-# class more often than the real images' own classifier rate, at a small cost in FD; larger scales are less
-# diverse (docs/benchmarks.md, "Class-conditional model").
-DEFAULT_GUIDANCE_SCALE = 1.5
-
 
 class DiffusionPipeline:
     """Turns Gaussian noise into images with ``unet`` and ``scheduler``.
@@ -68,16 +65,28 @@ class DiffusionPipeline:
         background: what training composited transparency on at 1 and 3 channels (``--background``: white,
             black or random); the transparency of PIL images given to editing and `invert` is composited
             on it, and on white for random (`input_colour`).
+        sampling: a distilled model's `SamplingRecord` (its step counts, default and guidance range), else None.
+        step_unets: a distilled model's students of its step counts other than the default, by step count;
+            ``unet`` is the student of the default one (`diffusion.io.model_folder.check_step_unets`).
     """
 
     def __init__(
-        self, unet: UNet, scheduler: Scheduler, class_names: Sequence[str] = (), background: Background = "white"
+        self,
+        unet: UNet,
+        scheduler: Scheduler,
+        class_names: Sequence[str] = (),
+        background: Background = "white",
+        *,
+        sampling: SamplingRecord | None = None,
+        step_unets: Mapping[int, UNet] | None = None,
     ) -> None:
         num_classes = unet.config.num_classes
         if class_names and num_classes is not None and len(class_names) != num_classes:
             raise ValueError(f"got {len(class_names)} class names for a model of {num_classes} classes")
         if background not in get_args(Background):
             raise ValueError(f"background must be one of {', '.join(get_args(Background))}, got {background!r}")
+        self.step_unets = {n: student.eval() for n, student in check_step_unets(unet, sampling, step_unets).items()}
+        self.sampling = sampling
         self.unet = unet.eval()
         self.scheduler = scheduler
         self.class_names = list(class_names)
@@ -94,6 +103,18 @@ class DiffusionPipeline:
         return next(self.unet.parameters()).dtype
 
     @property
+    def default_steps(self) -> int:
+        """The step count a call samples with when it names none: a distilled model's own, else `DEFAULT_STEPS`."""
+        return self.sampling.default_steps if self.sampling is not None else DEFAULT_STEPS
+
+    def check_steps(self, num_inference_steps: int | None) -> int:
+        """The step count of a call given ``num_inference_steps`` (None: `default_steps`); a distilled model
+        refuses one it was not trained for. Other counts are checked by the sampler."""
+        if num_inference_steps is None:
+            return self.default_steps
+        return self.sampling.check_steps(num_inference_steps) if self.sampling else num_inference_steps
+
+    @property
     def input_colour(self) -> tuple[int, int, int]:
         """The RGB that an RGBA input's transparency is composited on at 1 and 3 channels (`input_background`)."""
         return input_background(self.background)
@@ -104,8 +125,9 @@ class DiffusionPipeline:
         dtype: torch.dtype | None = None,
         memory_format: torch.memory_format | None = None,
     ) -> "DiffusionPipeline":
-        """Move the UNet to a device and/or cast it to a dtype: ``to("cuda")``, ``to(torch.bfloat16)``,
-        ``to("cpu", torch.float32)``. Sampling math stays in float32 whatever the UNet's dtype.
+        """Move the UNets (a distilled model's every student) to a device and/or cast them to a dtype:
+        ``to("cuda")``, ``to(torch.bfloat16)``, ``to("cpu", torch.float32)``. Sampling math stays in float32
+        whatever the UNet's dtype.
 
         ``memory_format=torch.channels_last`` stores the UNet's weights and inputs NHWC, which the
         convolutions of oneDNN (CPU) and cuDNN run faster (docs/benchmarks.md, "Sampling forward").
@@ -113,15 +135,17 @@ class DiffusionPipeline:
         if isinstance(device, torch.dtype):
             device, dtype = None, device
         device = check_placement(device, dtype, memory_format)
-        self.unet.to(device=device, dtype=dtype)
+        for unet in (self.unet, *self.step_unets.values()):
+            unet.to(device=device, dtype=dtype)
+            if memory_format is not None:
+                unet.to(memory_format=memory_format)
         if memory_format is not None:
-            self.unet.to(memory_format=memory_format)
             self.memory_format = memory_format
         return self
 
     def compile(self, **options: Any) -> "DiffusionPipeline":
-        """Sample through ``torch.compile(unet, **options)`` (e.g. ``mode="max-autotune"``). The first call
-        at each batch shape compiles (tens of seconds on a CPU); later ones run the fused kernels."""
+        """Sample through ``torch.compile(unet, **options)`` (``mode="max-autotune"``): the first call at each batch
+        shape compiles, later ones run fused kernels. A distilled model's other step counts run eagerly."""
         self._compiled = (self.unet, torch.compile(self.unet, **options))
         return self
 
@@ -152,7 +176,7 @@ class DiffusionPipeline:
 
     def num_model_evaluations(
         self,
-        num_inference_steps: int,
+        num_inference_steps: int | None = None,
         scheduler: str | Scheduler | None = None,
         *,
         strength: float | None = None,
@@ -160,25 +184,14 @@ class DiffusionPipeline:
         jump_length: int = DEFAULT_JUMP_LENGTH,
         resample: int = 1,
     ) -> int:
-        """NFE per image: how many times sampling with these settings calls the UNet (Heun: 2n - 1). For an
-        edit (``strength`` given, or ``inpainting``), the evaluations it runs: img2img skips the first steps,
-        RePaint redoes some (``jump_length``, ``resample`` as in `__call__`)."""
+        """NFE per image: how many times sampling with these settings calls the UNet (Heun: 2n - 1; guidance
+        evaluates both branches in one batch, a guidance-distilled UNet in one pass). For an edit (``strength``
+        given, or ``inpainting``), the evaluations it runs: img2img skips the first steps, RePaint redoes some
+        (``jump_length``, ``resample`` as in `__call__`). ``num_inference_steps`` as in `__call__`."""
         check_repaint(jump_length, resample)
-        sampler = self._sampler(scheduler, None)
-        sampler.set_timesteps(num_inference_steps)
+        sampler = call_sampler(self, scheduler, None)
+        sampler.set_timesteps(self.check_steps(num_inference_steps))
         return len(edit_visit_order(len(sampler.timesteps), strength, inpainting, jump_length, resample))
-
-    def _sampler(self, scheduler: str | Scheduler | None, eta: float | None) -> Scheduler:
-        """The scheduler a call samples with: an object as given, or a fresh one by name (default: ours)."""
-        check_eta(eta)
-        if isinstance(scheduler, Scheduler):
-            if eta is not None:
-                raise ValueError("eta is set in the config of a scheduler object; pass a scheduler name to use eta=")
-            return scheduler
-        if scheduler is not None and not isinstance(scheduler, str):
-            raise ValueError(f"scheduler must be a name or a Scheduler, got {type(scheduler).__name__}")
-        name = scheduler if scheduler is not None else self.scheduler_name()
-        return self.make_scheduler(name, **({} if eta is None else {"eta": float(eta)}))
 
     def scheduler_name(self, scheduler: Scheduler | None = None) -> str:
         """The name of ``scheduler`` (default: the pipeline's own): the alias its settings match, such as
@@ -193,19 +206,27 @@ class DiffusionPipeline:
         """Write the model folder described in `diffusion.io.model_folder`, or with ``format="diffusers"``
         a folder that ``diffusers.DDPMPipeline.from_pretrained`` loads (`diffusion.io.diffusers_folder`); return
         the name of the sampler written. For diffusers, a sampler it would run differently is written as the
-        nearest one it runs as we do, with a warning, or with ``nearest=False`` refused (`save_diffusers`).
+        nearest one it runs as we do, with a warning, or with ``nearest=False`` refused (`save_diffusers`); a
+        distilled model is written as its default student alone (the other step counts and the record are left
+        out, with a warning), and a guidance-distilled one is refused.
 
         Raises:
             ValueError: for an unknown format, or a model or sampler diffusers cannot express.
         """
         if format == "diffusers":
             name, scheduler, classes = registered_name(self.scheduler), self.scheduler, self.class_names
-            return save_diffusers(
+            exported = save_diffusers(
                 self.unet, name, scheduler, path, classes, nearest=nearest, background=self.background
             )
+            if self.sampling is not None:
+                logger.warning(
+                    "diffusers has no distilled models: exported the %d-step student alone", self.default_steps
+                )
+            return exported
         if format != FORMAT_NAME:
             raise ValueError(f"unknown format {format!r}; expected {FORMAT_NAME!r} or 'diffusers'")
-        write_model_folder(path, self.unet, self.scheduler, self.scheduler_name(), self.class_names, self.background)
+        folder = (path, self.unet, self.scheduler, self.scheduler_name(), self.class_names, self.background)
+        write_model_folder(*folder, sampling=self.sampling, step_unets=self.step_unets)
         return self.scheduler_name()
 
     @classmethod
@@ -232,7 +253,9 @@ class DiffusionPipeline:
         if path is not None and not isinstance(path, str | os.PathLike):
             raise ValueError(f"path must be a folder name (str or os.PathLike) or None, got {type(path).__name__}")
         device = check_device(device)  # checked before the weights are read
-        return cls(*read_model_folder(path)).to(device, dtype)
+        m = read_model(path)
+        pipe = cls(m.unet, m.scheduler, m.class_names, m.background, sampling=m.sampling, step_unets=m.step_unets)
+        return pipe.to(device, dtype)
 
     # ----- sampling -----
 
@@ -257,28 +280,18 @@ class DiffusionPipeline:
         Raises:
             ValueError: for an unconditional model.
         """
-        num_classes = self.unet.config.num_classes
-        if num_classes is None:
-            raise ValueError("class_labels='random' needs a class-conditional model; this model is unconditional")
-        check_num_images(num_images)
-        if check_generator(generator) is not None:
-            return torch.randint(num_classes, (num_images,), generator=generator, device=generator.device).cpu()
-        seeds = seed_list(seed if seed is not None else 0, num_images)
-        # One generator at a time: a million of them would hold gigabytes.
-        return torch.cat([torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s)) for s in seeds])
+        return draw_classes(self.unet.config.num_classes, num_images, seed, generator)
 
-    def _guidance(
-        self, labels: torch.Tensor | None, guidance_scale: float | None, guidance_rescale: float
-    ) -> float | None:
-        """The guidance scale a call uses (None: no guidance), its arguments checked."""
-        conditional = self.unet.config.num_classes is not None
-        return check_guidance(labels, guidance_scale, guidance_rescale, conditional, DEFAULT_GUIDANCE_SCALE)
-
-    def denoiser(self, guidance_scale: float | None = None, guidance_rescale: float = 0.0) -> Denoiser:
-        """The UNet as the sampling loop calls it, with this guidance (see `diffusion.denoiser`)."""
-        forward = self._compiled[1] if self._compiled and self._compiled[0] is self.unet else self.unet
-        null = self.unet.config.num_classes
-        return Denoiser(forward, null, self.device, self.dtype, self.memory_format, guidance_scale, guidance_rescale)
+    def denoiser(
+        self, guidance_scale: float | None = None, guidance_rescale: float = 0.0, num_inference_steps: int | None = None
+    ) -> Denoiser:
+        """The UNet that samples with ``num_inference_steps`` (a distilled model's student of that step count; None:
+        the default UNet) as the sampling loop calls it, with this guidance (see `diffusion.denoiser`)."""
+        unet = self.step_unets.get(num_inference_steps, self.unet)
+        forward = self._compiled[1] if self._compiled and self._compiled[0] is unet else unet
+        c, weight = unet.config, next(unet.parameters())
+        guidance = (guidance_scale, guidance_rescale, c.guidance_embedding)
+        return Denoiser(forward, c.num_classes, weight.device, weight.dtype, self.memory_format, *guidance)
 
     # ----- sampling and editing -----
 
@@ -286,7 +299,7 @@ class DiffusionPipeline:
     def __call__(
         self,
         num_images: int = 1,
-        num_inference_steps: int = DEFAULT_STEPS,
+        num_inference_steps: int | None = None,
         scheduler: str | Scheduler | None = None,
         *,
         eta: float | None = None,
@@ -315,7 +328,8 @@ class DiffusionPipeline:
 
         Args:
             num_images: how many.
-            num_inference_steps: sampler steps (model evaluations: `num_model_evaluations`).
+            num_inference_steps: sampler steps (model evaluations: `num_model_evaluations`); None means
+                `default_steps`. A distilled model samples only with the step counts it was trained for.
             scheduler: a name of `SCHEDULER_NAMES` (``"ddim"``, ``"dpmsolver++"``, ``"heun"``, ...), a
                 scheduler object, or None for the pipeline's own.
             eta: DDIM's stochasticity (0 deterministic, 1 DDPM-like); None keeps the scheduler's.
@@ -330,7 +344,8 @@ class DiffusionPipeline:
                 which a model trained with 10% label dropout learns less well than its classes.
             guidance_scale: classifier-free guidance w (`diffusion.guidance`): 0 unconditional, 1 plain
                 conditional, larger follows the class more closely. None means `DEFAULT_GUIDANCE_SCALE`
-                when ``class_labels`` are given. Each step then evaluates both branches in one batch.
+                when ``class_labels`` are given. Each step then evaluates both branches in one batch; a
+                guidance-distilled model takes w as an input instead, in one pass, within its `sampling` range.
             guidance_rescale: φ in [0, 1] of guidance rescale (Lin et al. 2024); 0 is off.
             image: the image(s) to edit: a PIL image (converted to the model's L, RGB or RGBA; transparency on
                 `background`), a list, or a ``(c, h, w)`` / ``(n, c, h, w)`` tensor in [0, 1]; one for all
@@ -355,7 +370,7 @@ class DiffusionPipeline:
                 mask not of the image's size, a sampler that cannot edit, or ``pil`` output without 1, 3 or 4 channels.
         """
         request = build_request(self, locals())  # every argument checked, once, before any work
-        denoiser = self.denoiser(request.guidance_scale, guidance_rescale)
+        denoiser = self.denoiser(request.guidance_scale, guidance_rescale, request.num_inference_steps)
         bar = tqdm(total=request.num_batches * len(request.order), disable=not progress, unit="step", desc="sampling")
         on_step = request.on_step(bar)
         outputs = []
@@ -367,7 +382,7 @@ class DiffusionPipeline:
                 x = edit.image  # strength 0: nothing to redo
             outputs.append((x / 2 + 0.5).clamp(0, 1).cpu())
         bar.close()
-        return self._output(torch.cat(outputs), output_type)  # (num_images, c, h, w) in [0, 1]
+        return output_images(torch.cat(outputs), output_type)  # (num_images, c, h, w) in [0, 1]
 
     # ----- the initial noise: inversion and interpolation (`diffusion.latent_calls`) -----
 
@@ -375,7 +390,7 @@ class DiffusionPipeline:
     def invert(
         self,
         images: ImageInput,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         *,
         class_labels: int | str | Sequence[int | str] | torch.Tensor | None = None,
         guidance_scale: float | None = None,
@@ -398,7 +413,8 @@ class DiffusionPipeline:
 
         Args:
             images: PIL image(s) (transparency on `background`) or a ``(n, c, h, w)`` tensor in [0, 1].
-            num_inference_steps: n, the DDIM steps.
+            num_inference_steps: n, the DDIM steps; None means 50 (`INVERSION_STEPS`), or a distilled model's
+                `default_steps`.
             class_labels, guidance_scale: as in `__call__`, for a class-conditional model.
             fixed_point_iterations: extra model evaluations per step that refine ε̂; 0 is plain DDIM inversion.
             batch_size: images per forward pass; None means all at once.
@@ -418,7 +434,7 @@ class DiffusionPipeline:
         start: int | torch.Tensor,
         end: int | torch.Tensor,
         num_frames: int = 8,
-        num_inference_steps: int = DEFAULT_STEPS,
+        num_inference_steps: int | None = None,
         scheduler: str | Scheduler = "ddim",
         **kwargs: Any,
     ) -> list[Image.Image] | torch.Tensor | np.ndarray:
@@ -428,7 +444,7 @@ class DiffusionPipeline:
             start, end: a seed (its noise, as in `noise_for_seed`) or a ``(c, h, w)`` latent, e.g. from
                 `invert`; frame 0 is the image of ``start`` and the last frame that of ``end``.
             num_frames: frames, at least 2, at evenly spaced angles.
-            num_inference_steps: sampler steps.
+            num_inference_steps: sampler steps; None means `default_steps`.
             scheduler: a deterministic sampler (default DDIM at η = 0, which regenerates `invert`'s
                 latents); a stochastic one would add different noise to each frame.
             kwargs: the other arguments of `__call__` (``class_labels``, ``guidance_scale``,
@@ -438,11 +454,3 @@ class DiffusionPipeline:
             ValueError: for fewer than 2 frames, a stochastic sampler, or latents of the wrong shape.
         """
         return self(**interpolation_arguments(self, locals()))  # every argument checked, once, before any work
-
-    @staticmethod
-    def _output(images: torch.Tensor, output_type: OutputType) -> list[Image.Image] | torch.Tensor | np.ndarray:
-        if output_type == "tensor":
-            return images
-        if output_type == "numpy":
-            return images.permute(0, 2, 3, 1).numpy()
-        return to_pil(images)

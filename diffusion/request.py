@@ -2,20 +2,25 @@
 
 Everything the call decided before any work (the sampler with its timesteps set, the image shape, each
 image's seed and class, the edit, the grid entries to visit) is here; what each batch starts from is
-`Request.start`.
+`Request.start`. The pieces of a call that `DiffusionPipeline`'s other calls share are here too: the sampler
+(`call_sampler`) and guidance scale (`call_guidance`) it uses, its random classes (`draw_classes`) and the
+form of its output (`output_images`).
 """
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .arguments import (
     check_batch_size,
     check_call_options,
+    check_eta,
     check_generator,
     check_latents,
     check_num_images,
@@ -23,13 +28,19 @@ from .arguments import (
     check_size,
 )
 from .editing import DEFAULT_JUMP_LENGTH, Edit, edit_visit_order, effective_strength, prepare_edit
-from .guidance import RANDOM_CLASSES
-from .image import MODES
+from .guidance import RANDOM_CLASSES, check_guidance
+from .image import MODES, to_pil
 from .rng import Generators, generators, randn_tensor, seed_list
 from .schedulers import Scheduler
 
 if TYPE_CHECKING:
     from .pipeline import DiffusionPipeline
+
+OutputType = Literal["pil", "tensor", "numpy"]
+# Classifier-free guidance scale when class labels are given: on the shipped model it follows the requested
+# class more often than the real images' own classifier rate, at a small cost in FD; larger scales are less
+# diverse (docs/benchmarks.md, "Class-conditional model").
+DEFAULT_GUIDANCE_SCALE = 1.5
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class Request:
     """A checked sampling call."""
 
     sampler: Scheduler  # with its timesteps set, on the pipeline's device
+    num_inference_steps: int  # the steps asked for (a distilled model samples them with that count's UNet)
     shape: tuple[int, int, int]  # (c, h, w) of each image
     num_images: int
     batch_size: int  # images per forward pass
@@ -97,8 +109,9 @@ def build_request(pipe: "DiffusionPipeline", call: dict[str, Any]) -> Request:
     check_call_options(args.output_type, args.batch_size, args.callback, args.progress)
     check_repaint(args.jump_length, args.resample)
     size = check_size(args.size, pipe.unet.config) if args.size is not None else None
-    sampler = pipe._sampler(args.scheduler, args.eta)
-    sampler.set_timesteps(args.num_inference_steps, device=pipe.device)
+    sampler = call_sampler(pipe, args.scheduler, args.eta)
+    steps = pipe.check_steps(args.num_inference_steps)
+    sampler.set_timesteps(steps, device=pipe.device)
     if args.image is None and (args.mask_image is not None or args.strength is not None):
         raise ValueError("mask_image and strength need an image to edit (image=...)")
     edit, strength = None, args.strength
@@ -123,10 +136,12 @@ def build_request(pipe: "DiffusionPipeline", call: dict[str, Any]) -> Request:
     if isinstance(class_labels, str) and class_labels == RANDOM_CLASSES:
         class_labels = pipe.random_class_labels(num_images, seeds, generator)
     labels = pipe.class_label_tensor(class_labels, num_images)
-    scale = pipe._guidance(labels, args.guidance_scale, args.guidance_rescale)
-    batch_size = check_batch_size(pipe.unet.config, args.batch_size, num_images, labels is not None, shape[1:])
+    scale = call_guidance(pipe, labels, args.guidance_scale, args.guidance_rescale)
+    two_branches = labels is not None and not pipe.unet.config.guidance_embedding
+    batch_size = check_batch_size(pipe.unet.config, args.batch_size, num_images, two_branches, shape[1:])
     return Request(
         sampler=sampler,
+        num_inference_steps=steps,
         shape=shape,
         num_images=num_images,
         batch_size=batch_size,
@@ -139,3 +154,55 @@ def build_request(pipe: "DiffusionPipeline", call: dict[str, Any]) -> Request:
         order=order,
         callback=args.callback,
     )
+
+
+def call_sampler(pipe: "DiffusionPipeline", scheduler: str | Scheduler | None, eta: float | None) -> Scheduler:
+    """The scheduler a call samples with: an object as given, or a fresh one by name (default: the pipeline's)."""
+    check_eta(eta)
+    if isinstance(scheduler, Scheduler):
+        if eta is not None:
+            raise ValueError("eta is set in the config of a scheduler object; pass a scheduler name to use eta=")
+        return scheduler
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise ValueError(f"scheduler must be a name or a Scheduler, got {type(scheduler).__name__}")
+    name = scheduler if scheduler is not None else pipe.scheduler_name()
+    return pipe.make_scheduler(name, **({} if eta is None else {"eta": float(eta)}))
+
+
+def call_guidance(
+    pipe: "DiffusionPipeline", labels: torch.Tensor | None, guidance_scale: float | None, guidance_rescale: float
+) -> float | None:
+    """The guidance scale a call uses (None: no guidance), its arguments checked; a guidance-distilled model
+    takes no rescale, and only a scale in its `SamplingRecord`'s range."""
+    config = pipe.unet.config
+    scale = check_guidance(
+        labels, guidance_scale, guidance_rescale, config.num_classes is not None, DEFAULT_GUIDANCE_SCALE
+    )
+    if config.guidance_embedding and guidance_rescale != 0:
+        raise ValueError("a guidance-distilled model folds guidance into one pass; guidance_rescale is not supported")
+    if scale is not None and pipe.sampling is not None:
+        pipe.sampling.check_guidance_scale(scale)
+    return scale
+
+
+def draw_classes(
+    num_classes: int | None, num_images: int, seed: int | Sequence[int] | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``(num_images,)`` classes of ``class_labels="random"`` (`DiffusionPipeline.random_class_labels`)."""
+    if num_classes is None:
+        raise ValueError("class_labels='random' needs a class-conditional model; this model is unconditional")
+    check_num_images(num_images)
+    if check_generator(generator) is not None:
+        return torch.randint(num_classes, (num_images,), generator=generator, device=generator.device).cpu()
+    seeds = seed_list(seed if seed is not None else 0, num_images)
+    # One generator at a time: a million of them would hold gigabytes.
+    return torch.cat([torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def output_images(images: torch.Tensor, output_type: OutputType) -> list[Image.Image] | torch.Tensor | np.ndarray:
+    """``(n, c, h, w)`` float32 images in [0, 1] as ``output_type`` asks."""
+    if output_type == "tensor":
+        return images
+    if output_type == "numpy":
+        return images.permute(0, 2, 3, 1).numpy()
+    return to_pil(images)

@@ -267,13 +267,19 @@ def save_diffusers(
             with a warning; if False, it is refused.
 
     Raises:
-        ValueError: ``path`` holds files; a UNet ``UNet2DModel`` cannot express or a scheduler diffusers
-            would run differently (see `diffusers_scheduler_config`). Nothing is written then.
+        ValueError: ``path`` holds files; a UNet ``UNet2DModel`` cannot express (a guidance-distilled one
+            among them) or a scheduler diffusers would run differently (see `diffusers_scheduler_config`).
+            Nothing is written then.
     """
     import diffusers
 
     assert name == registered_name(scheduler), (name, scheduler)
     check_new_folder(path)  # before any work
+    if unet.config.guidance_embedding:
+        raise ValueError(
+            "a guidance-distilled model takes the guidance scale as an input, which diffusers' UNet2DModel has no "
+            "place for; it cannot be exported to diffusers (save it as a pixel-diffusion model folder)"
+        )
     if nearest:
         scheduler, name = _nearest_with_warning(scheduler, name)
     unet_settings = diffusers_unet_kwargs(unet.config)  # raises before anything is written

@@ -3,9 +3,13 @@
 It follows diffusers' pipeline layout so that it can grow into a diffusers export::
 
     model_index.json              format name and version, component classes, default sampler, class names,
-                                  and the background training composited transparency on (absent: white)
+                                  the background training composited transparency on (absent: white), and
+                                  for a distilled model its `SamplingRecord` as "sampling" (absent: none)
     unet/config.json              UNetConfig fields (num_classes for a class-conditional model)
-    unet/model.safetensors        weights (the EMA weights for a trained model)
+    unet/model.safetensors        weights (the EMA weights for a trained model; a distilled model's student
+                                  for its default step count)
+    unet/model-{N}steps.safetensors  a distilled model's student for each other trained step count N (same
+                                  config.json)
     scheduler/scheduler_config.json  the noise schedule and the default sampler's settings
     manifest.json                 size and SHA-256 of the weights, checked on every load
 
@@ -29,6 +33,7 @@ import importlib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
@@ -44,8 +49,9 @@ from .diffusers_folder import (
     load_diffusers_scheduler,
     load_diffusers_unet,
 )
-from .files import CorruptFolderError, read_json, verify_manifest, write_json, write_manifest
-from .weights import WEIGHTS_NAME, read_safetensors
+from .files import CorruptFolderError, read_json, save_safetensors, verify_manifest, write_json, write_manifest
+from .sampling_record import SamplingRecord
+from .weights import WEIGHTS_NAME, load_checked, read_safetensors
 
 # The shipped models (`diffusion.io.assets`: package data of a wheel, or assets/ of a source checkout), by
 # the name that `from_pretrained` and ``--model`` take (a local folder of the same name comes first); the
@@ -69,7 +75,55 @@ _HUB_FILES = [
     "unet/diffusion_pytorch_model.safetensors",
     f"unet/{WEIGHTS_NAME}",
 ]
+_HUB_STEP_WEIGHTS = "unet/model-*steps.safetensors"  # a distilled model's other students (`step_weights_name`)
 _HUB_BIN_WEIGHTS = "unet/diffusion_pytorch_model.bin"
+
+
+def step_weights_name(num_inference_steps: int) -> str:
+    """The weights file in ``unet/`` of a distilled model's student for a step count other than its default."""
+    return f"model-{num_inference_steps}steps.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """What a model folder holds, as `read_model` reads it."""
+
+    unet: UNet  # the default UNet (a distilled model's student for its default step count)
+    scheduler: Scheduler  # the default sampler
+    class_names: list[str]
+    background: Background  # what training composited transparency on
+    sampling: SamplingRecord | None = None  # a distilled model's step counts and guidance range
+    step_unets: dict[int, UNet] = field(default_factory=dict)  # a distilled model's other students, by step count
+
+
+def check_step_unets(
+    unet: UNet, sampling: SamplingRecord | None, step_unets: Mapping[int, UNet] | None
+) -> dict[int, UNet]:
+    """``step_unets`` as a dict, checked against ``sampling``: one UNet of ``unet``'s config for every trained
+    step count but the default, and a guidance range only for a UNet with a guidance embedding.
+
+    Raises:
+        ValueError: for other step counts, another config, or a guidance range without the embedding.
+    """
+    step_unets = dict(step_unets or {})
+    if sampling is None:
+        if step_unets:
+            raise ValueError("step_unets need a sampling record (sampling=SamplingRecord(...)) naming their steps")
+        return step_unets
+    if not isinstance(sampling, SamplingRecord):
+        raise ValueError(f"sampling must be a SamplingRecord or None, got {type(sampling).__name__}")
+    others = [n for n in sampling.steps if n != sampling.default_steps]
+    if set(step_unets) != set(others):
+        raise ValueError(
+            f"step_unets must hold one UNet for each trained step count but the default ({sampling.default_steps}): "
+            f"{others}, got {list(step_unets)}"
+        )
+    for n, student in step_unets.items():
+        if not isinstance(student, UNet) or student.config != unet.config:
+            raise ValueError(f"the {n}-step UNet must be a UNet of the default UNet's config (one UNetConfig for all)")
+    if sampling.guidance_range is not None and not unet.config.guidance_embedding:
+        raise ValueError("the sampling record gives a guidance range, but the UNet has no guidance embedding")
+    return step_unets
 
 
 def write_model_folder(
@@ -79,12 +133,21 @@ def write_model_folder(
     scheduler_name: str,
     class_names: list[str],
     background: Background = "white",
+    *,
+    sampling: SamplingRecord | None = None,
+    step_unets: Mapping[int, UNet] | None = None,
 ) -> None:
     """Write the folder; ``scheduler_name`` is the default sampler's name (an alias where one matches);
-    ``background``, what training composited transparency on, is recorded when it is not white."""
+    ``background``, what training composited transparency on, is recorded when it is not white. A distilled
+    model gives its ``sampling`` record and the students of its other step counts, ``step_unets``
+    (`check_step_unets`); ``unet`` is then the student of its default step count."""
+    step_unets = check_step_unets(unet, sampling, step_unets)
     path = Path(path)
     (path / "scheduler").mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(path / "unet")
+    for n, student in sorted(step_unets.items()):
+        state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
+        save_safetensors(path / "unet" / step_weights_name(n), state, metadata={"format": "pt"})
     write_json(
         path / "scheduler" / "scheduler_config.json",
         {"_class_name": type(scheduler).__name__, **scheduler.config.to_dict()},
@@ -98,14 +161,21 @@ def write_model_folder(
         "default_scheduler": scheduler_name,
         "class_names": class_names,
     } | ({"background": background} if background != "white" else {})
+    index |= {"sampling": sampling.to_dict()} if sampling is not None else {}
     write_json(path / "model_index.json", index)
-    write_manifest(path, [f"unet/{WEIGHTS_NAME}"])
+    write_manifest(path, [f"unet/{WEIGHTS_NAME}", *(f"unet/{step_weights_name(n)}" for n in sorted(step_unets))])
 
 
 def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[str], Background]:
-    """(UNet, default scheduler, class names, background) of a model folder, a diffusers folder, a training
-    checkpoint, a shipped model's name (`SHIPPED_MODELS`) or a Hugging Face Hub id (see the module
-    docstring); None is the first shipped model.
+    """(UNet, default scheduler, class names, background) of the model `read_model` reads: for a distilled
+    model, its default student, without the record and the other students."""
+    folder = read_model(path)
+    return folder.unet, folder.scheduler, folder.class_names, folder.background
+
+
+def read_model(path: str | Path | None) -> ModelFolder:
+    """The `ModelFolder` of a model folder, a diffusers folder, a training checkpoint, a shipped model's name
+    (`SHIPPED_MODELS`) or a Hugging Face Hub id (see the module docstring); None is the first shipped model.
 
     Raises:
         FileNotFoundError: the folder or one of its files is missing; a hub id that is neither on the hub
@@ -128,7 +198,7 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} not found")
     if (path / "trainer_state.json").is_file() and not (path / "model_index.json").is_file():
-        return read_checkpoint(path)
+        return ModelFolder(*read_checkpoint(path))
     if not (path / "model_index.json").is_file():
         hint = ""
         if (path / "model").is_dir() or (path / "checkpoints").is_dir():
@@ -139,7 +209,9 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
         unet = load_diffusers_unet(path / "unet")
         scheduler = load_diffusers_scheduler(path / "scheduler" / "scheduler_config.json")
         where = path / "model_index.json"
-        return unet, scheduler, _class_names(index, CLASS_NAMES_KEY, where), _background(index, BACKGROUND_KEY, where)
+        return ModelFolder(
+            unet, scheduler, _class_names(index, CLASS_NAMES_KEY, where), _background(index, BACKGROUND_KEY, where)
+        )
     if index.get("format") != FORMAT_NAME:
         raise ValueError(f"{path}/model_index.json is not a {FORMAT_NAME} model index")
     if index.get("format_version") != FORMAT_VERSION:
@@ -154,12 +226,30 @@ def read_model_folder(path: str | Path | None) -> tuple[UNet, Scheduler, list[st
             f"model folder {path} is damaged: {e}. Copy it again, or rewrite it from the run's last checkpoint "
             "(the same train.py command with --resume auto)"
         ) from None
+    where = path / "model_index.json"
+    sampling = SamplingRecord.from_dict(index["sampling"], where) if "sampling" in index else None
     unet = UNet.from_pretrained(path / "unet")
     scheduler_config = read_json(path / "scheduler" / "scheduler_config.json")
     scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     scheduler = get_scheduler(index.get("default_scheduler", "dpmsolver++"), scheduler_config)
-    where = path / "model_index.json"
-    return unet, scheduler, _class_names(index, "class_names", where), _background(index, "background", where)
+    class_names, background = _class_names(index, "class_names", where), _background(index, "background", where)
+    return ModelFolder(unet, scheduler, class_names, background, sampling, _read_step_unets(path, unet, sampling))
+
+
+def _read_step_unets(path: Path, unet: UNet, sampling: SamplingRecord | None) -> dict[int, UNet]:
+    """The students of a distilled model's other step counts, each a UNet of ``unet``'s config."""
+    students: dict[int, UNet] = {}
+    for n in sampling.steps if sampling is not None else ():
+        if n == sampling.default_steps:
+            continue
+        file = path / "unet" / step_weights_name(n)
+        state = read_safetensors(file, f" (the {n}-step student that model_index.json's sampling record lists)")
+        students[n] = UNet(unet.config).eval()
+        try:
+            load_checked(students[n], state, "model")
+        except ValueError as e:
+            raise ValueError(f"{file}: {e}") from None
+    return students
 
 
 def _class_names(data: dict[str, Any], key: str, where: Path) -> list[str]:
@@ -279,7 +369,7 @@ def hub_snapshot(repo_id: str) -> Path:
         try:
             # snapshot_download's own first request has no timeout: this one, bounded, goes first.
             HfApi().repo_info(repo_id, timeout=timeout)
-            folder = Path(snapshot_download(**fetch, allow_patterns=_HUB_FILES))
+            folder = Path(snapshot_download(**fetch, allow_patterns=[*_HUB_FILES, _HUB_STEP_WEIGHTS]))
             if not any((folder / name).is_file() for name in _HUB_FILES if name.endswith(".safetensors")):
                 folder = Path(snapshot_download(**fetch, allow_patterns=[_HUB_BIN_WEIGHTS]))
             return folder

@@ -234,8 +234,8 @@ def test_a_hub_id_not_in_the_cache_says_how_to_get_it(tmp_path, monkeypatch, cap
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
 def test_online_a_hub_id_is_downloaded_with_its_configs_and_weights_only(exported, tmp_path, monkeypatch, weights):
     """Online, from_pretrained asks huggingface_hub for the snapshot (faked here: no network in tests): by
-    exact names, so that a variant (unet/*.fp16.safetensors) is not fetched too, and diffusers' .bin
-    weights only for a model without safetensors ones."""
+    exact names, so that a variant (unet/*.fp16.safetensors) is not fetched too, and a distilled model's
+    other students by their one pattern; diffusers' .bin weights only for a model without safetensors ones."""
     import huggingface_hub
 
     _, folder = exported
@@ -258,7 +258,7 @@ def test_online_a_hub_id_is_downloaded_with_its_configs_and_weights_only(exporte
     assert DiffusionPipeline.from_pretrained("someone/tiny-ddpm").class_names == ["cat", "dog"]
     files = [
         "model_index.json", "manifest.json", "unet/config.json", "scheduler/scheduler_config.json",
-        "unet/diffusion_pytorch_model.safetensors", "unet/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors", "unet/model.safetensors", "unet/model-*steps.safetensors",
     ]  # fmt: skip
     expected = [7, ("someone/tiny-ddpm", 7, files)]  # repo_info and each download bounded by the timeout
     if weights == "bin":

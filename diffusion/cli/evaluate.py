@@ -35,7 +35,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scheduler", default=None, help=f"sampler: {' | '.join(SCHEDULER_NAMES)} (default: the model's own)"
     )
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampler steps (default: {DEFAULT_STEPS})")
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"sampler steps (default: {DEFAULT_STEPS}, or a distilled model's own)"
+    )
     parser.add_argument(
         "--extractor", default="classifier", help=f"feature space: {' | '.join(EXTRACTORS)} (default: classifier)"
     )

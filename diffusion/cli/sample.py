@@ -75,7 +75,9 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-images", type=int, default=None, help=f"images to generate (default: {DEFAULT_NUM_IMAGES})"
     )
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampler steps (default: {DEFAULT_STEPS})")
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"sampler steps (default: {DEFAULT_STEPS}, or a distilled model's own)"
+    )
     parser.add_argument(
         "--scheduler", default=None, help=f"sampler: {' | '.join(SCHEDULER_NAMES)} (default: the model's own)"
     )
@@ -279,6 +281,7 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     out = output_folder(args)
     pipe = _load_pipeline(args)
+    args.steps = pipe.default_steps if args.steps is None else args.steps
     if args.interpolate:
         return _interpolate(args, pipe, out, start)
     # Editing keeps the image's content: no random class unless asked (the null class instead).
@@ -297,7 +300,9 @@ def _sample(args: argparse.Namespace, given: set[str]) -> int:
         where += f" and a grid to {args.grid}"
     karras = ", Karras σ" if args.karras else ""
     scale = meta.get("guidance_scale")
-    guided = f", guidance {scale:g}: both branches in each evaluation" if scale not in (None, 0, 1) else ""
+    distilled = pipe.unet.config.guidance_embedding  # w is the UNet's input
+    how = "in one pass (guidance-distilled)" if distilled else "both branches in each evaluation"
+    guided = f", guidance {scale:g}: {how}" if scale not in (None, 0, 1) else ""
     print(
         f"wrote {where} in {time.perf_counter() - start:.1f} s "
         f"({sampler}{karras}, {args.steps} steps, {meta['nfe']} NFE{guided})"

@@ -22,7 +22,7 @@ import torch
 from ..data import DECODE_ERRORS, find_image_files, fit, load_image, to_tensor, warn_skipped
 from ..guidance import RANDOM_CLASSES
 from ..image import WHITE
-from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
+from ..pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
 from ..rng import seed_list
 from .distances import KID_NUM_SUBSETS, QualityResult, compare_features
 from .features import FeatureExtractor, load_feature_extractor
@@ -103,7 +103,7 @@ def evaluate(
     reference: str | Path,
     num_images: int,
     *,
-    num_inference_steps: int = DEFAULT_STEPS,
+    num_inference_steps: int | None = None,
     scheduler: str | None = None,
     extractor: str | FeatureExtractor = "classifier",
     extractor_path: str | Path | None = None,
@@ -123,7 +123,8 @@ def evaluate(
             it is: then leave ``device`` and ``dtype`` unset).
         reference: a folder of real images; it must hold at least ``num_reference`` readable ones.
         num_images: N, the number of generated images (>= 2); FD is only comparable at equal N.
-        num_inference_steps: sampler steps.
+        num_inference_steps: sampler steps; None means the model's `DiffusionPipeline.default_steps` (20, or a
+            distilled model's own).
         scheduler: a name from `diffusion.schedulers.SCHEDULER_NAMES`; None means the model's own.
         extractor: a registered extractor name (`diffusion.metrics.EXTRACTORS`) or an extractor object.
         extractor_path: the named extractor's weights (see `load_feature_extractor`); None for its default.
@@ -163,22 +164,21 @@ def evaluate(
     elif extractor_path is not None:
         raise ValueError("extractor_path goes with an extractor name, not with an extractor object")
     sampler = scheduler if scheduler is not None else pipe.scheduler_name()
-    nfe = pipe.num_model_evaluations(num_inference_steps, sampler)  # an unknown sampler or step count fails now
+    steps = pipe.check_steps(num_inference_steps)
+    nfe = pipe.num_model_evaluations(steps, sampler)  # an unknown sampler or step count fails now
     channels, size = pipe.unet.config.in_channels, tuple(pipe.unet.config.sample_size)
 
     # Every check on the user's input happens above or in the next line, before anything is logged, so
     # that a mistake is one line on stderr.
     reference_features = _reference_features(extractor, reference, num_reference, pipe, seed)  # (M, d)
     logger.info("embedded %d reference images from %s at %dx%d", num_reference, reference, *size)
-    logger.info("generating %d images (%s, %d steps)", num_images, sampler, num_inference_steps)
-    features, classes = _sample_features(
-        pipe, extractor, num_images, num_inference_steps, sampler, seed, batch_size, progress
-    )
+    logger.info("generating %d images (%s, %d steps)", num_images, sampler, steps)
+    features, classes = _sample_features(pipe, extractor, num_images, steps, sampler, seed, batch_size, progress)
     settings = {
         "model": model_name,
         "reference": str(reference),
         "scheduler": sampler,
-        "steps": num_inference_steps,
+        "steps": steps,
         "nfe": nfe,
         "seed": seed,
         **({"class_labels": classes, "guidance_scale": DEFAULT_GUIDANCE_SCALE} if classes else {}),

@@ -76,7 +76,7 @@ class Sampling:
 
     model: str
     sampler: str
-    steps: int
+    steps: int | None  # None (an empty box): the model's default_steps
     class_choice: str  # a class name, "random" or "none"
     guidance_scale: float
     guidance_rescale: float
@@ -87,9 +87,11 @@ class Sampling:
 
     @classmethod
     def from_page(cls, **values: Any) -> "Sampling":
-        """The page's values with the whole numbers checked: a number box may send a float or nothing."""
+        """The page's values with the whole numbers checked: a number box may send a float or nothing (for the
+        steps: the model's default)."""
         for name in ("steps", "seed", "num_images", "batch_size"):
-            values[name] = whole_number(values[name], name.replace("_", " "))
+            if name != "steps" or values[name] is not None:
+                values[name] = whole_number(values[name], name.replace("_", " "))
         for name in ("guidance_scale", "guidance_rescale"):
             if not isinstance(values[name], numbers.Real) or isinstance(values[name], bool):
                 raise ValueError(f"{name.replace('_', ' ')} must be a number, got {values[name]!r}")
@@ -151,8 +153,19 @@ def _counter(progress: Progress | None, s: Sampling, nfe: int) -> Callable[[int,
     return callback
 
 
-def _summary(count: int, what: str, s: Sampling, nfe: int, guided: bool, seconds: float) -> str:
-    both = "; guidance evaluates both branches in one batch" if guided and s.guidance_scale not in (0, 1) else ""
+def _with_steps(pipe: DiffusionPipeline, s: Sampling, limits: Limits) -> Sampling:
+    """``s`` with its steps resolved for ``pipe`` (None: the model's default; a distilled model refuses a step
+    count it was not trained for) and within ``limits``."""
+    s = replace(s, steps=pipe.check_steps(s.steps))
+    limits.check(steps=s.steps)
+    return s
+
+
+def _summary(
+    count: int, what: str, s: Sampling, nfe: int, pipe: DiffusionPipeline, guided: bool, seconds: float
+) -> str:
+    how = "in one pass (guidance-distilled)" if pipe.unet.config.guidance_embedding else "both branches in one batch"
+    both = f"; guidance evaluates {how}" if guided and s.guidance_scale not in (0, 1) else ""
     return f"{count} {what} in {seconds:.1f} s: {nfe} NFE per image ({s.sampler}, {s.steps} steps{both})"
 
 
@@ -167,6 +180,7 @@ def _sample(
     """One pipeline call for ``s`` (and an edit: image, mask_image, strength, resample, jump_length)."""
     limits.check(num_images=s.num_images, steps=s.steps)
     pipe = shelf.load(s.model, s.dtype)
+    s = _with_steps(pipe, s, limits)
     start = time.perf_counter()
     labels, names = class_labels(pipe, s.class_choice, s.seed, s.num_images)
     editing = editing or {}
@@ -192,7 +206,7 @@ def _sample(
     paths, archive = outbox.images(images, metadata)
     guided = f", w {s.guidance_scale:g}" if labels is not None else ""
     captions = [f"seed {m['seed']} · {m['class']} · {s.sampler}, {s.steps} steps{guided}" for m in metadata]
-    summary = _summary(len(images), "images", s, nfe, labels is not None, time.perf_counter() - start)
+    summary = _summary(len(images), "images", s, nfe, pipe, labels is not None, time.perf_counter() - start)
     return Result(images, captions, paths, [*paths, archive], summary)
 
 
@@ -251,6 +265,7 @@ def interpolate(
         if isinstance(end, Image.Image):
             limits.check(image=end)
     pipe = shelf.load(s.model, s.dtype)
+    s = _with_steps(pipe, s, limits)
     start = time.perf_counter()
     labels = None if s.class_choice == NO_CLASS else s.class_choice
     if labels == RANDOM_CLASSES and not isinstance(ends[0], int):
@@ -278,7 +293,7 @@ def interpolate(
     what = [str(end) if isinstance(end, int) else "image" for end in ends]
     strip, gif = outbox.interpolation(frames, {"from": what[0], "to": what[1], "frames": len(frames), "steps": s.steps})
     captions = [f"frame {i} of {len(frames)}: {what[0]} → {what[1]}" for i in range(len(frames))]
-    summary = _summary(len(frames), "frames", s, nfe, labels is not None, time.perf_counter() - start)
+    summary = _summary(len(frames), "frames", s, nfe, pipe, labels is not None, time.perf_counter() - start)
     if images:
         summary += f", after inverting {len(images)} image(s) in {INVERSION_EVALUATIONS * s.steps} NFE each"
     return Result(frames, captions, [strip, gif], [strip, gif], summary)

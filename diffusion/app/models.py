@@ -12,7 +12,7 @@ import torch
 from ..arguments import DTYPES
 from ..guidance import RANDOM_CLASSES
 from ..io.model_folder import SHIPPED_MODELS
-from ..pipeline import DEFAULT_STEPS, DiffusionPipeline
+from ..pipeline import DiffusionPipeline
 
 NO_CLASS = "none"  # the class choice that samples the unconditional model (the null class)
 
@@ -86,15 +86,28 @@ def describe(pipe: DiffusionPipeline, name: str, folder: Path) -> str:
         ("images", f"{height}x{width}, {config.in_channels} channel(s)"),
         ("background", f"{pipe.background} (what transparency was composited on in training)"),
         ("classes", classes),
-        ("default sampler", f"`{pipe.scheduler_name()}`, {DEFAULT_STEPS} steps"),
+        ("default sampler", f"`{pipe.scheduler_name()}`, {pipe.default_steps} steps"),
         ("dtype, device", f"{str(pipe.dtype).removeprefix('torch.')}, {pipe.device}"),
     ]
+    if pipe.sampling is not None:
+        rows.insert(-1, ("distilled", distillation(pipe)))
     return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)
 
 
+def distillation(pipe: DiffusionPipeline) -> str:
+    """A distilled model's record in words: how it was made, its step counts and guidance range."""
+    record = pipe.sampling
+    text = f"{record.method}: samples with {record.steps_text()} steps"
+    if record.guidance_range is not None:
+        low, high = record.guidance_range
+        text += f"; guidance scale {low:g} to {high:g}, in one pass"
+    return text
+
+
 def model_config(pipe: DiffusionPipeline) -> str:
-    """The UNet's and the default sampler's configs, as indented JSON."""
+    """The UNet's and the default sampler's configs (and a distilled model's record), as indented JSON."""
     configs = {"unet": pipe.unet.config.to_dict(), "scheduler": pipe.scheduler.config.to_dict()}
+    configs |= {"sampling": pipe.sampling.to_dict()} if pipe.sampling is not None else {}
     return json.dumps(configs, indent=2, default=str)
 
 

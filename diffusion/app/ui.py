@@ -16,7 +16,7 @@ import gradio as gr
 
 from ..arguments import DTYPES, is_out_of_memory
 from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH
-from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
+from ..pipeline import DEFAULT_GUIDANCE_SCALE
 from ..schedulers import SCHEDULER_NAMES
 from . import actions
 from .actions import Limits, Result, Sampling
@@ -74,7 +74,7 @@ def build_app(shelf: ModelShelf, limits: Limits | None = None, outbox: Outbox | 
                 sampler = gr.Dropdown(
                     list(SCHEDULER_NAMES), value=pipe.scheduler_name(), label="Sampler", allow_custom_value=True
                 )
-                steps = gr.Number(DEFAULT_STEPS, precision=0, label="Steps")
+                steps = gr.Number(pipe.default_steps, precision=0, label="Steps")  # the model's; empty: the same
                 guidance = gr.Slider(0, MAX_GUIDANCE, DEFAULT_GUIDANCE_SCALE, step=0.1, label="Guidance scale")
                 rescale = gr.Slider(0, 1, 0, step=0.05, label="Guidance rescale")
                 seed = gr.Number(0, precision=0, label="Seed")
@@ -90,7 +90,7 @@ def build_app(shelf: ModelShelf, limits: Limits | None = None, outbox: Outbox | 
         model.change(
             page_errors(lambda name, dtype: _model_changed(shelf, name, dtype)),
             inputs=[model, dtype],
-            outputs=[class_choice, sampler, *info],
+            outputs=[class_choice, sampler, steps, *info],
             api_name="model_info",
         )
     return app
@@ -253,6 +253,7 @@ def _model_changed(shelf: ModelShelf, name: str, dtype: str) -> tuple[Any, ...]:
     return (
         gr.Dropdown(choices=class_choices(pipe), value=default_class(pipe)),
         gr.Dropdown(value=pipe.scheduler_name()),
+        gr.Number(value=pipe.default_steps),  # a distilled model samples only with its own step counts
         describe(pipe, name, folder),
         model_config(pipe),
         model_card(folder),

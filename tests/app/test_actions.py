@@ -7,6 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
+from students import student_pipeline  # tests/ is on sys.path
 
 from diffusion import DiffusionPipeline
 from diffusion.app.actions import (
@@ -20,6 +21,7 @@ from diffusion.app.actions import (
     upload,
     whole_number,
 )
+from diffusion.app.models import ModelShelf
 
 LIMITS = Limits(max_images=8, max_steps=20, max_size=16)
 
@@ -264,3 +266,25 @@ def test_too_many_frames_are_named_frames(shelf, outbox, settings):
 def test_a_random_class_needs_a_start_seed(shelf, outbox, settings, picture):
     with pytest.raises(ValueError, match="class random draws the start seed's class, and the start is an image"):
         interpolate(shelf, settings(class_choice="random"), LIMITS, outbox, (picture, 5))
+
+
+@pytest.fixture(scope="module")
+def student_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("student") / "model"
+    student_pipeline().save_pretrained(path)
+    return path
+
+
+def test_a_distilled_model_samples_at_its_default_steps_when_the_box_is_empty(student_model, outbox, settings):
+    shelf = ModelShelf([str(student_model)])
+    s = settings(model=str(student_model), steps=None, class_choice="a", guidance_scale=2.0)
+    result = generate(shelf, s, LIMITS, outbox)
+    own = DiffusionPipeline.from_pretrained(student_model)(3, seed=7, class_labels="a", guidance_scale=2.0)
+    assert np.array_equal(pixels(result.images), pixels(own))
+    assert result.captions[0] == "seed 7 · a · ddim, 4 steps, w 2"
+    assert "4 NFE per image (ddim, 4 steps; guidance evaluates in one pass (guidance-distilled))" in result.summary
+    with pytest.raises(ValueError, match=r"^this distilled model samples with 1, 2 or 4 steps; got 3 \(num_inf"):
+        generate(shelf, dataclasses.replace(s, steps=3), LIMITS, outbox)
+    frames = interpolate(shelf, dataclasses.replace(s, num_images=2), LIMITS, outbox, (0, 1))
+    assert "(ddim, 4 steps;" in frames.summary
+    assert Sampling.from_page(**dataclasses.asdict(s)).steps is None  # an empty Steps box

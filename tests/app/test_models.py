@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from students import student_pipeline  # tests/ is on sys.path
 
 from diffusion.app.models import ModelShelf, class_choices, default_class, describe, model_card, model_config
 from diffusion.io.model_folder import SHIPPED_MODELS
@@ -53,3 +54,13 @@ def test_the_model_tab_describes_the_model(tiny_conditional_pipeline, tiny_condi
 def test_the_model_card_is_the_folders_readme(tmp_path):
     assert model_card(SHIPPED_MODELS["noto-emoji"]).startswith("# Model card: Noto Emoji")
     assert model_card(tmp_path) == f"`{tmp_path}` has no model card (README.md)."
+
+
+def test_the_model_tab_shows_a_distilled_models_steps_and_guidance_range():
+    pipe = student_pipeline()
+    text = describe(pipe, "student", SHIPPED_MODELS["fashion-mnist"])
+    assert "| default sampler | `ddim`, 4 steps |" in text
+    assert "| distilled | progressive: samples with 1, 2 or 4 steps; guidance scale 1 to 4, in one pass |" in text
+    assert json.loads(model_config(pipe))["sampling"]["steps"] == [1, 2, 4]
+    unguided = describe(student_pipeline(guided=False), "student", SHIPPED_MODELS["fashion-mnist"])
+    assert "| distilled | progressive: samples with 1, 2 or 4 steps |" in unguided

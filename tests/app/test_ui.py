@@ -117,8 +117,9 @@ def test_interpolation_between_two_seeds_gives_a_strip_and_a_gif(served, tiny_co
 
 
 def test_the_model_tab_follows_the_chosen_model(served, tiny_model):
-    classes, sampler, summary, config, card = served[0].predict(str(tiny_model), "bf16", api_name="/model_info")
+    classes, sampler, steps, summary, config, card = served[0].predict(str(tiny_model), "bf16", api_name="/model_info")
     assert (classes["choices"], classes["value"], sampler["value"]) == ([["none", "none"]], "none", "ddim")
+    assert steps["value"] == 20  # the model's default_steps (a distilled model's own)
     assert "| classes | none (unconditional) |" in summary and '"num_classes": null' in config
     assert card.endswith("has no model card (README.md).") and "| dtype, device | bfloat16, cpu |" in summary
 

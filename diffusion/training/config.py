@@ -9,6 +9,7 @@ The command-line flags of ``train.py`` are generated from these fields (see `dif
 field's comment is also its ``--help`` text.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -77,6 +78,14 @@ class TrainConfig:
     num_train_timesteps: int = 1000  # T
     beta_schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "linear"  # β_t schedule
     zero_terminal_snr: bool = False  # rescale betas to zero terminal SNR (pair with v_prediction)
+    # distillation: progressive (Salimans & Ho 2022), with guidance folded in (Meng et al. 2023)
+    distill_from: str | None = None  # teacher model (folder, checkpoint or shipped name): train a few-step student
+    distill_method: Literal["progressive"] = "progressive"  # each round's student takes one step for two of its teacher
+    distill_start_steps: int = 32  # student steps of the first round (its teacher: the model, at twice as many)
+    distill_end_steps: int = 1  # student steps of the last round; each round halves them; --max-steps is shared
+    distill_keep_steps: int = 4  # the model keeps the last round's student and those of this many steps or fewer
+    distill_guidance_min: float = 1.0  # class-conditional teacher: the student takes w in [min, max] as an input
+    distill_guidance_max: float = 2.0  # the top of that range
     # run control
     seed: int = 0  # seeds data order, augmentation, noise, timesteps and dropout
     checkpoint_every: int = 500  # steps between checkpoints (also written at the end and on Ctrl-C)
@@ -138,12 +147,34 @@ class TrainConfig:
                 "--zero-terminal-snr needs --prediction-type v_prediction or sample: at zero SNR the noise "
                 "prediction carries no information about the image, and sampling divides by zero"
             )
+        self._check_distillation()
         if self.image_size is not None and not (
             isinstance(self.image_size, tuple | list)
             and len(self.image_size) == 2
             and all(type(side) is int and 1 <= side <= MAX_SIDE for side in self.image_size)
         ):
             raise ValueError(f"--image-size must be N or HxW with sides in [1, {MAX_SIDE}], got {self.image_size!r}")
+
+    def _check_distillation(self) -> None:
+        """Round step counts that halve from start to end, a positive kept count, and a guidance range."""
+        start, end, keep = self.distill_start_steps, self.distill_end_steps, self.distill_keep_steps
+        if self.distill_from == "":
+            raise ValueError("--distill-from was given an empty string; give the teacher model or leave it out")
+        if not 1 <= end <= start <= self.num_train_timesteps // 2:
+            raise ValueError(
+                f"--distill-start-steps {start} and --distill-end-steps {end} must satisfy 1 <= end <= start <= "
+                f"{self.num_train_timesteps // 2} (half of --num-train-timesteps)"
+            )
+        if start % end or (start // end) & (start // end - 1):
+            raise ValueError(
+                f"--distill-start-steps {start} must be --distill-end-steps {end} times a power of 2 (each round "
+                f"halves the steps), e.g. {end * 2 ** max(0, (start // end).bit_length() - 1)}"
+            )
+        if keep < 1:
+            raise ValueError(f"--distill-keep-steps must be a positive integer, got {keep}")
+        low, high = self.distill_guidance_min, self.distill_guidance_max
+        if not 0 <= low <= high or not math.isfinite(high):
+            raise ValueError(f"the guidance range must satisfy 0 <= --distill-guidance-min <= max, got [{low}, {high}]")
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -211,7 +242,7 @@ def unused_settings(
     ``train.py`` refuses the ones its user typed (a default is never refused). A warmup longer than the
     run, or a cosine schedule inside it, still sets every step's learning rate: the trainer warns instead.
     """
-    found = {}
+    found = _distillation_unused(config)
     if config.channels == 4:  # white, the default, is the only background TrainConfig lets through
         found["background"] = background_with_rgba(config.background, "train")
     run = f"the run ({'' if exact else 'at most '}{total_steps} steps)"
@@ -263,9 +294,40 @@ def unused_settings(
     return found
 
 
+# What a student takes from its teacher (`distill_run.student_settings`): its UNet, data format and noise schedule.
+FROM_TEACHER = ("preset", "model_config", "image_size", "channels", "background", "class_cond", "prediction_type")
+FROM_TEACHER += ("num_train_timesteps", "beta_schedule", "zero_terminal_snr", "loss_weighting", "snr_gamma")
+
+
+def _distillation_unused(config: TrainConfig) -> dict[str, str]:
+    """The distillation flags without ``--distill-from``; with it, the settings the student takes from the teacher."""
+    if config.distill_from is None:
+        names = [f.name for f in dataclasses.fields(TrainConfig) if f.name.startswith("distill_")]
+        why = "has no effect without --distill-from: add it, or leave it out"
+        return {n: f"--{n.replace('_', '-')} {why}" for n in names}
+    why = "has no effect with --distill-from: the student has its teacher's UNet, images and noise schedule"
+    names = list(FROM_TEACHER) + [f.name for f in dataclasses.fields(UNetConfig)]
+    return {n: f"--{n.replace('_', '-')} {why}; leave it out" for n in names}
+
+
 def scheduler_config(config: TrainConfig) -> DPMSolverConfig:
     """The run's noise schedule, as its default sampler's config (`model_folder.run_sampler`)."""
     return run_sampler(config.to_dict()).config
+
+
+def round_steps(config: TrainConfig) -> tuple[int, ...]:
+    """The student steps of each round: --distill-start-steps halved down to --distill-end-steps."""
+    steps, n = [], config.distill_start_steps
+    while n >= config.distill_end_steps:
+        steps.append(n)
+        n //= 2
+    return tuple(steps)
+
+
+def kept_steps(config: TrainConfig) -> tuple[int, ...]:
+    """The step counts whose students the final model keeps: the last round's, and --distill-keep-steps or fewer."""
+    steps = round_steps(config)
+    return tuple(sorted({steps[-1], *(n for n in steps if n <= config.distill_keep_steps)}))
 
 
 def epoch_steps(epochs: float, steps_per_epoch: float) -> int:

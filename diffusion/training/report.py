@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..models import UNetConfig
-from .config import TrainConfig, epoch_steps
+from .config import TrainConfig, epoch_steps, kept_steps, round_steps
 
 PRECISIONS = {"no": "fp32", "bf16": "bf16 autocast (weights fp32)", "fp16": "fp16 autocast (weights fp32)"}
 SHOWN_CLASSES = 10  # class names in the start-up summary; the model card lists every one
@@ -51,6 +51,8 @@ def startup_lines(
     classes = class_list(class_names, SHOWN_CLASSES) if class_names else "none (unconditional)"
     unet = f"UNet: {parameters:,} parameters (preset {config.preset}"
     unet += f", --model-config {config.model_config})" if config.model_config else ")"
+    if config.distill_from:
+        unet = f"UNet: {parameters:,} parameters (the teacher's, {config.distill_from})"
     if resume_from is None:
         where = "a new run from step 0"
     else:
@@ -197,6 +199,7 @@ def model_card(
     kind = "class-conditional" if class_names else "unconditional"
     rows = [
         ("architecture", _architecture(config, unet, unet_overrides, parameters, len(class_names))),
+        *([("distillation", _distillation(config))] if config.distill_from else []),
         ("conditioning", _conditioning(config, class_names, guidance_scale)),
         ("weights", f"EMA of the training weights (decay {config.ema_decay:g}), float32, `unet/model.safetensors`"),
         ("diffusion", _diffusion(config, sampler, sampler_steps)),
@@ -251,14 +254,35 @@ def _portable_paths(config: TrainConfig, start_folder: str | None) -> TrainConfi
 def _architecture(
     config: TrainConfig, unet: UNetConfig, unet_overrides: dict | None, parameters: int, classes: int
 ) -> str:
-    text = (
+    origin = (
         f"UNet preset `{config.preset}`{' with --model-config ' + config.model_config if config.model_config else ''}"
-        f"{' and UNet flags' if unet_overrides else ''}: {parameters:,} parameters, channels {unet.base_channels}, "
+        f"{' and UNet flags' if unet_overrides else ''}"
+    )
+    if config.distill_from:
+        origin = "the teacher's UNet" + (" with a guidance embedding" if unet.guidance_embedding else "")
+    text = (
+        f"{origin}: {parameters:,} parameters, channels {unet.base_channels}, "
         f"mult {tuple(unet.channel_mult)}, {unet.num_res_blocks} res block(s) per level, attention at levels "
         f"{tuple(unet.attention_levels)}{' and in the middle' if unet.mid_attention else ''}, "
         f"{unet.in_channels} input channel(s)"
     )
     return text + (f", {classes} classes + the null class" if classes else "")
+
+
+def _distillation(config: TrainConfig) -> str:
+    """The card's row for a distilled student: teacher, rounds, the step counts kept and the guidance range."""
+    rounds = ", ".join(str(n) for n in round_steps(config))
+    kept = ", ".join(str(n) for n in kept_steps(config))
+    text = (
+        f"progressive distillation (Salimans & Ho 2022) of `{config.distill_from}`: rounds of {rounds} student "
+        f"DDIM steps, each step trained to match two of its teacher's; samples with {kept} steps (`--steps`)"
+    )
+    if config.class_cond:
+        text += (
+            f"; classifier-free guidance folded in for w in [{config.distill_guidance_min:g}, "
+            f"{config.distill_guidance_max:g}] (Meng et al. 2023): one forward pass per step"
+        )
+    return text
 
 
 def _conditioning(config: TrainConfig, class_names: list[str], guidance_scale: float) -> str:

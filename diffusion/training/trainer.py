@@ -43,6 +43,7 @@ from ..models import UNet
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
 from ..schedulers import DEFAULT_STEPS, DPMSolverMultistepScheduler, NoiseSchedule
 from .config import TrainConfig, lr_factor, model_config, scheduler_config, total_steps, unused_settings
+from .distill_run import Distillation, check_teacher_classes, open_teacher, student_settings
 from .ema import EMA
 from .errors import TrainingError
 from .feed import SkippedItems, micro_batches, open_data
@@ -99,7 +100,14 @@ class Trainer:
             )
         except ValueError as e:
             raise ValueError(f"--mixed-precision {config.mixed_precision}: {e}") from None
-        self.unet_config = model_config(config, unet_overrides, self.accelerator.num_processes)
+        self.teacher = None  # with --distill-from: the model distilled (`distill_run.py`)
+        if config.distill_from is not None:
+            self.teacher = open_teacher(config, self.accelerator.device)
+            self.config = config = student_settings(config, self.teacher)
+            guided = self.teacher.unet.config.num_classes is not None
+            self.unet_config = dataclasses.replace(self.teacher.unet.config, guidance_embedding=guided)
+        else:
+            self.unet_config = model_config(config, unet_overrides, self.accelerator.num_processes)
         if config.max_steps is None and config.epochs is None:
             raise ValueError("give --max-steps or --epochs to say how long to train")
         # What can be refused before the scan is: the run is at most --max-steps long.
@@ -112,10 +120,13 @@ class Trainer:
         if config.class_cond:
             if self.dataset.labels is None:
                 raise ValueError(self.dataset.unlabelled_reason)
+            if self.teacher is not None:
+                check_teacher_classes(self.teacher, self.dataset.class_names)
             self.unet_config = dataclasses.replace(self.unet_config, num_classes=len(self.dataset.class_names))
         self.steps_per_epoch = len(self.dataset) / config.batch_size
         self.total_steps = total_steps(config, self.steps_per_epoch)
         _refuse_unused(explicit, unused_settings(config, self.unet_config, self.total_steps))
+        self.distill = None if self.teacher is None else Distillation(self.teacher, config, self.total_steps, self.out)
 
     # ----- the run -----
 
@@ -154,11 +165,20 @@ class Trainer:
         # every checkpoint.
         self.generator = torch.Generator(device=acc.device).manual_seed(c.seed * 7919 + acc.process_index)
         model = UNet(self.unet_config)
+        if self.distill is not None:  # the student starts as its teacher (a guidance embedding that adds nothing)
+            missing, unexpected = model.load_state_dict(self.teacher.unet.state_dict(), strict=False)
+            assert not unexpected and all(k.startswith("guidance_embed.") for k in missing), (missing, unexpected)
+            self.distill.autocast = acc.autocast
         self.num_parameters = sum(p.numel() for p in model.parameters())
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=c.fused_adamw or None
         )
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, c, self.total_steps))
+        schedule = (
+            (lambda s: self.distill.rounds.lr_factor(s, c))
+            if self.distill
+            else (lambda s: lr_factor(s, c, self.total_steps))
+        )
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema = EMA(acc.unwrap_model(self.model), c.ema_decay)  # after prepare: on the training device
         self.schedule = NoiseSchedule(scheduler_config(c)).to(acc.device)
@@ -206,6 +226,8 @@ class Trainer:
         """Optimiser step ``step + 1``; returns its loss (the mean over micro-batches, a float32 scalar on the
         training device: reading it waits for the device, so only logging does)."""
         c, acc = self.config, self.accelerator
+        if self.distill is not None:
+            self.distill.before_step(self, step)
         loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)
         for micro in range(c.grad_accum):
             images, labels, skipped = next(loader)
@@ -216,17 +238,7 @@ class Trainer:
             labels = labels.to(**copy) if c.class_cond else None
             sync = micro == c.grad_accum - 1  # DDP averages gradients across processes once, after the last
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
-                loss = training_loss(
-                    forward,
-                    self.schedule,
-                    x0,
-                    labels,
-                    self.generator,
-                    weighting=c.loss_weighting,
-                    snr_gamma=c.snr_gamma,
-                    cond_drop_prob=c.cond_drop_prob,
-                    null_label=len(self.class_names),
-                )
+                loss = self._loss(forward, x0, labels, step)
                 acc.backward(loss / c.grad_accum)  # the gradient of the mean over the micro-batches
             loss_sum += loss.detach().float() / c.grad_accum
         self.nonfinite |= ~torch.isfinite(loss_sum)  # on the device: read by `_check_losses`
@@ -238,6 +250,23 @@ class Trainer:
             self.lr_scheduler.step()
             self.ema.update(acc.unwrap_model(self.model))
         return loss_sum
+
+    def _loss(self, forward: Callable[..., torch.Tensor], x0: torch.Tensor, labels: torch.Tensor | None, step: int):
+        """The objective of one micro-batch: `training_loss`, or a distillation round's (`distill_run.py`)."""
+        if self.distill is not None:
+            return self.distill.loss(forward, self.schedule, x0, labels, self.generator, step)
+        c = self.config
+        return training_loss(
+            forward,
+            self.schedule,
+            x0,
+            labels,
+            self.generator,
+            weighting=c.loss_weighting,
+            snr_gamma=c.snr_gamma,
+            cond_drop_prob=c.cond_drop_prob,
+            null_label=len(self.class_names),
+        )
 
     def _after_step(self, step: int, end: int, loss: torch.Tensor, stop: dict) -> bool:
         """Log, checkpoint and sample after ``step`` as the settings ask; True when the run stops now."""
@@ -304,15 +333,20 @@ class Trainer:
         return self.dataset.class_names if self.config.class_cond else []
 
     def _pipeline(self) -> DiffusionPipeline:
-        """The EMA weights in a fresh fp32 UNet, with the run's default sampler and background."""
+        """The EMA weights in a fresh fp32 UNet, with the run's default sampler and background (a distillation
+        run: the student of the round, with its DDIM steps)."""
         unet = UNet(self.unet_config)
         self.ema.copy_to(unet)
+        if self.distill is not None:
+            steps = self.distill.rounds.steps[self.distill.round]
+            return self.distill.pipeline({steps: unet}, steps)
         scheduler = DPMSolverMultistepScheduler(scheduler_config(self.config))
         return DiffusionPipeline(unet, scheduler, self.class_names, self.config.background)
 
     def _write_samples(self, step: int) -> None:
         pipe = self._pipeline().to(self.accelerator.device)  # on the training device, not the CPU
-        grid = write_sample_grid(self.out, pipe, step, self.config.num_samples, self.config.sample_steps)
+        steps = self.config.sample_steps if self.distill is None else pipe.default_steps
+        grid = write_sample_grid(self.out, pipe, step, self.config.num_samples, steps)
         if self.accelerator.log_with:
             pixels = np.asarray(grid)  # (h, w, c), or (h, w) for grayscale
             writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
@@ -378,7 +412,7 @@ class Trainer:
     def _write_model(self, step: int) -> None:
         """The final model and its card: one already in ``OUT/model`` with the same weights is left as it
         is (the user's edits kept); one with other weights is moved to ``OUT/abandoned/``."""
-        pipe = self._pipeline()
+        pipe = self._pipeline() if self.distill is None else self.distill.final_pipeline(self)
         with disk_errors("the final model"):
             card = self._model_card(pipe, step)  # reads metrics.jsonl
         write_model(self.out, pipe, card, step)
@@ -393,7 +427,7 @@ class Trainer:
             elapsed_s=self._elapsed(),
             metrics=metrics,
             sampler=pipe.scheduler_name(),
-            sampler_steps=DEFAULT_STEPS,
+            sampler_steps=DEFAULT_STEPS if self.distill is None else pipe.default_steps,
             guidance_scale=DEFAULT_GUIDANCE_SCALE,
             start_folder=self.start_folder,
         )

@@ -1,0 +1,147 @@
+"""A distillation run through the trainer (``train.py --distill-from``): rounds, the student model folder,
+resume and refusals, on the tiny class-conditional model (`tiny_conditional_model`: 1 channel, 8x8, cat/dog)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from diffusion.io.checkpoint import list_checkpoints
+from diffusion.models import UNet
+from diffusion.pipeline import DiffusionPipeline
+from diffusion.training import TrainConfig, Trainer
+from diffusion.training.distill_run import ROUNDS, Rounds
+
+
+def images(folder: Path, n: int = 8) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = folder / ("dog" if i % 2 else "cat")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(sub / f"{i}.png")
+    return folder
+
+
+def distill_config(tmp_path: Path, teacher: Path, out: str = "out", **overrides) -> TrainConfig:
+    base = dict(
+        data=str(images(tmp_path / "data")),
+        out=str(tmp_path / out),
+        distill_from=str(teacher),
+        distill_start_steps=4,
+        distill_end_steps=1,
+        distill_keep_steps=2,
+        batch_size=4,
+        warmup_steps=0,
+        max_steps=6,  # rounds of 4, 2 and 1 student steps, 2 optimiser steps each
+        checkpoint_every=1,
+        keep_checkpoints=10,
+        sample_every=0,
+        log_every=1,
+        ema_decay=0.5,
+        lr=1e-3,
+    )
+    return TrainConfig(**(base | overrides))
+
+
+def last_weights(out: Path) -> dict[str, torch.Tensor]:
+    _, path = list_checkpoints(out)[-1]
+    return {
+        **load_file(path / "model.safetensors"),
+        **{f"ema.{k}": v for k, v in load_file(path / "ema.safetensors").items()},
+    }
+
+
+def test_rounds_share_the_steps_and_each_has_its_own_learning_rate_schedule():
+    config = TrainConfig(distill_from="x", distill_start_steps=8, warmup_steps=2, lr_schedule="cosine")
+    rounds = Rounds.of(config, 10)
+    assert rounds.steps == (8, 4, 2, 1)
+    assert rounds.starts == [0, 2, 5, 7]
+    assert [rounds.index(s) for s in range(10)] == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+    assert [rounds.lr_factor(s, config) for s in (0, 1, 2, 3, 5, 6)] == [0.5, 1.0, 0.5, 1.0, 0.5, 1.0]
+    plain = TrainConfig(distill_from="x", distill_start_steps=2, warmup_steps=0, lr_schedule="cosine")
+    cosine = Rounds.of(plain, 8)  # rounds of 2 and 1 student steps, 4 optimiser steps each
+    assert [cosine.lr_factor(s, plain) for s in range(8)] == pytest.approx([1, 0.8536, 0.5, 0.1464] * 2, abs=1e-4)
+    with pytest.raises(ValueError, match="a run of 3 steps cannot hold the 4 distillation rounds: raise --max-steps"):
+        Rounds.of(config, 3)
+
+
+def test_a_distillation_run_writes_every_round_and_a_student_that_samples_with_its_kept_steps(
+    tmp_path, tiny_conditional_model
+):
+    teacher = DiffusionPipeline.from_pretrained(tiny_conditional_model)
+    before = {k: v.clone() for k, v in teacher.unet.state_dict().items()}
+    folder = Trainer(distill_config(tmp_path, tiny_conditional_model)).train()
+
+    student = DiffusionPipeline.from_pretrained(folder)
+    assert student.sampling.steps == (1, 2) and student.sampling.default_steps == 2
+    assert student.sampling.method == "progressive" and student.sampling.guidance_range == (1.0, 2.0)
+    assert student.unet.config.guidance_embedding and student.unet.config.num_classes == 2
+    config = student.scheduler.config
+    assert (type(student.scheduler).__name__, config.prediction_type, config.timestep_spacing) == (
+        "DDIMScheduler",
+        "v_prediction",
+        "trailing",
+    )
+    assert sorted(p.name for p in (tmp_path / "out" / ROUNDS).iterdir()) == ["steps-2", "steps-4"]
+    # the 2-step student of the model is the one its round wrote; the round's folder samples with 2 steps
+    round_2 = DiffusionPipeline.from_pretrained(tmp_path / "out" / ROUNDS / "steps-2")
+    assert round_2.sampling.steps == (2,)
+    for name, tensor in round_2.unet.state_dict().items():
+        assert torch.equal(student.unet.state_dict()[name], tensor), name
+    a = student(num_images=2, seed=0, class_labels="cat", output_type="tensor")
+    b = round_2(num_images=2, seed=0, class_labels="cat", output_type="tensor")
+    assert a.shape == (2, 1, 8, 8) and torch.equal(a, b)
+    # the guidance embedding was trained: w changes the prediction
+    assert student.unet.guidance_embed.linear_2.weight.abs().max() > 0
+    # the teacher's folder is untouched
+    after = DiffusionPipeline.from_pretrained(tiny_conditional_model).unet.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("stop", [3, 4])  # inside round 1; at the first step of round 2
+def test_a_resumed_distillation_ends_with_the_uninterrupted_runs_weights(tmp_path, tiny_conditional_model, stop):
+    Trainer(distill_config(tmp_path, tiny_conditional_model, "whole")).train()
+    assert Trainer(distill_config(tmp_path, tiny_conditional_model, "split")).train(stop_at_step=stop) is None
+    Trainer(distill_config(tmp_path, tiny_conditional_model, "split")).train()
+    whole, split = last_weights(tmp_path / "whole"), last_weights(tmp_path / "split")
+    assert whole.keys() == split.keys()
+    for name, tensor in whole.items():
+        assert torch.equal(split[name], tensor), name
+
+
+def test_the_student_takes_the_teachers_unet_and_schedule(tmp_path, tiny_conditional_model):
+    trainer = Trainer(distill_config(tmp_path, tiny_conditional_model))
+    teacher = UNet.from_pretrained(tiny_conditional_model / "unet").config
+    assert trainer.unet_config.guidance_embedding and not teacher.guidance_embedding
+    assert trainer.unet_config.sample_size == teacher.sample_size == (8, 8)
+    assert (trainer.config.channels, trainer.config.class_cond, trainer.config.prediction_type) == (
+        1,
+        True,
+        "v_prediction",
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, explicit, message",
+    [
+        ({"distill_from": None}, {"distill_start_steps"}, "--distill-start-steps has no effect without --distill-from"),
+        ({}, {"base_channels"}, "--base-channels has no effect with --distill-from: the student has its teacher's"),
+        ({}, {"prediction_type"}, "--prediction-type has no effect with --distill-from"),
+        ({"max_steps": 2}, set(), "a run of 2 steps cannot hold the 3 distillation rounds"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_in_one_line(
+    tmp_path, tiny_conditional_model, overrides, explicit, message
+):
+    with pytest.raises(ValueError, match=message):
+        Trainer(distill_config(tmp_path, tiny_conditional_model, **overrides), explicit=explicit)
+
+
+def test_data_with_other_classes_is_refused(tmp_path, tiny_conditional_model):
+    config = distill_config(tmp_path, tiny_conditional_model)
+    (tmp_path / "data" / "cat").rename(tmp_path / "data" / "bird")
+    with pytest.raises(ValueError, match=r"the data's classes \(bird, dog\) are not the teacher's \(cat, dog\)"):
+        Trainer(config)

@@ -68,7 +68,8 @@ def counting(pipe: DiffusionPipeline) -> list[int]:
 
 def generate(pipes: dict, row: str, per_class: int, args) -> dict:
     """The row's images ``(n, 1, h, w)`` in [0, 1], labels, passes per image and seconds; cached."""
-    path = args.cache / f"{row.replace(':', '-')}-{per_class}-{args.dtype}.pt"
+    model = Path(args.teacher if row.startswith("teacher") else args.student).name  # rows of other models apart
+    path = args.cache / f"{model}-{row.replace(':', '-')}-{per_class}-{args.dtype}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
     which, sampler, steps = parse_row(row)

@@ -31,7 +31,7 @@ from .editing import DEFAULT_JUMP_LENGTH, Edit, edit_visit_order, effective_stre
 from .guidance import RANDOM_CLASSES, check_guidance
 from .image import MODES, to_pil
 from .rng import Generators, generators, randn_tensor, seed_list
-from .schedulers import Scheduler
+from .schedulers import Scheduler, resolve_scheduler_name
 
 if TYPE_CHECKING:
     from .pipeline import DiffusionPipeline
@@ -166,6 +166,13 @@ def call_sampler(pipe: "DiffusionPipeline", scheduler: str | Scheduler | None, e
     if scheduler is not None and not isinstance(scheduler, str):
         raise ValueError(f"scheduler must be a name or a Scheduler, got {type(scheduler).__name__}")
     name = scheduler if scheduler is not None else pipe.scheduler_name()
+    if pipe.sampling is not None and (
+        resolve_scheduler_name(name) != resolve_scheduler_name(pipe.scheduler_name()) or eta
+    ):
+        raise ValueError(
+            f"a distilled model samples with the sampler it was trained for ({pipe.scheduler_name()}, eta 0); "
+            f"leave out the sampler ({name}) and eta"
+        )
     return pipe.make_scheduler(name, **({} if eta is None else {"eta": float(eta)}))
 
 
@@ -175,9 +182,11 @@ def call_guidance(
     """The guidance scale a call uses (None: no guidance), its arguments checked; a guidance-distilled model
     takes no rescale, and only a scale in its `SamplingRecord`'s range."""
     config = pipe.unet.config
-    scale = check_guidance(
-        labels, guidance_scale, guidance_rescale, config.num_classes is not None, DEFAULT_GUIDANCE_SCALE
-    )
+    default = DEFAULT_GUIDANCE_SCALE
+    if pipe.sampling is not None and pipe.sampling.guidance_range is not None:
+        low, high = pipe.sampling.guidance_range
+        default = min(max(default, low), high)  # the nearest scale it was distilled for
+    scale = check_guidance(labels, guidance_scale, guidance_rescale, config.num_classes is not None, default)
     if config.guidance_embedding and guidance_rescale != 0:
         raise ValueError("a guidance-distilled model folds guidance into one pass; guidance_rescale is not supported")
     if scale is not None and pipe.sampling is not None:

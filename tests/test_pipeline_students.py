@@ -83,10 +83,11 @@ def test_rescale_and_a_scale_outside_the_trained_range_are_refused():
             pipe(1, class_labels=0, guidance_scale=w)
     narrow = student_pipeline()
     narrow.sampling = SamplingRecord("progressive", (1, 2, 4), 4, (2.0, 4.0))
-    with pytest.raises(ValueError, match=r"guidance_scale in \[2, 4\]; got 1\.5$"):  # the default scale, 1.5
-        narrow(1, class_labels=0)
-    with pytest.raises(ValueError, match=r"guidance_scale in \[2, 4\]; got 1\.5$"):
-        narrow.invert(torch.zeros(1, 1, 8, 8), class_labels=0)
+    with pytest.raises(ValueError, match=r"guidance_scale in \[2, 4\]; got 1\.5$"):  # asked for: refused
+        narrow(1, class_labels=0, guidance_scale=1.5)
+    default = narrow(1, class_labels=0, seed=0, output_type="tensor")  # the default 1.5: the nearest scale, 2
+    assert torch.equal(default, narrow(1, class_labels=0, seed=0, guidance_scale=2.0, output_type="tensor"))
+    assert not torch.equal(default, narrow(1, class_labels=0, seed=0, guidance_scale=3.0, output_type="tensor"))
 
 
 def test_inversion_runs_the_default_student_at_its_default_steps(tiny_pipeline):

@@ -20,7 +20,10 @@ def train_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(parser, TrainConfig)
     unet = parser.add_argument_group("UNet overrides (applied over --preset and --model-config)")
     add_dataclass_arguments(
-        unet, UNetConfig, skip=("in_channels", "sample_size", "out_channels", "num_classes"), from_preset=True
+        unet,
+        UNetConfig,
+        skip=("in_channels", "sample_size", "out_channels", "num_classes", "guidance_embedding"),
+        from_preset=True,
     )
     return parser
 

@@ -281,6 +281,12 @@ def read_checkpoint(path: Path) -> tuple[UNet, Scheduler, list[str], Background]
     except CorruptFolderError as e:
         raise CorruptFolderError(f"checkpoint {path} is damaged: {e}; use another checkpoint of the run") from None
     state = read_state(path)
+    if isinstance(state.get("config"), dict) and state["config"].get("distill_from"):
+        run = path.parent.parent
+        raise ValueError(
+            f"{path} is a checkpoint of a distillation run, whose student samples only with its round's steps: use "
+            f"the run's model ({run / 'model'}) or a finished round ({run / 'rounds'}/steps-N)"
+        )
     try:
         config, scheduler = UNetConfig.from_dict(state["unet"]), run_sampler(state["config"])
     except KeyError as e:

@@ -24,7 +24,7 @@ GUIDANCE_EMBED_SCALE = 1000.0
 
 def _guidance_mlp(in_dim: int, out_dim: int) -> TimestepMLP:
     """The guidance scale's embedding MLP, its last layer zero: a student made from its teacher's weights
-    starts with the teacher's predictions (Meng et al. 2023 add w's embedding to the time embedding)."""
+    starts with the teacher's outputs at every w (Meng et al. 2023 add w's embedding to the time embedding)."""
     mlp = TimestepMLP(in_dim, out_dim)
     nn.init.zeros_(mlp.linear_2.weight)
     nn.init.zeros_(mlp.linear_2.bias)

@@ -128,6 +128,8 @@ def check_same_run(
     # A setting added after the checkpoint was written had its default then.
     saved, now = TrainConfig().to_dict() | state["config"], config.to_dict()
     ignored = RESUMABLE_CHANGES | (set() if now["class_cond"] else {"cond_drop_prob"})  # unused unconditionally
+    if now.get("distill_from"):
+        ignored -= {"max_steps", "epochs"}  # the run's length places its distillation rounds
     differ = [
         f"--{k.replace('_', '-')} {saved[k]!r} -> {now[k]!r}" for k in now if k not in ignored and saved[k] != now[k]
     ]

@@ -160,6 +160,8 @@ class TrainConfig:
         start, end, keep = self.distill_start_steps, self.distill_end_steps, self.distill_keep_steps
         if self.distill_from == "":
             raise ValueError("--distill-from was given an empty string; give the teacher model or leave it out")
+        if self.distill_from is None:
+            return  # unused; train.py refuses the ones typed (`unused_settings`)
         if not 1 <= end <= start <= self.num_train_timesteps // 2:
             raise ValueError(
                 f"--distill-start-steps {start} and --distill-end-steps {end} must satisfy 1 <= end <= start <= "
@@ -192,11 +194,6 @@ def model_config(config: TrainConfig, unet_overrides: dict | None = None, num_pr
         ValueError: for a batch the processes cannot share evenly, a bad override, a micro-batch too large
             for one forward pass (`UNetConfig.check_forward_size`), or a UNet over `MAX_PARAMETERS`.
     """
-    if config.batch_size % (config.grad_accum * num_processes):
-        raise ValueError(
-            f"--batch-size {config.batch_size} must be divisible by --grad-accum ({config.grad_accum}) times the "
-            f"number of processes ({num_processes})"
-        )
     overrides = read_json(config.model_config) if config.model_config else {}
     overrides |= unet_overrides or {}
     overrides["in_channels"] = config.channels
@@ -204,6 +201,8 @@ def model_config(config: TrainConfig, unet_overrides: dict | None = None, num_pr
         overrides["sample_size"] = tuple(config.image_size)
     if overrides.get("out_channels") not in (None, config.channels):
         raise ValueError(f"out_channels must equal --channels ({config.channels}) for training a denoiser")
+    if overrides.get("guidance_embedding"):
+        raise ValueError("guidance_embedding is for a guidance-distilled student, which --distill-from trains")
     if overrides.get("num_classes") is not None:
         raise ValueError(
             "num_classes comes from the data: use --class-cond, which makes one class per first-level subfolder"
@@ -213,6 +212,25 @@ def model_config(config: TrainConfig, unet_overrides: dict | None = None, num_pr
     except TypeError as e:
         source = f"--model-config {config.model_config}" if config.model_config else "the UNet flags"
         raise ValueError(f"{source}: a value has the wrong type ({e})") from None
+    check_batches(config, unet, num_processes)
+    with torch.device("meta"):  # counts the parameters without allocating them
+        parameters = sum(p.numel() for p in UNet(unet).parameters())
+    if parameters > MAX_PARAMETERS:
+        raise ValueError(
+            f"this UNet would have {parameters:,} parameters, over the limit of {MAX_PARAMETERS:,}: lower "
+            "--base-channels, --channel-mult or --num-res-blocks"
+        )
+    return unet
+
+
+def check_batches(config: TrainConfig, unet: UNetConfig, num_processes: int) -> None:
+    """Refuse a batch the processes cannot share evenly, or a forward pass (a micro-batch, a sample grid)
+    too large for ``unet`` (`UNetConfig.check_forward_size`)."""
+    if config.batch_size % (config.grad_accum * num_processes):
+        raise ValueError(
+            f"--batch-size {config.batch_size} must be divisible by --grad-accum ({config.grad_accum}) times the "
+            f"number of processes ({num_processes})"
+        )
     height, width = unet.sample_size
     unet.check_forward_size(
         max(1, config.batch_size // config.grad_accum // num_processes),
@@ -223,14 +241,6 @@ def model_config(config: TrainConfig, unet_overrides: dict | None = None, num_pr
     if config.sample_every:  # the sample grids are generated in one batch, with both guidance branches
         rows = config.num_samples * (2 if config.class_cond else 1)
         unet.check_forward_size(rows, height, width, "lower --num-samples, or --sample-every 0")
-    with torch.device("meta"):  # counts the parameters without allocating them
-        parameters = sum(p.numel() for p in UNet(unet).parameters())
-    if parameters > MAX_PARAMETERS:
-        raise ValueError(
-            f"this UNet would have {parameters:,} parameters, over the limit of {MAX_PARAMETERS:,}: lower "
-            "--base-channels, --channel-mult or --num-res-blocks"
-        )
-    return unet
 
 
 def unused_settings(
@@ -307,7 +317,12 @@ def _distillation_unused(config: TrainConfig) -> dict[str, str]:
         return {n: f"--{n.replace('_', '-')} {why}" for n in names}
     why = "has no effect with --distill-from: the student has its teacher's UNet, images and noise schedule"
     names = list(FROM_TEACHER) + [f.name for f in dataclasses.fields(UNetConfig)]
-    return {n: f"--{n.replace('_', '-')} {why}; leave it out" for n in names}
+    found = {n: f"--{n.replace('_', '-')} {why}; leave it out" for n in names}
+    found["sample_steps"] = "--sample-steps has no effect with --distill-from: a round's grid uses its student's steps"
+    if not config.class_cond:  # `student_settings` has set it from the teacher
+        for name in ("distill_guidance_min", "distill_guidance_max", "cond_drop_prob"):
+            found[name] = f"--{name.replace('_', '-')} has no effect: the teacher is unconditional; leave it out"
+    return found
 
 
 def scheduler_config(config: TrainConfig) -> DPMSolverConfig:

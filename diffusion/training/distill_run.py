@@ -8,10 +8,15 @@ forward pass gives the guided prediction. Each later round's teacher is the roun
 student predicts v, starts as a copy of the teacher's weights and samples with `DDIMScheduler` as it is
 (trailing timesteps, η = 0) at its round's step count.
 
-The rounds share the run's steps equally (`Rounds`). When a round begins, the EMA weights of the round before
-are written as ``OUT/rounds/steps-N`` (a model folder that samples with N steps), become the frozen teacher,
-and the student and its EMA restart from them. A resumed run reads its teacher from that folder, so it
-continues bit for bit. The final model keeps the students of ``--distill-keep-steps`` steps and fewer.
+The rounds share the run's steps equally (`Rounds`), so the run's length is fixed once it starts. When a round
+begins, the EMA weights of the round before are written as ``OUT/rounds/steps-N`` (a model folder that samples
+with N steps), become the frozen teacher, and the student and its EMA restart from them; AdamW's moments carry
+on, and the learning-rate schedule starts again. A resumed run reads its teacher from that folder, so it
+continues bit for bit. The final model keeps the last round's student and those of ``--distill-keep-steps``
+steps or fewer.
+
+A student copies its teacher's weights, guidance embedding aside; reading its output as v, it starts from the
+teacher's predictions only for a v-predicting teacher, and the first round teaches an ε teacher's copy v.
 """
 
 import bisect
@@ -23,12 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from ..io.sampling_record import SamplingRecord
 from ..models import UNet
 from ..pipeline import DiffusionPipeline
 from ..schedulers import DDIMScheduler, NoiseSchedule, SchedulerConfig, get_scheduler
+from ..schedulers.base import trailing_timesteps
 from ..schedulers.schedule import pred_original_sample
 from .config import TrainConfig, kept_steps, lr_factor, round_steps
 from .distill import Predictor, distillation_loss, noise_level
@@ -46,6 +53,12 @@ METHOD = "progressive"
 def open_teacher(config: TrainConfig, device: torch.device) -> DiffusionPipeline:
     """The model ``--distill-from`` names, in float32 on ``device``, its weights frozen."""
     teacher = DiffusionPipeline.from_pretrained(config.distill_from).to(device)
+    if teacher.sampling is not None:
+        raise ValueError(
+            f"{config.distill_from} is already a distilled model ({teacher.sampling.method}, steps "
+            f"{', '.join(map(str, teacher.sampling.steps))}): distil the model it was distilled from, with "
+            "--distill-end-steps for fewer steps"
+        )
     teacher.unet.requires_grad_(False)
     return teacher
 
@@ -127,6 +140,14 @@ class Rounds:
             raise ValueError(
                 f"a run of {total} steps cannot hold the {len(steps)} distillation rounds: raise --max-steps"
             )
+        T = config.num_train_timesteps
+        for n in steps[1:]:  # a round's teacher is queried where it was trained: its own levels must nest
+            if not np.array_equal(trailing_timesteps(T, 2 * n)[0::2], trailing_timesteps(T, n)):
+                raise ValueError(
+                    f"the timesteps of {2 * n} and {n} steps of the teacher's {T} do not nest, so a round's teacher "
+                    "would be asked for levels it never trained on: use --distill-start-steps and --distill-end-steps "
+                    f"that divide {T} evenly, e.g. powers of 2 up to {2 ** int(np.log2(T // 2))}"
+                )
         return cls(tuple(steps), total)
 
     @property
@@ -174,9 +195,8 @@ class Distillation:
             on_main(acc, lambda: self.write_round(self.ema_unet(trainer), finished))
             trainer.ema.copy_to(acc.unwrap_model(trainer.model))
             trainer.ema = EMA(acc.unwrap_model(trainer.model), trainer.config.ema_decay)
+        self._check_rounds(r)
         folder = self.out / ROUNDS / f"steps-{finished}"
-        if not (folder / "unet").is_dir():
-            raise FileNotFoundError(f"{folder} is missing: it holds the teacher of this round; resume from a new --out")
         self.teacher = UNet.from_pretrained(folder / "unet").to(acc.device).eval().requires_grad_(False)
         self.teacher_type, self.round = "v_prediction", r
 
@@ -210,6 +230,19 @@ class Distillation:
         steps = self.rounds.steps[self.rounds.index(step)]
         return distillation_loss(student, c.prediction_type, teacher, schedule, x0, labels, generator, steps)
 
+    def _check_rounds(self, r: int) -> None:
+        """Refuse to go on in round ``r`` without the folders of the rounds before it that the run still needs:
+        the teacher's, and those the final model keeps."""
+        kept, folders = kept_steps(self.config), self.out / ROUNDS
+        needed = [n for n in self.rounds.steps[:r] if n in kept or n == self.rounds.steps[r - 1]]
+        missing = [folders / f"steps-{n}" for n in needed if not (folders / f"steps-{n}" / "unet").is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"{missing[0]} is missing: it holds a finished round's student, which this run needs; resume from a "
+                f"checkpoint of {self.out / 'checkpoints'} written before that round ended (move the later ones "
+                "aside), or start over with --resume never"
+            )
+
     # ----- the students as model folders -----
 
     def ema_unet(self, trainer: "Trainer") -> UNet:
@@ -230,11 +263,14 @@ class Distillation:
     def write_round(self, unet: UNet, steps: int) -> None:
         """``OUT/rounds/steps-N``, written whole under a temporary name first."""
         final = self.out / ROUNDS / f"steps-{steps}"
-        tmp = final.with_name(f".tmp-steps-{steps}")
+        tmp, old = final.with_name(f".tmp-steps-{steps}"), final.with_name(f".old-steps-{steps}")
         shutil.rmtree(tmp, ignore_errors=True)
         self.pipeline({steps: unet}, steps).save_pretrained(tmp)
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists():  # a round written again after a resume: set aside until the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
 
     def final_pipeline(self, trainer: "Trainer") -> DiffusionPipeline:
         """The students of ``--distill-keep-steps`` and fewer: the last round's EMA weights, the others read

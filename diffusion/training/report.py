@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..models import UNetConfig
-from .config import TrainConfig, epoch_steps, kept_steps, round_steps
+from .config import FROM_TEACHER, TrainConfig, epoch_steps, kept_steps, round_steps
 
 PRECISIONS = {"no": "fp32", "bf16": "bf16 autocast (weights fp32)", "fp16": "fp16 autocast (weights fp32)"}
 SHOWN_CLASSES = 10  # class names in the start-up summary; the model card lists every one
@@ -108,8 +108,11 @@ def train_command(config: TrainConfig, unet_overrides: dict | None = None, proce
     if processes > 1:
         words = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes), "train.py"]
     defaults = TrainConfig()
+    inherited = FROM_TEACHER if config.distill_from else ()  # train.py refuses them with --distill-from
     for field in dataclasses.fields(TrainConfig):
         value = getattr(config, field.name)
+        if field.name in inherited:
+            continue
         if field.name in ("data", "out") or (field.name != "resume" and value != getattr(defaults, field.name)):
             words += _flag(field.name, value)
     overrides = unet_overrides or {}

@@ -42,7 +42,7 @@ from ..io.files import check_writable, write_json
 from ..models import UNet
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
 from ..schedulers import DEFAULT_STEPS, DPMSolverMultistepScheduler, NoiseSchedule
-from .config import TrainConfig, lr_factor, model_config, scheduler_config, total_steps, unused_settings
+from .config import TrainConfig, check_batches, lr_factor, model_config, scheduler_config, total_steps, unused_settings
 from .distill_run import Distillation, check_teacher_classes, open_teacher, student_settings
 from .ema import EMA
 from .errors import TrainingError
@@ -106,6 +106,7 @@ class Trainer:
             self.config = config = student_settings(config, self.teacher)
             guided = self.teacher.unet.config.num_classes is not None
             self.unet_config = dataclasses.replace(self.teacher.unet.config, guidance_embedding=guided)
+            check_batches(config, self.unet_config, self.accelerator.num_processes)
         else:
             self.unet_config = model_config(config, unet_overrides, self.accelerator.num_processes)
         if config.max_steps is None and config.epochs is None:
@@ -118,6 +119,8 @@ class Trainer:
         self.dataset = open_data(config, self.accelerator, self.unet_config.sample_size)
         self.skipped = SkippedItems()
         if config.class_cond:
+            if self.dataset.labels is None and self.teacher is not None:
+                raise ValueError(f"the teacher is class-conditional: {self.dataset.unlabelled_reason}")
             if self.dataset.labels is None:
                 raise ValueError(self.dataset.unlabelled_reason)
             if self.teacher is not None:

@@ -1,6 +1,9 @@
 """A distillation run through the trainer (``train.py --distill-from``): rounds, the student model folder,
 resume and refusals, on the tiny class-conditional model (`tiny_conditional_model`: 1 channel, 8x8, cat/dog)."""
 
+import dataclasses
+import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +12,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from diffusion.cli.common import given_flags
+from diffusion.cli.train import train_parser
 from diffusion.io.checkpoint import list_checkpoints
-from diffusion.models import UNet
+from diffusion.models import UNet, UNetConfig
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import TrainConfig, Trainer
 from diffusion.training.distill_run import ROUNDS, Rounds
@@ -145,3 +150,73 @@ def test_data_with_other_classes_is_refused(tmp_path, tiny_conditional_model):
     (tmp_path / "data" / "cat").rename(tmp_path / "data" / "bird")
     with pytest.raises(ValueError, match=r"the data's classes \(bird, dog\) are not the teacher's \(cat, dog\)"):
         Trainer(config)
+
+
+def test_a_run_with_sample_grids_writes_one_per_round_with_its_students_steps(tmp_path, tiny_conditional_model):
+    Trainer(distill_config(tmp_path, tiny_conditional_model, sample_every=2, num_samples=4)).train()
+    grids = {p.name: Image.open(p) for p in (tmp_path / "out" / "samples").iterdir()}
+    assert sorted(grids) == ["step-2.png", "step-4.png", "step-6.png"]
+    assert [grids[f"step-{s}.png"].text["steps"] for s in (2, 4, 6)] == ["4", "2", "1"]
+    assert grids["step-2.png"].text["sampler"] == "ddim"
+
+
+def test_the_run_length_cannot_change_on_resume(tmp_path, tiny_conditional_model):
+    assert Trainer(distill_config(tmp_path, tiny_conditional_model)).train(stop_at_step=3) is None
+    with pytest.raises(ValueError, match=r"--max-steps 6 -> 9"):
+        Trainer(distill_config(tmp_path, tiny_conditional_model, max_steps=9)).train()
+
+
+def test_a_missing_round_folder_is_named_with_the_way_out(tmp_path, tiny_conditional_model):
+    assert Trainer(distill_config(tmp_path, tiny_conditional_model)).train(stop_at_step=5) is None  # in round 2
+    shutil.rmtree(tmp_path / "out" / ROUNDS / "steps-2")  # its teacher, and a student the model keeps
+    with pytest.raises(FileNotFoundError, match=r"steps-2 is missing: it holds a finished round's student, which"):
+        Trainer(distill_config(tmp_path, tiny_conditional_model)).train()
+    for name in ("step-5", "step-4"):  # the way out: a checkpoint from before that round ended rewrites it
+        shutil.move(tmp_path / "out" / "checkpoints" / name, tmp_path / name)
+    assert Trainer(distill_config(tmp_path, tiny_conditional_model)).train() == tmp_path / "out" / "model"
+    assert (tmp_path / "out" / ROUNDS / "steps-2" / "unet").is_dir()
+
+
+def test_the_model_cards_command_is_accepted_by_train_py(tmp_path, tiny_conditional_model):
+    folder = Trainer(distill_config(tmp_path, tiny_conditional_model)).train()
+    card = (folder / "README.md").read_text()
+    command = card.split("```bash\n")[1].split("\n```")[0].replace("\\\n", " ")
+    argv = shlex.split(command)[2:]
+    assert "--distill-from" in argv and "--image-size" not in argv and "--class-cond" not in argv
+    args = vars(train_parser().parse_args(argv))
+    unet = {f.name for f in dataclasses.fields(UNetConfig)}
+    config = TrainConfig(**{k: v for k, v in args.items() if k not in unet})
+    Trainer(config, explicit=given_flags(train_parser, argv))  # refuses nothing
+    assert "progressive distillation (Salimans & Ho 2022)" in card and "samples with 1, 2 steps" in card
+
+
+def test_a_distilled_model_is_refused_as_a_teacher_and_its_checkpoints_as_models(tmp_path, tiny_conditional_model):
+    folder = Trainer(distill_config(tmp_path, tiny_conditional_model)).train()
+    with pytest.raises(ValueError, match="is already a distilled model \\(progressive, steps 1, 2\\): distil the"):
+        Trainer(distill_config(tmp_path, folder, out="again"))
+    checkpoint = list_checkpoints(tmp_path / "out")[-1][1]
+    with pytest.raises(ValueError, match="is a checkpoint of a distillation run, whose student samples only"):
+        DiffusionPipeline.from_pretrained(checkpoint)
+
+
+def test_a_default_guidance_outside_the_range_takes_the_nearest_scale(tmp_path, tiny_conditional_model):
+    config = distill_config(tmp_path, tiny_conditional_model, distill_guidance_min=2.0, distill_guidance_max=3.0)
+    student = DiffusionPipeline.from_pretrained(Trainer(config).train())
+    default = student(num_images=1, seed=0, class_labels="cat", output_type="tensor")
+    assert torch.equal(
+        default, student(num_images=1, seed=0, class_labels="cat", guidance_scale=2.0, output_type="tensor")
+    )
+    with pytest.raises(ValueError, match="samples with the sampler it was trained for \\(ddim, eta 0\\)"):
+        student(num_images=1, scheduler="heun")
+
+
+def test_short_schedules_train_without_distillation_and_odd_grids_are_refused(tmp_path):
+    assert TrainConfig(num_train_timesteps=50).distill_start_steps == 32  # unused without --distill-from
+    config = TrainConfig(distill_from="x", num_train_timesteps=1000, distill_start_steps=96, distill_end_steps=3)
+    with pytest.raises(ValueError, match="the timesteps of 96 and 48 steps of the teacher's 1000 do not nest"):
+        Rounds.of(config, 10)
+    with pytest.raises(ValueError, match="guidance_embedding is for a guidance-distilled student"):
+        Trainer(
+            TrainConfig(data=str(images(tmp_path / "d")), out=str(tmp_path / "o"), max_steps=1),
+            {"guidance_embedding": True},
+        )

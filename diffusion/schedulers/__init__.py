@@ -14,6 +14,7 @@ from diffusion.rng import randn_tensor
 from diffusion.schedulers.base import Scheduler, SchedulerOutput, StepState, dynamic_threshold
 from diffusion.schedulers.betas import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
 from diffusion.schedulers.config import PREDICTION_TYPES, TIMESTEP_SPACINGS, SchedulerConfig
+from diffusion.schedulers.consistency import ConsistencyScheduler
 from diffusion.schedulers.ddim import DDIMConfig, DDIMScheduler
 from diffusion.schedulers.ddpm import VARIANCE_TYPES, DDPMConfig, DDPMScheduler
 from diffusion.schedulers.dpmsolver import DPMSolverConfig, DPMSolverMultistepScheduler
@@ -32,6 +33,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "euler-ancestral": EulerAncestralDiscreteScheduler,
     "heun": HeunDiscreteScheduler,
     "unipc": UniPCMultistepScheduler,
+    "consistency": ConsistencyScheduler,
 }
 # Names for common settings of one scheduler: name -> (registered name, config fields it sets).
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -105,6 +107,7 @@ __all__ = [
     "SCHEDULER_NAMES",
     "TIMESTEP_SPACINGS",
     "VARIANCE_TYPES",
+    "ConsistencyScheduler",
     "DDIMConfig",
     "DDIMScheduler",
     "DDPMConfig",

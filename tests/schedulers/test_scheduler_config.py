@@ -8,6 +8,7 @@ from diffusion.io.diffusers_folder import SCHEDULER_CLASSES
 from diffusion.models.diffusers_map import diffusers_defaults
 from diffusion.schedulers import (
     SCHEDULERS,
+    ConsistencyScheduler,
     DDIMConfig,
     DDIMScheduler,
     DDPMConfig,
@@ -177,6 +178,7 @@ def test_registry_builds_each_scheduler_from_a_dict_or_config():
         "euler-ancestral": EulerAncestralDiscreteScheduler,
         "heun": HeunDiscreteScheduler,
         "unipc": UniPCMultistepScheduler,
+        "consistency": ConsistencyScheduler,
     }
     for name, cls in SCHEDULERS.items():
         config = non_default(cls.config_class)

@@ -258,10 +258,12 @@ def list_models() -> str:
         height, width = unet["sample_size"]
         what = f"{len(classes)} classes ({', '.join(classes)})" if classes else "unconditional"
         default = ", the default" if i == 0 else ""
-        lines.append(
-            f"{name}: {what}; {unet['in_channels']}x{height}x{width}; sampler {index['default_scheduler']}; "
-            f"{folder}{default}"
-        )
+        sampler = f"sampler {index['default_scheduler']}"
+        if "sampling" in index:  # a distilled model: the step counts it samples with
+            record = index["sampling"]
+            steps = ", ".join(map(str, record["steps"]))
+            sampler += f" at {steps} steps (distilled; default {record['default_steps']})"
+        lines.append(f"{name}: {what}; {unet['in_channels']}x{height}x{width}; {sampler}; {folder}{default}")
     return "\n".join(lines)
 
 

@@ -56,7 +56,11 @@ from .weights import WEIGHTS_NAME, load_checked, read_safetensors
 # The shipped models (`diffusion.io.assets`: package data of a wheel, or assets/ of a source checkout), by
 # the name that `from_pretrained` and ``--model`` take (a local folder of the same name comes first); the
 # first one is the default.
-SHIPPED_MODELS = {"fashion-mnist": ASSETS / "fashion-mnist", "noto-emoji": ASSETS / "noto-emoji"}
+SHIPPED_MODELS = {
+    "fashion-mnist": ASSETS / "fashion-mnist",
+    "noto-emoji": ASSETS / "noto-emoji",
+    "fashion-mnist-fast": ASSETS / "fashion-mnist-fast",  # fashion-mnist distilled to 1, 2 or 4 steps
+}
 SHIPPED_MODEL = SHIPPED_MODELS["fashion-mnist"]
 FORMAT_NAME = "pixel-diffusion"
 FORMAT_VERSION = 1
@@ -112,7 +116,7 @@ def check_step_unets(
         return step_unets
     if not isinstance(sampling, SamplingRecord):
         raise ValueError(f"sampling must be a SamplingRecord or None, got {type(sampling).__name__}")
-    others = [n for n in sampling.steps if n != sampling.default_steps]
+    others = list(sampling.student_steps)
     if set(step_unets) != set(others):
         raise ValueError(
             f"step_unets must hold one UNet for each trained step count but the default ({sampling.default_steps}): "
@@ -239,9 +243,7 @@ def read_model(path: str | Path | None) -> ModelFolder:
 def _read_step_unets(path: Path, unet: UNet, sampling: SamplingRecord | None) -> dict[int, UNet]:
     """The students of a distilled model's other step counts, each a UNet of ``unet``'s config."""
     students: dict[int, UNet] = {}
-    for n in sampling.steps if sampling is not None else ():
-        if n == sampling.default_steps:
-            continue
+    for n in sampling.student_steps if sampling is not None else ():
         file = path / "unet" / step_weights_name(n)
         state = read_safetensors(file, f" (the {n}-step student that model_index.json's sampling record lists)")
         students[n] = UNet(unet.config).eval()

@@ -12,7 +12,7 @@ from diffusion.io.model_folder import SHIPPED_MODELS
 
 def test_the_given_models_come_first_then_the_shipped_ones_once(tiny_model):
     shelf = ModelShelf([str(tiny_model), "noto-emoji"])
-    assert shelf.names == [str(tiny_model), "noto-emoji", "fashion-mnist"]
+    assert shelf.names == [str(tiny_model), "noto-emoji", "fashion-mnist", "fashion-mnist-fast"]
     assert shelf.default == str(tiny_model)
     assert ModelShelf().default == "fashion-mnist" and ModelShelf().names == list(SHIPPED_MODELS)
 

@@ -532,6 +532,8 @@ def test_shipped_models_are_listed_and_found_by_name(tmp_path, capsys, monkeypat
         f"trouser); 1x28x28; sampler dpmsolver++3m-sde; {ROOT / 'assets' / 'fashion-mnist'}, the default"
     )
     assert [line.split(":")[0] for line in listed] == list(model_folder.SHIPPED_MODELS)
+    fast = next(line for line in listed if line.startswith("fashion-mnist-fast:"))
+    assert "; 1x28x28; sampler ddim at 1, 2, 4 steps (distilled; default 4); " in fast
     monkeypatch.setitem(model_folder.SHIPPED_MODELS, "noto-emoji", tmp_path / "absent")
     assert cli.sample_main(["--list-models"]) == 0
     absent = capsys.readouterr().out.splitlines()[1]

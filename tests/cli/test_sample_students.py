@@ -2,13 +2,19 @@
 was not trained for refused in one line, guidance reported as one pass, and no diffusers export of w."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from students import student_pipeline
 
 from diffusion import DiffusionPipeline, cli
+from diffusion.metrics.classifier import Classifier
+
+ROOT = Path(__file__).resolve().parents[2]
+AGREEMENT_FLOORS = {4: 0.9, 2: 0.9, 1: 0.9}  # steps -> share of 100 images (measured: 94%, 95%, 96%)
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +101,20 @@ def test_export_refuses_to_write_a_guidance_distilled_model_for_diffusers(studen
         DiffusionPipeline.from_pretrained(tmp_path / "own").sampling
         == DiffusionPipeline.from_pretrained(student).sampling
     )
+
+
+def test_the_shipped_fast_model_samples_out_of_the_box_and_draws_the_class_asked_for(tmp_path):
+    """`sample.py --model fashion-mnist-fast` with no other flag: its 4-step student, one pass per step; the
+    shipped classifier names the requested class for most of 10 images per class at 4, 2 and 1 steps
+    (docs/benchmarks.md, "Few-step generation", has the full measurement)."""
+    assert cli.sample_main(["--model", "fashion-mnist-fast", "--num-images", "2", "--out", str(tmp_path)]) == 0
+    png = Image.open(tmp_path / "0.png")
+    assert (png.size, png.text["steps"], png.text["nfe"], png.text["sampler"]) == ((28, 28), "4", "4", "ddim")
+    pipe = DiffusionPipeline.from_pretrained("fashion-mnist-fast", dtype=torch.bfloat16)
+    classifier = Classifier.from_pretrained(ROOT / "assets" / "fashion-mnist-classifier").eval()
+    labels = torch.arange(10).repeat_interleave(10)
+    for steps, floor in AGREEMENT_FLOORS.items():
+        images = pipe(100, steps, class_labels=labels, seed=0, output_type="tensor")
+        with torch.inference_mode():
+            predicted = classifier(images * 2 - 1).argmax(dim=1)
+        assert (predicted == labels).float().mean().item() >= floor, steps

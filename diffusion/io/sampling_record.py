@@ -4,7 +4,9 @@ Progressive distillation (Salimans & Ho 2022) halves a sampler's steps once per 
 student has its own weights: a model folder holds one student per trained step count (4, 2 and 1 steps,
 say), all of one `UNetConfig`, each of which samples well only at the step count it was trained for.
 Guidance distillation (Meng et al. 2023) folds classifier-free guidance into the network's input, for the
-range of scales w it was trained on. The record names the step counts, the one sampling uses by default
+range of scales w it was trained on. Consistency distillation (Song et al. 2023) trains one network that
+samples with any step count (multistep consistency sampling); its record lists the recommended counts. The
+record names the step counts, the one sampling uses by default
 and that range, so that loading needs no flags and a call outside them is refused in one line.
 """
 
@@ -13,13 +15,15 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+CONSISTENCY = "consistency"  # the method whose one network samples with any step count
+
 
 @dataclass(frozen=True)
 class SamplingRecord:
     """The step counts and guidance scales a distilled model was trained for."""
 
-    method: str  # how the students were made, e.g. "progressive" (Salimans & Ho 2022)
-    steps: tuple[int, ...]  # the step counts a student was trained for, ascending
+    method: str  # how the students were made: "progressive" (Salimans & Ho 2022), "consistency" (Song et al. 2023)
+    steps: tuple[int, ...]  # the step counts a student was trained for (consistency: recommended), ascending
     default_steps: int  # the step count sampling uses when none is asked for; one of steps
     guidance_range: tuple[float, float] | None = None  # (min, max) of w for a guidance-distilled model; None: unguided
 
@@ -71,8 +75,26 @@ class SamplingRecord:
         counts = [str(n) for n in self.steps]
         return counts[0] if len(counts) == 1 else f"{', '.join(counts[:-1])} or {counts[-1]}"
 
+    @property
+    def any_steps(self) -> bool:
+        """Whether one network samples with any step count (consistency), rather than one per count in `steps`."""
+        return self.method == CONSISTENCY
+
+    @property
+    def student_steps(self) -> tuple[int, ...]:
+        """The step counts with weights of their own besides the default's: none when one network serves all."""
+        return () if self.any_steps else tuple(n for n in self.steps if n != self.default_steps)
+
     def check_steps(self, num_inference_steps: object) -> int:
-        """``num_inference_steps``, refused unless it is one of the trained step counts."""
+        """``num_inference_steps``, refused unless it is one of the trained step counts (consistency: any >= 1;
+        the sampler refuses one past the schedule's timesteps)."""
+        if self.any_steps:
+            if not _is_int(num_inference_steps) or num_inference_steps < 1:
+                raise ValueError(
+                    f"this consistency-distilled model samples with any step count >= 1 ({self.steps_text()} "
+                    f"recommended); got {num_inference_steps!r} (num_inference_steps)"
+                )
+            return num_inference_steps
         if not _is_int(num_inference_steps) or num_inference_steps not in self.steps:
             raise ValueError(
                 f"this distilled model samples with {self.steps_text()} steps; "

@@ -63,3 +63,18 @@ def test_step_counts_and_guidance_scales_outside_the_record_are_refused():
         record.check_guidance_scale(4.5)
     SamplingRecord("progressive", (4,), 4).check_guidance_scale(9.0)  # unguided: no range to keep to
     assert SamplingRecord("progressive", (4,), 4).steps_text() == "4"
+
+
+def test_a_consistency_record_takes_any_step_count_with_one_network():
+    record = SamplingRecord("consistency", (1, 2, 4), 4, (1.0, 2.0))
+    assert record.any_steps and record.student_steps == ()  # one network: no weights per step count
+    assert [record.check_steps(n) for n in (1, 2, 3, 4, 7, 1000)] == [1, 2, 3, 4, 7, 1000]
+    for bad in (0, -1, 2.0, True, "3"):
+        with pytest.raises(
+            ValueError,
+            match=r"^this consistency-distilled model samples with any step count >= 1 \(1, 2 or 4 recommended\); got",
+        ):
+            record.check_steps(bad)
+    progressive = SamplingRecord("progressive", (1, 2, 4), 4)
+    assert not progressive.any_steps and progressive.student_steps == (1, 2)
+    assert SamplingRecord.from_dict(record.to_dict(), WHERE) == record

@@ -142,7 +142,12 @@ class UNetConfig:
         return channels // self.head_channels if self.head_channels else self.num_heads
 
     def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
+        """The fields as JSON values; ``guidance_embedding`` only when set, so that a model without it stays
+        readable by versions that predate the field."""
+        data = config_to_dict(self)
+        if not self.guidance_embedding:
+            del data["guidance_embedding"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "UNetConfig":

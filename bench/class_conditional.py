@@ -44,6 +44,25 @@ def real_images(data: Path, class_names: list[str], per_class: int, size: tuple[
     return torch.stack(images), torch.tensor(labels)
 
 
+def judging(classifier: Classifier, reference: torch.Tensor, num_classes: int):
+    """A function of images in [-1, 1] ``(n, c, h, w)`` and their requested labels ``(n,)`` that returns the
+    classifier's agreement with the labels, its worst class's, and FD and KID against the ``reference``
+    features (the classifier's penultimate layer)."""
+    ref_stats, n = gaussian_stats(reference), len(reference)
+
+    def judge(images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float, float]:
+        with torch.inference_mode():
+            predicted = torch.cat([classifier(b).argmax(dim=1) for b in images.split(500)])
+        hits = (predicted == labels).float()
+        per_class = [hits[labels == c].mean().item() for c in range(num_classes)]
+        features = extract_features(classifier, images)
+        fd = frechet_distance(*gaussian_stats(features), *ref_stats)
+        kid, _ = kernel_inception_distance(features, reference, num_subsets=KID_SUBSETS, subset_size=min(1000, n))
+        return hits.mean().item(), min(per_class), fd, kid
+
+    return judge
+
+
 def generate(pipe: DiffusionPipeline, scale: float, per_class: int, args, cache: Path) -> dict:
     """The row's images ``(n, 1, h, w)`` in [0, 1] and seconds, from the cache or generated now."""
     sampler = args.scheduler or pipe.scheduler_name()
@@ -94,20 +113,8 @@ def main() -> None:
     classifier = Classifier.from_pretrained(args.classifier).eval()
     assert classifier.class_names == pipe.class_names, (classifier.class_names, pipe.class_names)
     real, real_labels = real_images(args.data, pipe.class_names, args.per_class, pipe.unet.config.sample_size, 7)
-    reference = extract_features(classifier, real)
-    ref_stats = gaussian_stats(reference)
+    judge = judging(classifier, extract_features(classifier, real), len(pipe.class_names))
     n = len(real)
-
-    def judge(images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float, float]:
-        """accuracy, worst per-class accuracy, FD, KID of images in [-1, 1]."""
-        with torch.inference_mode():
-            predicted = torch.cat([classifier(b).argmax(dim=1) for b in images.split(500)])
-        hits = (predicted == labels).float()
-        per_class = [hits[labels == c].mean().item() for c in range(len(pipe.class_names))]
-        features = extract_features(classifier, images)
-        fd = frechet_distance(*gaussian_stats(features), *ref_stats)
-        kid, _ = kernel_inception_distance(features, reference, num_subsets=KID_SUBSETS, subset_size=min(1000, n))
-        return hits.mean().item(), min(per_class), fd, kid
 
     header = (
         f"| guidance scale w | accuracy | worst class | FD@{n} | KID@{n} x 10^3 | seconds |\n"

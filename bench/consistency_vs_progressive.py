@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from class_conditional import KID_SUBSETS, real_images
+from class_conditional import judging, real_images
 
 from diffusion.data import ImageFolder, to_unit
-from diffusion.metrics import extract_features, frechet_distance, gaussian_stats, kernel_inception_distance
+from diffusion.metrics import extract_features
 from diffusion.metrics.classifier import Classifier
 from diffusion.models import UNet
 from diffusion.pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
@@ -285,19 +285,12 @@ def table(args: argparse.Namespace) -> list[str]:
     assert classifier.class_names == teacher.class_names, (classifier.class_names, teacher.class_names)
     size = teacher.unet.config.sample_size
     real, _ = real_images(args.data, teacher.class_names, args.per_class, size, 7)
-    reference = extract_features(classifier, real)
-    ref_stats, n = gaussian_stats(reference), len(real)
+    scores, n = judging(classifier, extract_features(classifier, real), len(teacher.class_names)), len(real)
 
     def judge(images: torch.Tensor, labels: torch.Tensor) -> str:
         """agreement, worst class's, FD and KID of images in [-1, 1], as table cells."""
-        with torch.inference_mode():
-            predicted = torch.cat([classifier(b).argmax(dim=1) for b in images.split(500)])
-        hits = (predicted == labels).float()
-        worst = min(hits[labels == c].mean().item() for c in range(len(teacher.class_names)))
-        features = extract_features(classifier, images)
-        fd = frechet_distance(*gaussian_stats(features), *ref_stats)
-        kid, _ = kernel_inception_distance(features, reference, num_subsets=KID_SUBSETS, subset_size=min(1000, n))
-        return f"{hits.mean().item():.1%} | {worst:.1%} | {fd:.3f} | {kid * 1e3:.2f}"
+        agreement, worst, fd, kid = scores(images, labels)
+        return f"{agreement:.1%} | {worst:.1%} | {fd:.3f} | {kid * 1e3:.2f}"
 
     lines = [
         f"| method | training steps | training minutes | sampling steps | agreement | worst class | FD@{n} | "

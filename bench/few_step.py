@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import torch
-from class_conditional import KID_SUBSETS, real_images
+from class_conditional import judging, real_images
 
-from diffusion.metrics import extract_features, frechet_distance, gaussian_stats, kernel_inception_distance
+from diffusion.metrics import extract_features
 from diffusion.metrics.classifier import Classifier
 from diffusion.pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
 
@@ -142,20 +142,8 @@ def table(teacher: DiffusionPipeline, rows: dict, timing: list[str], args) -> li
     assert classifier.class_names == teacher.class_names, (classifier.class_names, teacher.class_names)
     size = teacher.unet.config.sample_size
     real, _ = real_images(args.data, teacher.class_names, args.per_class, size, 7)
-    reference = extract_features(classifier, real)
-    ref_stats = gaussian_stats(reference)
+    judge = judging(classifier, extract_features(classifier, real), len(teacher.class_names))
     n = len(real)
-
-    def judge(images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float, float]:
-        """agreement, worst class's, FD, KID of images in [-1, 1]."""
-        with torch.inference_mode():
-            predicted = torch.cat([classifier(b).argmax(dim=1) for b in images.split(500)])
-        hits = (predicted == labels).float()
-        per_class = [hits[labels == c].mean().item() for c in range(len(teacher.class_names))]
-        features = extract_features(classifier, images)
-        fd = frechet_distance(*gaussian_stats(features), *ref_stats)
-        kid, _ = kernel_inception_distance(features, reference, num_subsets=KID_SUBSETS, subset_size=min(1000, n))
-        return hits.mean().item(), min(per_class), fd, kid
 
     lines = [
         f"| model | sampler | steps | passes per image | agreement | worst class | FD@{n} | KID@{n} x 10^3 | seconds |",

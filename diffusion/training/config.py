@@ -34,6 +34,9 @@ MAX_NUM_SAMPLES = 1024  # images of a sample grid, which training generates in o
 MAX_PARAMETERS = 1_000_000_000  # UNet parameters: 4 GB of float32 weights, 16 GB with AdamW and gradients
 
 
+DistillMethod = Literal["progressive", "consistency"]  # Salimans & Ho 2022; Song et al. 2023
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """A training run. ``data`` and ``out`` are required; everything else has a default."""
@@ -78,14 +81,16 @@ class TrainConfig:
     num_train_timesteps: int = 1000  # T
     beta_schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "linear"  # β_t schedule
     zero_terminal_snr: bool = False  # rescale betas to zero terminal SNR (pair with v_prediction)
-    # distillation: progressive (Salimans & Ho 2022), with guidance folded in (Meng et al. 2023)
+    # distillation: progressive (Salimans & Ho 2022) or consistency (Song et al. 2023), guidance folded in (Meng
+    # et al. 2023)
     distill_from: str | None = None  # teacher model (folder, checkpoint or shipped name): train a few-step student
-    distill_method: Literal["progressive"] = "progressive"  # each round's student takes one step for two of its teacher
+    distill_method: DistillMethod = "progressive"  # progressive: rounds halving the steps; consistency: any step count
     distill_start_steps: int = 32  # student steps of the first round (its teacher: the model, at twice as many)
     distill_end_steps: int = 1  # student steps of the last round; each round halves them; --max-steps is shared
     distill_keep_steps: int = 4  # the model keeps the last round's student and those of this many steps or fewer
     distill_guidance_min: float = 1.0  # class-conditional teacher: the student takes w in [min, max] as an input
     distill_guidance_max: float = 2.0  # the top of that range
+    distill_levels: int = 64  # consistency: levels of the teacher's ODE (trailing timesteps of T)
     # run control
     seed: int = 0  # seeds data order, augmentation, noise, timesteps and dropout
     checkpoint_every: int = 500  # steps between checkpoints (also written at the end and on Ctrl-C)
@@ -162,6 +167,16 @@ class TrainConfig:
             raise ValueError("--distill-from was given an empty string; give the teacher model or leave it out")
         if self.distill_from is None:
             return  # unused; train.py refuses the ones typed (`unused_settings`)
+        low, high = self.distill_guidance_min, self.distill_guidance_max
+        if not 0 <= low <= high or not math.isfinite(high):
+            raise ValueError(f"the guidance range must satisfy 0 <= --distill-guidance-min <= max, got [{low}, {high}]")
+        if self.distill_method == "consistency":
+            if not 1 <= self.distill_levels <= self.num_train_timesteps:
+                raise ValueError(
+                    f"--distill-levels must be in [1, {self.num_train_timesteps}] (--num-train-timesteps), "
+                    f"got {self.distill_levels}"
+                )
+            return  # the round flags are progressive distillation's; train.py refuses the ones typed
         if not 1 <= end <= start <= self.num_train_timesteps // 2:
             raise ValueError(
                 f"--distill-start-steps {start} and --distill-end-steps {end} must satisfy 1 <= end <= start <= "
@@ -174,9 +189,6 @@ class TrainConfig:
             )
         if keep < 1:
             raise ValueError(f"--distill-keep-steps must be a positive integer, got {keep}")
-        low, high = self.distill_guidance_min, self.distill_guidance_max
-        if not 0 <= low <= high or not math.isfinite(high):
-            raise ValueError(f"the guidance range must satisfy 0 <= --distill-guidance-min <= max, got [{low}, {high}]")
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -319,6 +331,17 @@ def _distillation_unused(config: TrainConfig) -> dict[str, str]:
     names = list(FROM_TEACHER) + [f.name for f in dataclasses.fields(UNetConfig)]
     found = {n: f"--{n.replace('_', '-')} {why}; leave it out" for n in names}
     found["sample_steps"] = "--sample-steps has no effect with --distill-from: a round's grid uses its student's steps"
+    if config.distill_method == "consistency":
+        for name in ("distill_start_steps", "distill_end_steps", "distill_keep_steps"):
+            found[name] = (
+                f"--{name.replace('_', '-')} has no effect with --distill-method consistency (one student samples "
+                "with any step count): leave it out, or use --distill-method progressive"
+            )
+    else:
+        found["distill_levels"] = (
+            "--distill-levels has no effect with --distill-method progressive (its rounds set the levels): leave it "
+            "out, or use --distill-method consistency"
+        )
     if not config.class_cond:  # `student_settings` has set it from the teacher
         for name in ("distill_guidance_min", "distill_guidance_max", "cond_drop_prob"):
             found[name] = f"--{name.replace('_', '-')} has no effect: the teacher is unconditional; leave it out"

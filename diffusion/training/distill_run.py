@@ -15,6 +15,11 @@ on, and the learning-rate schedule starts again. A resumed run reads its teacher
 continues bit for bit. The final model keeps the last round's student and those of ``--distill-keep-steps``
 steps or fewer.
 
+Consistency distillation (``--distill-method consistency``; Song et al. 2023, "Consistency Models", Algorithm 2)
+is one round over the whole run: the student learns f(z_t, t) = α_t z_t - σ_t v̂ that maps each of the
+``--distill-levels`` levels of the teacher's ODE to its clean image (`Distillation.consistency_loss`), and
+samples with `ConsistencyScheduler` at any step count.
+
 A student copies its teacher's weights, guidance embedding aside; reading its output as v, it starts from the
 teacher's predictions only for a v-predicting teacher, and the first round teaches an ε teacher's copy v.
 """
@@ -34,11 +39,11 @@ import torch
 from ..io.sampling_record import SamplingRecord
 from ..models import UNet
 from ..pipeline import DiffusionPipeline
-from ..schedulers import DDIMScheduler, NoiseSchedule, SchedulerConfig, get_scheduler
+from ..schedulers import ConsistencyScheduler, DDIMScheduler, NoiseSchedule, SchedulerConfig, get_scheduler
 from ..schedulers.base import trailing_timesteps
 from ..schedulers.schedule import pred_original_sample
 from .config import TrainConfig, kept_steps, lr_factor, round_steps
-from .distill import Predictor, distillation_loss, noise_level
+from .distill import Predictor, ddim_step, distillation_loss, noise_level
 from .ema import EMA
 from .loss import drop_labels
 from .processes import on_main
@@ -48,6 +53,9 @@ if TYPE_CHECKING:
 
 ROUNDS = "rounds"  # OUT/rounds/steps-N: the student of each finished round, a model folder
 METHOD = "progressive"
+CONSISTENCY = "consistency"
+CONSISTENCY_STEPS = (1, 2, 4)  # the step counts a consistency student's record recommends
+CONSISTENCY_DEFAULT_STEPS = 4  # ... and samples with by default (its grids too)
 
 
 def open_teacher(config: TrainConfig, device: torch.device) -> DiffusionPipeline:
@@ -99,10 +107,13 @@ def student_settings(config: TrainConfig, teacher: DiffusionPipeline) -> TrainCo
     )
 
 
-def student_scheduler(config: TrainConfig) -> DDIMScheduler:
-    """How a student of ``config``'s run samples: DDIM, trailing timesteps, η = 0, ᾱ = 1 after the last step."""
+def student_scheduler(config: TrainConfig) -> DDIMScheduler | ConsistencyScheduler:
+    """How a student of ``config``'s run samples: DDIM, trailing timesteps, η = 0, ᾱ = 1 after the last step; a
+    consistency student with multistep consistency sampling on trailing timesteps."""
     schedule = {"num_train_timesteps": config.num_train_timesteps, "beta_schedule": config.beta_schedule}
     schedule |= {"rescale_betas_zero_snr": config.zero_terminal_snr, "prediction_type": config.prediction_type}
+    if config.distill_method == CONSISTENCY:
+        return get_scheduler(CONSISTENCY, schedule | {"timestep_spacing": "trailing"})
     return get_scheduler("ddim", schedule | {"timestep_spacing": "trailing", "eta": 0.0, "set_alpha_to_one": True})
 
 
@@ -135,6 +146,8 @@ class Rounds:
 
     @classmethod
     def of(cls, config: TrainConfig, total: int) -> "Rounds":
+        if config.distill_method == CONSISTENCY:  # one round over the whole run, its grids at the default steps
+            return cls((CONSISTENCY_DEFAULT_STEPS,), total)
         steps = round_steps(config)
         if total < len(steps):
             raise ValueError(
@@ -177,6 +190,10 @@ class Distillation:
         self.null = teacher.unet.config.num_classes  # None: an unconditional teacher, unguided
         self.teacher, self.teacher_type = teacher.unet.eval(), teacher.scheduler.config.prediction_type
         self.round = 0  # the round whose teacher is loaded
+        self.consistency = config.distill_method == CONSISTENCY
+        T, K = config.num_train_timesteps, config.distill_levels
+        # consistency: the K levels, noisiest first, then -1 (the clean image), (K + 1,)
+        self.levels = torch.from_numpy(np.append(trailing_timesteps(T, K), -1)) if self.consistency else None
         self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     @property
@@ -210,7 +227,7 @@ class Distillation:
         step: int,
     ) -> torch.Tensor:
         """The objective of 0-based ``step`` for images ``x0`` (label dropout, then w, then the draws of
-        `distillation_loss`, all from ``generator``)."""
+        `distillation_loss` or `consistency_loss`, all from ``generator``)."""
         c, draws = self.config, {"generator": generator, "device": generator.device}
         w = None
         if labels is not None:
@@ -227,8 +244,41 @@ class Distillation:
         def student(z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
             return forward(z, t, y, guidance_scale=w) if self.guided else forward(z, t, y)
 
+        if self.consistency:
+            return self.consistency_loss(student, teacher, schedule, x0, labels, generator)
         steps = self.rounds.steps[self.rounds.index(step)]
         return distillation_loss(student, c.prediction_type, teacher, schedule, x0, labels, generator, steps)
+
+    def consistency_loss(
+        self,
+        student: Predictor,
+        teacher: Predictor,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        labels: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Consistency distillation (Song et al. 2023, Algorithm 2) with θ⁻ = stopgrad(θ), μ = 0 (Song & Dhariwal
+        2023, "Improved Techniques for Training Consistency Models"): ε, then each image's pair of adjacent levels,
+        from ``generator``; the MSE in x-space between f_θ(z_t, t) and f_θ⁻(ẑ_s, s), ẑ_s the teacher's DDIM step."""
+        b, draws = x0.shape[0], {"generator": generator, "device": generator.device}
+        noise = torch.randn(x0.shape, **draws).to(x0.device)  # ε, (b, c, h, w)
+        n = torch.randint(0, len(self.levels) - 1, (b,), **draws).to(x0.device)  # each image's pair
+        levels = self.levels.to(x0.device)
+        t, s = levels[n], levels[n + 1]  # t > s, (b,); s = -1: the clean image
+        t_level, s_level = noise_level(schedule, t, x0), noise_level(schedule, s, x0)
+        z_t = t_level[0] * x0 + t_level[1] * noise  # q(z_t | x), Ho et al. 2020, eq. 4
+
+        def f(z: torch.Tensor, level: torch.Tensor, alpha_sigma: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            # f(z, t) = x̂_0 of the student's output: α_t z - σ_t v̂ for v (Salimans & Ho 2022, sec. 4)
+            out = student(z, level, labels).float()
+            return pred_original_sample(out, z.float(), *alpha_sigma, self.config.prediction_type)
+
+        with torch.no_grad():
+            z_s = ddim_step(teacher(z_t, t, labels), z_t, t_level, s_level)  # the ODE solver Φ: a DDIM step, η = 0
+            at_s = f(z_s, s.clamp(min=0), noise_level(schedule, s.clamp(min=0), x0))
+            target = torch.where((s < 0).reshape(-1, 1, 1, 1), z_s, at_s)  # f(x, -1) = x: the boundary condition
+        return (f(z_t, t, t_level) - target.float()).square().mean()
 
     def _check_rounds(self, r: int) -> None:
         """Refuse to go on in round ``r`` without the folders of the rounds before it that the run still needs:
@@ -253,6 +303,10 @@ class Distillation:
     def pipeline(self, unets: dict[int, UNet], default: int) -> DiffusionPipeline:
         """The students ``unets`` (step count -> UNet) as one model that samples with ``default`` steps."""
         guidance = (self.config.distill_guidance_min, self.config.distill_guidance_max) if self.guided else None
+        if self.consistency:  # one student for any step count
+            record = SamplingRecord(CONSISTENCY, CONSISTENCY_STEPS, CONSISTENCY_DEFAULT_STEPS, guidance)
+            scheduler = student_scheduler(self.config)
+            return DiffusionPipeline(unets[default], scheduler, self.class_names, self.background, sampling=record)
         record = SamplingRecord(METHOD, tuple(sorted(unets)), default, guidance)
         others = {n: unet for n, unet in unets.items() if n != default}
         scheduler = student_scheduler(self.config)
@@ -274,8 +328,10 @@ class Distillation:
 
     def final_pipeline(self, trainer: "Trainer") -> DiffusionPipeline:
         """The students of ``--distill-keep-steps`` and fewer: the last round's EMA weights, the others read
-        from ``OUT/rounds``; the largest kept is the default."""
+        from ``OUT/rounds``; the largest kept is the default. A consistency run: its student's EMA weights."""
         last = self.rounds.steps[-1]
+        if self.consistency:
+            return self.pipeline({last: self.ema_unet(trainer)}, last)
         unets = {
             n: UNet.from_pretrained(self.out / ROUNDS / f"steps-{n}" / "unet") for n in kept_steps(self.config)[1:]
         }

@@ -273,13 +273,20 @@ def _architecture(
 
 
 def _distillation(config: TrainConfig) -> str:
-    """The card's row for a distilled student: teacher, rounds, the step counts kept and the guidance range."""
-    rounds = ", ".join(str(n) for n in round_steps(config))
-    kept = ", ".join(str(n) for n in kept_steps(config))
-    text = (
-        f"progressive distillation (Salimans & Ho 2022) of `{config.distill_from}`: rounds of {rounds} student "
-        f"DDIM steps, each step trained to match two of its teacher's; samples with {kept} steps (`--steps`)"
-    )
+    """The card's row for a distilled student: teacher, rounds (or levels), the step counts and the guidance range."""
+    if config.distill_method == "consistency":
+        text = (
+            f"consistency distillation (Song et al. 2023) of `{config.distill_from}`: one student that maps each of "
+            f"{config.distill_levels} levels of its teacher's ODE to the clean image; samples with any step count "
+            "(`--steps`; 1, 2 or 4 recommended, 4 by default) by multistep consistency sampling"
+        )
+    else:
+        rounds = ", ".join(str(n) for n in round_steps(config))
+        kept = ", ".join(str(n) for n in kept_steps(config))
+        text = (
+            f"progressive distillation (Salimans & Ho 2022) of `{config.distill_from}`: rounds of {rounds} student "
+            f"DDIM steps, each step trained to match two of its teacher's; samples with {kept} steps (`--steps`)"
+        )
     if config.class_cond:
         text += (
             f"; classifier-free guidance folded in for w in [{config.distill_guidance_min:g}, "

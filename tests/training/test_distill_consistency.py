@@ -141,3 +141,10 @@ def test_the_other_methods_flags_are_refused_in_one_line(tmp_path, tiny_conditio
 def test_levels_outside_the_schedule_are_refused():
     with pytest.raises(ValueError, match=r"--distill-levels must be in \[1, 1000\] \(--num-train-timesteps\), got 0"):
         TrainConfig(distill_from="x", distill_method="consistency", distill_levels=0)
+
+
+def test_sample_grids_use_the_consistency_sampler_at_its_default_steps(tmp_path, tiny_conditional_model):
+    Trainer(consistency_config(tmp_path, tiny_conditional_model, sample_every=3, num_samples=4)).train()
+    grids = {p.name: Image.open(p) for p in (tmp_path / "out" / "samples").iterdir()}
+    assert sorted(grids) == ["step-3.png", "step-6.png"]
+    assert {(g.text["steps"], g.text["sampler"]) for g in grids.values()} == {("4", "consistency")}

@@ -97,7 +97,8 @@ def describe(pipe: DiffusionPipeline, name: str, folder: Path) -> str:
 def distillation(pipe: DiffusionPipeline) -> str:
     """A distilled model's record in words: how it was made, its step counts and guidance range."""
     record = pipe.sampling
-    text = f"{record.method}: samples with {record.steps_text()} steps"
+    steps = f"any step count (default {record.default_steps})" if record.any_steps else f"{record.steps_text()} steps"
+    text = f"{record.method}: samples with {steps}"
     if record.guidance_range is not None:
         low, high = record.guidance_range
         text += f"; guidance scale {low:g} to {high:g}, in one pass"

@@ -28,7 +28,9 @@ def test_a_model_loads_once_per_dtype_and_the_least_recently_used_is_dropped(she
 
 
 def test_unknown_models_and_dtypes_are_refused_in_one_line(shelf):
-    with pytest.raises(ValueError, match=r"^unknown model 'elsewhere'; choose one of .*fashion-mnist, noto-emoji$"):
+    with pytest.raises(
+        ValueError, match=r"^unknown model 'elsewhere'; choose one of .*fashion-mnist, noto-emoji, fashion-mnist-fast$"
+    ):
         shelf.load("elsewhere")
     with pytest.raises(ValueError, match=r"^unknown dtype 'fp64'; choose one of fp32, bf16, fp16$"):
         shelf.load(shelf.default, "fp64")

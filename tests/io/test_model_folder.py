@@ -380,9 +380,9 @@ def test_a_hub_id_loads_from_the_cache_when_the_hub_cannot_be_reached(exported, 
 # ----- shipped models, by name -----
 
 
-def test_the_shipped_models_are_fashion_mnist_the_default_and_noto_emoji():
-    assert list(SHIPPED_MODELS) == ["fashion-mnist", "noto-emoji"]  # the first is the default
-    assert SHIPPED_MODELS == {"fashion-mnist": ASSETS / "fashion-mnist", "noto-emoji": ASSETS / "noto-emoji"}
+def test_the_shipped_models_are_fashion_mnist_the_default_noto_emoji_and_the_fast_one():
+    assert list(SHIPPED_MODELS) == ["fashion-mnist", "noto-emoji", "fashion-mnist-fast"]  # the first: the default
+    assert {name: ASSETS / name for name in ("fashion-mnist", "noto-emoji", "fashion-mnist-fast")} == SHIPPED_MODELS
     assert model_folder.SHIPPED_MODEL == ASSETS / "fashion-mnist"
 
 

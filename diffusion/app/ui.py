@@ -253,7 +253,7 @@ def _model_changed(shelf: ModelShelf, name: str, dtype: str) -> tuple[Any, ...]:
     return (
         gr.Dropdown(choices=class_choices(pipe), value=default_class(pipe)),
         gr.Dropdown(value=pipe.scheduler_name()),
-        gr.Number(value=pipe.default_steps),  # a distilled model samples only with its own step counts
+        gr.Number(value=pipe.default_steps),  # a distilled model: its default step count
         describe(pipe, name, folder),
         model_config(pipe),
         model_card(folder),

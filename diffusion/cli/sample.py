@@ -262,6 +262,7 @@ def list_models() -> str:
         if "sampling" in index:  # a distilled model: the step counts it samples with
             record = index["sampling"]
             steps = ", ".join(map(str, record["steps"]))
+            steps = "any number of" if record.get("method") == "consistency" else steps
             sampler += f" at {steps} steps (distilled; default {record['default_steps']})"
         lines.append(f"{name}: {what}; {unet['in_channels']}x{height}x{width}; {sampler}; {folder}{default}")
     return "\n".join(lines)

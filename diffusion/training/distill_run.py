@@ -54,8 +54,14 @@ if TYPE_CHECKING:
 ROUNDS = "rounds"  # OUT/rounds/steps-N: the student of each finished round, a model folder
 METHOD = "progressive"
 CONSISTENCY = "consistency"
-CONSISTENCY_STEPS = (1, 2, 4)  # the step counts a consistency student's record recommends
-CONSISTENCY_DEFAULT_STEPS = 4  # ... and samples with by default (its grids too)
+
+
+def consistency_steps(config: TrainConfig) -> tuple[int, ...]:
+    """The step counts a consistency student's record recommends, the largest its default (and its grids'):
+    those of 1, 2 and 4 whose trailing timesteps are among the ``--distill-levels`` it trained on."""
+    T, K = config.num_train_timesteps, config.distill_levels
+    levels = trailing_timesteps(T, K)
+    return tuple(n for n in (1, 2, 4) if K % n == 0 and np.array_equal(levels[:: K // n], trailing_timesteps(T, n)))
 
 
 def open_teacher(config: TrainConfig, device: torch.device) -> DiffusionPipeline:
@@ -147,7 +153,7 @@ class Rounds:
     @classmethod
     def of(cls, config: TrainConfig, total: int) -> "Rounds":
         if config.distill_method == CONSISTENCY:  # one round over the whole run, its grids at the default steps
-            return cls((CONSISTENCY_DEFAULT_STEPS,), total)
+            return cls((max(consistency_steps(config)),), total)
         steps = round_steps(config)
         if total < len(steps):
             raise ValueError(
@@ -304,7 +310,8 @@ class Distillation:
         """The students ``unets`` (step count -> UNet) as one model that samples with ``default`` steps."""
         guidance = (self.config.distill_guidance_min, self.config.distill_guidance_max) if self.guided else None
         if self.consistency:  # one student for any step count
-            record = SamplingRecord(CONSISTENCY, CONSISTENCY_STEPS, CONSISTENCY_DEFAULT_STEPS, guidance)
+            steps = consistency_steps(self.config)
+            record = SamplingRecord(CONSISTENCY, steps, max(steps), guidance)
             scheduler = student_scheduler(self.config)
             return DiffusionPipeline(unets[default], scheduler, self.class_names, self.background, sampling=record)
         record = SamplingRecord(METHOD, tuple(sorted(unets)), default, guidance)

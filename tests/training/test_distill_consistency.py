@@ -18,7 +18,7 @@ from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import ConsistencyScheduler, NoiseSchedule
 from diffusion.training import TrainConfig, Trainer
 from diffusion.training.config import scheduler_config
-from diffusion.training.distill_run import ROUNDS, Distillation, open_teacher, student_settings
+from diffusion.training.distill_run import ROUNDS, Distillation, consistency_steps, open_teacher, student_settings
 
 
 def images(folder: Path, n: int = 8) -> Path:
@@ -148,3 +148,38 @@ def test_sample_grids_use_the_consistency_sampler_at_its_default_steps(tmp_path,
     grids = {p.name: Image.open(p) for p in (tmp_path / "out" / "samples").iterdir()}
     assert sorted(grids) == ["step-3.png", "step-6.png"]
     assert {(g.text["steps"], g.text["sampler"]) for g in grids.values()} == {("4", "consistency")}
+
+
+def test_with_one_level_the_target_is_the_guided_teachers_own_x0_and_the_loss_its_distance(
+    tmp_path, tiny_conditional_model
+):
+    """K = 1: every pair is (T - 1, the clean image), where the teacher's DDIM step lands on its own x̂_0 (ᾱ = 1)
+    and the boundary condition makes that the target; the loss is then recomputed here from the same draws."""
+    config = consistency_config(tmp_path, tiny_conditional_model, distill_levels=1, cond_drop_prob=0.0)
+    teacher = open_teacher(config, torch.device("cpu"))
+    config = student_settings(config, teacher)
+    assert consistency_steps(config) == (1,)
+    distill = Distillation(teacher, config, 4, tmp_path / "out")
+    torch.manual_seed(3)
+    student = UNet(dataclasses.replace(teacher.unet.config, guidance_embedding=True)).eval()
+    schedule = NoiseSchedule(scheduler_config(config))
+    x0, labels = torch.linspace(-1, 1, 2 * 64).reshape(2, 1, 8, 8), torch.tensor([0, 1])
+    with torch.no_grad():
+        loss = distill.loss(student, schedule, x0, labels, torch.Generator().manual_seed(0), 0)
+        g = torch.Generator().manual_seed(0)
+        torch.rand(2, generator=g)  # label dropout (p = 0: none dropped)
+        w = 1 + torch.rand(2, generator=g)  # in [1, 2]
+        noise = torch.randn(x0.shape, generator=g)
+        assert torch.randint(0, 1, (2,), generator=g).tolist() == [0, 0]
+        bar = schedule.alphas_cumprod[999].float()
+        z = bar.sqrt() * x0 + (1 - bar).sqrt() * noise
+        t = torch.tensor([999, 999])
+        null = torch.full_like(labels, 2)
+        eps_u, eps_c = teacher.unet(torch.cat([z, z]), torch.cat([t, t]), torch.cat([null, labels])).chunk(2)
+        eps = eps_u + w.reshape(-1, 1, 1, 1) * (eps_c - eps_u)
+        target = (z - (1 - bar).sqrt() * eps) / bar.sqrt()  # the teacher's x̂_0 (ε-prediction)
+        v = student(z, t, labels, guidance_scale=w)
+        x_hat = bar.sqrt() * z - (1 - bar).sqrt() * v  # f = α z - σ v̂
+        expected = (x_hat - target).square().mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
+    assert loss.item() > 1e-3  # a real distance, not a vacuous zero

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from tiny_run import distill_config, final_weights  # tests/training is on sys.path
 
 from diffusion import cli
-from diffusion.io.checkpoint import list_checkpoints
 from diffusion.models import UNet
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import ConsistencyScheduler, NoiseSchedule
@@ -21,41 +20,10 @@ from diffusion.training.config import scheduler_config
 from diffusion.training.distill_run import ROUNDS, Distillation, consistency_steps, open_teacher, student_settings
 
 
-def images(folder: Path, n: int = 8) -> Path:
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        sub = folder / ("dog" if i % 2 else "cat")
-        sub.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(sub / f"{i}.png")
-    return folder
-
-
 def consistency_config(tmp_path: Path, teacher: Path, out: str = "out", **overrides) -> TrainConfig:
-    base = dict(
-        data=str(images(tmp_path / "data")),
-        out=str(tmp_path / out),
-        distill_from=str(teacher),
-        distill_method="consistency",
-        distill_levels=8,
-        batch_size=4,
-        warmup_steps=0,
-        max_steps=6,
-        checkpoint_every=1,
-        keep_checkpoints=10,
-        sample_every=0,
-        log_every=1,
-        ema_decay=0.5,
-        lr=1e-3,
+    return distill_config(
+        tmp_path, teacher, out, **({"distill_method": "consistency", "distill_levels": 8} | overrides)
     )
-    return TrainConfig(**(base | overrides))
-
-
-def last_weights(out: Path) -> dict[str, torch.Tensor]:
-    _, path = list_checkpoints(out)[-1]
-    return {
-        **load_file(path / "model.safetensors"),
-        **{f"ema.{k}": v for k, v in load_file(path / "ema.safetensors").items()},
-    }
 
 
 def test_a_consistency_run_writes_one_student_that_samples_with_any_step_count(tmp_path, tiny_conditional_model):
@@ -93,7 +61,7 @@ def test_a_resumed_consistency_run_ends_with_the_uninterrupted_runs_weights(tmp_
     Trainer(consistency_config(tmp_path, tiny_conditional_model, "whole")).train()
     assert Trainer(consistency_config(tmp_path, tiny_conditional_model, "split")).train(stop_at_step=3) is None
     Trainer(consistency_config(tmp_path, tiny_conditional_model, "split")).train()
-    whole, split = last_weights(tmp_path / "whole"), last_weights(tmp_path / "split")
+    whole, split = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
     assert whole.keys() == split.keys()
     for name, tensor in whole.items():
         assert torch.equal(split[name], tensor), name

@@ -6,11 +6,11 @@ import shlex
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from tiny_run import cat_dog_images, final_weights  # tests/training is on sys.path
+from tiny_run import distill_config as tiny_distill_config
 
 from diffusion.cli.common import given_flags
 from diffusion.cli.train import train_parser
@@ -21,42 +21,10 @@ from diffusion.training import TrainConfig, Trainer
 from diffusion.training.distill_run import ROUNDS, Rounds
 
 
-def images(folder: Path, n: int = 8) -> Path:
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        sub = folder / ("dog" if i % 2 else "cat")
-        sub.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(sub / f"{i}.png")
-    return folder
-
-
 def distill_config(tmp_path: Path, teacher: Path, out: str = "out", **overrides) -> TrainConfig:
-    base = dict(
-        data=str(images(tmp_path / "data")),
-        out=str(tmp_path / out),
-        distill_from=str(teacher),
-        distill_start_steps=4,
-        distill_end_steps=1,
-        distill_keep_steps=2,
-        batch_size=4,
-        warmup_steps=0,
-        max_steps=6,  # rounds of 4, 2 and 1 student steps, 2 optimiser steps each
-        checkpoint_every=1,
-        keep_checkpoints=10,
-        sample_every=0,
-        log_every=1,
-        ema_decay=0.5,
-        lr=1e-3,
-    )
-    return TrainConfig(**(base | overrides))
-
-
-def last_weights(out: Path) -> dict[str, torch.Tensor]:
-    _, path = list_checkpoints(out)[-1]
-    return {
-        **load_file(path / "model.safetensors"),
-        **{f"ema.{k}": v for k, v in load_file(path / "ema.safetensors").items()},
-    }
+    """Rounds of 4, 2 and 1 student steps, 2 optimiser steps each; the model keeps 1 and 2."""
+    rounds = {"distill_start_steps": 4, "distill_end_steps": 1, "distill_keep_steps": 2}
+    return tiny_distill_config(tmp_path, teacher, out, **(rounds | overrides))
 
 
 def test_rounds_share_the_steps_and_each_has_its_own_learning_rate_schedule():
@@ -111,7 +79,7 @@ def test_a_resumed_distillation_ends_with_the_uninterrupted_runs_weights(tmp_pat
     Trainer(distill_config(tmp_path, tiny_conditional_model, "whole")).train()
     assert Trainer(distill_config(tmp_path, tiny_conditional_model, "split")).train(stop_at_step=stop) is None
     Trainer(distill_config(tmp_path, tiny_conditional_model, "split")).train()
-    whole, split = last_weights(tmp_path / "whole"), last_weights(tmp_path / "split")
+    whole, split = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
     assert whole.keys() == split.keys()
     for name, tensor in whole.items():
         assert torch.equal(split[name], tensor), name
@@ -217,6 +185,6 @@ def test_short_schedules_train_without_distillation_and_odd_grids_are_refused(tm
         Rounds.of(config, 10)
     with pytest.raises(ValueError, match="guidance_embedding is for a guidance-distilled student"):
         Trainer(
-            TrainConfig(data=str(images(tmp_path / "d")), out=str(tmp_path / "o"), max_steps=1),
+            TrainConfig(data=str(cat_dog_images(tmp_path / "d")), out=str(tmp_path / "o"), max_steps=1),
             {"guidance_embedding": True},
         )

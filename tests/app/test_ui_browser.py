@@ -43,7 +43,11 @@ def url(tmp_path_factory):
         yield address
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # Gradio's shutdown can stall under load; tests/cli/test_app.py checks it
+            server.kill()
+            server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

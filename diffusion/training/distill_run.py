@@ -36,13 +36,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..guidance import classifier_free_guidance
 from ..io.sampling_record import SamplingRecord
 from ..models import UNet
 from ..pipeline import DiffusionPipeline
 from ..schedulers import ConsistencyScheduler, DDIMScheduler, NoiseSchedule, SchedulerConfig, get_scheduler
 from ..schedulers.base import trailing_timesteps
 from ..schedulers.schedule import pred_original_sample
-from .config import TrainConfig, kept_steps, lr_factor, round_steps
+from .config import TrainConfig, kept_steps, lr_factor, round_steps, scheduler_config
 from .distill import Predictor, ddim_step, distillation_loss, noise_level
 from .ema import EMA
 from .loss import drop_labels
@@ -59,9 +60,13 @@ CONSISTENCY = "consistency"
 def consistency_steps(config: TrainConfig) -> tuple[int, ...]:
     """The step counts a consistency student's record recommends, the largest its default (and its grids'):
     those of 1, 2 and 4 whose trailing timesteps are among the ``--distill-levels`` it trained on."""
-    T, K = config.num_train_timesteps, config.distill_levels
-    levels = trailing_timesteps(T, K)
-    return tuple(n for n in (1, 2, 4) if K % n == 0 and np.array_equal(levels[:: K // n], trailing_timesteps(T, n)))
+    return tuple(n for n in (1, 2, 4) if nested(config.num_train_timesteps, config.distill_levels, n))
+
+
+def nested(T: int, fine: int, coarse: int) -> bool:
+    """Whether the trailing timesteps of ``coarse`` steps are every (fine / coarse)-th of those of ``fine``."""
+    stride, rest = divmod(fine, coarse)
+    return not rest and np.array_equal(trailing_timesteps(T, fine)[::stride], trailing_timesteps(T, coarse))
 
 
 def open_teacher(config: TrainConfig, device: torch.device) -> DiffusionPipeline:
@@ -116,11 +121,10 @@ def student_settings(config: TrainConfig, teacher: DiffusionPipeline) -> TrainCo
 def student_scheduler(config: TrainConfig) -> DDIMScheduler | ConsistencyScheduler:
     """How a student of ``config``'s run samples: DDIM, trailing timesteps, η = 0, ᾱ = 1 after the last step; a
     consistency student with multistep consistency sampling on trailing timesteps."""
-    schedule = {"num_train_timesteps": config.num_train_timesteps, "beta_schedule": config.beta_schedule}
-    schedule |= {"rescale_betas_zero_snr": config.zero_terminal_snr, "prediction_type": config.prediction_type}
+    schedule = scheduler_config(config).to_dict()  # the run's noise schedule, trailing timesteps
     if config.distill_method == CONSISTENCY:
-        return get_scheduler(CONSISTENCY, schedule | {"timestep_spacing": "trailing"})
-    return get_scheduler("ddim", schedule | {"timestep_spacing": "trailing", "eta": 0.0, "set_alpha_to_one": True})
+        return get_scheduler(CONSISTENCY, schedule)
+    return get_scheduler("ddim", schedule | {"eta": 0.0, "set_alpha_to_one": True})
 
 
 def teacher_x0(unet: UNet, prediction_type: str, schedule: NoiseSchedule, w: torch.Tensor | None) -> Predictor:
@@ -136,7 +140,7 @@ def teacher_x0(unet: UNet, prediction_type: str, schedule: NoiseSchedule, w: tor
             null = torch.full_like(labels, unet.config.num_classes)
             both = unet(torch.cat([z, z]), torch.cat([t, t]), torch.cat([null, labels])).float()  # (2b, c, h, w)
             uncond, cond = both.chunk(2)
-            out = uncond + w.reshape(-1, 1, 1, 1) * (cond - uncond)  # classifier-free guidance, per image
+            out = classifier_free_guidance(uncond, cond, w.reshape(-1, 1, 1, 1))  # w per image
         alpha, sigma = noise_level(schedule, t, out)
         return pred_original_sample(out, z.float(), alpha, sigma, prediction_type)
 
@@ -161,7 +165,7 @@ class Rounds:
             )
         T = config.num_train_timesteps
         for n in steps[1:]:  # a round's teacher is queried where it was trained: its own levels must nest
-            if not np.array_equal(trailing_timesteps(T, 2 * n)[0::2], trailing_timesteps(T, n)):
+            if not nested(T, 2 * n, n):
                 raise ValueError(
                     f"the timesteps of {2 * n} and {n} steps of the teacher's {T} do not nest, so a round's teacher "
                     "would be asked for levels it never trained on: use --distill-start-steps and --distill-end-steps "
@@ -215,7 +219,7 @@ class Distillation:
         finished = self.rounds.steps[r - 1]
         acc = trainer.accelerator
         if step == self.rounds.starts[r]:
-            on_main(acc, lambda: self.write_round(self.ema_unet(trainer), finished))
+            on_main(acc, lambda: self.write_round(trainer.ema_unet(), finished))
             trainer.ema.copy_to(acc.unwrap_model(trainer.model))
             trainer.ema = EMA(acc.unwrap_model(trainer.model), trainer.config.ema_decay)
         self._check_rounds(r)
@@ -301,20 +305,14 @@ class Distillation:
 
     # ----- the students as model folders -----
 
-    def ema_unet(self, trainer: "Trainer") -> UNet:
-        unet = UNet(trainer.unet_config)
-        trainer.ema.copy_to(unet)
-        return unet
-
     def pipeline(self, unets: dict[int, UNet], default: int) -> DiffusionPipeline:
         """The students ``unets`` (step count -> UNet) as one model that samples with ``default`` steps."""
         guidance = (self.config.distill_guidance_min, self.config.distill_guidance_max) if self.guided else None
         if self.consistency:  # one student for any step count
             steps = consistency_steps(self.config)
             record = SamplingRecord(CONSISTENCY, steps, max(steps), guidance)
-            scheduler = student_scheduler(self.config)
-            return DiffusionPipeline(unets[default], scheduler, self.class_names, self.background, sampling=record)
-        record = SamplingRecord(METHOD, tuple(sorted(unets)), default, guidance)
+        else:
+            record = SamplingRecord(METHOD, tuple(sorted(unets)), default, guidance)
         others = {n: unet for n, unet in unets.items() if n != default}
         scheduler = student_scheduler(self.config)
         return DiffusionPipeline(
@@ -338,8 +336,8 @@ class Distillation:
         from ``OUT/rounds``; the largest kept is the default. A consistency run: its student's EMA weights."""
         last = self.rounds.steps[-1]
         if self.consistency:
-            return self.pipeline({last: self.ema_unet(trainer)}, last)
+            return self.pipeline({last: trainer.ema_unet()}, last)
         unets = {
             n: UNet.from_pretrained(self.out / ROUNDS / f"steps-{n}" / "unet") for n in kept_steps(self.config)[1:]
         }
-        return self.pipeline(unets | {last: self.ema_unet(trainer)}, max(unets, default=last))
+        return self.pipeline(unets | {last: trainer.ema_unet()}, max(unets, default=last))

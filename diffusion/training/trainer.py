@@ -41,7 +41,7 @@ from ..io.checkpoint import check_resume_path, resolve_resume
 from ..io.files import check_writable, write_json
 from ..models import UNet
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DiffusionPipeline
-from ..schedulers import DEFAULT_STEPS, DPMSolverMultistepScheduler, NoiseSchedule
+from ..schedulers import DPMSolverMultistepScheduler, NoiseSchedule
 from .config import TrainConfig, check_batches, lr_factor, model_config, scheduler_config, total_steps, unused_settings
 from .distill_run import Distillation, check_teacher_classes, open_teacher, student_settings
 from .ema import EMA
@@ -119,10 +119,9 @@ class Trainer:
         self.dataset = open_data(config, self.accelerator, self.unet_config.sample_size)
         self.skipped = SkippedItems()
         if config.class_cond:
-            if self.dataset.labels is None and self.teacher is not None:
-                raise ValueError(f"the teacher is class-conditional: {self.dataset.unlabelled_reason}")
             if self.dataset.labels is None:
-                raise ValueError(self.dataset.unlabelled_reason)
+                why = self.dataset.unlabelled_reason
+                raise ValueError(why if self.teacher is None else f"the teacher is class-conditional: {why}")
             if self.teacher is not None:
                 check_teacher_classes(self.teacher, self.dataset.class_names)
             self.unet_config = dataclasses.replace(self.unet_config, num_classes=len(self.dataset.class_names))
@@ -335,11 +334,16 @@ class Trainer:
         """The classes the model is conditioned on (label i is ``class_names[i]``); empty if unconditional."""
         return self.dataset.class_names if self.config.class_cond else []
 
-    def _pipeline(self) -> DiffusionPipeline:
-        """The EMA weights in a fresh fp32 UNet, with the run's default sampler and background (a distillation
-        run: the student of the round, with its DDIM steps)."""
+    def ema_unet(self) -> UNet:
+        """The EMA weights in a fresh fp32 UNet."""
         unet = UNet(self.unet_config)
         self.ema.copy_to(unet)
+        return unet
+
+    def _pipeline(self) -> DiffusionPipeline:
+        """The EMA weights with the run's default sampler and background (a distillation run: the student of
+        the round, with its steps)."""
+        unet = self.ema_unet()
         if self.distill is not None:
             steps = self.distill.rounds.steps[self.distill.round]
             return self.distill.pipeline({steps: unet}, steps)
@@ -430,7 +434,7 @@ class Trainer:
             elapsed_s=self._elapsed(),
             metrics=metrics,
             sampler=pipe.scheduler_name(),
-            sampler_steps=DEFAULT_STEPS if self.distill is None else pipe.default_steps,
+            sampler_steps=pipe.default_steps,
             guidance_scale=DEFAULT_GUIDANCE_SCALE,
             start_folder=self.start_folder,
         )

@@ -91,13 +91,15 @@ def check_batch_size(
     unet: UNetConfig, batch_size: int | None, num_images: int, guided: bool, size: Sequence[int]
 ) -> int:
     """The images per forward pass (``batch_size``, None: all ``num_images``), checked with
-    `UNetConfig.check_forward_size` at ``size`` (height, width); guidance doubles the rows of a pass."""
+    `UNetConfig.check_forward_size` at ``size`` (height, width); guidance doubles the rows of a pass, except for
+    a UNet that takes w as an input (``guidance_embedding``)."""
     batch = min(batch_size or num_images, num_images)
     if batch_size is None:
         advice = f"give a batch_size (None runs all {num_images} images at once)"
     else:
         advice = f"give a batch_size smaller than {batch_size}"
-    unet.check_forward_size(batch * (2 if guided else 1), *size, advice)
+    two_branches = guided and not unet.guidance_embedding
+    unet.check_forward_size(batch * (2 if two_branches else 1), *size, advice)
     return batch
 
 

@@ -50,8 +50,7 @@ def invert_images(pipe: "DiffusionPipeline", call: dict[str, Any]) -> torch.Tens
     steps = INVERSION_STEPS if steps is None and pipe.sampling is None else pipe.check_steps(steps)
     sampler = pipe.make_scheduler("ddim", eta=0.0)
     sampler.set_timesteps(steps)
-    two_branches = labels is not None and not config.guidance_embedding
-    batch_size = check_batch_size(config, args.batch_size, len(x0), two_branches, x0.shape[-2:])
+    batch_size = check_batch_size(config, args.batch_size, len(x0), labels is not None, x0.shape[-2:])
     denoiser, iterations = pipe.denoiser(scale, num_inference_steps=steps), args.fixed_point_iterations
     return invert_batches(denoiser, sampler, x0, labels, iterations, batch_size, args.progress)
 

@@ -137,8 +137,7 @@ def build_request(pipe: "DiffusionPipeline", call: dict[str, Any]) -> Request:
         class_labels = pipe.random_class_labels(num_images, seeds, generator)
     labels = pipe.class_label_tensor(class_labels, num_images)
     scale = call_guidance(pipe, labels, args.guidance_scale, args.guidance_rescale)
-    two_branches = labels is not None and not pipe.unet.config.guidance_embedding
-    batch_size = check_batch_size(pipe.unet.config, args.batch_size, num_images, two_branches, shape[1:])
+    batch_size = check_batch_size(pipe.unet.config, args.batch_size, num_images, labels is not None, shape[1:])
     return Request(
         sampler=sampler,
         num_inference_steps=steps,

@@ -13,13 +13,11 @@ from ..arguments import DTYPES, MAX_NUM_IMAGES
 from ..editing import DEFAULT_JUMP_LENGTH, DEFAULT_STRENGTH, effective_strength
 from ..guidance import RANDOM_CLASSES
 from ..image import MODES, save_interpolation
-from ..io.files import read_json
-from ..io.model_folder import SHIPPED_MODELS
 from ..pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DiffusionPipeline
 from ..rng import seed_list
 from ..schedulers import SCHEDULER_NAMES, SCHEDULERS, resolve_scheduler_name
 from .common import DEVICES, ArgumentParser, device_from_flag, given_flags, named_as_flags, run_command
-from .sample_files import output_folder, read_image, write_batches, write_grid
+from .sample_files import list_models, output_folder, read_image, write_batches, write_grid
 
 DEFAULT_FRAMES = 8  # of --interpolate
 DEFAULT_NUM_IMAGES = 16
@@ -244,28 +242,6 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
     given = given_flags(sample_parser, argv)
 
     return run_command("diffusion-sample", lambda: _sample(args, given))
-
-
-def list_models() -> str:
-    """One line per shipped model: its name, classes, image size and channels, default sampler, folder."""
-    lines = []
-    for i, (name, folder) in enumerate(SHIPPED_MODELS.items()):
-        if not folder.is_dir():
-            lines.append(f"{name}: not in this installation of pixel-diffusion (not at {folder})")
-            continue
-        index, unet = read_json(folder / "model_index.json"), read_json(folder / "unet" / "config.json")
-        classes = index.get("class_names") or []
-        height, width = unet["sample_size"]
-        what = f"{len(classes)} classes ({', '.join(classes)})" if classes else "unconditional"
-        default = ", the default" if i == 0 else ""
-        sampler = f"sampler {index['default_scheduler']}"
-        if "sampling" in index:  # a distilled model: the step counts it samples with
-            record = index["sampling"]
-            steps = ", ".join(map(str, record["steps"]))
-            steps = "any number of" if record.get("method") == "consistency" else steps
-            sampler += f" at {steps} steps (distilled; default {record['default_steps']})"
-        lines.append(f"{name}: {what}; {unet['in_channels']}x{height}x{width}; {sampler}; {folder}{default}")
-    return "\n".join(lines)
 
 
 def _sample(args: argparse.Namespace, given: set[str]) -> int:

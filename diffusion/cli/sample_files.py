@@ -1,4 +1,5 @@
-"""The files of ``diffusion-sample``: its input images, and the PNGs, grids and GIFs it writes.
+"""The files of ``diffusion-sample``: its input images, the PNGs, grids and GIFs it writes, and the shipped
+models it lists (`list_models`).
 
 A model's images are written as they come: ``L``, ``RGB``, or for a 4-channel model ``RGBA`` PNGs with
 their transparency. Grids and the interpolation GIF show transparency on a grey checkerboard
@@ -15,7 +16,9 @@ from tqdm.auto import tqdm
 
 from ..data import DECODE_ERRORS, load_image
 from ..image import WHITE, make_grid, save_png
-from ..io.files import check_writable
+from ..io.files import check_writable, read_json
+from ..io.model_folder import SHIPPED_MODELS
+from ..io.sampling_record import SamplingRecord
 from ..pipeline import DiffusionPipeline
 from .common import named_as_flags
 
@@ -91,3 +94,24 @@ def write_batches(
 def write_grid(images: Sequence[Image.Image], path: str | Path, columns: int, meta: dict[str, Any]) -> None:
     """--grid: ``images`` in rows of ``columns`` (0: as square as possible), transparency on a checkerboard."""
     save_png(make_grid(images, nrow=columns or None), path, meta)
+
+
+def list_models() -> str:
+    """One line per shipped model: its name, classes, image size and channels, default sampler, folder."""
+    lines = []
+    for i, (name, folder) in enumerate(SHIPPED_MODELS.items()):
+        if not folder.is_dir():
+            lines.append(f"{name}: not in this installation of pixel-diffusion (not at {folder})")
+            continue
+        index, unet = read_json(folder / "model_index.json"), read_json(folder / "unet" / "config.json")
+        classes = index.get("class_names") or []
+        height, width = unet["sample_size"]
+        what = f"{len(classes)} classes ({', '.join(classes)})" if classes else "unconditional"
+        default = ", the default" if i == 0 else ""
+        sampler = f"sampler {index['default_scheduler']}"
+        if "sampling" in index:  # a distilled model: the step counts it samples with
+            record = SamplingRecord.from_dict(index["sampling"], folder / "model_index.json")
+            steps = "any number of" if record.any_steps else ", ".join(map(str, record.steps))
+            sampler += f" at {steps} steps (distilled; default {record.default_steps})"
+        lines.append(f"{name}: {what}; {unet['in_channels']}x{height}x{width}; {sampler}; {folder}{default}")
+    return "\n".join(lines)

@@ -49,9 +49,9 @@ from .diffusers_folder import (
     load_diffusers_scheduler,
     load_diffusers_unet,
 )
-from .files import CorruptFolderError, read_json, save_safetensors, verify_manifest, write_json, write_manifest
+from .files import CorruptFolderError, read_json, verify_manifest, write_json, write_manifest
 from .sampling_record import SamplingRecord
-from .weights import WEIGHTS_NAME, load_checked, read_safetensors
+from .weights import WEIGHTS_NAME, load_checked, read_safetensors, save_weights
 
 # The shipped models (`diffusion.io.assets`: package data of a wheel, or assets/ of a source checkout), by
 # the name that `from_pretrained` and ``--model`` take (a local folder of the same name comes first); the
@@ -150,8 +150,7 @@ def write_model_folder(
     (path / "scheduler").mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(path / "unet")
     for n, student in sorted(step_unets.items()):
-        state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
-        save_safetensors(path / "unet" / step_weights_name(n), state, metadata={"format": "pt"})
+        save_weights(student, path / "unet", step_weights_name(n))
     write_json(
         path / "scheduler" / "scheduler_config.json",
         {"_class_name": type(scheduler).__name__, **scheduler.config.to_dict()},

@@ -24,12 +24,12 @@ def save_model(module: nn.Module, directory: str | Path, class_name: str, config
     write_json(Path(directory) / CONFIG_NAME, {"_class_name": class_name, **config})
 
 
-def save_weights(module: nn.Module, directory: str | Path) -> None:
-    """Write ``directory/model.safetensors`` atomically (the folder is created if needed)."""
+def save_weights(module: nn.Module, directory: str | Path, name: str = WEIGHTS_NAME) -> None:
+    """Write ``directory/name`` (``model.safetensors``) atomically (the folder is created if needed)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    save_safetensors(directory / WEIGHTS_NAME, state, metadata={"format": "pt"})
+    save_safetensors(directory / name, state, metadata={"format": "pt"})
 
 
 def read_model_config(directory: str | Path, class_name: str, what: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from ..config import check_types, config_from_dict, config_to_dict, validate_literals
@@ -23,6 +24,7 @@ from ..io.model_folder import run_sampler
 from ..models import UNet, UNetConfig, preset
 from ..models.unet_config import MAX_SIDE
 from ..schedulers import DPMSolverConfig
+from ..schedulers.base import trailing_timesteps
 
 # Limits that refuse, before any work, values that no run could finish or fit (docs/reliability.md).
 # accelerate seeds numpy with seed + process index, which must stay below 2**32: room for 1024 processes.
@@ -161,7 +163,8 @@ class TrainConfig:
             raise ValueError(f"--image-size must be N or HxW with sides in [1, {MAX_SIDE}], got {self.image_size!r}")
 
     def _check_distillation(self) -> None:
-        """Round step counts that halve from start to end, a positive kept count, and a guidance range."""
+        """A guidance range; consistency: levels within T; progressive: round step counts that halve from start to
+        end, and a positive kept count."""
         start, end, keep = self.distill_start_steps, self.distill_end_steps, self.distill_keep_steps
         if self.distill_from == "":
             raise ValueError("--distill-from was given an empty string; give the teacher model or leave it out")
@@ -366,6 +369,18 @@ def kept_steps(config: TrainConfig) -> tuple[int, ...]:
     """The step counts whose students the final model keeps: the last round's, and --distill-keep-steps or fewer."""
     steps = round_steps(config)
     return tuple(sorted({steps[-1], *(n for n in steps if n <= config.distill_keep_steps)}))
+
+
+def consistency_steps(config: TrainConfig) -> tuple[int, ...]:
+    """The step counts a consistency student's record recommends, the largest its default (and its grids'):
+    those of 1, 2 and 4 whose trailing timesteps are among the ``--distill-levels`` it trained on."""
+    return tuple(n for n in (1, 2, 4) if nested(config.num_train_timesteps, config.distill_levels, n))
+
+
+def nested(T: int, fine: int, coarse: int) -> bool:
+    """Whether the trailing timesteps of ``coarse`` steps are every (fine / coarse)-th of those of ``fine``."""
+    stride, rest = divmod(fine, coarse)
+    return not rest and np.array_equal(trailing_timesteps(T, fine)[::stride], trailing_timesteps(T, coarse))
 
 
 def epoch_steps(epochs: float, steps_per_epoch: float) -> int:

@@ -43,7 +43,7 @@ from ..pipeline import DiffusionPipeline
 from ..schedulers import ConsistencyScheduler, DDIMScheduler, NoiseSchedule, SchedulerConfig, get_scheduler
 from ..schedulers.base import trailing_timesteps
 from ..schedulers.schedule import pred_original_sample
-from .config import TrainConfig, kept_steps, lr_factor, round_steps, scheduler_config
+from .config import TrainConfig, consistency_steps, kept_steps, lr_factor, nested, round_steps, scheduler_config
 from .distill import Predictor, ddim_step, distillation_loss, noise_level
 from .ema import EMA
 from .loss import drop_labels
@@ -55,18 +55,6 @@ if TYPE_CHECKING:
 ROUNDS = "rounds"  # OUT/rounds/steps-N: the student of each finished round, a model folder
 METHOD = "progressive"
 CONSISTENCY = "consistency"
-
-
-def consistency_steps(config: TrainConfig) -> tuple[int, ...]:
-    """The step counts a consistency student's record recommends, the largest its default (and its grids'):
-    those of 1, 2 and 4 whose trailing timesteps are among the ``--distill-levels`` it trained on."""
-    return tuple(n for n in (1, 2, 4) if nested(config.num_train_timesteps, config.distill_levels, n))
-
-
-def nested(T: int, fine: int, coarse: int) -> bool:
-    """Whether the trailing timesteps of ``coarse`` steps are every (fine / coarse)-th of those of ``fine``."""
-    stride, rest = divmod(fine, coarse)
-    return not rest and np.array_equal(trailing_timesteps(T, fine)[::stride], trailing_timesteps(T, coarse))
 
 
 def open_teacher(config: TrainConfig, device: torch.device) -> DiffusionPipeline:

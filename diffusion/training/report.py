@@ -8,8 +8,9 @@ import shlex
 from pathlib import Path
 
 from .. import __version__
+from ..io.sampling_record import SamplingRecord
 from ..models import UNetConfig
-from .config import FROM_TEACHER, TrainConfig, epoch_steps, kept_steps, round_steps
+from .config import FROM_TEACHER, TrainConfig, consistency_steps, epoch_steps, kept_steps, round_steps
 
 PRECISIONS = {"no": "fp32", "bf16": "bf16 autocast (weights fp32)", "fp16": "fp16 autocast (weights fp32)"}
 SHOWN_CLASSES = 10  # class names in the start-up summary; the model card lists every one
@@ -275,10 +276,13 @@ def _architecture(
 def _distillation(config: TrainConfig) -> str:
     """The card's row for a distilled student: teacher, rounds (or levels), the step counts and the guidance range."""
     if config.distill_method == "consistency":
+        steps = consistency_steps(config)
+        recommended = SamplingRecord("consistency", steps, max(steps)).steps_text()  # "1, 2 or 4"
         text = (
             f"consistency distillation (Song et al. 2023) of `{config.distill_from}`: one student that maps each of "
             f"{config.distill_levels} levels of its teacher's ODE to the clean image; samples with any step count "
-            "(`--steps`; 1, 2 or 4 recommended, 4 by default) by multistep consistency sampling"
+            f"(`--steps`; {recommended} recommended, {max(steps)} by default) by multistep consistency "
+            "sampling"
         )
     else:
         rounds = ", ".join(str(n) for n in round_steps(config))
